@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine with only Python:  make demo  and  make test.
+# The environment is created once and reused across clones (TensorFlow takes minutes to install);
+# it is rebuilt when pyproject.toml changes. Set VENV=.venv to keep it inside the checkout.
+PYTHON ?= python3
+VENV ?= $(HOME)/.cache/weight-mapper/venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.weight-mapper-$(shell $(PYTHON) -c "import hashlib,os;print(hashlib.sha256(open('pyproject.toml','rb').read()+os.getcwd().encode()).hexdigest()[:16])")
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: env demo test lint bench clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@rm -f $(VENV)/.weight-mapper-* && touch $@
+
+demo: env
+	$(BIN)/python -m mapper.demo
+
+test: env
+	$(BIN)/python -m ruff check mapper tests benchmarks
+	$(BIN)/python -m mypy
+	$(BIN)/python -m pytest -q
+
+bench: env
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache

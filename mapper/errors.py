@@ -1,0 +1,161 @@
+"""The MapperError tree: every error weight-mapper raises.
+
+    MapperError
+    ├── RuleFileError (ValueError)        a rule file is malformed; lists every issue at once
+    ├── OperationError (ValueError)       a tensor operation cannot apply to a shape or dtype
+    ├── PlanError (ValueError)            a plan has error-level problems; carries them
+    ├── SourceError (OSError)
+    │   ├── SourceNotFoundError (FileNotFoundError)   no file or checkpoint at the path
+    │   └── CorruptSourceError                        missing index, truncated data, bad header
+    ├── TargetError (LookupError)         a target object or variable cannot be used
+    └── ApplyError (RuntimeError)         applying a plan failed; the target was left unchanged
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class MapperError(Exception):
+    """Root of every error raised by weight-mapper.
+
+    Example:
+        >>> try:
+        ...     raise SourceNotFoundError("no checkpoint at 'x'", path="x")
+        ... except MapperError as error:
+        ...     print(type(error).__name__)
+        SourceNotFoundError
+    """
+
+
+@dataclass(frozen=True)
+class RuleIssue:
+    """One problem found in a rule file: where it is, what is wrong and how to fix it.
+
+    Example:
+        >>> print(RuleIssue("r.toml", "unknown key 'mtach'", rule=2, field="mtach",
+        ...                 hint="did you mean 'match'?"))
+        r.toml: rule 2, field 'mtach': unknown key 'mtach' (did you mean 'match'?)
+    """
+
+    file: str
+    message: str
+    rule: int | None = None
+    rule_name: str | None = None
+    field: str | None = None
+    hint: str | None = None
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}" + (f":{self.column}" if self.column is not None else "")
+        parts = []
+        if self.rule is not None:
+            parts.append(f"rule {self.rule}" + (f" ({self.rule_name!r})" if self.rule_name else ""))
+        if self.field:
+            parts.append(f"field {self.field!r}")
+        location = f"{where}: " + (", ".join(parts) + ": " if parts else "")
+        return location + self.message + (f" ({self.hint})" if self.hint else "")
+
+
+class RuleFileError(MapperError, ValueError):
+    """A rule file could not be read or validated; ``issues`` lists every problem found.
+
+    Example:
+        >>> error = RuleFileError([RuleIssue("r.toml", "expected '='", line=3, column=7)])
+        >>> print(error)
+        1 problem in rule file r.toml:
+          r.toml:3:7: expected '='
+    """
+
+    def __init__(self, issues: Sequence[RuleIssue]) -> None:
+        self.issues = tuple(issues)
+        files = sorted({issue.file for issue in self.issues})
+        count = len(self.issues)
+        head = f"{count} problem{'s' if count != 1 else ''} in rule file {', '.join(files)}:"
+        super().__init__("\n".join([head, *(f"  {issue}" for issue in self.issues)]))
+
+
+class OperationError(MapperError, ValueError):
+    """A tensor operation does not fit the shape or dtype it is given.
+
+    Example:
+        >>> str(OperationError("cannot reshape [6] into [4]", operation="reshape"))
+        'cannot reshape [6] into [4]'
+    """
+
+    def __init__(self, message: str, *, operation: str) -> None:
+        super().__init__(message)
+        self.operation = operation
+
+
+class PlanError(MapperError, ValueError):
+    """A plan has error-level problems; ``problems`` holds them and ``plan`` the whole plan.
+
+    Example:
+        >>> str(PlanError("2 errors in plan", problems=(), plan=None))
+        '2 errors in plan'
+    """
+
+    def __init__(self, message: str, *, problems: Sequence[object], plan: object) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
+        self.plan = plan
+
+
+class SourceError(MapperError, OSError):
+    """A source of tensors cannot be opened or read.
+
+    Example:
+        >>> SourceError("cannot read", path="a.ckpt").path
+        'a.ckpt'
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SourceNotFoundError(SourceError, FileNotFoundError):
+    """No file, directory or checkpoint exists at the given path.
+
+    Example:
+        >>> isinstance(SourceNotFoundError("missing", path="x"), FileNotFoundError)
+        True
+    """
+
+
+class CorruptSourceError(SourceError):
+    """The source exists but is incomplete or damaged (missing index, truncated data).
+
+    Example:
+        >>> str(CorruptSourceError("index file missing", path="x"))
+        'index file missing'
+    """
+
+
+class TargetError(MapperError, LookupError):
+    """A target object cannot be turned into variables, or a named variable is missing.
+
+    Example:
+        >>> str(TargetError("no variable 'head/kernel'"))
+        "no variable 'head/kernel'"
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ApplyError(MapperError, RuntimeError):
+    """Applying a plan failed; the target's variables were left as they were.
+
+    Example:
+        >>> str(ApplyError("read failed"))
+        'read failed'
+    """

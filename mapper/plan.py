@@ -1,0 +1,258 @@
+"""The assignment plan: frozen data saying where every target's value comes from, and JSON for it."""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+from mapper.ops import Operation
+
+PLAN_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRef:
+    """Where a rule came from: its file, its 1-based position there, and its name if it has one.
+
+    Example:
+        >>> str(RuleRef("rules/head.toml", 2, "head"))
+        "rules/head.toml rule 2 ('head')"
+    """
+
+    file: str
+    index: int
+    name: str | None = None
+    section: Literal["rules", "keep"] = "rules"
+
+    def __str__(self) -> str:
+        label = "rule" if self.section == "rules" else "keep rule"
+        return f"{self.file} {label} {self.index}" + (f" ({self.name!r})" if self.name else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """One target variable filled from one source tensor, through zero or more operations.
+
+    ``target`` is the variable's canonical (path) name; ``target_key`` the name the rule produced
+    in the rule file's namespace. Shapes and dtypes are recorded before and after the operations.
+
+    Example:
+        >>> a = Assignment("d/kernel", "d/kernel", "old/w", RuleRef("r.toml", 1), (), (2, 3), "float32", (2, 3), "float32")
+        >>> a.transformed
+        False
+    """
+
+    target: str
+    target_key: str
+    source: str
+    rule: RuleRef
+    operations: tuple[Operation, ...]
+    source_shape: tuple[int, ...]
+    source_dtype: str
+    target_shape: tuple[int, ...]
+    target_dtype: str
+
+    @property
+    def transformed(self) -> bool:
+        """Whether any operation runs on the way."""
+        return bool(self.operations)
+
+
+class SkipKind(str, enum.Enum):
+    """Why a name was left alone."""
+
+    RULE = "rule"  # a skip rule took the source name
+    GUARD = "guard"  # a rule matched, but its guard failed with on_fail = "skip"
+    KEEP = "keep"  # a keep rule leaves the target at its initial value
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A source tensor or target variable deliberately not used, with the reason a report shows.
+
+    Example:
+        >>> Skip("global_step", "source", SkipKind.RULE, "optimizer state", RuleRef("r.toml", 3)).side
+        'source'
+    """
+
+    name: str
+    side: Literal["source", "target"]
+    kind: SkipKind
+    reason: str
+    rule: RuleRef
+    source_shape: tuple[int, ...] | None = None
+    target_shape: tuple[int, ...] | None = None
+    target: str | None = None  # for a guard skip: the target the rule named
+
+
+class Severity(str, enum.Enum):
+    """How much a problem matters: errors stop ``apply``, warnings are reported."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
+class ProblemKind(str, enum.Enum):
+    """What kind of thing went wrong while planning."""
+
+    UNUSED_SOURCE = "unused_source"
+    UNFILLED_TARGET = "unfilled_target"
+    DEAD_RULE = "dead_rule"
+    DOUBLE_FILL = "double_fill"
+    MISSING_TARGET = "missing_target"
+    SHAPE_MISMATCH = "shape_mismatch"
+    DTYPE_MISMATCH = "dtype_mismatch"
+    GUARD_FAILED = "guard_failed"
+    BAD_OPERATION = "bad_operation"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Something the planner found wrong, with the names and rule involved.
+
+    Example:
+        >>> p = Problem(ProblemKind.MISSING_TARGET, Severity.ERROR, "no target 'x'", names=("x",))
+        >>> p.is_error
+        True
+    """
+
+    kind: ProblemKind
+    severity: Severity
+    message: str
+    rule: RuleRef | None = None
+    names: tuple[str, ...] = ()
+
+    @property
+    def is_error(self) -> bool:
+        """Whether this problem stops the plan from being applied."""
+        return self.severity is Severity.ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class TensorEntry:
+    """A name with its shape and dtype, for unused sources and unfilled targets.
+
+    Example:
+        >>> TensorEntry("global_step", (), "int64").shape
+        ()
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything an executor will do and everything it will leave, decided before any tensor is read.
+
+    Example:
+        >>> plan = Plan(rule_files=("r.toml",), source="ckpt", target="model", namespace="path")
+        >>> plan.ok, plan.counts()["mapped"]
+        (True, 0)
+    """
+
+    rule_files: tuple[str, ...]
+    source: str
+    target: str
+    namespace: str
+    assignments: tuple[Assignment, ...] = ()
+    skips: tuple[Skip, ...] = ()
+    unused_sources: tuple[TensorEntry, ...] = ()
+    unfilled_targets: tuple[TensorEntry, ...] = ()
+    problems: tuple[Problem, ...] = ()
+    format: int = PLAN_FORMAT
+    _by_target: dict[str, Assignment] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_target", {a.target: a for a in self.assignments})
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem is an error, so the plan can be applied."""
+        return not any(problem.is_error for problem in self.problems)
+
+    @property
+    def errors(self) -> tuple[Problem, ...]:
+        """The error-level problems."""
+        return tuple(problem for problem in self.problems if problem.is_error)
+
+    @property
+    def warnings(self) -> tuple[Problem, ...]:
+        """The warning-level problems."""
+        return tuple(problem for problem in self.problems if not problem.is_error)
+
+    @property
+    def has_operations(self) -> bool:
+        """Whether any assignment transforms its tensor (``init_from_checkpoint`` cannot)."""
+        return any(assignment.operations for assignment in self.assignments)
+
+    def assignment_for(self, target: str) -> Assignment | None:
+        """The assignment filling canonical target name ``target``, if any."""
+        return self._by_target.get(target)
+
+    def counts(self) -> dict[str, int]:
+        """Counts reports lead with: mapped, transformed, skipped by rule/guard/keep, unused, unfilled, errors, warnings."""
+        kinds = Counter(skip.kind for skip in self.skips)
+        return {
+            "mapped": len(self.assignments),
+            "transformed": sum(1 for a in self.assignments if a.operations),
+            "skipped_by_rule": kinds[SkipKind.RULE],
+            "skipped_by_guard": kinds[SkipKind.GUARD],
+            "kept_by_rule": kinds[SkipKind.KEEP],
+            "unused": len(self.unused_sources),
+            "unfilled": len(self.unfilled_targets),
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+        }
+
+    @cached_property
+    def source_bytes(self) -> int:
+        """Bytes of source tensors the plan reads (fixed-size dtypes only)."""
+        from mapper.specs import DTYPE_SIZES
+        import math
+
+        return sum(math.prod(a.source_shape) * DTYPE_SIZES.get(a.source_dtype, 0) for a in self.assignments)
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """Serialise to JSON; ``Plan.from_json`` reads it back into an equal plan.
+
+        Example:
+            >>> plan = Plan(rule_files=(), source="s", target="t", namespace="path")
+            >>> Plan.from_json(plan.to_json()) == plan
+            True
+        """
+        return _adapter().dump_json(self, indent=indent).decode()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Plan:
+        """Read a plan written by ``to_json``; raises PlanError on another format version."""
+        import json
+
+        from mapper.errors import PlanError
+
+        data = json.loads(text)
+        version = data.get("format") if isinstance(data, dict) else None
+        if version != PLAN_FORMAT:
+            raise PlanError(
+                f"plan format {version!r} is not supported (this weight-mapper reads format {PLAN_FORMAT}); "
+                "re-create the plan with this version",
+                problems=(),
+                plan=None,
+            )
+        return _adapter().validate_python(data)
+
+
+def _adapter():  # type: ignore[no-untyped-def]
+    from pydantic import TypeAdapter
+
+    global _ADAPTER
+    if _ADAPTER is None:
+        _ADAPTER = TypeAdapter(Plan)
+    return _ADAPTER
+
+
+_ADAPTER = None

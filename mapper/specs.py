@@ -1,0 +1,160 @@
+"""Tensor specs and the immutable name-to-spec maps that sources and targets describe themselves with."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+# Bytes per element of the dtypes we meet in checkpoints; strings and resources have no fixed size.
+DTYPE_SIZES: Mapping[str, int] = {
+    "bool": 1,
+    "int8": 1,
+    "uint8": 1,
+    "int16": 2,
+    "uint16": 2,
+    "int32": 4,
+    "uint32": 4,
+    "int64": 8,
+    "uint64": 8,
+    "float16": 2,
+    "bfloat16": 2,
+    "float32": 4,
+    "float64": 8,
+    "complex64": 8,
+    "complex128": 16,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+}
+
+# The name every target variable has: its Keras path (``d1/kernel``) or, outside Keras, its own name.
+PATH_NAMESPACE = "path"
+# The key the variable would have in a ``tf.train.Checkpoint`` written from the same object.
+CHECKPOINT_NAMESPACE = "checkpoint"
+NAMESPACES = (PATH_NAMESPACE, CHECKPOINT_NAMESPACE)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """Name, shape and dtype of one tensor, known without reading it.
+
+    Example:
+        >>> spec = TensorSpec("dense/kernel", (4, 3), "float32")
+        >>> spec.size, spec.nbytes
+        (12, 48)
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the tensor takes in memory; 0 for dtypes without a fixed size (strings)."""
+        return self.size * DTYPE_SIZES.get(self.dtype, 0)
+
+
+def format_shape(shape: Iterable[int] | None) -> str:
+    """Render a shape the way reports and errors show it.
+
+    Example:
+        >>> format_shape((768, 12, 64)), format_shape(()), format_shape(None)
+        ('[768, 12, 64]', '[]', '?')
+    """
+    if shape is None:
+        return "?"
+    return "[" + ", ".join(str(dim) for dim in shape) + "]"
+
+
+class VariableMap(Mapping[str, TensorSpec]):
+    """An immutable, ordered map from flat ``/``-joined names to their specs.
+
+    Example:
+        >>> specs = VariableMap([TensorSpec("a/w", (2,), "float32")], description="demo")
+        >>> list(specs), specs["a/w"].shape, specs.description
+        (['a/w'], (2,), 'demo')
+    """
+
+    __slots__ = ("_specs", "description")
+
+    def __init__(self, specs: Iterable[TensorSpec], *, description: str = "") -> None:
+        self._specs: dict[str, TensorSpec] = {}
+        for spec in specs:
+            if spec.name in self._specs:
+                raise ValueError(f"duplicate variable name {spec.name!r} in {description or 'map'}")
+            self._specs[spec.name] = spec
+        self.description = description
+
+    def __getitem__(self, name: str) -> TensorSpec:
+        return self._specs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __repr__(self) -> str:
+        return f"VariableMap({len(self)} variables, description={self.description!r})"
+
+    @property
+    def nbytes(self) -> int:
+        """Total bytes of all tensors with a fixed element size."""
+        return sum(spec.nbytes for spec in self._specs.values())
+
+
+@dataclass(frozen=True)
+class TargetMap:
+    """The variables of a target, each reachable under a name in every namespace it has.
+
+    ``variables`` is keyed by the canonical name (the ``path`` namespace); ``keys`` maps a
+    further namespace (such as ``checkpoint``) to ``{canonical name: name in that namespace}``.
+
+    Example:
+        >>> targets = TargetMap(
+        ...     VariableMap([TensorSpec("d1/kernel", (4, 3), "float32")]),
+        ...     {"checkpoint": {"d1/kernel": "model/_operations/1/_kernel/.ATTRIBUTES/VARIABLE_VALUE"}},
+        ... )
+        >>> targets.lookup("checkpoint", "model/_operations/1/_kernel/.ATTRIBUTES/VARIABLE_VALUE").name
+        'd1/kernel'
+        >>> targets.key_of("d1/kernel", "path")
+        'd1/kernel'
+    """
+
+    variables: VariableMap
+    keys: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    _reverse: dict[str, dict[str, str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        reverse = {namespace: {key: name for name, key in names.items()} for namespace, names in self.keys.items()}
+        object.__setattr__(self, "_reverse", reverse)
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        """Namespaces this target can be named in, ``path`` first."""
+        return (PATH_NAMESPACE, *(namespace for namespace in self.keys if namespace != PATH_NAMESPACE))
+
+    def names(self, namespace: str) -> list[str]:
+        """Every variable's name in ``namespace``, in the target's order (variables without one left out)."""
+        if namespace == PATH_NAMESPACE:
+            return list(self.variables)
+        names = self.keys.get(namespace, {})
+        return [names[name] for name in self.variables if name in names]
+
+    def lookup(self, namespace: str, key: str) -> TensorSpec | None:
+        """The spec of the variable called ``key`` in ``namespace``, or None."""
+        if namespace == PATH_NAMESPACE:
+            return self.variables.get(key)
+        name = self._reverse.get(namespace, {}).get(key)
+        return None if name is None else self.variables[name]
+
+    def key_of(self, name: str, namespace: str) -> str | None:
+        """The name that canonical ``name`` has in ``namespace``, or None."""
+        if namespace == PATH_NAMESPACE:
+            return name if name in self.variables else None
+        return self.keys.get(namespace, {}).get(name)
