@@ -1,14 +1,14 @@
 """The MapperError tree: every error weight-mapper raises.
 
-    MapperError
-    ├── RuleFileError (ValueError)        a rule file is malformed; lists every issue at once
-    ├── OperationError (ValueError)       a tensor operation cannot apply to a shape or dtype
-    ├── PlanError (ValueError)            a plan has error-level problems; carries them
-    ├── SourceError (OSError)
-    │   ├── SourceNotFoundError (FileNotFoundError)   no file or checkpoint at the path
-    │   └── CorruptSourceError                        missing index, truncated data, bad header
-    ├── TargetError (LookupError)         a target object or variable cannot be used
-    └── ApplyError (RuntimeError)         applying a plan failed; the target was left unchanged
+MapperError
+├── RuleFileError (ValueError)        a rule file is malformed; lists every issue at once
+├── OperationError (ValueError)       a tensor operation cannot apply to a shape or dtype
+├── PlanError (ValueError)            a plan has error-level problems; carries them
+├── SourceError (OSError)
+│   ├── SourceNotFoundError (FileNotFoundError)   no file or checkpoint at the path
+│   └── CorruptSourceError                        missing index, truncated data, bad header
+├── TargetError (LookupError)         a target object or variable cannot be used
+└── ApplyError (RuntimeError)         applying a plan failed; the target was left unchanged
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class RuleIssue:
     hint: str | None = None
     line: int | None = None
     column: int | None = None
+    section: str = "rule"
 
     def __str__(self) -> str:
         where = self.file
@@ -54,7 +55,7 @@ class RuleIssue:
             where += f":{self.line}" + (f":{self.column}" if self.column is not None else "")
         parts = []
         if self.rule is not None:
-            parts.append(f"rule {self.rule}" + (f" ({self.rule_name!r})" if self.rule_name else ""))
+            parts.append(f"{self.section} {self.rule}" + (f" ({self.rule_name!r})" if self.rule_name else ""))
         if self.field:
             parts.append(f"field {self.field!r}")
         location = f"{where}: " + (", ".join(parts) + ": " if parts else "")

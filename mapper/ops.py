@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mapper.errors import OperationError
 from mapper.specs import DTYPE_SIZES, format_shape
@@ -133,7 +133,7 @@ def resolve_reshape(requested: Sequence[int], shape: tuple[int, ...]) -> Reshape
         Reshape(shape=(768, 12, 64), kind='reshape')
     """
     unknown = [index for index, dim in enumerate(requested) if dim == -1]
-    if len(unknown) > 1 or any(dim < -1 or dim == 0 and math.prod(shape) != 0 for dim in requested):
+    if len(unknown) > 1 or any(dim < -1 or (dim == 0 and math.prod(shape) != 0) for dim in requested):
         raise OperationError(
             f"reshape {list(requested)}: dimensions must be positive, with at most one -1",
             operation="reshape",
@@ -151,9 +151,7 @@ def resolve_reshape(requested: Sequence[int], shape: tuple[int, ...]) -> Reshape
     return Reshape(tuple(total // known if dim == -1 else dim for dim in requested))
 
 
-def infer_all(
-    operations: Sequence[Operation], shape: tuple[int, ...], dtype: str
-) -> tuple[tuple[int, ...], str]:
+def infer_all(operations: Sequence[Operation], shape: tuple[int, ...], dtype: str) -> tuple[tuple[int, ...], str]:
     """Shape and dtype after applying ``operations`` in order.
 
     Example:
@@ -185,7 +183,7 @@ def apply_numpy(operations: Sequence[Operation], array: np.ndarray) -> np.ndarra
     return array
 
 
-def numpy_dtype(name: str) -> np.dtype[object]:
+def numpy_dtype(name: str) -> np.dtype[Any]:
     """The NumPy dtype for a dtype name, taking bfloat16 and float8 from ml_dtypes.
 
     Example:
@@ -197,5 +195,5 @@ def numpy_dtype(name: str) -> np.dtype[object]:
     if name in {"bfloat16", "float8_e4m3fn", "float8_e5m2"}:
         import ml_dtypes
 
-        return np.dtype(getattr(ml_dtypes, name))
+        return np.dtype(getattr(ml_dtypes, name))  # type: ignore[no-any-return]
     return np.dtype(name)

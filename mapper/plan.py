@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import enum
+import functools
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from mapper.ops import Operation
+from mapper.specs import DTYPE_SIZES
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
 
 PLAN_FORMAT = 1
 
@@ -107,6 +113,7 @@ class ProblemKind(str, enum.Enum):
     DTYPE_MISMATCH = "dtype_mismatch"
     GUARD_FAILED = "guard_failed"
     BAD_OPERATION = "bad_operation"
+    BAD_TEMPLATE = "bad_template"
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +219,6 @@ class Plan:
     @cached_property
     def source_bytes(self) -> int:
         """Bytes of source tensors the plan reads (fixed-size dtypes only)."""
-        from mapper.specs import DTYPE_SIZES
-        import math
-
         return sum(math.prod(a.source_shape) * DTYPE_SIZES.get(a.source_dtype, 0) for a in self.assignments)
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -246,13 +250,8 @@ class Plan:
         return _adapter().validate_python(data)
 
 
-def _adapter():  # type: ignore[no-untyped-def]
+@functools.cache
+def _adapter() -> TypeAdapter[Plan]:
     from pydantic import TypeAdapter
 
-    global _ADAPTER
-    if _ADAPTER is None:
-        _ADAPTER = TypeAdapter(Plan)
-    return _ADAPTER
-
-
-_ADAPTER = None
+    return TypeAdapter(Plan)

@@ -1,0 +1,49 @@
+"""weight-mapper: declarative rule files that move weights from checkpoints into Keras and TensorFlow models."""
+
+from mapper.errors import (
+    ApplyError,
+    CorruptSourceError,
+    MapperError,
+    OperationError,
+    PlanError,
+    RuleFileError,
+    RuleIssue,
+    SourceError,
+    SourceNotFoundError,
+    TargetError,
+)
+from mapper.plan import Assignment, Plan, Problem, ProblemKind, RuleRef, Severity, Skip, SkipKind, TensorEntry
+from mapper.planner import build_plan
+from mapper.rules import RuleSet, load_rules, parse_rules
+from mapper.specs import TargetMap, TensorSpec, VariableMap
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApplyError",
+    "Assignment",
+    "build_plan",
+    "CorruptSourceError",
+    "load_rules",
+    "MapperError",
+    "OperationError",
+    "parse_rules",
+    "Plan",
+    "PlanError",
+    "Problem",
+    "ProblemKind",
+    "RuleFileError",
+    "RuleIssue",
+    "RuleRef",
+    "RuleSet",
+    "Severity",
+    "Skip",
+    "SkipKind",
+    "SourceError",
+    "SourceNotFoundError",
+    "TargetError",
+    "TargetMap",
+    "TensorEntry",
+    "TensorSpec",
+    "VariableMap",
+]

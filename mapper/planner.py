@@ -1,0 +1,530 @@
+"""build_plan(): resolve a RuleSet against source and target maps into a Plan, purely, without reading tensors."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mapper.errors import OperationError, TargetError
+from mapper.ops import Cast, Operation, Transpose, infer_all, resolve_reshape
+from mapper.plan import (
+    Assignment,
+    Plan,
+    Problem,
+    ProblemKind,
+    RuleRef,
+    Severity,
+    Skip,
+    SkipKind,
+    TensorEntry,
+)
+from mapper.rules import CastSpec, Guard, OperationSpec, ReshapeSpec, RuleSet, TemplateError
+from mapper.specs import TargetMap, TensorSpec, format_shape
+
+# Names listed inside one problem message; the plan's fields keep them all.
+_SHOWN = 5
+# Missing-target problems that get a "closest names" hint: a search over every target name each time.
+_HINTED = 20
+
+
+def build_plan(
+    rules: RuleSet,
+    source: Mapping[str, TensorSpec],
+    target: TargetMap,
+    *,
+    source_description: str | None = None,
+    target_description: str | None = None,
+) -> Plan:
+    """Decide, for every source tensor and every target variable, what applying ``rules`` will do.
+
+    Pure: no TensorFlow, no tensor reads, no changes to the inputs. Every problem is collected into
+    ``Plan.problems`` (check ``plan.ok``); nothing is raised for them.
+
+    Args:
+        rules: a validated rule file (``load_rules``).
+        source: the source's tensors by name (``Source.specs()`` or any mapping of TensorSpec).
+        target: the target's variables with their names in each namespace.
+        source_description: how reports name the source; defaults to the map's ``description``.
+        target_description: how reports name the target.
+
+    Returns:
+        The frozen Plan.
+
+    Raises:
+        TargetError: the rule file's namespace is one the target has no names in.
+
+    Example:
+        >>> from mapper.rules import parse_rules
+        >>> from mapper.specs import TensorSpec, VariableMap, TargetMap
+        >>> rules = parse_rules('''
+        ... format = 1
+        ... [[rules]]
+        ... match = "old/(?P<rest>.*)"
+        ... target = "new/{rest}"
+        ... [[rules]]
+        ... match = "global_step"
+        ... skip = "training counter"
+        ... ''')
+        >>> source = VariableMap([TensorSpec("old/w", (2, 3), "float32"), TensorSpec("global_step", (), "int64")])
+        >>> target = TargetMap(VariableMap([TensorSpec("new/w", (2, 3), "float32")]))
+        >>> plan = build_plan(rules, source, target)
+        >>> plan.ok, [(a.source, a.target) for a in plan.assignments], plan.skips[0].reason
+        (True, [('old/w', 'new/w')], 'training counter')
+    """
+    namespace = rules.namespace
+    if namespace not in target.namespaces:
+        raise TargetError(
+            f"the rule file {rules.file} produces names in the {namespace!r} namespace, but the target has "
+            f"names only in: {', '.join(target.namespaces)}; set [target] namespace to one of those"
+        )
+    state = _Planner(rules, source, target, namespace)
+    state.run()
+    return Plan(
+        rule_files=(rules.file,),
+        source=source_description or str(getattr(source, "description", "") or "source"),
+        target=target_description or str(getattr(target.variables, "description", "") or "target"),
+        namespace=namespace,
+        assignments=tuple(state.assignments.values()),
+        skips=tuple(state.skips),
+        unused_sources=tuple(state.unused),
+        unfilled_targets=tuple(state.unfilled),
+        problems=tuple(state.problems),
+    )
+
+
+class RuleMatcher:
+    """First-match lookup of names against an ordered list of full-match patterns.
+
+    Each pattern's literal prefix (the text every match must start with) buckets the rules, so a name is
+    tried only against rules whose prefix it starts with, in their original order. That keeps planning
+    linear in names even with hundreds of rules.
+
+    Example:
+        >>> from mapper.rules import Rule
+        >>> matcher = RuleMatcher([Rule(match="a/.*", skip="x"), Rule(match=".*", skip="y")])
+        >>> matcher.first("a/b")[0], matcher.first("c")[0], matcher.first("")[0]
+        (0, 1, 1)
+    """
+
+    def __init__(self, patterns: Sequence[Any]) -> None:
+        self._patterns = list(patterns)
+        buckets: dict[str, list[int]] = {}
+        for index, pattern in enumerate(self._patterns):
+            buckets.setdefault(literal_prefix(pattern.match), []).append(index)
+        self._buckets = buckets
+        self._lengths = sorted({len(prefix) for prefix in buckets})
+
+    def first(self, name: str) -> tuple[int, Any] | None:
+        """``(index, match)`` of the first pattern matching all of ``name``, or None."""
+        candidates: list[int] = []
+        for length in self._lengths:
+            if length > len(name):
+                break
+            bucket = self._buckets.get(name[:length])
+            if bucket:
+                candidates.extend(bucket)
+        if len(candidates) > 1:
+            candidates.sort()
+        for index in candidates:
+            matched = self._patterns[index].fullmatch(name)
+            if matched is not None:
+                return index, matched
+        return None
+
+
+_META = set(".^$*+?{}[]\\|()")
+_QUANTIFIERS = set("*+?{")
+
+
+def literal_prefix(pattern: str) -> str:
+    """The literal text every full match of ``pattern`` must start with ("" when unsure).
+
+    Example:
+        >>> literal_prefix(r"bert/encoder/layer_(?P<i>\\d+)/.*"), literal_prefix("ab*c"), literal_prefix("a|b")
+        ('bert/encoder/layer_', 'a', '')
+        >>> literal_prefix(r"model\\.layers\\.\\d+")
+        'model.layers.'
+    """
+    if _has_top_level_alternation(pattern):
+        return ""
+    prefix: list[str] = []
+    position = 0
+    while position < len(pattern):
+        char = pattern[position]
+        if char == "\\":
+            escaped = pattern[position + 1 : position + 2]
+            if not escaped or escaped.isalnum():
+                break  # a class such as \d, a backreference, or an escape we do not interpret
+            literal, width = escaped, 2
+        elif char in _META:
+            break
+        else:
+            literal, width = char, 1
+        following = pattern[position + width : position + width + 1]
+        if following and following in _QUANTIFIERS:
+            break  # the literal may repeat zero times
+        prefix.append(literal)
+        position += width
+    return "".join(prefix)
+
+
+def _has_top_level_alternation(pattern: str) -> bool:
+    depth = 0
+    in_class = False
+    position = 0
+    while position < len(pattern):
+        char = pattern[position]
+        if char == "\\":
+            position += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            if pattern[position + 1 : position + 2] == "]":
+                position += 1
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            return True
+        position += 1
+    return False
+
+
+@dataclass
+class _Planner:
+    """The mutable working state of one build_plan call; never escapes it."""
+
+    rules: RuleSet
+    source: Mapping[str, TensorSpec]
+    target: TargetMap
+    namespace: str
+    assignments: dict[str, Assignment] = field(default_factory=dict)
+    skips: list[Skip] = field(default_factory=list)
+    unused: list[TensorEntry] = field(default_factory=list)
+    unfilled: list[TensorEntry] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    rule_hits: list[int] = field(default_factory=list)
+    keep_hits: list[int] = field(default_factory=list)
+    kept: dict[str, int] = field(default_factory=dict)
+    left_by_guard: set[str] = field(default_factory=set)
+    hinted: int = 0
+
+    def run(self) -> None:
+        self.rule_hits = [0] * len(self.rules.rules)
+        self.keep_hits = [0] * len(self.rules.keep)
+        self._find_kept_targets()
+        matcher = RuleMatcher(self.rules.rules)
+        for name, spec in self.source.items():
+            found = matcher.first(name)
+            if found is None:
+                self.unused.append(TensorEntry(name, spec.shape, spec.dtype))
+                continue
+            index, matched = found
+            self.rule_hits[index] += 1
+            self._apply_rule(index, matched, spec)
+        self._finish()
+
+    def _find_kept_targets(self) -> None:
+        keeps = self.rules.keep
+        if not keeps:
+            return
+        for canonical in self.target.variables:
+            for index, keep in enumerate(keeps):
+                namespace = keep.namespace or self.namespace
+                key = self.target.key_of(canonical, namespace)
+                if key is not None and keep.fullmatch(key) is not None:
+                    self.kept[canonical] = index
+                    self.keep_hits[index] += 1
+                    break
+
+    def _apply_rule(self, index: int, matched: Any, spec: TensorSpec) -> None:
+        rule = self.rules.rules[index]
+        ref = self.rules.rule_ref(index)
+        if rule.skip is not None:
+            self.skips.append(Skip(spec.name, "source", SkipKind.RULE, rule.skip, ref, source_shape=spec.shape))
+            return
+        try:
+            key = rule.render(matched)
+        except TemplateError as error:
+            self._problem(ProblemKind.BAD_TEMPLATE, f"source {spec.name!r}: {error}", ref, (spec.name,))
+            return
+        target_spec = self.target.lookup(self.namespace, key)
+        if target_spec is None:
+            self._missing_target(spec, key, ref)
+            return
+        if target_spec.name in self.kept:
+            keep_index = self.kept[target_spec.name]
+            keep_ref = self.rules.keep_ref(keep_index)
+            reason = f"target {target_spec.name!r} is kept at its initial value by {keep_ref}: {self.rules.keep[keep_index].reason}"
+            self.skips.append(
+                Skip(spec.name, "source", SkipKind.RULE, reason, ref, spec.shape, target_spec.shape, target_spec.name)
+            )
+            return
+        guard = rule.guard
+        failure = _source_guard_failure(guard, spec) if guard else None
+        operations: tuple[Operation, ...] = ()
+        shape, dtype = spec.shape, spec.dtype
+        if failure is None:
+            try:
+                operations = _resolve_operations(rule.ops, spec, target_spec)
+                shape, dtype = infer_all(operations, spec.shape, spec.dtype)
+            except OperationError as error:
+                if guard is not None and guard.same_shape:
+                    failure = f"operations do not fit: {error}"
+                else:
+                    self._problem(
+                        ProblemKind.BAD_OPERATION,
+                        f"source {spec.name!r} {format_shape(spec.shape)} {spec.dtype} -> target {target_spec.name!r}: {error}",
+                        ref,
+                        (spec.name, target_spec.name),
+                    )
+                    return
+        if failure is None and shape != target_spec.shape:
+            if guard is not None and guard.same_shape:
+                failure = f"shape {format_shape(shape)} does not equal the target's {format_shape(target_spec.shape)}"
+            else:
+                hint = _shape_hint(shape, target_spec.shape)
+                self._problem(
+                    ProblemKind.SHAPE_MISMATCH,
+                    f"source {spec.name!r} {format_shape(spec.shape)}"
+                    + (f" becomes {format_shape(shape)}" if operations else "")
+                    + f" but target {target_spec.name!r} is {format_shape(target_spec.shape)}; {hint}",
+                    ref,
+                    (spec.name, target_spec.name),
+                )
+                return
+        if failure is not None and guard is not None:
+            self._guard_failed(guard, failure, spec, target_spec, ref)
+            return
+        if dtype != target_spec.dtype:
+            self._problem(
+                ProblemKind.DTYPE_MISMATCH,
+                f"source {spec.name!r} is {dtype} but target {target_spec.name!r} is {target_spec.dtype}; "
+                f'add {{ cast = "{target_spec.dtype}" }} to the rule\'s ops',
+                ref,
+                (spec.name, target_spec.name),
+            )
+            return
+        assignment = Assignment(
+            target=target_spec.name,
+            target_key=key,
+            source=spec.name,
+            rule=ref,
+            operations=operations,
+            source_shape=spec.shape,
+            source_dtype=spec.dtype,
+            target_shape=target_spec.shape,
+            target_dtype=target_spec.dtype,
+        )
+        self._assign(assignment)
+
+    def _assign(self, assignment: Assignment) -> None:
+        earlier = self.assignments.get(assignment.target)
+        if earlier is None:
+            self.assignments[assignment.target] = assignment
+            return
+        policy = self.rules.policies.double_fill
+        message = (
+            f"target {assignment.target!r} is filled twice: from {earlier.source!r} by {earlier.rule} and from "
+            f"{assignment.source!r} by {assignment.rule}; the first is kept"
+        )
+        if policy == "error":
+            self._problem(ProblemKind.DOUBLE_FILL, message, assignment.rule, (assignment.target, assignment.source))
+            return
+        if policy == "warn":
+            self._problem(
+                ProblemKind.DOUBLE_FILL,
+                message,
+                assignment.rule,
+                (assignment.target, assignment.source),
+                Severity.WARNING,
+            )
+        self.skips.append(
+            Skip(
+                assignment.source,
+                "source",
+                SkipKind.RULE,
+                f"target {assignment.target!r} already filled from {earlier.source!r}",
+                assignment.rule,
+                assignment.source_shape,
+                assignment.target_shape,
+                assignment.target,
+            )
+        )
+
+    def _guard_failed(
+        self, guard: Guard, failure: str, spec: TensorSpec, target_spec: TensorSpec, ref: RuleRef
+    ) -> None:
+        if guard.on_fail == "skip":
+            reason = f"{guard.reason}: {failure}" if guard.reason else failure
+            self.skips.append(
+                Skip(spec.name, "source", SkipKind.GUARD, reason, ref, spec.shape, target_spec.shape, target_spec.name)
+            )
+            self.left_by_guard.add(target_spec.name)
+            return
+        self._problem(
+            ProblemKind.GUARD_FAILED,
+            f"source {spec.name!r} {format_shape(spec.shape)} {spec.dtype} -> target {target_spec.name!r} "
+            f"{format_shape(target_spec.shape)}: guard failed: {failure}"
+            + (f" ({guard.reason})" if guard.reason else "")
+            + '; set on_fail = "skip" in the guard to leave the target at its initial value',
+            ref,
+            (spec.name, target_spec.name),
+        )
+
+    def _missing_target(self, spec: TensorSpec, key: str, ref: RuleRef) -> None:
+        hint = ""
+        if self.hinted < _HINTED:
+            self.hinted += 1
+            close = difflib.get_close_matches(key, self.target.names(self.namespace), n=3, cutoff=0.6)
+            if close:
+                hint = "; closest: " + ", ".join(repr(name) for name in close)
+        self._problem(
+            ProblemKind.MISSING_TARGET,
+            f"source {spec.name!r} maps to {key!r}, but the target has no variable of that name in the "
+            f"{self.namespace!r} namespace{hint}",
+            ref,
+            (spec.name, key),
+        )
+
+    def _finish(self) -> None:
+        policies = self.rules.policies
+        for canonical, index in self.kept.items():
+            spec = self.target.variables[canonical]
+            self.skips.append(
+                Skip(
+                    canonical,
+                    "target",
+                    SkipKind.KEEP,
+                    self.rules.keep[index].reason,
+                    self.rules.keep_ref(index),
+                    target_shape=spec.shape,
+                )
+            )
+        for canonical, spec in self.target.variables.items():
+            if canonical not in self.assignments and canonical not in self.kept and canonical not in self.left_by_guard:
+                self.unfilled.append(TensorEntry(canonical, spec.shape, spec.dtype))
+        self._policy_problem(
+            policies.unused_source,
+            ProblemKind.UNUSED_SOURCE,
+            [entry.name for entry in self.unused],
+            "source tensor{s} matched no rule",
+            'add a rule for {them}, a skip rule with a reason, or set [policies] unused_source = "warn"',
+        )
+        self._policy_problem(
+            policies.unfilled_target,
+            ProblemKind.UNFILLED_TARGET,
+            [entry.name for entry in self.unfilled],
+            "target variable{s} would keep {their} initial value{s} without a rule saying so",
+            "map a source to {them}, or list {them} in a [[keep]] entry with a reason",
+        )
+        for index, hits in enumerate(self.rule_hits):
+            if not hits:
+                self._dead(self.rules.rule_ref(index), self.rules.rules[index].match, "source")
+        for index, hits in enumerate(self.keep_hits):
+            if not hits:
+                self._dead(self.rules.keep_ref(index), self.rules.keep[index].match, "target")
+
+    def _dead(self, ref: RuleRef, pattern: str, side: str) -> None:
+        policy = self.rules.policies.dead_rule
+        if policy == "ignore":
+            return
+        self._problem(
+            ProblemKind.DEAD_RULE,
+            f"{ref} matched no {side} name (pattern {pattern!r}); fix the pattern or remove the rule",
+            ref,
+            (),
+            Severity.ERROR if policy == "error" else Severity.WARNING,
+        )
+
+    def _policy_problem(self, policy: str, kind: ProblemKind, names: list[str], what: str, fix: str) -> None:
+        if policy == "ignore" or not names:
+            return
+        plural = len(names) != 1
+        words = {"s": "s" if plural else "", "their": "their" if plural else "its", "them": "them" if plural else "it"}
+        shown = ", ".join(repr(name) for name in names[:_SHOWN]) + (
+            f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
+        )
+        self._problem(
+            kind,
+            f"{len(names)} {what.format(**words)}: {shown}; {fix.format(**words)}",
+            None,
+            tuple(names),
+            Severity.ERROR if policy == "error" else Severity.WARNING,
+        )
+
+    def _problem(
+        self,
+        kind: ProblemKind,
+        message: str,
+        rule: RuleRef | None,
+        names: tuple[str, ...],
+        severity: Severity = Severity.ERROR,
+    ) -> None:
+        self.problems.append(Problem(kind, severity, message, rule, names))
+
+
+def _source_guard_failure(guard: Guard, spec: TensorSpec) -> str | None:
+    if guard.rank is not None and len(spec.shape) != guard.rank:
+        return f"rank {len(spec.shape)} is not {guard.rank}"
+    if guard.shape is not None and (
+        len(guard.shape) != len(spec.shape)
+        or any(want not in (-1, have) for want, have in zip(guard.shape, spec.shape, strict=True))
+    ):
+        return f"shape {format_shape(spec.shape)} is not {format_shape(guard.shape)}"
+    if guard.dtype is not None and spec.dtype != guard.dtype:
+        return f"dtype {spec.dtype} is not {guard.dtype}"
+    return None
+
+
+def _resolve_operations(
+    specs: Sequence[OperationSpec], source: TensorSpec, target: TensorSpec
+) -> tuple[Operation, ...]:
+    """Turn a rule's operation specs into concrete operations for one source/target pair."""
+    operations: list[Operation] = []
+    shape, dtype = source.shape, source.dtype
+    for spec in specs:
+        operation: Operation
+        if isinstance(spec, ReshapeSpec):
+            requested = target.shape if spec.reshape == "target" else spec.reshape
+            operation = resolve_reshape(tuple(requested), shape)
+        elif isinstance(spec, CastSpec):
+            operation = Cast(spec.cast)
+        else:
+            operation = Transpose(spec.transpose)
+        shape, dtype = operation.infer(shape, dtype)
+        operations.append(operation)
+    return tuple(operations)
+
+
+def _shape_hint(shape: tuple[int, ...], target: tuple[int, ...]) -> str:
+    if sorted(shape) == sorted(target) and len(shape) == len(target):
+        perm = _permutation(shape, target)
+        if perm is not None:
+            return f'add {{ transpose = {list(perm)} }} to the rule\'s ops, or a guard with on_fail = "skip"'
+    if len(shape) != len(target) and math.prod(shape) == math.prod(target):
+        return f'add {{ reshape = {list(target)} }} to the rule\'s ops, or a guard with on_fail = "skip"'
+    return 'add a guard with same_shape = true and on_fail = "skip" to leave the target at its initial value'
+
+
+def _permutation(shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...] | None:
+    remaining = list(range(len(shape)))
+    perm: list[int] = []
+    for size in target:
+        for axis in remaining:
+            if shape[axis] == size:
+                perm.append(axis)
+                remaining.remove(axis)
+                break
+        else:
+            return None
+    return tuple(perm)
+
+
+__all__ = ["RuleMatcher", "build_plan", "literal_prefix"]
