@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.weight-mapper-* && touch $@
 
 demo: env
-	$(BIN)/python -m mapper.demo
+	$(BIN)/mapper demo
 
 test: env
 	$(BIN)/python -m ruff check mapper tests benchmarks

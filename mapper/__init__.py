@@ -1,5 +1,6 @@
 """weight-mapper: declarative rule files that move weights from checkpoints into Keras and TensorFlow models."""
 
+from mapper.api import apply, make_plan, transfer
 from mapper.errors import (
     ApplyError,
     CorruptSourceError,
@@ -20,11 +21,13 @@ from mapper.specs import TargetMap, TensorSpec, VariableMap
 __version__ = "0.1.0"
 
 __all__ = [
+    "apply",
     "ApplyError",
     "Assignment",
     "build_plan",
     "CorruptSourceError",
     "load_rules",
+    "make_plan",
     "MapperError",
     "OperationError",
     "parse_rules",
@@ -45,5 +48,6 @@ __all__ = [
     "TargetMap",
     "TensorEntry",
     "TensorSpec",
+    "transfer",
     "VariableMap",
 ]

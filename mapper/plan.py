@@ -92,6 +92,7 @@ class Skip:
     source_shape: tuple[int, ...] | None = None
     target_shape: tuple[int, ...] | None = None
     target: str | None = None  # for a guard skip: the target the rule named
+    detail: str | None = None  # for a guard skip: what the guard found, e.g. "shape [10] is not [5]"
 
 
 class Severity(str, enum.Enum):

@@ -14,7 +14,7 @@ class VariableTarget:
     """A target an executor can assign into.
 
     ``variables`` maps each canonical (path) name in ``map.variables`` to its variable object
-    (a ``keras.Variable`` or a ``tf.Variable``).
+    (a ``keras.Variable`` or a ``tf.Variable``); ``obj`` is the model or module they came from.
 
     Example:
         >>> from mapper.specs import TensorSpec, VariableMap
@@ -26,3 +26,4 @@ class VariableTarget:
     description: str
     map: TargetMap
     variables: Mapping[str, Any]
+    obj: object = None  # the model or module the variables belong to, for saving; None for bare variables

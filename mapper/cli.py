@@ -1,0 +1,458 @@
+"""The ``mapper`` command: inspect, validate, plan and apply; the only module that prints."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from mapper.errors import ApplyError, MapperError, PlanError, RuleFileError, TargetError
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1  # the input was read, and is wrong: an invalid rule file, a plan with errors
+EXIT_USAGE = 2  # the command line itself is wrong (argparse's own code)
+EXIT_INPUT = 3  # an input cannot be read: missing or corrupt source, unusable target
+EXIT_APPLY = 4  # applying failed; the target was left unchanged
+
+_EXIT_CODES = f"""exit codes:
+  {EXIT_OK}  success (for plan: the plan has no errors)
+  {EXIT_PROBLEMS}  problems found: an invalid rule file, or a plan with errors (nothing was changed)
+  {EXIT_USAGE}  bad command line
+  {EXIT_INPUT}  an input cannot be read: missing or corrupt checkpoint, unusable target factory
+  {EXIT_APPLY}  applying failed; the model was left unchanged"""
+
+_TARGET_HELP = (
+    "the target model as MODULE:FACTORY, where MODULE is a dotted module name or a path to a .py file and "
+    "FACTORY a function returning a built Keras model, a tf.Module, or a dict of variables "
+    "(e.g. mapper.demo:new_model or models/my_model.py:build)"
+)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps our hand-wrapped examples as written."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``mapper`` command, with a teaching ``--help`` on every verb.
+
+    Example:
+        >>> build_parser().parse_args(["validate", "rules/a.toml"]).command
+        'validate'
+    """
+    parser = argparse.ArgumentParser(
+        prog="mapper",
+        formatter_class=_Formatter,
+        description="Move weights from checkpoints into Keras/TensorFlow models with declarative TOML rule files.\n"
+        "Plan first (a dry run that reads no tensor), review the report, then apply.",
+        epilog="examples:\n"
+        "  mapper inspect pretrained/ckpt-1\n"
+        "  mapper validate rules/*.toml\n"
+        "  mapper plan rules/keras-same-architecture.toml --source pretrained/ckpt-1 --target mapper.demo:new_model\n"
+        "  mapper apply rules/keras-same-architecture.toml --source pretrained/ckpt-1 --target mapper.demo:new_model "
+        "--output finetune/ckpt\n\n" + _EXIT_CODES,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    verbs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    inspect = verbs.add_parser(
+        "inspect",
+        formatter_class=_Formatter,
+        help="list a checkpoint's tensors: names, shapes, dtypes, sizes (reads no tensor data)",
+        description="List every tensor of a checkpoint with its shape, dtype and size, without reading tensor data.",
+        epilog="examples:\n"
+        "  mapper inspect pretrained/ckpt-1\n"
+        "  mapper inspect pretrained/ --match '.*attention.*'\n"
+        "  mapper inspect pretrained/ckpt-1 --format json | jq '.tensors | length'",
+    )
+    inspect.add_argument("source", help="checkpoint prefix, or a directory holding a 'checkpoint' file")
+    inspect.add_argument("--match", metavar="REGEX", help="only names this regular expression matches (search, not full match)")
+    inspect.add_argument("--format", choices=("text", "json"), default="text")
+
+    validate = verbs.add_parser(
+        "validate",
+        formatter_class=_Formatter,
+        help="check rule files against the schema, reporting every problem at once",
+        description="Check rule files: TOML syntax, keys, regular expressions, templates and operations.\n"
+        "Needs no checkpoint and no model.",
+        epilog="examples:\n  mapper validate rules/bert.toml\n  mapper validate rules/*.toml\n\n" + _EXIT_CODES,
+    )
+    validate.add_argument("rules", nargs="+", help="rule files")
+
+    demo = verbs.add_parser(
+        "demo",
+        formatter_class=_Formatter,
+        help="run the built-in example: a 10-class checkpoint into a 5-class model, keeping the new head",
+        description="Save a small 'pretrained' 10-class Keras model as a TensorFlow checkpoint, then inspect, plan and\n"
+        "apply rules/keras-same-architecture.toml into a new 5-class model, and check that the backbone was\n"
+        "restored and the new head kept its initial values.",
+        epilog="examples:\n  mapper demo\n  mapper demo --workdir demo-output   # keep the checkpoints to look at",
+    )
+    demo.add_argument("--workdir", type=Path, help="where to write checkpoints (default: a temporary directory)")
+
+    for verb in ("plan", "apply"):
+        is_apply = verb == "apply"
+        sub = verbs.add_parser(
+            verb,
+            formatter_class=_Formatter,
+            help="apply a rule file to a model and save its weights"
+            if is_apply
+            else "dry run: show where every target variable's value would come from",
+            description=(
+                "Plan, then (if the plan has no errors) read the planned tensors, transform and assign them, and save the\n"
+                "model's weights to --output. All or nothing: on any failure the model is left as it was."
+                if is_apply
+                else "Resolve a rule file against a checkpoint and a model and print the plan: every assignment, every skip\n"
+                "with its reason and shapes, every unused tensor and unfilled variable. Reads no tensor data.\n"
+                "The exit code says whether the plan has errors, so CI can gate on it."
+            ),
+            epilog="examples:\n"
+            + (
+                "  mapper apply rules/keras-same-architecture.toml --source pretrained/ckpt-1 \\\n"
+                "      --target mapper.demo:new_model --output finetune/ckpt\n"
+                "  mapper apply rules/bert.toml --source bert/model.ckpt --target models.py:build \\\n"
+                "      --output out/model.weights.h5 --method assign\n"
+                if is_apply
+                else "  mapper plan rules/keras-same-architecture.toml --source pretrained/ckpt-1 --target mapper.demo:new_model\n"
+                "  mapper plan rules/bert.toml --source bert/ --target models.py:build --format markdown > plan.md\n"
+                "  mapper plan rules/bert.toml --source bert/ --target models.py:build --format json --output plan.json\n"
+            )
+            + "\n"
+            + _EXIT_CODES,
+        )
+        sub.add_argument("rules", help="the rule file")
+        sub.add_argument("--source", required=True, help="checkpoint prefix, or a directory holding a 'checkpoint' file")
+        sub.add_argument("--target", required=True, metavar="MODULE:FACTORY", help=_TARGET_HELP)
+        sub.add_argument(
+            "--format", choices=("text", "markdown", "json"), default="text", help="report format (default: text)"
+        )
+        sub.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="colour the text report")
+        sub.add_argument("-v", "--verbose", action="store_true", help="list every assignment instead of grouping them")
+        if is_apply:
+            sub.add_argument(
+                "--output",
+                required=True,
+                help="where to save the model's weights: a path ending in .weights.h5 (Keras), else a TF checkpoint prefix",
+            )
+            sub.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+            sub.add_argument(
+                "--method",
+                choices=("assign", "init_from_checkpoint"),
+                default="assign",
+                help="assign (default; batched reads, any operations) or init_from_checkpoint (no operations)",
+            )
+            sub.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final line")
+        else:
+            sub.add_argument("--output", metavar="FILE", help="write the report to FILE instead of standard output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``mapper`` command and return its exit code.
+
+    Example:
+        >>> main(["validate", "/no/such/rules.toml"])  # doctest: +SKIP
+        1
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "inspect": _inspect,
+        "validate": _validate,
+        "plan": _plan,
+        "apply": _apply,
+        "demo": _demo,
+    }
+    try:
+        return handlers[args.command](args)
+    except RuleFileError as error:
+        _error(str(error))
+        return EXIT_PROBLEMS
+    except PlanError as error:
+        _error(str(error))
+        return EXIT_PROBLEMS
+    except ApplyError as error:
+        _error(f"apply failed: {error}")
+        return EXIT_APPLY
+    except MapperError as error:
+        _error(str(error))
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from mapper.sources import open_source
+    from mapper.specs import format_shape
+
+    source = open_source(args.source)
+    specs = source.specs()
+    try:
+        pattern = re.compile(args.match) if args.match else None
+    except re.error as error:
+        _error(f"--match {args.match!r} is not a valid regular expression: {error}")
+        return EXIT_USAGE
+    shown = [spec for spec in specs.values() if pattern is None or pattern.search(spec.name)]
+    total = sum(spec.nbytes for spec in shown)
+    if args.format == "json":
+        document = {
+            "source": source.description,
+            "tensors": [
+                {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype, "bytes": spec.nbytes}
+                for spec in shown
+            ],
+            "total_bytes": total,
+        }
+        _out(json.dumps(document, indent=2))
+        return EXIT_OK
+    rows = [(spec.name, format_shape(spec.shape), spec.dtype, _human_bytes(spec.nbytes)) for spec in shown]
+    widths = [max([len(header), *(len(row[i]) for row in rows)]) for i, header in enumerate(("name", "shape", "dtype", "size"))]
+    lines = [f"{source.description}: {len(shown)} of {len(specs)} tensors, {_human_bytes(total)}"]
+    if rows:
+        header = ("name", "shape", "dtype", "size")
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(header, widths, strict=True)).rstrip())
+        lines.extend(
+            "  ".join(
+                [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2]), row[3].rjust(widths[3])]
+            ).rstrip()
+            for row in rows
+        )
+    _out("\n".join(lines))
+    return EXIT_OK
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from mapper.rules import load_rules
+
+    failed = 0
+    for path in args.rules:
+        try:
+            rules = load_rules(path)
+        except RuleFileError as error:
+            failed += 1
+            _error(str(error))
+            continue
+        keeps = f", {len(rules.keep)} keep rule{'s' if len(rules.keep) != 1 else ''}" if rules.keep else ""
+        _out(f"ok: {path} ({len(rules.rules)} rule{'s' if len(rules.rules) != 1 else ''}{keeps})")
+    if failed:
+        _error(f"{failed} of {len(args.rules)} rule file{'s' if len(args.rules) != 1 else ''} invalid")
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
+def _plan(args: argparse.Namespace) -> int:
+    plan, _, _ = _make_plan(args)
+    report = _render(plan, args, sys.stdout)
+    if args.output:
+        _write_text_atomically(Path(args.output), report)
+        verdict = "no errors" if plan.ok else f"{len(plan.errors)} errors"
+        _out(f"plan report ({verdict}) written to {args.output}")
+    else:
+        _out(report)
+    return EXIT_OK if plan.ok else EXIT_PROBLEMS
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from mapper.api import apply, plan_error
+    from mapper.targets.save import check_output, save_target
+
+    output = Path(args.output)
+    check_output(output, overwrite=args.overwrite)
+    plan, source, target = _make_plan(args)
+    if not args.quiet or not plan.ok:
+        _out(_render(plan, args, sys.stdout))
+    if not plan.ok:
+        raise plan_error(plan)
+    started = time.perf_counter()
+    progress = _ProgressBar(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
+    result = apply(plan, source, target, method=args.method, progress=progress)
+    if progress is not None:
+        progress.close()
+    from mapper.rules import load_rules
+
+    root = load_rules(args.rules).target.checkpoint_root
+    save_target(target, output, checkpoint_root=root, overwrite=args.overwrite)
+    seconds = time.perf_counter() - started
+    _out(
+        f"applied: {result.assigned} variable{'s' if result.assigned != 1 else ''} "
+        f"({_human_bytes(result.bytes_read)} read) in {seconds:.2f}s; weights saved to {output}"
+    )
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    if args.workdir is None:
+        with tempfile.TemporaryDirectory(prefix="mapper-demo-") as scratch:
+            return _run_demo(Path(scratch))
+    return _run_demo(args.workdir)
+
+
+def _run_demo(workdir: Path) -> int:
+    import shlex
+
+    from mapper import api, demo
+
+    pretrained, checkpoint = demo.write_pretrained_checkpoint(workdir / "pretrained")
+    # Shown relative to the working directory when it is inside it, as a user would type it.
+    relative = os.path.relpath(demo.RULES)
+    rules = Path(relative) if not relative.startswith("..") else demo.RULES
+    _out(f"Saved a 'pretrained' 10-class model to {checkpoint} with tf.train.Checkpoint(model=...).write().")
+    _out(f"The new model has a 5-class head. The rule file {rules.name} restores every variable whose shape fits:\n")
+    _out("\n".join(f"    | {line}".rstrip() for line in rules.read_text(encoding="utf-8").strip().splitlines()))
+    output = workdir / "finetune" / "ckpt"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    common = ["--source", str(checkpoint), "--target", "mapper.demo:new_model"]
+    steps = [
+        ["inspect", str(checkpoint)],
+        ["plan", str(rules), *common],
+        ["apply", str(rules), *common, "--output", str(output), "--overwrite", "--quiet"],
+    ]
+    for argv in steps:
+        _out(f"\n$ mapper {shlex.join(argv)}")
+        code = main(argv)
+        if code != EXIT_OK:
+            return code
+    _out("\nChecking the result through the Python API (mapper.transfer on a fresh 5-class model):")
+    model = demo.new_model()
+    initial = {variable.path: variable.numpy() for variable in model.weights}
+    plan = api.transfer(rules, checkpoint, model)
+    results = demo.compare_with_pretrained(model, pretrained, initial)
+    width = max(len(path) for path, _, _ in results)
+    for path, as_expected, found in results:
+        _out(f"  {'ok ' if as_expected else 'BAD'}  {path:<{width}}  {found}")
+    counts = plan.counts()
+    _out(f"\n{counts['mapped']} variables restored; {counts['skipped_by_guard']} skipped by the shape guard (the new head).")
+    if not all(as_expected for _, as_expected, _ in results):
+        _error("the demo's checks failed")
+        return EXIT_PROBLEMS
+    _out("Demo passed.")
+    return EXIT_OK
+
+
+def _make_plan(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    from mapper.api import as_source, as_target, make_plan
+    from mapper.rules import load_rules
+
+    rules = load_rules(args.rules)
+    source = as_source(args.source)
+    target_object = load_target_factory(args.target)
+    target = as_target(target_object, checkpoint_root=rules.target.checkpoint_root)
+    return make_plan(rules, source, target), source, target
+
+
+def load_target_factory(spec: str) -> object:
+    """Import ``MODULE:FACTORY`` and return what the factory builds (or the attribute itself if not callable).
+
+    Raises:
+        TargetError: the spec is malformed, the module cannot be imported, or it lacks the attribute.
+
+    Example:
+        >>> load_target_factory("collections:OrderedDict")
+        OrderedDict()
+    """
+    module_name, _, attribute = spec.rpartition(":")
+    if not module_name or not attribute:
+        raise TargetError(f"--target {spec!r} is not MODULE:FACTORY (e.g. mapper.demo:new_model or models.py:build)")
+    try:
+        if module_name.endswith(".py") or os.sep in module_name:
+            path = Path(module_name)
+            if not path.is_file():
+                raise TargetError(f"--target {spec!r}: no file {module_name!r}")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            if module_spec is None or module_spec.loader is None:
+                raise TargetError(f"--target {spec!r}: cannot load {module_name!r} as a Python module")
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[path.stem] = module
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except TargetError:
+        raise
+    except ImportError as error:
+        raise TargetError(f"--target {spec!r}: cannot import {module_name!r}: {error}") from error
+    factory = getattr(module, attribute, None)
+    if factory is None:
+        public = [name for name in dir(module) if not name.startswith("_") and callable(getattr(module, name))]
+        import difflib
+
+        close = difflib.get_close_matches(attribute, public, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise TargetError(f"--target {spec!r}: module {module_name!r} has no {attribute!r}{hint}")
+    return factory() if callable(factory) else factory
+
+
+def _render(plan: Any, args: argparse.Namespace, stream: TextIO) -> str:
+    from mapper.report import render
+
+    if args.format == "text":
+        to_file = args.command == "plan" and bool(args.output)
+        wants_color = args.color == "always" or (
+            args.color == "auto" and stream.isatty() and not os.environ.get("NO_COLOR")
+        )
+        color = wants_color and not (to_file and args.color != "always")
+        return render(plan, "text", color=color, verbose=args.verbose)
+    return render(plan, args.format)
+
+
+class _ProgressBar:
+    """A one-line progress bar on a terminal; the CLI draws it only when stderr is one."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._started = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        elapsed = time.perf_counter() - self._started
+        self._stream.write(f"\r  applying [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:5.1f}s")
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.write("\n")
+        self._stream.flush()
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    if not path.parent.is_dir():
+        raise TargetError(f"cannot write {path}: directory {path.parent} does not exist")
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    partial.replace(path)
+
+
+def _human_bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{count} B"
+
+
+def _version() -> str:
+    from mapper import __version__
+
+    return __version__
+
+
+def _out(text: str) -> None:
+    print(text)
+
+
+def _error(text: str) -> None:
+    print(f"mapper: error: {text}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

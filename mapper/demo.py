@@ -1,0 +1,98 @@
+"""The built-in example: restore a 10-class model's checkpoint into a 5-class model, keeping the new head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+RULES = Path(__file__).resolve().parent.parent / "rules" / "keras-same-architecture.toml"
+FEATURES = 16
+
+
+def build_classifier(num_classes: int, *, seed: int = 0) -> Any:
+    """A small Keras 3 classifier: dense backbone with batch norm, and a ``head`` with ``num_classes`` outputs.
+
+    Example:
+        >>> build_classifier(5).get_layer("head").kernel.shape  # doctest: +SKIP
+        (32, 5)
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((FEATURES,), name="features")
+    hidden = keras.layers.Dense(32, activation="relu", name="d1")(inputs)
+    hidden = keras.layers.BatchNormalization(name="bn")(hidden)
+    hidden = keras.layers.Dense(32, activation="relu", name="d2")(hidden)
+    outputs = keras.layers.Dense(num_classes, name="head")(hidden)
+    return keras.Model(inputs, outputs, name="classifier")
+
+
+def pretrained_model() -> Any:
+    """The "pretrained" 10-class model: random numbers stand in for training, batch-norm statistics included.
+
+    Example:
+        >>> pretrained_model().get_layer("head").kernel.shape  # doctest: +SKIP
+        (32, 10)
+    """
+    import numpy as np
+
+    model = build_classifier(10, seed=1)
+    generator = np.random.default_rng(1)
+    for variable in model.weights:
+        values = generator.normal(size=tuple(variable.shape)).astype("float32")
+        variable.assign(np.abs(values) if "variance" in variable.path else values)
+    return model
+
+
+def new_model() -> Any:
+    """The model to fine-tune: same backbone, a head for 5 classes (the ``--target`` factory of the demo).
+
+    Example:
+        >>> new_model().get_layer("head").kernel.shape  # doctest: +SKIP
+        (32, 5)
+    """
+    return build_classifier(5, seed=2)
+
+
+def write_pretrained_checkpoint(directory: Path) -> tuple[Any, Path]:
+    """Save the pretrained model with ``tf.train.Checkpoint(model=...).write`` under ``directory``.
+
+    Returns:
+        The pretrained model and the checkpoint prefix.
+
+    Example:
+        >>> model, prefix = write_pretrained_checkpoint(Path("demo-output/pretrained"))  # doctest: +SKIP
+    """
+    import tensorflow as tf
+
+    model = pretrained_model()
+    directory.mkdir(parents=True, exist_ok=True)
+    prefix = directory / "ckpt"
+    tf.train.Checkpoint(model=model).write(str(prefix))
+    return model, prefix
+
+
+def compare_with_pretrained(model: Any, pretrained: Any, initial: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """Check a restored model: the head kept its initial values and everything else equals the pretrained model.
+
+    Returns:
+        ``(variable path, as expected, what was found)`` for every weight.
+
+    Example:
+        >>> compare_with_pretrained(model, pretrained, initial)[0]  # doctest: +SKIP
+        ('d1/kernel', True, 'equals the pretrained value')
+    """
+    import numpy as np
+
+    expected = {variable.path: variable.numpy() for variable in pretrained.weights}
+    results = []
+    for variable in model.weights:
+        value = variable.numpy()
+        if variable.path.startswith("head/"):
+            same = bool(np.array_equal(value, initial[variable.path]))
+            found = "kept its initial value" if same else "CHANGED, but should have kept its initial value"
+        else:
+            same = bool(np.array_equal(value, expected[variable.path]))
+            found = "equals the pretrained value" if same else "DIFFERS from the pretrained value"
+        results.append((variable.path, same, found))
+    return results

@@ -1,0 +1,197 @@
+"""The mapper command: every verb on the seed scenario, its exit codes, its help and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mapper import cli, demo
+
+tf = pytest.importorskip("tensorflow")
+
+RULES = str(demo.RULES)
+TARGET = "mapper.demo:new_model"
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
+    return demo.write_pretrained_checkpoint(tmp_path_factory.mktemp("pretrained"))
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("verb", ["inspect", "validate", "plan", "apply", "demo"])
+def test_every_verb_has_help_with_an_example(capsys: pytest.CaptureFixture[str], verb: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([verb, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out
+    assert f"mapper {verb}" in out
+
+
+def test_top_level_help_lists_verbs_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for verb in ("inspect", "validate", "plan", "apply", "demo"):
+        assert verb in out
+    assert "exit codes:" in out
+
+
+def test_inspect_lists_names_shapes_dtypes_sizes(capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path]) -> None:
+    _, prefix = pretrained
+    code, out, _ = run(capsys, "inspect", str(prefix))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{prefix}: 10 of 10 tensors")
+    assert lines[1].split() == ["name", "shape", "dtype", "size"]
+    kernel = next(line for line in lines if line.startswith("model/_operations/4/_kernel/"))
+    assert kernel.split()[1:] == ["[32,", "10]", "float32", "1.2", "KiB"]
+    assert "_CHECKPOINTABLE_OBJECT_GRAPH" not in out
+
+
+def test_inspect_json_and_match(capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path]) -> None:
+    _, prefix = pretrained
+    code, out, _ = run(capsys, "inspect", str(prefix), "--format", "json", "--match", "moving")
+    assert code == 0
+    document = json.loads(out)
+    assert [tensor["name"].split("/")[3] for tensor in document["tensors"]] == ["moving_mean", "moving_variance"]
+    assert document["total_bytes"] == 2 * 32 * 4
+
+
+def test_validate_reports_each_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text('format = 1\n[[rules]]\nname = "a"\nmtach = "x"\ntarget = "y"\n[[rules]]\nmatch = "a(b"\nskip = "r"\n')
+    code, out, err = run(capsys, "validate", RULES, str(broken))
+    assert code == cli.EXIT_PROBLEMS
+    assert f"ok: {RULES} (3 rules)" in out
+    assert "unknown key 'mtach' (did you mean 'match'?)" in err
+    assert "rule 2, field 'match': invalid regular expression" in err
+    assert "1 of 2 rule files invalid" in err
+
+
+def test_plan_seed_scenario_names_the_head_skip(capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path]) -> None:
+    _, prefix = pretrained
+    code, out, _ = run(capsys, "plan", RULES, "--source", str(prefix), "--target", TARGET, "--color", "never")
+    assert code == 0
+    assert "[32, 10]" in out and "[32, 5]" in out
+    assert "new class count" in out
+    assert "\x1b[" not in out
+
+
+@pytest.mark.parametrize("report_format", ["markdown", "json"])
+def test_plan_formats_to_file(
+    capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path], tmp_path: Path, report_format: str
+) -> None:
+    _, prefix = pretrained
+    output = tmp_path / f"plan.{report_format}"
+    code, out, _ = run(
+        capsys, "plan", RULES, "--source", str(prefix), "--target", TARGET, "--format", report_format, "--output", str(output)
+    )
+    assert code == 0
+    assert f"written to {output}" in out
+    text = output.read_text()
+    if report_format == "json":
+        json.loads(text)
+    else:
+        assert text.lstrip().startswith("#") or "|" in text
+
+
+def test_plan_with_errors_exits_1(capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path], tmp_path: Path) -> None:
+    _, prefix = pretrained
+    strict = tmp_path / "strict.toml"
+    strict.write_text('format = 1\n[target]\nnamespace = "checkpoint"\n[[rules]]\nmatch = "(?P<k>model/.+)"\ntarget = "{k}"\n')
+    code, out, _ = run(capsys, "plan", strict.as_posix(), "--source", str(prefix), "--target", TARGET)
+    assert code == cli.EXIT_PROBLEMS
+    assert "shape_mismatch" in out or "shape" in out
+
+
+def test_apply_saves_weights_and_refuses_to_overwrite(
+    capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path], tmp_path: Path
+) -> None:
+    model, prefix = pretrained
+    output = tmp_path / "finetuned.weights.h5"
+    argv = ["apply", RULES, "--source", str(prefix), "--target", TARGET, "--output", str(output), "--quiet"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0, out
+    assert out.strip().splitlines()[-1].startswith("applied: 8 variables")
+    restored = demo.new_model()
+    restored.load_weights(str(output))
+    np.testing.assert_array_equal(restored.get_layer("d1").kernel, model.get_layer("d1").kernel)  # type: ignore[attr-defined]
+    fresh = demo.new_model()
+    np.testing.assert_array_equal(restored.get_layer("head").kernel, fresh.get_layer("head").kernel)
+    before = output.read_bytes()
+    code, _, err = run(capsys, *argv)
+    assert code == cli.EXIT_INPUT
+    assert "already exists; pass --overwrite" in err
+    assert output.read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["finetuned.weights.h5"]
+
+
+def test_apply_to_checkpoint_prefix(capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path], tmp_path: Path) -> None:
+    _, prefix = pretrained
+    output = tmp_path / "out" / "ckpt"
+    output.parent.mkdir()
+    code, _, _ = run(capsys, "apply", RULES, "--source", str(prefix), "--target", TARGET, "--output", str(output), "-q")
+    assert code == 0
+    reader = tf.train.load_checkpoint(str(output))
+    original = tf.train.load_checkpoint(str(prefix))
+    key = "model/_operations/1/_kernel/.ATTRIBUTES/VARIABLE_VALUE"
+    np.testing.assert_array_equal(reader.get_tensor(key), original.get_tensor(key))
+    head = "model/_operations/4/_kernel/.ATTRIBUTES/VARIABLE_VALUE"
+    assert reader.get_tensor(head).shape == (32, 5)
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["inspect", "/no/such/ckpt"], cli.EXIT_INPUT, "/no/such/ckpt"),
+        (["validate", "/no/such/rules.toml"], cli.EXIT_PROBLEMS, "no such rule file"),
+        (["plan", RULES, "--source", "{prefix}", "--target", "mapper.demo:no_such_factory"], cli.EXIT_INPUT, "has no 'no_such_factory'"),
+        (["plan", RULES, "--source", "{prefix}", "--target", "no_such_module_xyz:build"], cli.EXIT_INPUT, "cannot import 'no_such_module_xyz'"),
+        (["plan", RULES, "--source", "{prefix}", "--target", "not-a-spec"], cli.EXIT_INPUT, "is not MODULE:FACTORY"),
+        (["apply", RULES, "--source", "{prefix}", "--target", TARGET, "--output", "/no/such/dir/ckpt"], cli.EXIT_INPUT, "does not exist"),
+    ],
+    ids=["missing-source", "missing-rules", "missing-factory", "missing-module", "bad-target-spec", "missing-output-dir"],
+)
+def test_bad_input_exit_codes(
+    capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path], argv: list[str], code: int, message: str
+) -> None:
+    _, prefix = pretrained
+    result, _, err = run(capsys, *(arg.replace("{prefix}", str(prefix)) for arg in argv))
+    assert result == code
+    assert message in err
+    assert err.startswith("mapper: error:")
+
+
+def test_demo_passes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "demo", "--workdir", str(tmp_path))
+    assert code == 0, out
+    assert "Demo passed." in out
+    assert "ok   head/kernel" in out and "kept its initial value" in out
+    assert "BAD" not in out
+
+
+def test_console_script_runs_in_a_fresh_process(pretrained: tuple[object, Path]) -> None:
+    _, prefix = pretrained
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "NO_COLOR": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "mapper", "plan", RULES, "--source", str(prefix), "--target", TARGET, "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    json.loads(done.stdout)
