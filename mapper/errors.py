@@ -154,7 +154,7 @@ class TargetError(MapperError, LookupError):
 
 
 class ApplyError(MapperError, RuntimeError):
-    """Applying a plan failed; the target's variables were left as they were.
+    """Applying a plan failed; with rollback (the default) every variable was given back its previous value.
 
     Example:
         >>> str(ApplyError("read failed"))

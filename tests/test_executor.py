@@ -1,0 +1,871 @@
+"""Tests for mapper.executor: prechecks, batching, operations, rollback, init_from_checkpoint, distribution, graph mode."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from checkpoints import data_files, distinct_values, flip_bytes, functional_model, weights_of, write_keras_checkpoint
+
+from mapper.errors import ApplyError, CorruptSourceError, PlanError, SourceError, TargetError
+from mapper.executor import MAX_BATCH_TENSORS, NUMPY_OPS_MAX_BYTES, ApplyResult, apply_plan, init_from_checkpoint_map
+from mapper.ops import Cast, Operation, Reshape, Transpose, apply_numpy, infer_all, numpy_dtype
+from mapper.plan import Assignment, Plan, Problem, ProblemKind, RuleRef, Severity
+from mapper.sources.memory import MemorySource
+from mapper.sources.tf_checkpoint import TFCheckpointSource
+from mapper.specs import TargetMap, TensorSpec, VariableMap
+from mapper.targets.base import VariableTarget
+from mapper.targets.variables import target_from
+
+pytestmark = pytest.mark.tf
+
+RULE = RuleRef("test.toml", 1, "test")
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def make_target(variables: Mapping[str, Any], description: str = "test model") -> VariableTarget:
+    """A VariableTarget over tf.Variables (or Keras variables), named by the dict keys."""
+    specs = [TensorSpec(name, tuple(v.shape), tf.as_dtype(v.dtype).name) for name, v in variables.items()]
+    return VariableTarget(description, TargetMap(VariableMap(specs)), dict(variables))
+
+
+def assignment(
+    target: str, source: str, shape: Sequence[int], dtype: str = "float32", operations: Sequence[Operation] = ()
+) -> Assignment:
+    target_shape, target_dtype = infer_all(operations, tuple(shape), dtype)
+    return Assignment(target, target, source, RULE, tuple(operations), tuple(shape), dtype, target_shape, target_dtype)
+
+
+def make_plan(*assignments: Assignment, problems: Sequence[Problem] = ()) -> Plan:
+    return Plan(("test.toml",), "source", "target", "path", assignments=assignments, problems=tuple(problems))
+
+
+def identity_plan(source: Mapping[str, np.ndarray], names: Mapping[str, str] | None = None) -> Plan:
+    """Source name -> target name (the same name unless ``names`` renames), no operations."""
+    names = names or {name: name for name in source}
+    return make_plan(*(assignment(names[s], s, a.shape, str(a.dtype)) for s, a in source.items() if s in names))
+
+
+def values(target: VariableTarget) -> dict[str, np.ndarray]:
+    return {name: np.array(v.numpy(), copy=True) for name, v in target.variables.items()}
+
+
+def assert_values(target: VariableTarget, expected: Mapping[str, np.ndarray]) -> None:
+    actual = values(target)
+    assert actual.keys() == expected.keys()
+    for name, array in expected.items():
+        assert actual[name].dtype == array.dtype, name
+        np.testing.assert_array_equal(actual[name], array, err_msg=name)
+
+
+def zeros_like(arrays: Mapping[str, np.ndarray], names: Mapping[str, str] | None = None) -> dict[str, tf.Variable]:
+    names = names or {name: name for name in arrays}
+    return {names[s]: tf.Variable(np.zeros_like(a)) for s, a in arrays.items() if s in names}
+
+
+def arrays(
+    count: int, shape: tuple[int, ...] = (16, 16), dtype: str = "float32", seed: int = 0
+) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {f"layer_{i}/w": rng.standard_normal(shape).astype(dtype) for i in range(count)}
+
+
+class CountingSource:
+    """Wraps a real source and records each ``read`` call's names; optionally fails on one call."""
+
+    def __init__(self, inner: Any, *, fail_on: int | None = None, error: BaseException | None = None) -> None:
+        self.inner = inner
+        self.calls: list[list[str]] = []
+        self.fail_on = fail_on
+        self.error = error
+
+    @property
+    def description(self) -> str:
+        return str(self.inner.description)
+
+    def specs(self) -> VariableMap:
+        return self.inner.specs()  # type: ignore[no-any-return]
+
+    def read(self, names: Sequence[str]) -> Mapping[str, Any]:
+        self.calls.append(list(names))
+        if self.fail_on is not None and len(self.calls) == self.fail_on:
+            raise self.error or RuntimeError("read failed")
+        return self.inner.read(names)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:  # prefix, when the inner source has one
+        return getattr(self.inner, name)
+
+
+# --- operations -----------------------------------------------------------------------------------
+
+OPERATION_CASES = [
+    pytest.param((4, 6), "float32", (Transpose((1, 0)),), id="transpose"),
+    pytest.param((8, 6), "float32", (Reshape((8, 2, 3)),), id="reshape"),
+    pytest.param((8, 6), "float32", (Transpose((1, 0)), Reshape((6, 2, 4))), id="transpose-reshape"),
+    pytest.param((5, 3, 2, 2), "float32", (Transpose((2, 3, 1, 0)),), id="conv-permute"),
+    pytest.param((4, 6), "float32", (Cast("bfloat16"),), id="cast-bfloat16"),
+    pytest.param((4, 6), "float32", (Cast("float16"), Transpose((1, 0))), id="cast-float16-transpose"),
+    pytest.param((4, 6), "int64", (Cast("float32"),), id="cast-int64-float32"),
+    pytest.param((4, 6), "int32", (Reshape((24,)), Cast("int64")), id="reshape-cast-int64"),
+    pytest.param((6,), "float32", (), id="no-operations"),
+    # Larger than NUMPY_OPS_MAX_BYTES: transformed by TensorFlow ops instead of NumPy.
+    pytest.param((160, 128), "float32", (Transpose((1, 0)),), id="large-transpose"),
+    pytest.param((160, 128), "float32", (Transpose((1, 0)), Reshape((128, 4, 40))), id="large-transpose-reshape"),
+    pytest.param((160, 128), "float32", (Cast("bfloat16"),), id="large-cast-bfloat16"),
+    pytest.param((160, 128), "int64", (Cast("float32"), Reshape((20480,))), id="large-cast-reshape"),
+]
+
+
+def sample(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    rng = np.random.default_rng(math.prod(shape))
+    if dtype.startswith("int"):
+        return rng.integers(-1000, 1000, shape).astype(dtype)
+    return (rng.standard_normal(shape) * 100).astype(dtype)
+
+
+def test_large_cases_exceed_numpy_threshold() -> None:
+    assert 160 * 128 * 4 > NUMPY_OPS_MAX_BYTES > 8 * 6 * 8
+
+
+@pytest.mark.parametrize(("shape", "dtype", "operations"), OPERATION_CASES)
+def test_operations_give_the_numpy_computed_values_from_numpy_source(
+    shape: tuple[int, ...], dtype: str, operations: tuple[Operation, ...]
+) -> None:
+    array = sample(shape, dtype)
+    expected = apply_numpy(operations, array)
+    plan = make_plan(assignment("v", "src", shape, dtype, operations))
+    target = make_target({"v": tf.Variable(np.zeros_like(expected))})
+
+    result = apply_plan(plan, MemorySource({"src": array}), target)
+
+    assert_values(target, {"v": expected})
+    assert result == ApplyResult(1, array.nbytes, 1, "assign", result.seconds)
+
+
+def test_result_counts_each_source_tensor_once() -> None:
+    source = MemorySource({"shared": np.arange(6, dtype="float32"), "other": np.ones(3, "int32")})
+    plan = make_plan(
+        assignment("a", "shared", (6,)),
+        assignment("b", "shared", (6,), operations=(Reshape((2, 3)),)),
+        assignment("c", "other", (3,), "int32"),
+    )
+    target = make_target(
+        {
+            "a": tf.Variable(np.zeros(6, "float32")),
+            "b": tf.Variable(np.zeros((2, 3), "float32")),
+            "c": tf.Variable([0, 0, 0]),
+        }
+    )
+
+    result = apply_plan(plan, source, target)
+
+    assert (result.assigned, result.bytes_read, result.batches, result.method) == (3, 24 + 12, 1, "assign")
+    assert source.reads == ["shared", "other"]
+    assert_values(
+        target,
+        {
+            "a": np.arange(6, dtype="float32"),
+            "b": np.arange(6, dtype="float32").reshape(2, 3),
+            "c": np.ones(3, "int32"),
+        },
+    )
+
+
+# --- batching -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sizes", "budget", "expected"),
+    [
+        pytest.param([1024] * 6, 3000, [[0, 1], [2, 3], [4, 5]], id="two-per-batch"),
+        pytest.param([1024] * 6, 3072, [[0, 1, 2], [3, 4, 5]], id="exact-fit"),
+        pytest.param([1024] * 4, 1 << 30, [[0, 1, 2, 3]], id="one-batch"),
+        pytest.param([512, 8192, 512, 512], 2048, [[0], [1], [2, 3]], id="large-tensor-alone"),
+        pytest.param([8192, 512], 2048, [[0], [1]], id="large-tensor-first"),
+        pytest.param([1024] * 3, 1, [[0], [1], [2]], id="tiny-budget"),
+    ],
+)
+def test_batches_respect_batch_bytes(sizes: list[int], budget: int, expected: list[list[int]]) -> None:
+    source_arrays = {f"t{i}": np.arange(size // 4, dtype="float32") + i for i, size in enumerate(sizes)}
+    source = CountingSource(MemorySource(source_arrays))
+    target = make_target(zeros_like(source_arrays))
+    calls: list[tuple[int, int]] = []
+
+    result = apply_plan(
+        identity_plan(source_arrays), source, target, batch_bytes=budget, progress=lambda *a: calls.append(a)
+    )
+
+    assert source.calls == [[f"t{i}" for i in batch] for batch in expected]
+    for batch in source.calls:
+        assert len(batch) == 1 or sum(source_arrays[name].nbytes for name in batch) <= budget
+    assert result.batches == len(expected)
+    done = list(np.cumsum([len(batch) for batch in expected]))
+    assert calls == [(int(d), len(sizes)) for d in done]
+    assert_values(target, source_arrays)
+
+
+def test_batches_hold_at_most_max_tensors() -> None:
+    source_arrays = arrays(MAX_BATCH_TENSORS + 5, shape=(2,))
+    source = CountingSource(MemorySource(source_arrays))
+    target = make_target(zeros_like(source_arrays))
+
+    apply_plan(identity_plan(source_arrays), source, target)
+
+    assert [len(batch) for batch in source.calls] == [MAX_BATCH_TENSORS, 5]
+    assert_values(target, source_arrays)
+
+
+def test_only_planned_tensors_are_read() -> None:
+    source_arrays = arrays(6)
+    source = MemorySource(source_arrays)
+    planned = {"layer_1/w": "a", "layer_4/w": "b"}
+    target = make_target(zeros_like(source_arrays, planned))
+
+    apply_plan(identity_plan(source_arrays, planned), source, target)
+
+    assert source.reads == ["layer_1/w", "layer_4/w"]
+    assert_values(target, {"a": source_arrays["layer_1/w"], "b": source_arrays["layer_4/w"]})
+
+
+def test_variables_outside_the_plan_are_left_alone() -> None:
+    source_arrays = arrays(2)
+    keep = tf.Variable(np.full((3,), 7.0, "float32"))
+    target = make_target({**zeros_like(source_arrays), "kept": keep})
+
+    apply_plan(identity_plan(source_arrays), MemorySource(source_arrays), target)
+
+    assert_values(target, {**source_arrays, "kept": np.full((3,), 7.0, "float32")})
+
+
+# --- prechecks: each error is raised before any variable changes ------------------------------------
+
+BASE = {"a/w": np.arange(12, dtype="float32").reshape(3, 4), "b/w": np.arange(4, dtype="int32")}
+BASE_TARGETS = {"a/kernel": ((4, 3), "float32"), "b/w": ((4,), "int32")}
+
+
+def _error_problem(i: int) -> Problem:
+    return Problem(ProblemKind.MISSING_TARGET, Severity.ERROR, f"no target 'missing_{i}'", RULE, (f"missing_{i}",))
+
+
+def _base_assignments(
+    *, last: Assignment | None = None, first_ops: tuple[Operation, ...] = (Transpose((1, 0)),)
+) -> tuple[Assignment, ...]:
+    first = assignment("a/kernel", "a/w", (3, 4), "float32", first_ops)
+    return (first, last or assignment("b/w", "b/w", (4,), "int32"))
+
+
+PRECHECK_CASES: list[Any] = [
+    pytest.param(
+        {"problems": [_error_problem(0)]},
+        PlanError,
+        ["1 error", "no target 'missing_0'"],
+        id="plan-error",
+    ),
+    pytest.param(
+        {"problems": [_error_problem(i) for i in range(8)]},
+        PlanError,
+        ["8 errors", "missing_4", "and 3 more"],
+        id="plan-many-errors",
+    ),
+    pytest.param(
+        {
+            "assignments": _base_assignments(
+                last=Assignment("b/w", "b/w", "b/w", RULE, (Reshape((2, 2)),), (4,), "int32", (4,), "int32")
+            )
+        },
+        PlanError,
+        ["'b/w' -> 'b/w'", "[2, 2] int32", "[4] int32", "plan again"],
+        id="plan-inconsistent-shape",
+    ),
+    pytest.param(
+        {
+            "assignments": _base_assignments(
+                last=Assignment("b/w", "b/w", "b/w", RULE, (Reshape((3,)),), (4,), "int32", (3,), "int32")
+            )
+        },
+        PlanError,
+        ["'b/w' -> 'b/w'", "cannot reshape [4]"],
+        id="plan-bad-operation",
+    ),
+    pytest.param(
+        {"assignments": _base_assignments(last=assignment("b/kernel", "b/w", (4,), "int32"))},
+        TargetError,
+        ["no variable 'b/kernel'", "'b/w'", "plan again"],
+        id="target-missing",
+    ),
+    pytest.param(
+        {"targets": {"b/w": ((5,), "int32")}},
+        TargetError,
+        ["'b/w'", "[5] int32", "[4] int32", "model changed"],
+        id="target-shape-changed",
+    ),
+    pytest.param(
+        {"targets": {"b/w": ((4,), "int64")}},
+        TargetError,
+        ["'b/w'", "[4] int64", "[4] int32"],
+        id="target-dtype-changed",
+    ),
+    pytest.param(
+        {"target_objects": {"b/w": np.zeros(4, "int32")}},
+        TargetError,
+        ["'b/w'", "ndarray", "not a tf.Variable"],
+        id="target-not-a-variable",
+    ),
+    pytest.param(
+        {"assignments": _base_assignments(last=assignment("b/w", "b/x", (4,), "int32"))},
+        SourceError,
+        ["no tensor 'b/x'", "closest names: 'b/w'", "plan again"],
+        id="source-missing",
+    ),
+    pytest.param(
+        {"source": {**BASE, "b/w": np.arange(5, dtype="int32")}},
+        SourceError,
+        ["'b/w'", "[5] int32", "[4] int32", "source changed"],
+        id="source-shape-changed",
+    ),
+    pytest.param(
+        {"source": {**BASE, "b/w": np.arange(4, dtype="int64")}},
+        SourceError,
+        ["'b/w'", "[4] int64", "[4] int32"],
+        id="source-dtype-changed",
+    ),
+    pytest.param(
+        {"method": "init_from_checkpoint"},
+        ApplyError,
+        ["cannot transform", "'a/w' -> 'a/kernel' via transpose[1, 0]", "method='assign'"],
+        id="init-from-checkpoint-with-operations",
+    ),
+    pytest.param(
+        {"method": "init_from_checkpoint", "first_ops": (), "targets": {"a/kernel": ((3, 4), "float32")}},
+        ApplyError,
+        ["MemorySource", "no checkpoint prefix", "method='assign'"],
+        id="init-from-checkpoint-not-a-checkpoint",
+    ),
+    pytest.param({"method": "restore"}, ApplyError, ["unknown method 'restore'", "'assign'"], id="unknown-method"),
+    pytest.param({"batch_bytes": 0}, ApplyError, ["batch_bytes", "0"], id="zero-batch-bytes"),
+]
+
+
+@pytest.mark.parametrize(("case", "error", "fragments"), PRECHECK_CASES)
+def test_precheck_errors_change_nothing(case: dict[str, Any], error: type[Exception], fragments: list[str]) -> None:
+    source = MemorySource(case.get("source", BASE), description="ckpt-memory")
+    variables: dict[str, Any] = {
+        name: tf.Variable(np.full(shape, 5, dtype))
+        for name, (shape, dtype) in {**BASE_TARGETS, **case.get("targets", {})}.items()
+    }
+    variables.update(case.get("target_objects", {}))
+    target = VariableTarget("test model", TargetMap(VariableMap([])), variables)
+    assignments = case.get("assignments") or _base_assignments(first_ops=case.get("first_ops", (Transpose((1, 0)),)))
+    plan = make_plan(*assignments, problems=case.get("problems", ()))
+    before = {name: v.numpy().copy() for name, v in variables.items() if isinstance(v, tf.Variable)}
+
+    with pytest.raises(error) as raised:
+        apply_plan(plan, source, target, method=case.get("method", "assign"), batch_bytes=case.get("batch_bytes", 1024))
+
+    for fragment in fragments:
+        assert fragment in str(raised.value)
+    assert source.reads == []
+    for name, array in before.items():
+        np.testing.assert_array_equal(variables[name].numpy(), array)
+    if error is PlanError and case.get("problems"):
+        assert isinstance(raised.value, PlanError)
+        assert raised.value.problems == tuple(case["problems"])
+
+
+def test_precheck_happy_path_of_the_table_applies() -> None:
+    """The table's base case is valid, so each case above fails only for the reason it names."""
+    variables = {name: tf.Variable(np.full(shape, 5, dtype)) for name, (shape, dtype) in BASE_TARGETS.items()}
+    target = VariableTarget("test model", TargetMap(VariableMap([])), variables)
+
+    apply_plan(make_plan(*_base_assignments()), MemorySource(BASE), target, batch_bytes=1024)
+
+    np.testing.assert_array_equal(variables["a/kernel"].numpy(), BASE["a/w"].T)
+    np.testing.assert_array_equal(variables["b/w"].numpy(), BASE["b/w"])
+
+
+# --- rollback -------------------------------------------------------------------------------------
+
+
+def test_old_values_stay_valid_after_the_variable_changes() -> None:
+    """The executor keeps previous values by holding a read tensor, no copy: TF variables are copy-on-write."""
+    variable = tf.Variable(np.arange(6, dtype="float32").reshape(2, 3))
+    held = tf.raw_ops.ReadVariableOp(resource=variable.handle, dtype=variable.dtype)
+
+    tf.raw_ops.AssignVariableOp(resource=variable.handle, value=tf.fill((2, 3), 5.0), validate_shape=True)
+    variable.assign_add(tf.ones((2, 3)), read_value=False)
+    variable.scatter_nd_update([[0, 0]], [99.0])
+    variable.assign(tf.zeros((2, 3)), read_value=False)
+
+    np.testing.assert_array_equal(held.numpy(), np.arange(6, dtype="float32").reshape(2, 3))
+    np.testing.assert_array_equal(variable.numpy(), np.zeros((2, 3), "float32"))
+
+
+def test_old_values_of_keras_variables_stay_valid() -> None:
+    layer = keras.layers.Dense(3)
+    layer.build((None, 2))
+    before = layer.kernel.numpy().copy()
+    held = tf.raw_ops.ReadVariableOp(resource=layer.kernel.value.handle, dtype=tf.float32)
+
+    layer.kernel.assign(np.ones((2, 3), "float32"))
+    layer.kernel.value.assign_add(tf.ones((2, 3)))
+
+    np.testing.assert_array_equal(held.numpy(), before)
+
+
+@pytest.mark.parametrize(
+    ("make_error", "raised"),
+    [
+        pytest.param(lambda: SourceError("network dropped", path="remote"), ApplyError, id="source-error"),
+        pytest.param(lambda: MemoryError("out of memory"), ApplyError, id="memory-error"),
+        pytest.param(KeyboardInterrupt, KeyboardInterrupt, id="keyboard-interrupt"),
+    ],
+)
+def test_failure_in_a_later_batch_restores_earlier_batches(
+    make_error: Callable[[], BaseException], raised: type[BaseException]
+) -> None:
+    source_arrays = arrays(6, shape=(8, 8))
+    source = CountingSource(MemorySource(source_arrays), fail_on=3, error=make_error())
+    target = make_target(zeros_like(source_arrays))
+    before = values(target)
+
+    with pytest.raises(raised) as error:
+        apply_plan(identity_plan(source_arrays), source, target, batch_bytes=2 * 256)
+
+    assert len(source.calls) == 3
+    assert_values(target, before)
+    if raised is ApplyError:
+        message = str(error.value)
+        assert "reading batch 3 of 3" in message
+        assert "'layer_4/w'" in message
+        assert "4 variables assigned before the failure were restored" in message
+        assert error.value.__cause__ is source.error
+
+
+def test_failure_in_the_first_read_says_nothing_was_assigned() -> None:
+    source_arrays = arrays(2)
+    source = CountingSource(MemorySource(source_arrays), fail_on=1, error=SourceError("disk gone", path="x"))
+    target = make_target(zeros_like(source_arrays))
+
+    with pytest.raises(ApplyError, match="no variable had been assigned yet"):
+        apply_plan(identity_plan(source_arrays), source, target, rollback=False)
+
+    assert_values(target, {name: np.zeros_like(a) for name, a in source_arrays.items()})
+
+
+def test_failing_progress_callback_is_rolled_back() -> None:
+    source_arrays = arrays(4, shape=(4,))
+    target = make_target(zeros_like(source_arrays))
+    before = values(target)
+
+    def progress(done: int, total: int) -> None:
+        if done == total:
+            raise ValueError("progress bar closed")
+
+    with pytest.raises(ApplyError, match="reporting progress after batch 2 of 2") as error:
+        apply_plan(identity_plan(source_arrays), MemorySource(source_arrays), target, batch_bytes=32, progress=progress)
+
+    assert isinstance(error.value.__cause__, ValueError)
+    assert_values(target, before)
+
+
+class LyingSource(MemorySource):
+    """A source whose data for 'layer_1/w' is flat, unlike its specs; as NumPy or as a tf.Tensor."""
+
+    def __init__(self, arrays_by_name: Mapping[str, np.ndarray], *, as_tensor: bool) -> None:
+        super().__init__(arrays_by_name, description="lying")
+        self.as_tensor = as_tensor
+
+    def read(self, names: Sequence[str]) -> dict[str, Any]:
+        read = {name: a.reshape(-1) if name == "layer_1/w" else a for name, a in super().read(names).items()}
+        return {name: tf.constant(a) for name, a in read.items()} if self.as_tensor else read
+
+
+@pytest.mark.parametrize(
+    ("as_tensor", "operations", "expected"),
+    [
+        pytest.param(False, (), r"reading 'layer_1/w' from lying gave \[4\] float32, not the \[2, 2\]", id="numpy"),
+        pytest.param(
+            False, (Transpose((1, 0)),), r"reading 'layer_1/w' from lying gave \[4\] float32", id="numpy-transpose"
+        ),
+        pytest.param(True, (), r"assigning 'layer_1/w'.*wrong shape", id="tensor"),
+        pytest.param(True, (Reshape((4,)),), r"reading 'layer_1/w' from lying gave \[4\] float32", id="tensor-reshape"),
+    ],
+)
+def test_source_that_returns_other_data_than_its_specs_is_rolled_back(
+    as_tensor: bool, operations: tuple[Operation, ...], expected: str
+) -> None:
+    source_arrays = arrays(3, shape=(2, 2))
+    plan = make_plan(*(assignment(name, name, (2, 2), operations=operations) for name in source_arrays))
+    shape = infer_all(operations, (2, 2), "float32")[0]
+    target = make_target({name: tf.Variable(np.zeros(shape, "float32")) for name in source_arrays})
+    before = values(target)
+
+    with pytest.raises(ApplyError, match=expected) as raised:
+        apply_plan(plan, LyingSource(source_arrays, as_tensor=as_tensor), target, batch_bytes=16)
+
+    assert "the 1 variable assigned before the failure was restored" in str(raised.value)
+    assert_values(target, before)
+
+
+def test_rollback_false_leaves_earlier_batches_assigned_and_says_so() -> None:
+    source_arrays = arrays(4, shape=(4,))
+    source = CountingSource(MemorySource(source_arrays), fail_on=2, error=SourceError("gone", path="x"))
+    target = make_target(zeros_like(source_arrays))
+
+    with pytest.raises(ApplyError, match="rollback=False, 2 of 4 variables were already assigned") as error:
+        apply_plan(identity_plan(source_arrays), source, target, batch_bytes=32, rollback=False)
+
+    assert "may be partly assigned" in str(error.value)
+    after = values(target)
+    for name in ["layer_0/w", "layer_1/w"]:
+        np.testing.assert_array_equal(after[name], source_arrays[name])
+    for name in ["layer_2/w", "layer_3/w"]:
+        np.testing.assert_array_equal(after[name], np.zeros(4, "float32"))
+
+
+# --- Keras 3 variables ----------------------------------------------------------------------------
+
+
+def test_keras_variables_are_assigned_through_their_tf_variable() -> None:
+    model = functional_model()
+    target = target_from(model)
+    source_arrays = {
+        f"src/{name}": np.full(v.shape, i, "float32") for i, (name, v) in enumerate(target.variables.items())
+    }
+    plan = identity_plan(source_arrays, {f"src/{name}": name for name in target.variables})
+
+    apply_plan(plan, MemorySource(source_arrays), target)
+
+    for name, variable in target.variables.items():
+        np.testing.assert_array_equal(variable.numpy(), source_arrays[f"src/{name}"])
+
+
+# --- tf.distribute.MirroredStrategy ---------------------------------------------------------------
+
+
+@pytest.fixture
+def strategy() -> tf.distribute.MirroredStrategy:
+    devices = [device.name for device in tf.config.list_logical_devices("CPU")]
+    if len(devices) < 2:
+        pytest.fail(
+            f"MirroredStrategy tests need two logical CPU devices, found {devices}: tests/conftest.py configures "
+            "them after collection, so no test module may run TensorFlow ops at import time"
+        )
+    return tf.distribute.MirroredStrategy(devices[:2])
+
+
+def replica_values(variable: Any, strategy: tf.distribute.Strategy) -> list[np.ndarray]:
+    inner = variable.value if isinstance(variable, keras.Variable) else variable
+    return [np.asarray(v.numpy()) for v in strategy.experimental_local_results(inner)]
+
+
+def test_mirrored_assign_sets_every_replica(strategy: tf.distribute.MirroredStrategy) -> None:
+    with strategy.scope():
+        model = functional_model()
+    target = target_from(model)
+    # Every variable from "src/<path>"; the head's kernel stored transposed, to cover operations too.
+    transposed = {name: name.endswith("head/kernel") for name in target.variables}
+    source_arrays = {
+        f"src/{name}": sample(tuple(v.shape)[::-1] if transposed[name] else tuple(v.shape), "float32")
+        for name, v in target.variables.items()
+    }
+    plan = make_plan(
+        *(
+            assignment(name, f"src/{name}", source_arrays[f"src/{name}"].shape, operations=(Transpose((1, 0)),))
+            if transposed[name]
+            else assignment(name, f"src/{name}", source_arrays[f"src/{name}"].shape)
+            for name in target.variables
+        )
+    )
+    assert sum(transposed.values()) == 1
+
+    apply_plan(plan, MemorySource(source_arrays), target, batch_bytes=64)
+
+    for name, variable in target.variables.items():
+        expected = source_arrays[f"src/{name}"].T if transposed[name] else source_arrays[f"src/{name}"]
+        replicas = replica_values(variable, strategy)
+        assert len(replicas) == 2
+        for replica in replicas:
+            np.testing.assert_array_equal(replica, expected, err_msg=name)
+
+
+def test_mirrored_rollback_restores_every_replica(strategy: tf.distribute.MirroredStrategy) -> None:
+    with strategy.scope():
+        model = functional_model()
+    target = target_from(model)
+    before = {name: replica_values(v, strategy) for name, v in target.variables.items()}
+    source_arrays = {name: np.full(v.shape, 3.0, "float32") for name, v in target.variables.items()}
+    source = CountingSource(MemorySource(source_arrays), fail_on=3, error=SourceError("gone", path="x"))
+
+    with pytest.raises(ApplyError, match="restored"):
+        apply_plan(identity_plan(source_arrays), source, target, batch_bytes=8)
+
+    for name, variable in target.variables.items():
+        for replica, old in zip(replica_values(variable, strategy), before[name], strict=True):
+            np.testing.assert_array_equal(replica, old, err_msg=name)
+
+
+# --- TensorFlow checkpoints -----------------------------------------------------------------------
+
+
+def write_checkpoint(directory: Path, arrays_by_name: Mapping[str, np.ndarray], name: str = "ckpt") -> str:
+    """A name-based checkpoint holding exactly ``arrays_by_name`` under those keys, written by SaveV2."""
+    prefix = str(directory / name)
+    names = list(arrays_by_name)
+    tf.raw_ops.SaveV2(
+        prefix=prefix,
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tf.constant(arrays_by_name[n]) for n in names],
+    )
+    return prefix
+
+
+def checkpoint_plan(target: VariableTarget, source: TFCheckpointSource) -> Plan:
+    """Every target variable from the checkpoint key it would have: a renaming plan without operations."""
+    specs = source.specs()
+    found = []
+    for name, spec in target.map.variables.items():
+        key = target.map.key_of(name, "checkpoint")
+        assert key is not None, name
+        found.append(Assignment(name, key, key, RULE, (), specs[key].shape, specs[key].dtype, spec.shape, spec.dtype))
+    return make_plan(*found)
+
+
+@pytest.mark.parametrize(("shape", "dtype", "operations"), OPERATION_CASES)
+def test_operations_give_the_numpy_computed_values_from_checkpoint(
+    tmp_path: Path, shape: tuple[int, ...], dtype: str, operations: tuple[Operation, ...]
+) -> None:
+    array = sample(shape, dtype)
+    expected = apply_numpy(operations, array)
+    source = TFCheckpointSource(write_checkpoint(tmp_path, {"enc/src": array}))
+    target = make_target({"v": tf.Variable(np.zeros_like(expected))})
+
+    apply_plan(make_plan(assignment("v", "enc/src", shape, dtype, operations)), source, target)
+
+    assert_values(target, {"v": expected})
+
+
+def test_bfloat16_checkpoint_tensors_cast_to_float32(tmp_path: Path) -> None:
+    array = sample((4, 6), "float32").astype(numpy_dtype("bfloat16"))
+    source = TFCheckpointSource(write_checkpoint(tmp_path, {"w": array}))
+    target = make_target({"v": tf.Variable(np.zeros((6, 4), "float32"))})
+    operations = (Cast("float32"), Transpose((1, 0)))
+
+    apply_plan(make_plan(assignment("v", "w", (4, 6), "bfloat16", operations)), source, target)
+
+    assert_values(target, {"v": apply_numpy(operations, array)})
+
+
+def test_assign_and_init_from_checkpoint_give_identical_keras_variables(tmp_path: Path) -> None:
+    original = functional_model()
+    distinct_values(original.weights)
+    prefix, stored = write_keras_checkpoint(original, tmp_path)
+    source = TFCheckpointSource(prefix)
+    restored: dict[str, list[np.ndarray]] = {}
+    for method in ("assign", "init_from_checkpoint"):
+        model = functional_model()
+        target = target_from(model)
+        plan = checkpoint_plan(target, source)
+        assert plan.source_bytes > 0 and not plan.has_operations
+
+        result = apply_plan(plan, source, target, method=method)
+
+        assert (result.assigned, result.bytes_read, result.method) == (8, plan.source_bytes, method)
+        restored[method] = [np.array(v.numpy(), copy=True) for v in model.weights]
+    for assigned, initialised, expected in zip(
+        restored["assign"], restored["init_from_checkpoint"], weights_of(original), strict=True
+    ):
+        np.testing.assert_array_equal(assigned, expected)
+        np.testing.assert_array_equal(initialised, expected)
+    assert len(stored) == 8
+
+
+def test_checkpoint_reads_one_restore_per_batch_and_only_planned_tensors(tmp_path: Path) -> None:
+    source_arrays = arrays(7, shape=(8, 8))  # 256 bytes each
+    source_arrays["unused/w"] = np.ones((1000,), "float32")
+    source = CountingSource(TFCheckpointSource(write_checkpoint(tmp_path, source_arrays)))
+    planned = {name: name for name in source_arrays if name != "unused/w"}
+    target = make_target(zeros_like(source_arrays, planned))
+
+    result = apply_plan(identity_plan(source_arrays, planned), source, target, batch_bytes=3 * 256)
+
+    assert [len(call) for call in source.calls] == [3, 3, 1]
+    assert [name for call in source.calls for name in call] == list(planned)
+    assert result.batches == 3
+    assert result.bytes_read == 7 * 256
+    assert_values(target, {name: source_arrays[name] for name in planned})
+
+
+def test_one_checkpoint_tensor_feeds_several_variables(tmp_path: Path) -> None:
+    shared = sample((3, 4), "float32")
+    source = TFCheckpointSource(write_checkpoint(tmp_path, {"shared": shared}))
+    for method in ("assign", "init_from_checkpoint"):
+        target = make_target(
+            {"a": tf.Variable(np.zeros((3, 4), "float32")), "b": tf.Variable(np.zeros((3, 4), "float32"))}
+        )
+        plan = make_plan(assignment("a", "shared", (3, 4)), assignment("b", "shared", (3, 4)))
+        mapping = init_from_checkpoint_map(plan, target)
+        assert mapping == [("shared", target.variables["a"]), ("shared", target.variables["b"])]
+
+        apply_plan(plan, source, target, method=method)
+
+        assert_values(target, {"a": shared, "b": shared})
+
+
+def test_init_from_checkpoint_map_unwraps_keras_variables() -> None:
+    model = functional_model()
+    target = target_from(model)
+    plan = make_plan(*(assignment(name, f"ckpt/{name}", spec.shape) for name, spec in target.map.variables.items()))
+
+    mapping = init_from_checkpoint_map(plan, target)
+
+    assert isinstance(mapping, dict)
+    assert list(mapping) == [f"ckpt/{name}" for name in target.map.variables]
+    for name, variable in target.variables.items():
+        assert mapping[f"ckpt/{name}"] is variable.value
+        assert isinstance(mapping[f"ckpt/{name}"], tf.Variable)
+
+
+def test_init_from_checkpoint_map_refuses_operations() -> None:
+    target = make_target({"v": tf.Variable(np.zeros((3, 2), "float32"))})
+    plan = make_plan(assignment("v", "w", (2, 3), operations=(Transpose((1, 0)),)))
+
+    with pytest.raises(ApplyError, match=r"'w' -> 'v' via transpose\[1, 0\].*method='assign'"):
+        init_from_checkpoint_map(plan, target)
+
+
+# --- rollback after a real read failure: a corrupted tensor in the second batch ------------------------
+
+
+def corrupted_checkpoint(
+    directory: Path, count: int = 6, corrupt: str = "layer_3/w"
+) -> tuple[str, dict[str, np.ndarray]]:
+    """A checkpoint of ``count`` [8, 8] float32 tensors with bytes flipped inside ``corrupt``'s data."""
+    source_arrays = arrays(count, shape=(8, 8), seed=3)
+    prefix = write_checkpoint(directory, source_arrays)
+    (data_file,) = data_files(prefix)
+    offset = data_file.read_bytes().find(source_arrays[corrupt].tobytes())
+    assert offset >= 0
+    flip_bytes(data_file, offset + 100)
+    return prefix, source_arrays
+
+
+@pytest.mark.parametrize("method", ["assign", "init_from_checkpoint"])
+def test_corrupted_tensor_in_second_batch_rolls_back_the_first(tmp_path: Path, method: str) -> None:
+    prefix, source_arrays = corrupted_checkpoint(tmp_path)
+    source = TFCheckpointSource(prefix)
+    target = make_target(zeros_like(source_arrays))
+    for index, variable in enumerate(target.variables.values()):
+        variable.assign(np.full((8, 8), -index, "float32"))
+    before = values(target)
+
+    with pytest.raises(ApplyError) as raised:
+        apply_plan(identity_plan(source_arrays), source, target, method=method, batch_bytes=2 * 256)
+
+    message = str(raised.value)
+    assert "batch 2 of 3" in message
+    assert "'layer_3/w'" in message
+    assert "2 variables assigned before the failure" in message
+    assert "restored to their previous values" in message
+    assert isinstance(raised.value.__cause__, (CorruptSourceError, tf.errors.DataLossError))
+    assert_values(target, before)
+
+
+def test_corrupted_tensor_without_rollback_leaves_the_first_batch_assigned(tmp_path: Path) -> None:
+    prefix, source_arrays = corrupted_checkpoint(tmp_path)
+    target = make_target(zeros_like(source_arrays))
+
+    with pytest.raises(ApplyError, match="may be partly assigned") as raised:
+        apply_plan(
+            identity_plan(source_arrays), TFCheckpointSource(prefix), target, batch_bytes=2 * 256, rollback=False
+        )
+
+    assert isinstance(raised.value.__cause__, CorruptSourceError)
+    after = values(target)
+    for name in ["layer_0/w", "layer_1/w"]:
+        np.testing.assert_array_equal(after[name], source_arrays[name])
+    for name in ["layer_2/w", "layer_3/w", "layer_4/w", "layer_5/w"]:
+        np.testing.assert_array_equal(after[name], np.zeros((8, 8), "float32"))
+
+
+# --- distribution and graph mode with checkpoints -------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["assign", "init_from_checkpoint"])
+def test_mirrored_keras_model_from_checkpoint(
+    tmp_path: Path, strategy: tf.distribute.MirroredStrategy, method: str
+) -> None:
+    original = functional_model()
+    distinct_values(original.weights)
+    prefix, stored = write_keras_checkpoint(original, tmp_path)
+    with strategy.scope():
+        model = functional_model()
+    target = target_from(model)
+    source = TFCheckpointSource(prefix)
+
+    apply_plan(checkpoint_plan(target, source), source, target, method=method, batch_bytes=32)
+
+    for name, variable in target.variables.items():
+        expected = stored[target.map.key_of(name, "checkpoint") or ""]
+        replicas = replica_values(variable, strategy)
+        assert len(replicas) == 2
+        for replica in replicas:
+            np.testing.assert_array_equal(replica, expected, err_msg=name)
+
+
+@pytest.mark.parametrize("use_resource", [True, False], ids=["resource-variables", "reference-variables"])
+def test_graph_mode_init_from_checkpoint_sets_initializers(tmp_path: Path, use_resource: bool) -> None:
+    source_arrays = {"bert/dense/kernel": sample((3, 4), "float32"), "bert/dense/bias": sample((4,), "float32")}
+    source = TFCheckpointSource(write_checkpoint(tmp_path, source_arrays))
+    renames = {"bert/dense/kernel": "model/kernel", "bert/dense/bias": "model/bias"}
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = {
+            target: tf.compat.v1.get_variable(
+                target,
+                shape=source_arrays[name].shape,
+                initializer=tf.zeros_initializer(),
+                use_resource=use_resource,
+            )
+            for name, target in renames.items()
+        }
+        target = make_target(variables, description="graph")
+        plan = identity_plan(source_arrays, renames)
+        with pytest.raises(ApplyError, match="needs eager execution"):
+            apply_plan(plan, source, target)
+
+        result = apply_plan(plan, source, target, method="init_from_checkpoint")
+
+        init = tf.compat.v1.global_variables_initializer()
+        with tf.compat.v1.Session(graph=graph) as session:
+            session.run(init)
+            got = session.run(variables)
+    assert result.assigned == 2
+    for name, target_name in renames.items():
+        np.testing.assert_array_equal(got[target_name], source_arrays[name])
+
+
+def test_graph_mode_init_from_checkpoint_map(tmp_path: Path) -> None:
+    source_arrays = {"old/w": sample((2, 5), "float32")}
+    prefix = write_checkpoint(tmp_path, source_arrays)
+    graph = tf.Graph()
+    with graph.as_default():
+        variable = tf.compat.v1.get_variable("new/w", shape=(2, 5), initializer=tf.zeros_initializer())
+        target = make_target({"new/w": variable})
+        mapping = init_from_checkpoint_map(identity_plan(source_arrays, {"old/w": "new/w"}), target)
+        assert mapping == {"old/w": variable}
+
+        tf.compat.v1.train.init_from_checkpoint(prefix, mapping)
+
+        with tf.compat.v1.Session(graph=graph) as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            np.testing.assert_array_equal(session.run(variable), source_arrays["old/w"])
