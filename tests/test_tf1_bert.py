@@ -107,7 +107,7 @@ def reference_encoder(values: dict[str, np.ndarray], tokens: np.ndarray) -> np.n
         layer = f"bert/encoder/layer_{i}"
         batch, length, _ = x.shape
 
-        def heads(y: np.ndarray) -> np.ndarray:
+        def heads(y: np.ndarray, batch: int = batch, length: int = length) -> np.ndarray:
             return y.reshape(batch, length, HEADS, head_dim).transpose(0, 2, 1, 3)
 
         query, key, value = (heads(dense(x, f"{layer}/attention/self/{part}")) for part in ("query", "key", "value"))

@@ -1,0 +1,470 @@
+"""TensorFlow checkpoints (TF1 name-based and TF2 object-based, sharded or not) as a Source."""
+
+from __future__ import annotations
+
+import codecs
+import difflib
+import os
+import re
+import struct
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from mapper.errors import CorruptSourceError, SourceError, SourceNotFoundError
+from mapper.specs import TensorSpec, VariableMap
+
+# The serialized object graph TF2 checkpoints carry next to the variables; it is not a variable.
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+# The file ``tf.train.CheckpointManager`` and ``tf.compat.v1.train.Saver`` keep beside the checkpoints.
+STATE_FILE = "checkpoint"
+
+_DATA_SUFFIX = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
+_STATE_LINE = re.compile(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"', re.MULTILINE)
+_TF_NOISE = re.compile(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\](?: name: \S*)?$")
+# How many names an error message shows before it says "and N more".
+_SHOWN = 5
+
+
+def is_tf_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` looks like a TensorFlow checkpoint, from file names alone (TensorFlow is not imported).
+
+    True for a prefix with an ``.index`` or ``.data-*`` file, an ``.index`` or ``.data-*`` file itself, and a
+    directory holding a ``checkpoint`` state file or ``.index`` files (opening it then says which prefix to pass).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     print(is_tf_checkpoint(tmp), end=" ")
+        ...     _ = Path(tmp, "ckpt-1.index").write_bytes(b"")
+        ...     is_tf_checkpoint(f"{tmp}/ckpt-1"), is_tf_checkpoint(f"{tmp}/ckpt-1.index"), is_tf_checkpoint(tmp)
+        False (True, True, True)
+    """
+    text = os.fspath(path)
+    if Path(text).is_dir():
+        return Path(text, STATE_FILE).is_file() or bool(checkpoint_prefixes(text))
+    if Path(text).is_file() and (text.endswith(".index") or _DATA_SUFFIX.search(text)):
+        return True
+    return _prefix_exists(text)
+
+
+def checkpoint_prefixes(directory: str | os.PathLike[str]) -> list[str]:
+    """The checkpoint prefixes in ``directory`` (from their ``.index`` files), sorted; [] if there is none.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     for name in ("ckpt-2.index", "ckpt-1.index", "notes.txt"):
+        ...         _ = Path(tmp, name).write_bytes(b"")
+        ...     [Path(prefix).name for prefix in checkpoint_prefixes(tmp)]
+        ['ckpt-1', 'ckpt-2']
+    """
+    try:
+        names = sorted(entry.name for entry in os.scandir(directory) if entry.name.endswith(".index"))
+    except OSError:
+        return []
+    return [str(Path(directory, name.removesuffix(".index"))) for name in names]
+
+
+class TFCheckpointSource:
+    """The tensors of a TensorFlow checkpoint, described from its index and read in one ``RestoreV2`` per batch.
+
+    ``path`` may be a checkpoint prefix (``/x/ckpt-1``), its ``.index`` file, or a directory holding a
+    ``checkpoint`` state file (its latest checkpoint is used; an absolute path in the state file that no longer
+    exists, as TF1 ``Saver`` writes them, is looked up by its base name in that directory). Opening checks the
+    files without reading tensors: the index is there, every data shard is there, and no shard is shorter
+    than the tensors the index places in it.
+
+    Attributes:
+        prefix: the resolved checkpoint prefix, as ``tf.compat.v1.train.init_from_checkpoint`` wants it.
+        description: the path as given, and the prefix it resolved to when that differs.
+
+    Raises:
+        SourceNotFoundError: nothing at ``path``; the message names the nearest checkpoints beside it.
+        CorruptSourceError: the index file is missing or unreadable, or a data shard is missing or truncated.
+
+    Example:
+        >>> import tempfile
+        >>> import tensorflow as tf
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     prefix = tf.train.Checkpoint(w=tf.Variable([1.0, 2.0])).write(f"{tmp}/ckpt")
+        ...     source = TFCheckpointSource(prefix)
+        ...     print(list(source.specs()), source.specs()["w/.ATTRIBUTES/VARIABLE_VALUE"].shape)
+        ...     print(source.read(["w/.ATTRIBUTES/VARIABLE_VALUE"])["w/.ATTRIBUTES/VARIABLE_VALUE"].numpy())
+        ['w/.ATTRIBUTES/VARIABLE_VALUE'] (2,)
+        [1. 2.]
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        given = os.fspath(path)
+        self.prefix: str = _resolve_prefix(given)
+        self.description: str = given if given == self.prefix else f"{given} -> {self.prefix}"
+        self._specs = _open_specs(self.prefix)
+        _check_data_files(self.prefix, self._specs)
+
+    def __repr__(self) -> str:
+        return f"TFCheckpointSource({self.prefix!r}, {len(self._specs)} tensors)"
+
+    def specs(self) -> VariableMap:
+        """Names, shapes and dtypes of every tensor, sorted by name, read from the index when the source was opened.
+
+        The ``_CHECKPOINTABLE_OBJECT_GRAPH`` entry of TF2 checkpoints is left out: it is not a variable.
+
+        Example:
+            >>> import tempfile
+            >>> import tensorflow as tf
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     ckpt = tf.train.Checkpoint(b=tf.Variable(tf.zeros([2], tf.bfloat16)), a=tf.Variable(1, dtype=tf.int64))
+            ...     specs = TFCheckpointSource(ckpt.write(f"{tmp}/ckpt")).specs()
+            >>> [(spec.name, spec.shape, spec.dtype) for spec in specs.values()]
+            [('a/.ATTRIBUTES/VARIABLE_VALUE', (), 'int64'), ('b/.ATTRIBUTES/VARIABLE_VALUE', (2,), 'bfloat16')]
+        """
+        return self._specs
+
+    def read(self, names: Sequence[str]) -> dict[str, Any]:
+        """Read the named tensors with one ``tf.raw_ops.RestoreV2`` on the CPU; returns ``tf.Tensor``s by name.
+
+        Args:
+            names: tensor names as ``specs()`` lists them; repeats are read once.
+
+        Returns:
+            ``{name: tf.Tensor}`` for each distinct name, in the order given.
+
+        Raises:
+            SourceError: a name is not in the checkpoint; the message names it and the closest names that are.
+            CorruptSourceError: TensorFlow could not read a tensor (checksum mismatch, short read); the message
+                names the checkpoint and the tensors that fail.
+
+        Example:
+            >>> import tempfile
+            >>> import tensorflow as tf
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     source = TFCheckpointSource(tf.train.Checkpoint(w=tf.Variable(3)).write(f"{tmp}/ckpt"))
+            ...     source.read(["w/.ATTRIBUTES/VARIABLE_VALUE"])["w/.ATTRIBUTES/VARIABLE_VALUE"].numpy()
+            np.int32(3)
+        """
+        wanted = list(dict.fromkeys(names))
+        unknown = [name for name in wanted if name not in self._specs]
+        if unknown:
+            raise SourceError(self._unknown_message(unknown), path=self.prefix)
+        if not wanted:
+            return {}
+        import tensorflow as tf
+
+        dtypes = [tf.as_dtype(self._specs[name].dtype) for name in wanted]
+        try:
+            tensors = _restore(tf, self.prefix, wanted, dtypes)
+        except tf.errors.OpError as error:
+            failing = self._failing(tf, wanted, dtypes) or wanted
+            raise CorruptSourceError(
+                f"cannot read {_names(failing)} from checkpoint {self.prefix!r}: {_tf_message(error)}; the data "
+                "files are damaged or were changed after the index was written: write or copy the checkpoint again",
+                path=self.prefix,
+            ) from error
+        return dict(zip(wanted, tensors, strict=True))
+
+    def _failing(self, tf: Any, names: list[str], dtypes: list[Any]) -> list[str]:
+        """The names among ``names`` that fail to read on their own (error path only)."""
+        failing = []
+        for name, dtype in zip(names, dtypes, strict=True):
+            try:
+                _restore(tf, self.prefix, [name], [dtype])
+            except tf.errors.OpError:
+                failing.append(name)
+        return failing
+
+    def _unknown_message(self, unknown: list[str]) -> str:
+        message = f"checkpoint {self.prefix!r} has no tensor {_names(unknown)}"
+        close = difflib.get_close_matches(unknown[0], list(self._specs), n=3)
+        if close:
+            message += f"; did you mean {' or '.join(map(repr, close))}?"
+        else:
+            message += f"; it has {len(self._specs)} tensors, list them with specs()"
+        return message
+
+
+def _restore(tf: Any, prefix: str, names: list[str], dtypes: list[Any]) -> list[Any]:
+    """One RestoreV2 of whole tensors, eagerly and on the CPU."""
+    with tf.init_scope(), tf.device("/cpu:0"):
+        return list(
+            tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), dtypes=dtypes)
+        )
+
+
+# --- resolving the path the user gave ---------------------------------------------------------------------------
+
+
+def _prefix_exists(prefix: str) -> bool:
+    """Whether an index or a data file exists for ``prefix``."""
+    return Path(prefix + ".index").is_file() or bool(_data_files(prefix))
+
+
+def _data_files(prefix: str) -> dict[str, tuple[int, int]]:
+    """``{file name: (shard, shard count)}`` of the data files of ``prefix``."""
+    base = Path(prefix).name
+    try:
+        entries = list(os.scandir(Path(prefix).parent))
+    except OSError:
+        return {}
+    files = {}
+    for entry in entries:
+        if entry.name.startswith(base + ".data-"):
+            match = _DATA_SUFFIX.fullmatch(entry.name, len(base))
+            if match:
+                files[entry.name] = (int(match[1]), int(match[2]))
+    return files
+
+
+def _resolve_prefix(given: str) -> str:
+    """The checkpoint prefix ``given`` names, or SourceNotFoundError."""
+    path = Path(given)
+    if path.is_dir():
+        return _prefix_from_state(given)
+    if path.is_file() and given.endswith(".index"):
+        return given.removesuffix(".index")
+    match = _DATA_SUFFIX.search(given)
+    if match and path.is_file():
+        return given[: match.start()]
+    if _prefix_exists(given):
+        return given
+    raise SourceNotFoundError(not_found_message(given), path=given)
+
+
+def _prefix_from_state(directory: str) -> str:
+    """The latest checkpoint named by ``directory``'s state file, found even if the directory was moved."""
+    state = Path(directory, STATE_FILE)
+    if not state.is_file():
+        prefixes = checkpoint_prefixes(directory)
+        if prefixes:
+            message = f"naming its latest checkpoint; pass a checkpoint prefix instead, e.g. {_nearest_list(prefixes)}"
+        else:
+            message = "and no checkpoint (no .index file) either; pass the path of a checkpoint"
+        raise SourceNotFoundError(f"directory {directory!r} has no {STATE_FILE!r} state file {message}", path=directory)
+    try:
+        text = state.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CorruptSourceError(
+            f"cannot read checkpoint state file {str(state)!r}: {error}", path=str(state)
+        ) from error
+    match = _STATE_LINE.search(text)
+    if not match:
+        raise CorruptSourceError(
+            f"checkpoint state file {str(state)!r} names no model_checkpoint_path; pass a checkpoint prefix instead"
+            + (f", e.g. {_nearest_list(checkpoint_prefixes(directory))}" if checkpoint_prefixes(directory) else ""),
+            path=str(state),
+        )
+    latest = codecs.escape_decode(match[1].encode("utf-8"))[0].decode("utf-8")
+    # A relative path is relative to the directory. An absolute one (TF1 Saver's default) may point where the
+    # directory was before it was moved or copied: the checkpoint of that name in the directory given comes first.
+    if Path(latest).is_absolute():
+        candidates = [str(Path(directory, Path(latest).name)), latest]
+    else:
+        candidates = [str(Path(directory, latest))]
+    for candidate in candidates:
+        if _prefix_exists(candidate):
+            return candidate
+    prefixes = checkpoint_prefixes(directory)
+    raise SourceNotFoundError(
+        f"checkpoint state file {str(state)!r} names {latest!r}, which is neither there nor in {directory!r}"
+        + (f"; did you mean {_nearest_list(prefixes, Path(latest).name)}?" if prefixes else ""),
+        path=directory,
+    )
+
+
+def not_found_message(given: str) -> str:
+    """Why there is no checkpoint at ``given``, naming the nearest checkpoints beside it.
+
+    Example:
+        >>> print(not_found_message("/no/such/dir/ckpt-1"))
+        no TensorFlow checkpoint at '/no/such/dir/ckpt-1' (...); directory '/no/such/dir' does not exist
+    """
+    directory = str(Path(given).parent)
+    message = f"no TensorFlow checkpoint at {given!r} (no {given + '.index'!r} and no data files)"
+    if not Path(directory).is_dir():
+        return message + f"; directory {directory!r} does not exist"
+    prefixes = checkpoint_prefixes(directory)
+    if not prefixes:
+        return message + f"; {directory!r} holds no checkpoint (no .index file)"
+    return message + f"; did you mean {_nearest_list(prefixes, Path(given).name)}?"
+
+
+def _nearest_list(prefixes: list[str], base: str | None = None, count: int = 3) -> str:
+    """The ``count`` prefixes whose base names are nearest ``base`` (the last ones if None), quoted."""
+    if base is None:
+        chosen = prefixes[-count:]
+    else:
+        by_name = {Path(prefix).name: prefix for prefix in prefixes}
+        close = difflib.get_close_matches(base, list(by_name), n=count, cutoff=0.0)
+        chosen = [by_name[name] for name in close]
+    return " or ".join(repr(prefix) for prefix in chosen)
+
+
+# --- opening and checking -------------------------------------------------------------------------------------------
+
+
+def _open_specs(prefix: str) -> VariableMap:
+    """The specs in the index of ``prefix``; CorruptSourceError if the index is missing or unreadable."""
+    index = prefix + ".index"
+    if not Path(index).is_file():
+        data = sorted(_data_files(prefix))
+        raise CorruptSourceError(
+            f"checkpoint {prefix!r} has data files ({_names(data)}) but its index file {index!r} is missing; "
+            "it was copied or written incompletely: copy the .index file next to the data files",
+            path=prefix,
+        )
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        shapes = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
+    except (tf.errors.OpError, ValueError, RuntimeError) as error:
+        raise CorruptSourceError(
+            f"cannot read the index file {index!r} of checkpoint {prefix!r}: {_tf_message(error)}; "
+            "it is damaged or from an incompatible TensorFlow version",
+            path=prefix,
+        ) from error
+    names = sorted(name for name in shapes if name != OBJECT_GRAPH_KEY)
+    return VariableMap(
+        (TensorSpec(name, tuple(int(dim) for dim in shapes[name]), dtypes[name].name) for name in names),
+        description=prefix,
+    )
+
+
+class _Entry(NamedTuple):
+    """Where the index places one tensor's bytes."""
+
+    key: str
+    shard: int
+    offset: int
+    size: int
+
+
+def _check_data_files(prefix: str, specs: VariableMap) -> None:
+    """CorruptSourceError if a data shard is missing or shorter than the tensors the index places in it."""
+    layout = _read_index_layout(prefix + ".index")
+    found = _data_files(prefix)
+    shard_count = layout[0] if layout is not None else max((count for _, count in found.values()), default=1)
+    expected = [f"{Path(prefix).name}.data-{shard:05d}-of-{shard_count:05d}" for shard in range(shard_count)]
+    missing = [name for name in expected if name not in found]
+    if missing:
+        raise CorruptSourceError(
+            f"checkpoint {prefix!r} is missing {len(missing)} of its {shard_count} data file(s): {_names(missing)}; "
+            "copy every .data-* file of the checkpoint",
+            path=prefix,
+        )
+    sizes = [Path(prefix).with_name(name).stat().st_size for name in expected]
+    if layout is not None:
+        short = [entry for entry in layout[1] if entry.offset + entry.size > sizes[entry.shard]]
+        if short:
+            shard = short[0].shard
+            raise CorruptSourceError(
+                f"checkpoint {prefix!r} is truncated: data file {expected[shard]!r} has {sizes[shard]} bytes but "
+                f"the index places {_names(list(dict.fromkeys(entry.key for entry in short)))} up to byte "
+                f"{max(entry.offset + entry.size for entry in short if entry.shard == shard)}; "
+                "copy or write the checkpoint again",
+                path=prefix,
+            )
+        return
+    # The index could not be parsed here (an unknown table layout): compare totals instead.
+    needed = sum(spec.nbytes for spec in specs.values())
+    if needed > sum(sizes):
+        raise CorruptSourceError(
+            f"checkpoint {prefix!r} is truncated: its data files ({_names(expected)}) hold {sum(sizes)} bytes but "
+            f"its tensors need at least {needed}; copy or write the checkpoint again",
+            path=prefix,
+        )
+
+
+# The index is a TensorFlow table (tsl/lib/io/table): uncompressed blocks of prefix-compressed entries, an index
+# block pointing at them and a 48-byte footer ending in this magic number. Each entry maps a tensor name to a
+# serialized BundleEntryProto (shard, offset, size); the entry with the empty key holds the BundleHeaderProto.
+_TABLE_MAGIC = 0xDB4775248B80FB57
+_FOOTER_SIZE = 48
+_BLOCK_TRAILER_SIZE = 5
+
+
+def _read_index_layout(index: str) -> tuple[int, list[_Entry]] | None:
+    """``(shard count, entries)`` from an index file; None if its layout is not the one understood here."""
+    try:
+        data = Path(index).read_bytes()
+        from tensorflow.core.protobuf import tensor_bundle_pb2
+
+        if len(data) < _FOOTER_SIZE or struct.unpack_from("<Q", data, len(data) - 8)[0] != _TABLE_MAGIC:
+            return None
+        position = len(data) - _FOOTER_SIZE
+        _, position = _varint(data, position)  # metaindex block offset
+        _, position = _varint(data, position)  # metaindex block size
+        index_offset, position = _varint(data, position)
+        index_size, _ = _varint(data, position)
+        shard_count = None
+        entries = []
+        for _, handle in _block_entries(_block(data, index_offset, index_size)):
+            offset, position = _varint(handle, 0)
+            size, _ = _varint(handle, position)
+            for key, value in _block_entries(_block(data, offset, size)):
+                if not key:
+                    header = tensor_bundle_pb2.BundleHeaderProto.FromString(value)
+                    shard_count = header.num_shards
+                    continue
+                entry = tensor_bundle_pb2.BundleEntryProto.FromString(value)
+                entries.append(_Entry(_entry_name(key), entry.shard_id, entry.offset, entry.size))
+    except Exception:  # any surprise means "not understood": the caller falls back to the coarser check
+        return None
+    if shard_count is None or any(entry.shard >= shard_count for entry in entries):
+        return None
+    return shard_count, entries
+
+
+def _entry_name(key: bytes) -> str:
+    """The tensor name of an index key; a slice of a tensor (``\\0name\\0<slice>``) is marked as such."""
+    if key.startswith(b"\0"):
+        return key[1:].split(b"\0", 1)[0].decode("utf-8", "replace") + " (a slice)"
+    return key.decode("utf-8", "replace")
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    """A little-endian base-128 varint at ``position``, and the position after it."""
+    value = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+
+
+def _block(data: bytes, offset: int, size: int) -> bytes:
+    """The contents of an uncompressed table block; ValueError for a compressed one."""
+    if offset + size + _BLOCK_TRAILER_SIZE > len(data) or data[offset + size] != 0:
+        raise ValueError("block out of range or compressed")
+    return data[offset : offset + size]
+
+
+def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """The ``(key, value)`` pairs of a table block, keys rebuilt from their shared prefixes."""
+    restarts = struct.unpack_from("<I", block, len(block) - 4)[0]
+    limit = len(block) - 4 - 4 * restarts
+    position = 0
+    key = b""
+    while position < limit:
+        shared, position = _varint(block, position)
+        unshared, position = _varint(block, position)
+        length, position = _varint(block, position)
+        key = key[:shared] + block[position : position + unshared]
+        position += unshared
+        yield key, block[position : position + length]
+        position += length
+
+
+def _names(names: Sequence[str]) -> str:
+    """Up to a few quoted names, then how many more."""
+    shown = ", ".join(repr(name) for name in names[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def _tf_message(error: BaseException) -> str:
+    """A TensorFlow error's message without its op and function decorations, on one line."""
+    message = getattr(error, "message", None) or str(error)
+    return " ".join(_TF_NOISE.sub("", message.strip()).split())
