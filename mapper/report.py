@@ -1,0 +1,1405 @@
+"""Plan reports: compact text for terminals, Markdown for pull requests, JSON for machines; strings only."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import re
+import textwrap
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from mapper.errors import MapperError
+from mapper.ops import Operation
+from mapper.plan import Assignment, Plan, Problem, ProblemKind, RuleRef, Skip, SkipKind, TensorEntry
+from mapper.specs import format_shape
+
+__all__ = [
+    "REPORT_FORMAT",
+    "REPORT_VERSION",
+    "PairGroup",
+    "ReportFormat",
+    "expand_pattern",
+    "group_names",
+    "group_pairs",
+    "render",
+    "render_json",
+    "render_markdown",
+    "render_text",
+]
+
+ReportFormat = Literal["text", "markdown", "json"]
+REPORT_FORMAT = "weight-mapper report"
+REPORT_VERSION = 1
+
+# Narrowest text report we lay out; narrower requests are widened to this.
+MIN_WIDTH = 60
+# Grouped rows a Markdown section shows before it folds into <details>, and at most.
+_MD_FOLD_ROWS = 10
+_MD_MAX_ROWS = 200
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Name patterns: bash-style brace expansion, lossless in both directions.
+# ---------------------------------------------------------------------------------------------------------------------
+
+_SEPARATOR = re.compile(r"([/.])")
+# Digit runs are capped so int() never meets a huge string; a longer run simply splits in two.
+_NUMBER = re.compile(r"([0-9]{1,18})")
+_RANGE = re.compile(r"([0-9]{1,18})\.\.([0-9]{1,18})")
+_SPECIAL = re.compile(r"[\\{},]")
+
+_Slots = tuple[frozenset[str], ...]
+
+
+def _escape(text: str) -> str:
+    return _SPECIAL.sub(lambda match: "\\" + match.group(), text)
+
+
+def _natural_key(text: str) -> tuple[tuple[int, str], ...]:
+    """Sort key that orders ``layer_2`` before ``layer_10``."""
+    return tuple((int(part), part) if index % 2 else (-1, part) for index, part in enumerate(_NUMBER.split(text)))
+
+
+def expand_pattern(pattern: str) -> list[str]:
+    r"""Expand a name pattern into the names it stands for, in order.
+
+    Patterns use bash-style brace expansion: ``{a,b}`` is either alternative, ``{0..11}`` counts
+    (``{00..11}`` pads with zeros), groups nest (``{{0..3},7}``) and ``\`` escapes the next
+    character. A brace that does not open a valid group is literal, so every string is a pattern.
+
+    Args:
+        pattern: A pattern, usually one returned by ``group_names``.
+
+    Returns:
+        The expanded names, in the order the pattern lists them (first group varies slowest).
+
+    Example:
+        >>> expand_pattern("layer_{0..2}/{bias,kernel}")
+        ['layer_0/bias', 'layer_0/kernel', 'layer_1/bias', 'layer_1/kernel', 'layer_2/bias', 'layer_2/kernel']
+        >>> expand_pattern(r"a\{b\}/{1,{3..5}}")
+        ['a{b}/1', 'a{b}/3', 'a{b}/4', 'a{b}/5']
+    """
+    names, _ = _BraceParser(pattern).sequence(0, in_group=False)
+    return names
+
+
+class _BraceParser:
+    """Recursive-descent brace expansion; failed groups are remembered so bad input stays quadratic at worst."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._groups: dict[int, tuple[list[str], int] | None] = {}
+
+    def sequence(self, start: int, *, in_group: bool) -> tuple[list[str], int]:
+        text = self.text
+        results = [""]
+        literal: list[str] = []
+        index = start
+        while index < len(text):
+            char = text[index]
+            if char == "\\":
+                literal.append(text[index + 1] if index + 1 < len(text) else "\\")
+                index += 2
+                continue
+            if in_group and char in ",}":
+                break
+            if char == "{":
+                group = self.group(index)
+                if group is not None:
+                    alternatives, index = group
+                    prefix = "".join(literal)
+                    literal = []
+                    results = [result + prefix + alternative for result in results for alternative in alternatives]
+                    continue
+            literal.append(char)
+            index += 1
+        tail = "".join(literal)
+        return [result + tail for result in results], min(index, len(text))
+
+    def group(self, start: int) -> tuple[list[str], int] | None:
+        if start not in self._groups:
+            self._groups[start] = self._parse_group(start)
+        return self._groups[start]
+
+    def _parse_group(self, start: int) -> tuple[list[str], int] | None:
+        items: list[list[str]] = []
+        index = start + 1
+        while True:
+            alternatives, index = self.sequence(index, in_group=True)
+            if index >= len(self.text):
+                return None
+            items.append(alternatives)
+            if self.text[index] == "}":
+                break
+            index += 1  # past the comma
+        if len(items) > 1:
+            return [name for item in items for name in item], index + 1
+        match = _RANGE.fullmatch(self.text, start + 1, index)
+        if match is None:
+            return None
+        return _count(match.group(1), match.group(2)), index + 1
+
+
+def _count(first: str, last: str) -> list[str]:
+    low, high = int(first), int(last)
+    step = 1 if high >= low else -1
+    padded = any(len(end) > 1 and end.startswith("0") for end in (first, last))
+    width = max(len(first), len(last)) if padded else 0
+    return [str(number).zfill(width) for number in range(low, high + step, step)]
+
+
+def _render_numbers(values: frozenset[str]) -> str:
+    """``{0..11}``, ``{0,2,5}`` or ``{{0..4},{6..11}}``; zero-padded numbers are listed as they are."""
+    if len(values) == 1:
+        return next(iter(values))
+    if any(len(value) > 1 and value.startswith("0") for value in values):
+        return "{" + ",".join(sorted(values, key=lambda value: (int(value), value))) + "}"
+    numbers = sorted(int(value) for value in values)
+    runs: list[tuple[int, int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], number)
+        else:
+            runs.append((number, number))
+    parts: list[str] = []
+    for low, high in runs:
+        if high - low >= 2:
+            parts.append(f"{{{low}..{high}}}")
+        else:
+            parts.extend(str(number) for number in range(low, high + 1))
+    return parts[0] if len(parts) == 1 else "{" + ",".join(parts) + "}"
+
+
+@functools.lru_cache(maxsize=16384)
+def _render_slot(values: frozenset[str]) -> str:
+    """One segment position: a literal, ``layer_{0..11}``, ``{key,query,value}`` or a mix of these."""
+    if len(values) == 1:
+        return _escape(next(iter(values)))
+    families: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+    for value in values:
+        parts = _NUMBER.split(value)
+        families.setdefault(tuple(parts[0::2]), []).append(tuple(parts[1::2]))
+    items: list[tuple[tuple[tuple[int, str], ...], str]] = []
+    for texts, numbers in families.items():
+        boxes = [_Box(tuple(frozenset({number}) for number in row)) for row in numbers]
+        moves = [(position,) for position in reversed(range(len(texts) - 1))]
+        for box in _merge_boxes(boxes, moves, [range(len(texts) - 1)]):
+            rendered = [_escape(texts[0])]
+            first = [texts[0]]
+            for slot, text in zip(box.slots, texts[1:], strict=True):
+                rendered += [_render_numbers(slot), _escape(text)]
+                first += [min(slot, key=lambda value: (int(value), value)), text]
+            items.append((_natural_key("".join(first)), "".join(rendered)))
+    items.sort()
+    return items[0][1] if len(items) == 1 else "{" + ",".join(item for _, item in items) + "}"
+
+
+@functools.lru_cache(maxsize=16384)
+def _expand_slot(values: frozenset[str]) -> tuple[str, ...]:
+    return tuple(expand_pattern(_render_slot(values)))
+
+
+@functools.lru_cache(maxsize=16384)
+def _templates(values: frozenset[str]) -> frozenset[tuple[str, ...]]:
+    """The values with their digit runs taken out: ``layer_0`` and ``layer_12`` share ``('layer_', '')``."""
+    return frozenset(tuple(_NUMBER.split(value)[0::2]) for value in values)
+
+
+def _one_family(values: frozenset[str]) -> bool:
+    """Whether the values differ only in their digits (``layer_0``, ``layer_1``, ...)."""
+    return len(_templates(values)) == 1
+
+
+def _readable(slots: _Slots) -> bool:
+    """Whether a merged name still reads as one thing: some segment is shared, or only digits vary.
+
+    This keeps ``global_step`` and ``save_counter`` on lines of their own instead of ``{global_step,save_counter}``.
+    """
+    return any(len(slot) == 1 for slot in slots) or all(_one_family(slot) for slot in slots)
+
+
+def _split(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Segments and the separators between them: ``a/b.c`` is ``(a, b, c)`` and ``(/, .)``."""
+    parts = _SEPARATOR.split(name)
+    return tuple(parts[0::2]), tuple(parts[1::2])
+
+
+def _join(segments: Sequence[str], separators: Sequence[str]) -> str:
+    return segments[0] + "".join(sep + segment for sep, segment in zip(separators, segments[1:], strict=True))
+
+
+def _render(slots: _Slots, separators: Sequence[str]) -> str:
+    return _join([_render_slot(slot) for slot in slots], separators)
+
+
+def _expand(slots: _Slots, separators: Sequence[str]) -> list[str]:
+    return [_join(choice, separators) for choice in itertools.product(*(_expand_slot(slot) for slot in slots))]
+
+
+def _slots_key(slots: _Slots) -> tuple[tuple[int, str], ...]:
+    """Where a group sorts: at its smallest member, roughly."""
+    return _natural_key("/".join(min(slot, key=_natural_key) for slot in slots))
+
+
+@dataclass(frozen=True, slots=True)
+class _Box:
+    """A product of value sets, one per position; ``rows`` carries the pairs a pair box stands for."""
+
+    slots: _Slots
+    rows: frozenset[tuple[str, str]] = frozenset()
+
+
+# A bucket that fails to merge as a whole is merged pair by pair only up to this size (quadratic).
+_GREEDY_LIMIT = 64
+
+
+def _merge_boxes(boxes: Sequence[_Box], moves: Sequence[tuple[int, ...]], sides: Sequence[range]) -> list[_Box]:
+    """Merge boxes that differ only at the positions of one move, repeatedly, until nothing merges."""
+    current = list(boxes)
+    while len(current) > 1:
+        before = len(current)
+        for move in moves:
+            current = _merge_step(current, move, sides, None)
+        if len(current) == before:
+            break
+    return current
+
+
+def _merge_step(
+    boxes: Sequence[_Box], move: tuple[int, ...], sides: Sequence[range], valid: Callable[[_Box], bool] | None
+) -> list[_Box]:
+    """One merge along ``move``.
+
+    Boxes are bucketed by everything outside the move and by what keeps the merged name readable
+    (see ``_merge_key``), so a bucket normally merges in one step; ``valid`` can still refuse it,
+    and then its boxes merge greedily, pair by pair.
+    """
+    buckets: dict[tuple[_Slots, Hashable], list[_Box]] = {}
+    for box in boxes:
+        rest = tuple(slot for position, slot in enumerate(box.slots) if position not in move)
+        buckets.setdefault((rest, _merge_key(box, move, sides)), []).append(box)
+    merged: list[_Box] = []
+    for bucket in buckets.values():
+        merged.extend(_merge_bucket(bucket, move, valid))
+    return merged
+
+
+def _merge_pairs(boxes: Sequence[_Box], width: int, valid: Callable[[_Box], bool]) -> list[_Box]:
+    """Merge pair boxes (left slots, then right slots) along a left position and at most one right position.
+
+    For each left position, boxes alike elsewhere on the left are taken together, and only the right
+    positions that vary among them are tried: linear in the number of boxes, not in their product.
+    """
+    current = list(boxes)
+    size = len(current[0].slots) if current else 0
+    sides = [range(width), range(width, size)]
+    while len(current) > 1:
+        before = len(current)
+        for position in reversed(range(width)):
+            alike: dict[_Slots, list[_Box]] = {}
+            for box in current:
+                alike.setdefault(box.slots[:position] + box.slots[position + 1 : width], []).append(box)
+            merged: list[_Box] = []
+            for group in alike.values():
+                result = group
+                if len(group) > 1:
+                    varying = [other for other in range(width, size) if len({box.slots[other] for box in group}) > 1]
+                    for move in [*((position, other) for other in reversed(varying)), (position,)]:
+                        result = _merge_step(result, move, sides, valid)
+                merged.extend(result)
+            current = merged
+        if len(current) == before:
+            break
+    return current
+
+
+def _merge_key(box: _Box, move: tuple[int, ...], sides: Sequence[range]) -> Hashable:
+    """What boxes must share, beyond the other positions, for their merge to read as one name.
+
+    On each side a merged name needs a segment in common (any value set of one), or else every
+    segment must vary only in its digits: then the moved segments must share their digit template.
+    """
+    key: list[Hashable] = []
+    for side in sides:
+        moved = [position for position in move if position in side]
+        if not moved:
+            continue
+        rest = [box.slots[position] for position in side if position not in move]
+        if any(len(slot) == 1 for slot in rest):
+            continue
+        templates = [_templates(box.slots[position]) for position in moved]
+        if not all(_one_family(slot) for slot in rest) or any(len(found) != 1 for found in templates):
+            return box  # no readable merge: a bucket of its own
+        key.append(tuple(templates))
+    return tuple(key)
+
+
+def _merge_bucket(bucket: list[_Box], move: tuple[int, ...], valid: Callable[[_Box], bool] | None) -> list[_Box]:
+    if len(bucket) == 1:
+        return bucket
+    whole = _union(bucket, move)
+    if valid is None or valid(whole):
+        return [whole]
+    if len(bucket) > _GREEDY_LIMIT:
+        return bucket
+    accepted: list[_Box] = []
+    for box in bucket:
+        for index, other in enumerate(accepted):
+            union = _union([other, box], move)
+            if valid(union):
+                accepted[index] = union
+                break
+        else:
+            accepted.append(box)
+    return accepted
+
+
+def _union(boxes: Sequence[_Box], move: tuple[int, ...]) -> _Box:
+    slots = tuple(
+        frozenset().union(*(box.slots[position] for box in boxes)) if position in move else slot
+        for position, slot in enumerate(boxes[0].slots)
+    )
+    return _Box(slots, frozenset().union(*(box.rows for box in boxes)))
+
+
+def group_names(names: Iterable[str]) -> list[str]:
+    """Compress a list of names into brace patterns, the way fvcore groups checkpoint keys.
+
+    Names are split on ``/`` and ``.``; names that differ in one segment are merged, repeatedly, and each
+    segment position shows its alternatives as ``{a,b}`` and digit runs as ``{0..11}`` or ``{0,2,5}``.
+    Names with nothing in common but digits stay apart (``global_step`` is not merged with ``save_counter``).
+    The result is lossless: the patterns' expansions (see ``expand_pattern``) are exactly the distinct
+    input names, each in exactly one pattern.
+
+    Args:
+        names: Variable names; duplicates are ignored.
+
+    Returns:
+        The patterns, in natural order of their first names (``layer_2`` before ``layer_10``).
+
+    Example:
+        >>> group_names(f"encoder/layer_{i}/attention/{part}/kernel" for i in range(12) for part in ("query", "key", "value"))
+        ['encoder/layer_{0..11}/attention/{key,query,value}/kernel']
+        >>> group_names(["d/kernel", "d/bias", "d_1/kernel", "d_2/kernel", "d_5/kernel", "global_step"])
+        ['d/{bias,kernel}', 'd_{1,2,5}/kernel', 'global_step']
+    """
+    partitions: dict[tuple[str, ...], list[_Box]] = {}
+    for name in sorted(set(names), key=_natural_key):
+        segments, separators = _split(name)
+        partitions.setdefault(separators, []).append(_Box(tuple(frozenset({segment}) for segment in segments)))
+    patterns: list[tuple[tuple[tuple[int, str], ...], str]] = []
+    for separators, boxes in partitions.items():
+        moves = [(position,) for position in reversed(range(len(separators) + 1))]
+        merged = _merge_boxes(boxes, moves, [range(len(separators) + 1)])
+        patterns.extend((_slots_key(box.slots), _render(box.slots, separators)) for box in merged)
+    return [pattern for _, pattern in sorted(patterns)]
+
+
+@dataclass(frozen=True, slots=True)
+class PairGroup:
+    """Pairs of names shown as two patterns read in parallel, as ``group_pairs`` returns them.
+
+    The i-th expansion of ``left`` pairs with the i-th expansion of ``right``; when ``right`` expands to
+    a single name, every left name pairs with it.
+
+    Example:
+        >>> group = PairGroup("layer_{0..2}/kernel", "block_{1..3}/w", 3)
+        >>> group.pairs()[0]
+        ('layer_0/kernel', 'block_1/w')
+    """
+
+    left: str
+    right: str
+    count: int
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The pairs this group stands for, in pattern order."""
+        left, right = expand_pattern(self.left), expand_pattern(self.right)
+        return list(zip(left, right * len(left) if len(right) == 1 else right, strict=True))
+
+
+def group_pairs(pairs: Iterable[tuple[str, str]]) -> list[PairGroup]:
+    """Group (left, right) name pairs whose names vary in parallel, such as assignments' targets and sources.
+
+    A group forms only when it stays unambiguous: reading both patterns in order and zipping them gives
+    exactly the pairs, and each varying position on the right mirrors one on the left, either with the
+    same alternatives (``{key,query,value}`` on both sides) or as numbers (``layer_{0..11}`` against
+    ``block_{1..12}``). A right side that never varies is shared by every left name.
+
+    Args:
+        pairs: (left, right) pairs; a left name should appear in one pair only. Duplicates are ignored.
+
+    Returns:
+        Groups in natural order of their first left name; ``PairGroup.pairs()`` recovers the input.
+
+    Example:
+        >>> rows = [(f"enc/layer_{i}/{p}/kernel", f"bert/layer_{i}/self/{p}/kernel") for i in range(12) for p in "qkv"]
+        >>> [(g.left, g.right, g.count) for g in group_pairs(rows)]
+        [('enc/layer_{0..11}/{k,q,v}/kernel', 'bert/layer_{0..11}/self/{k,q,v}/kernel', 36)]
+        >>> [(g.left, g.right) for g in group_pairs([("t/a", "s/x"), ("t/b", "s/y")])]
+        [('t/a', 's/x'), ('t/b', 's/y')]
+    """
+    partitions: dict[tuple[tuple[str, ...], tuple[str, ...]], list[_Box]] = {}
+    for left, right in sorted(set(pairs), key=lambda pair: (_natural_key(pair[0]), _natural_key(pair[1]))):
+        left_segments, left_separators = _split(left)
+        right_segments, right_separators = _split(right)
+        slots = tuple(frozenset({segment}) for segment in (*left_segments, *right_segments))
+        partitions.setdefault((left_separators, right_separators), []).append(_Box(slots, frozenset({(left, right)})))
+    groups: list[tuple[tuple[tuple[int, str], ...], PairGroup]] = []
+    for (left_separators, right_separators), boxes in partitions.items():
+        width = len(left_separators) + 1
+        valid = functools.partial(_parallel, width=width, separators=(left_separators, right_separators))
+        for box in _merge_pairs(boxes, width, valid):
+            left_slots, right_slots = box.slots[:width], box.slots[width:]
+            group = PairGroup(
+                _render(left_slots, left_separators), _render(right_slots, right_separators), len(box.rows)
+            )
+            groups.append((_slots_key(left_slots), group))
+    return [group for _, group in sorted(groups, key=lambda item: item[0])]
+
+
+def _parallel(box: _Box, *, width: int, separators: tuple[tuple[str, ...], tuple[str, ...]]) -> bool:
+    """Whether a pair box reads unambiguously: zipping its two patterns gives exactly its rows."""
+    left_slots, right_slots = box.slots[:width], box.slots[width:]
+    if not (_readable(left_slots) and _readable(right_slots)):
+        return False
+    left_varying = [slot for slot in left_slots if len(slot) > 1]
+    right_varying = [slot for slot in right_slots if len(slot) > 1]
+    if right_varying and (
+        len(left_varying) != len(right_varying)
+        or any(
+            len(a) != len(b) or (a != b and not (_one_family(a) and _one_family(b)))
+            for a, b in zip(left_varying, right_varying, strict=True)
+        )
+    ):
+        return False
+    if math.prod(len(slot) for slot in left_slots) != len(box.rows):
+        return False
+    left = _expand(left_slots, separators[0])
+    right = _expand(right_slots, separators[1])
+    if len(left) != len(box.rows) or len(right) not in (1, len(left)):
+        return False
+    return set(zip(left, right * len(left) if len(right) == 1 else right, strict=True)) == box.rows
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What the reports show, computed once for text and Markdown.
+# ---------------------------------------------------------------------------------------------------------------------
+
+_COUNT_LABELS = {
+    "mapped": "mapped",
+    "transformed": "transformed",
+    "skipped_by_rule": "skipped by rule",
+    "skipped_by_guard": "skipped by guard",
+    "kept_by_rule": "kept by rule",
+    "unused": "unused sources",
+    "unfilled": "unfilled targets",
+    "errors": "errors",
+    "warnings": "warnings",
+}
+# The text report's count grid: what happens, what is left on purpose, what is wrong.
+_COUNT_COLUMNS = (
+    ("mapped", "transformed"),
+    ("skipped_by_rule", "skipped_by_guard", "kept_by_rule"),
+    ("unused", "unfilled", "errors", "warnings"),
+)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _verdict(plan: Plan) -> str:
+    """``OK`` or ``FAILED with 3 errors``."""
+    return "OK" if plan.ok else f"FAILED with {_plural(len(plan.errors), 'error')}"
+
+
+def _summary(plan: Plan) -> str:
+    """The verdict line's tail: the counts that are not zero, mapped always."""
+    return ", ".join(_summary_parts(plan))
+
+
+def _summary_parts(plan: Plan) -> list[str]:
+    counts = plan.counts()
+    parts = [
+        f"{counts['mapped']} mapped" + (f" ({counts['transformed']} transformed)" if counts["transformed"] else "")
+    ]
+    skipped = counts["skipped_by_rule"] + counts["skipped_by_guard"]
+    parts += [f"{skipped} skipped"] if skipped else []
+    parts += [f"{counts['kept_by_rule']} kept"] if counts["kept_by_rule"] else []
+    parts += [_plural(counts["unused"], "unused source")] if counts["unused"] else []
+    parts += [_plural(counts["unfilled"], "unfilled target")] if counts["unfilled"] else []
+    parts += [_plural(counts["warnings"], "warning")] if counts["warnings"] else []
+    return parts
+
+
+def _rule_label(rule: RuleRef) -> str:
+    """``rules/bert.toml#3 'head'``; keep rules count separately: ``rules/bert.toml#keep.1``."""
+    where = f"{rule.file}#{rule.index}" if rule.section == "rules" else f"{rule.file}#keep.{rule.index}"
+    return where + (f" {rule.name!r}" if rule.name else "")
+
+
+def _rule_order(plan: Plan) -> Callable[[RuleRef | None], tuple[int, str, int, int]]:
+    files = {file: position for position, file in enumerate(plan.rule_files)}
+
+    def key(rule: RuleRef | None) -> tuple[int, str, int, int]:
+        if rule is None:
+            return (len(files) + 1, "", 0, 0)
+        return (files.get(rule.file, len(files)), rule.file, 0 if rule.section == "rules" else 1, rule.index)
+
+    return key
+
+
+def _operations(operations: Sequence[Operation]) -> str:
+    return " ".join(operation.describe() for operation in operations)
+
+
+def _change(source_shape: tuple[int, ...], target_shape: tuple[int, ...], arrow: str) -> str:
+    return f"{format_shape(source_shape)} {arrow} {format_shape(target_shape)}"
+
+
+@dataclass(frozen=True, slots=True)
+class _AssignmentRow:
+    count: int
+    target: str
+    source: str
+    operations: str
+    shapes: str
+
+
+@dataclass(frozen=True, slots=True)
+class _NameRow:
+    count: int
+    name: str
+    other: str | None  # a guard skip's target when its name differs
+    source_shape: tuple[int, ...] | None
+    target_shape: tuple[int, ...] | None
+    dtype: str = ""
+    detail: str | None = None  # what a guard found, when it adds to the shapes
+
+
+@dataclass(frozen=True, slots=True)
+class _ProblemRow:
+    count: int
+    kind: str
+    message: str
+    rule: RuleRef | None
+    names: tuple[str, ...]  # grouped names the message does not already show
+
+
+def _assignment_shapes(assignment: Assignment, *, verbose: bool, arrow: str) -> str:
+    if assignment.source_dtype == assignment.target_dtype:
+        if not verbose:
+            return _change(assignment.source_shape, assignment.target_shape, arrow) if assignment.operations else ""
+        if not assignment.operations:
+            return f"{format_shape(assignment.target_shape)} {assignment.target_dtype}"
+        return f"{_change(assignment.source_shape, assignment.target_shape, arrow)} {assignment.target_dtype}"
+    if not verbose:
+        return _change(assignment.source_shape, assignment.target_shape, arrow)
+    return (
+        f"{format_shape(assignment.source_shape)} {assignment.source_dtype} {arrow} "
+        f"{format_shape(assignment.target_shape)} {assignment.target_dtype}"
+    )
+
+
+def _assignment_blocks(plan: Plan, *, verbose: bool, arrow: str) -> list[tuple[RuleRef, list[_AssignmentRow]]]:
+    """Assignments by rule; rows with the same operations and shapes are grouped unless ``verbose``."""
+    order = _rule_order(plan)
+    by_rule: dict[RuleRef, list[Assignment]] = {}
+    for assignment in plan.assignments:
+        by_rule.setdefault(assignment.rule, []).append(assignment)
+    blocks: list[tuple[RuleRef, list[_AssignmentRow]]] = []
+    for rule in sorted(by_rule, key=order):
+        keyed: list[tuple[tuple[tuple[int, str], ...], _AssignmentRow]] = []
+        if verbose:
+            for assignment in by_rule[rule]:
+                row = _AssignmentRow(
+                    1,
+                    assignment.target,
+                    assignment.source,
+                    _operations(assignment.operations),
+                    _assignment_shapes(assignment, verbose=True, arrow=arrow),
+                )
+                keyed.append((_natural_key(assignment.target), row))
+        else:
+            # Plain copies group regardless of shape; transformed rows only with the same shapes and dtypes.
+            kinds: dict[tuple[object, ...], list[Assignment]] = {}
+            for assignment in by_rule[rule]:
+                key: tuple[object, ...] = (assignment.operations,)
+                if assignment.operations:
+                    key += (assignment.source_shape, assignment.target_shape)
+                    key += (assignment.source_dtype, assignment.target_dtype)
+                kinds.setdefault(key, []).append(assignment)
+            for members in kinds.values():
+                first = members[0]
+                operations = _operations(first.operations)
+                shapes = _assignment_shapes(first, verbose=False, arrow=arrow)
+                for group in group_pairs((member.target, member.source) for member in members):
+                    row = _AssignmentRow(group.count, group.left, group.right, operations, shapes)
+                    keyed.append((_natural_key(group.left), row))
+        blocks.append((rule, [row for _, row in sorted(keyed, key=lambda item: item[0])]))
+    return blocks
+
+
+def _name_rows(items: Sequence[_NameRow], *, verbose: bool) -> list[_NameRow]:
+    """Group single-name rows (``other`` set to the name when there is no other) by everything but the names."""
+    if verbose:
+        rows = [replace(item, other=None if item.other == item.name else item.other) for item in items]
+        return sorted(rows, key=lambda row: _natural_key(row.name))
+    buckets: dict[tuple[object, ...], list[_NameRow]] = {}
+    for item in items:
+        buckets.setdefault((item.source_shape, item.target_shape, item.dtype, item.detail), []).append(item)
+    keyed: list[tuple[tuple[tuple[int, str], ...], _NameRow]] = []
+    for members in buckets.values():
+        for group in group_pairs((member.name, member.other or member.name) for member in members):
+            other = None if group.right == group.left else group.right
+            row = replace(members[0], count=group.count, name=group.left, other=other)
+            keyed.append((_natural_key(group.left), row))
+    return [row for _, row in sorted(keyed, key=lambda item: item[0])]
+
+
+_SHAPE_TEXT = re.compile(r"\[[0-9, ]*\]")
+
+
+def _guard_detail(skip: Skip, *, verbose: bool) -> str | None:
+    """What a guard found, unless the reason or the shapes shown beside it already say it."""
+    detail = skip.detail
+    if not detail or detail in skip.reason:
+        return None
+    if not verbose:
+        shown = {format_shape(shape) for shape in (skip.source_shape, skip.target_shape) if shape is not None}
+        if all(shape in shown for shape in _SHAPE_TEXT.findall(detail)) and not re.search(
+            "[0-9]", _SHAPE_TEXT.sub("", detail)
+        ):
+            return None
+    return detail
+
+
+def _skip_blocks(
+    plan: Plan, kinds: Iterable[SkipKind], *, verbose: bool
+) -> list[tuple[SkipKind, RuleRef, str, list[_NameRow]]]:
+    """Skips of ``kinds`` grouped by kind, rule and reason, in rule order."""
+    wanted = set(kinds)
+    order = _rule_order(plan)
+    blocks: dict[tuple[SkipKind, RuleRef, str], list[Skip]] = {}
+    for skip in plan.skips:
+        if skip.kind in wanted:
+            blocks.setdefault((skip.kind, skip.rule, skip.reason), []).append(skip)
+    result: list[tuple[SkipKind, RuleRef, str, list[_NameRow]]] = []
+    for kind, rule, reason in sorted(blocks, key=lambda key: (order(key[1]), key[0].value, key[2])):
+        items = [
+            _NameRow(
+                1,
+                skip.name,
+                skip.target or skip.name,
+                skip.source_shape,
+                skip.target_shape,
+                detail=_guard_detail(skip, verbose=verbose),
+            )
+            for skip in blocks[kind, rule, reason]
+        ]
+        result.append((kind, rule, reason, _name_rows(items, verbose=verbose)))
+    return result
+
+
+def _entry_rows(entries: Sequence[TensorEntry], *, verbose: bool) -> list[_NameRow]:
+    items = [_NameRow(1, entry.name, entry.name, entry.shape, None, entry.dtype) for entry in entries]
+    return _name_rows(items, verbose=verbose)
+
+
+def _problem_template(problem: Problem) -> str | None:
+    """The message with its one or two quoted names replaced by markers, or None when that is not clean."""
+    message = problem.message
+    if not 1 <= len(problem.names) <= 2 or "\x00" in message or "\x01" in message:
+        return None
+    for index, name in sorted(enumerate(problem.names), key=lambda item: -len(item[1])):
+        quoted = repr(name)
+        if not quoted.startswith("'") or quoted not in message:
+            if index == 1 and name == problem.names[0]:
+                continue  # the same name twice: the first marker covers it
+            return None
+        message = message.replace(quoted, chr(index))
+    return message
+
+
+def _problem_rows(problems: Sequence[Problem], *, verbose: bool) -> list[_ProblemRow]:
+    """One row per problem, except that messages alike but for their names share a row with patterns."""
+
+    def row(problem: Problem, count: int, message: str, names: Sequence[str]) -> _ProblemRow:
+        # Unused sources and unfilled targets have sections of their own; other names show unless quoted.
+        listed = problem.kind in (ProblemKind.UNUSED_SOURCE, ProblemKind.UNFILLED_TARGET)
+        hidden = [] if listed else [name for name in names if name not in message]
+        return _ProblemRow(
+            count, problem.kind.value.replace("_", " "), message, problem.rule, tuple(group_names(hidden))
+        )
+
+    if verbose:
+        return [row(problem, 1, problem.message, problem.names) for problem in problems]
+    alike: dict[tuple[object, ...], list[Problem]] = {}
+    for position, problem in enumerate(problems):
+        template = _problem_template(problem)
+        key: tuple[object, ...] = (
+            (position,) if template is None else (problem.kind, problem.severity, problem.rule, template)
+        )
+        alike.setdefault(key, []).append(problem)
+    rows: list[_ProblemRow] = []
+    for key, members in alike.items():
+        if len(members) == 1:
+            rows.append(row(members[0], 1, members[0].message, members[0].names))
+            continue
+        template = str(key[-1])
+        pairs = Counter((member.names[0], member.names[-1]) for member in members)
+        for group in group_pairs(pairs):
+            message = template.replace("\x00", f"'{group.left}'").replace("\x01", f"'{group.right}'")
+            rows.append(row(members[0], sum(pairs[pair] for pair in group.pairs()), message, ()))
+    return rows
+
+
+def _same(count: int) -> str:
+    """What a report shows for a source named like its target."""
+    return "same name" if count == 1 else "same names"
+
+
+def _format_bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"  # pragma: no cover
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _clean(text: str) -> str:
+    """Make control characters (escape codes, newlines) visible, so names cannot disturb the layout."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+def _prose(text: str) -> str:
+    """A message on one logical line: whitespace runs become one space, other control characters are shown."""
+    return _clean(" ".join(text.split()))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------------------------------------------------
+
+_STYLES = {
+    "bold": "1",
+    "dim": "2",
+    "red": "31",
+    "green": "32",
+    "yellow": "33",
+    "error": "1;31",
+    "warning": "1;33",
+    "ok": "1;32",
+}
+_Piece = tuple[str, str]  # (plain text, style name or "")
+
+
+class _TextReport:
+    """Builds the text report's lines; styles are applied after layout, so widths count plain text."""
+
+    def __init__(self, plan: Plan, *, color: bool, width: int, verbose: bool) -> None:
+        self.plan = plan
+        self.color = color
+        self.width = max(width, MIN_WIDTH)
+        self.verbose = verbose
+        self.lines: list[str] = []
+
+    def emit(self, *pieces: _Piece) -> None:
+        text = "".join(
+            f"\x1b[{_STYLES[style]}m{plain}\x1b[0m" if self.color and style and plain.strip() else plain
+            for plain, style in pieces
+        )
+        self.lines.append(text.rstrip())
+
+    def wrap(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(text, max(width, 10), break_long_words=False, break_on_hyphens=False) or [""]
+
+    def render(self) -> str:
+        self.header()
+        self.counts()
+        plan = self.plan
+        self.problems("Errors", plan.errors, "error")
+        self.problems("Warnings", plan.warnings, "warning")
+        self.assignments()
+        skipped = _skip_blocks(plan, (SkipKind.RULE, SkipKind.GUARD), verbose=self.verbose)
+        self.skips("Skipped", skipped, with_kind=True)
+        kept = _skip_blocks(plan, (SkipKind.KEEP,), verbose=self.verbose)
+        self.skips("Kept at initial value", kept, with_kind=False)
+        self.entries("Unused sources", plan.unused_sources)
+        self.entries("Unfilled targets", plan.unfilled_targets)
+        return "\n".join(self.lines)
+
+    def header(self) -> None:
+        plan = self.plan
+        style = "ok" if plan.ok else "error"
+        verdict = _verdict(plan)
+        # Wrapped only between counts, so "1 warning" stays whole.
+        lines = [f"Plan {verdict}:"]
+        for part in _summary_parts(plan):
+            if len(lines[-1]) + 2 + len(part) > self.width and not lines[-1].endswith(":"):
+                lines[-1] += ","
+                lines.append("   ")
+            lines[-1] += (" " if lines[-1].endswith((":", "   ")) else ", ") + part
+        self.emit(("Plan ", "bold"), (verdict, style), (lines[0][len(verdict) + 5 :], ""))
+        for line in lines[1:]:
+            self.emit((line, ""))
+        fields = [
+            ("rule files", [_clean(file) for file in plan.rule_files] or ["(none)"]),
+            ("source", [_prose(plan.source)]),
+            ("target", [_prose(plan.target)]),
+            ("namespace", [_clean(plan.namespace)]),
+        ]
+        label_width = max(len(label) for label, _ in fields)
+        for label, values in fields:
+            lines = [line for value in values for line in self.wrap(value, self.width - label_width - 4)]
+            for index, line in enumerate(lines):
+                self.emit(("  " + (label if index == 0 else "").ljust(label_width) + "  ", "dim"), (line, ""))
+
+    def counts(self) -> None:
+        counts = self.plan.counts()
+        columns = []
+        for keys in _COUNT_COLUMNS:
+            label_width = max(len(_COUNT_LABELS[key]) for key in keys)
+            number_width = max(len(str(counts[key])) for key in keys)
+            columns.append([(key, label_width, number_width) for key in keys])
+        grid_width = 2 + sum(column[0][1] + 2 + column[0][2] for column in columns) + 4 * (len(columns) - 1)
+        if grid_width > self.width:
+            cells = [cell for column in columns for cell in column]
+            label_width, number_width = max(cell[1] for cell in cells), max(cell[2] for cell in cells)
+            columns = [[(key, label_width, number_width) for key, _, _ in cells]]
+        self.emit()
+        for line in range(max(len(column) for column in columns)):
+            pieces: list[_Piece] = [("  ", "")]
+            for position, column in enumerate(columns):
+                gap = ("    ", "") if position else ("", "")
+                if line >= len(column):
+                    label_width, number_width = column[0][1], column[0][2]
+                    pieces += [gap, (" " * (label_width + 2 + number_width), "")]
+                    continue
+                key, label_width, number_width = column[line]
+                value = counts[key]
+                pieces += [gap, (_COUNT_LABELS[key].ljust(label_width) + "  ", "dim" if not value else "")]
+                pieces.append((str(value).rjust(number_width), self.count_style(key, value)))
+            self.emit(*pieces)
+
+    @staticmethod
+    def count_style(key: str, value: int) -> str:
+        if not value:
+            return "dim"
+        if key == "errors":
+            return "error"
+        if key in ("warnings", "skipped_by_rule", "skipped_by_guard", "kept_by_rule", "unused", "unfilled"):
+            return "yellow"
+        return "bold"
+
+    def title(self, text: str, count: str, style: str) -> None:
+        self.emit()
+        self.emit((text, style), (f" ({count})", ""))
+
+    def count_width(self, counts: Iterable[int]) -> int:
+        """Width of the count column: 0 (no column) when nothing was grouped."""
+        widest = max(counts, default=1)
+        return len(str(widest)) + 2 if widest > 1 else 0
+
+    @staticmethod
+    def count_cell(count: int, width: int) -> str:
+        return (str(count) if count > 1 else "").rjust(width - 2) + "  " if width else ""
+
+    def problems(self, title: str, problems: Sequence[Problem], style: str) -> None:
+        if not problems:
+            return
+        rows = _problem_rows(problems, verbose=self.verbose)
+        self.title(title, str(len(problems)), style)
+        count_width = self.count_width(row.count for row in rows)
+        kind_width = max(len(row.kind) for row in rows)
+        indent = 2 + count_width + kind_width + 2
+        for row in rows:
+            lines = self.wrap(_prose(row.message), self.width - indent)
+            # The rule, unless the message already names it.
+            label = f"({_clean(_rule_label(row.rule))})" if row.rule and str(row.rule) not in row.message else ""
+            head = "  " + self.count_cell(row.count, count_width)
+            for index, line in enumerate(lines):
+                first = (head + row.kind.ljust(kind_width) + "  ", style) if index == 0 else (" " * indent, "")
+                tail: list[_Piece] = []
+                if label and index == len(lines) - 1 and indent + len(line) + 2 + len(label) <= self.width:
+                    tail = [("  ", ""), (label, "dim")]
+                    label = ""
+                self.emit(first, (line, ""), *tail)
+            if label:
+                self.emit((" " * indent, ""), (label, "dim"))
+            if row.names:
+                names = self.fit_names(row.names, self.width - indent - len("names: "))
+                self.emit((" " * indent, ""), ("names: " + names, "dim"))
+
+    @staticmethod
+    def fit_names(patterns: Sequence[str], width: int) -> str:
+        shown: list[str] = []
+        for index, pattern in enumerate(patterns):
+            rest = len(patterns) - index - 1
+            more = f", +{rest} more" if rest else ""
+            if shown and len(", ".join([*shown, _clean(pattern)]) + more) > width:
+                return ", ".join(shown) + f", +{len(patterns) - index} more"
+            shown.append(_clean(pattern))
+        return ", ".join(shown)
+
+    def assignments(self) -> None:
+        plan = self.plan
+        if not plan.assignments:
+            return
+        blocks = _assignment_blocks(plan, verbose=self.verbose, arrow="->")
+        lines = sum(len(rows) for _, rows in blocks)
+        count = f"{len(plan.assignments)}"
+        if not self.verbose and lines != len(plan.assignments):
+            count += f" in {_plural(lines, 'line')}"
+        if plan.source_bytes:
+            count += f", {_format_bytes(plan.source_bytes)} to read"
+        self.title("Assignments", count, "bold")
+        count_width = self.count_width(row.count for _, rows in blocks for row in rows)
+        indent = 4 + count_width
+        for rule, rows in blocks:
+            self.emit(("  " + _clean(_rule_label(rule)), "bold"))
+            targets = [_clean(row.target) for row in rows]
+            sources = [_clean(row.source) if row.source != row.target else _same(row.count) for row in rows]
+            details = ["  ".join(part for part in (row.operations, row.shapes) if part) for row in rows]
+            target_width = max(len(target) for target in targets)
+            source_width = max(len(source) for source in sources)
+            detail_width = max(len(detail) for detail in details)
+            flat = indent + target_width + 6 + source_width + (2 + detail_width if detail_width else 0)
+            for row, target, source, detail in zip(rows, targets, sources, details, strict=True):
+                head = ("    " + self.count_cell(row.count, count_width), "")
+                source_style = "" if row.source != row.target else "dim"
+                if flat <= self.width:
+                    pad = " " * (source_width - len(source) + 2) if detail else ""
+                    self.emit(
+                        head,
+                        (target.ljust(target_width), ""),
+                        ("  <-  ", "dim"),
+                        (source, source_style),
+                        (pad, ""),
+                        (detail, "dim"),
+                    )
+                    continue
+                # Stacked: the source and the details hang under the target, indented past it.
+                if source_style and indent + len(target) + 6 + len(source) <= self.width:
+                    self.emit(head, (target, ""), ("  <-  ", "dim"), (source, source_style))
+                else:
+                    self.emit(head, (target, ""))
+                    self.emit((" " * (indent + 2), ""), ("<-  ", "dim"), (source, source_style))
+                fits = indent + 6 + len(detail) <= self.width
+                for part in [detail] if fits else [row.operations, row.shapes]:
+                    if part:
+                        self.emit((" " * (indent + 6), ""), (part, "dim"))
+
+    def skips(
+        self, title: str, blocks: Sequence[tuple[SkipKind, RuleRef, str, list[_NameRow]]], *, with_kind: bool
+    ) -> None:
+        if not blocks:
+            return
+        total = sum(row.count for *_, rows in blocks for row in rows)
+        self.title(title, str(total), "warning" if with_kind else "bold")
+        count_width = self.count_width(row.count for *_, rows in blocks for row in rows)
+        for kind, rule, reason, rows in blocks:
+            label = _clean(_rule_label(rule))
+            heading = f"by {kind.value} ({label})" if with_kind else label
+            lines = textwrap.wrap(
+                f"{heading}: {_prose(reason)}",
+                self.width,
+                initial_indent="  ",
+                subsequent_indent="      ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+            cut = min(len(heading) + 2, len(lines[0]))
+            self.emit((lines[0][:cut], "yellow" if with_kind else "bold"), (lines[0][cut:], ""))
+            for line in lines[1:]:
+                self.emit((line, ""))
+            self.name_table(rows, 4, count_width)
+
+    def entries(self, title: str, entries: Sequence[TensorEntry]) -> None:
+        if not entries:
+            return
+        rows = _entry_rows(entries, verbose=self.verbose)
+        self.title(title, str(len(entries)), "warning")
+        self.name_table(rows, 2, self.count_width(row.count for row in rows))
+
+    def name_table(self, rows: Sequence[_NameRow], indent: int, count_width: int) -> None:
+        """Names with their shapes; the shape column aligns wherever it fits, else it moves below."""
+        names = [_clean(row.name) for row in rows]
+        details = [self.shapes(row) for row in rows]
+        start = indent + count_width
+        fitting = [
+            len(name)
+            for name, detail in zip(names, details, strict=True)
+            if start + len(name) + 2 + len(detail) <= self.width
+        ]
+        column = 0
+        for candidate in sorted(set(fitting)):
+            if all(
+                start + candidate + 2 + len(detail) <= self.width
+                for name, detail in zip(names, details, strict=True)
+                if len(name) <= candidate
+            ):
+                column = candidate
+        for row, name, detail in zip(rows, names, details, strict=True):
+            head = (" " * indent + self.count_cell(row.count, count_width), "")
+            if not detail:
+                self.emit(head, (name, ""))
+            elif len(name) <= column:
+                self.emit(head, (name.ljust(column) + "  ", ""), (detail, "dim"))
+            elif start + len(name) + 2 + len(detail) <= self.width:
+                self.emit(head, (name + "  ", ""), (detail, "dim"))
+            else:
+                self.emit(head, (name, ""))
+                for line in self.wrap(detail, self.width - start - 4):
+                    self.emit((" " * (start + 4), ""), (line, "dim"))
+
+    @staticmethod
+    def shapes(row: _NameRow) -> str:
+        parts = []
+        if row.source_shape is not None:
+            parts.append(format_shape(row.source_shape))
+        if row.target_shape is not None:
+            target = f"{_clean(row.other)} " if row.other else ("target " if parts else "")
+            parts.append(f"{target}{format_shape(row.target_shape)}")
+        elif row.other:
+            parts.append(_clean(row.other))
+        text = " -> ".join(parts) + (f" {row.dtype}" if row.dtype else "")
+        return f"{text}: {_prose(row.detail)}" if row.detail else text
+
+
+def render_text(plan: Plan, *, color: bool = False, width: int = 100, verbose: bool = False) -> str:
+    """Render a plan for a terminal: a verdict line, the header and counts, then each non-empty section.
+
+    Sections, in order: Errors, Warnings, Assignments (by rule), Skipped (by kind, rule and reason, with
+    both shapes), Kept at initial value, Unused sources, Unfilled targets. Names are grouped into
+    brace patterns (see ``group_names`` and ``group_pairs``) with a count column; ``verbose`` lists every
+    name on its own line with its shape and dtype.
+
+    Args:
+        plan: The plan to describe.
+        color: Add ANSI colours (red errors, yellow warnings and skips, green OK, dim details). Without it the
+            report holds no escape codes; control characters in names are shown as ``\\xNN``.
+        width: Columns to fit in (at least 60); a name longer than that is never broken.
+        verbose: List every assignment, skip and name individually.
+
+    Returns:
+        The report, lines joined by newlines, without a trailing newline.
+
+    Example:
+        >>> from mapper.plan import Assignment, Plan, RuleRef
+        >>> rule = RuleRef("rules/copy.toml", 1, "dense")
+        >>> rows = tuple(Assignment(f"d/{n}", f"d/{n}", f"old/{n}", rule, (), (2,), "float32", (2,), "float32")
+        ...              for n in ("bias", "kernel"))
+        >>> plan = Plan(("rules/copy.toml",), "old.ckpt", "model", "path", assignments=rows)
+        >>> print(render_text(plan, width=80))  # doctest: +NORMALIZE_WHITESPACE
+        Plan OK: 2 mapped
+          rule files  rules/copy.toml
+          source      old.ckpt
+          target      model
+          namespace   path
+        <BLANKLINE>
+          mapped       2    skipped by rule   0    unused sources    0
+          transformed  0    skipped by guard  0    unfilled targets  0
+                            kept by rule      0    errors            0
+                                                   warnings          0
+        <BLANKLINE>
+        Assignments (2 in 1 line, 16 B to read)
+          rules/copy.toml#1 'dense'
+               2  d/{bias,kernel}  <-  old/{bias,kernel}
+    """
+    return _TextReport(plan, color=color, width=width, verbose=verbose).render()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------------------------------
+
+# Markup that could change how prose renders: always these; "_" only where it can start or end emphasis
+# (not between two letters or digits); "(" only right after "]", where it would make a link.
+_MD_SPECIAL = re.compile(r"[\\`*~<|]|(?<![^\W_])_|_(?![^\W_])|(?<=\])\(")
+_QUOTED = re.compile(r"'([^'\s]+)'")
+
+
+def _md_code(text: str) -> str:
+    """A code span, safe inside a table cell."""
+    text = _clean(text).replace("|", "\\|")
+    fence = "`"
+    while fence in text:
+        fence += "`"
+    padding = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{padding}{text}{padding}{fence}"
+
+
+def _md_text(text: str) -> str:
+    """Prose for a table cell: markup characters escaped, ``'quoted'`` names shown as code."""
+    text = _prose(text)
+    pieces: list[str] = []
+    position = 0
+    for match in _QUOTED.finditer(text):
+        pieces += [_md_escape(text[position : match.start()]), _md_code(match.group(1))]
+        position = match.end()
+    pieces.append(_md_escape(text[position:]))
+    return "".join(pieces)
+
+
+def _md_escape(text: str) -> str:
+    return _MD_SPECIAL.sub(lambda match: "\\" + match.group(), text)
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Iterable[int] = ()) -> list[str]:
+    right = set(numeric)
+    rule = ["---:" if index in right else "---" for index in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    shown = rows[:_MD_MAX_ROWS]
+    lines += ["| " + " | ".join(cell or " " for cell in row) + " |" for row in shown]
+    if len(rows) > len(shown):
+        lines += ["", f"*{len(rows) - len(shown)} more rows not shown; the JSON report has every one.*"]
+    return lines
+
+
+def _md_section(title: str, count: str, table: list[str], *, fold: bool) -> list[str]:
+    if fold:
+        return ["", "<details>", f"<summary><b>{title}</b> ({count})</summary>", "", *table, "", "</details>"]
+    return ["", f"#### {title} ({count})", "", *table]
+
+
+def _md_count(count: int) -> str:
+    return str(count) if count > 1 else ""
+
+
+def _md_shapes(row: _NameRow) -> str:
+    parts = []
+    if row.source_shape is not None:
+        parts.append(format_shape(row.source_shape))
+    if row.target_shape is not None:
+        target = f"{_md_code(row.other)} " if row.other else ("target " if parts else "")
+        parts.append(f"{target}{format_shape(row.target_shape)}")
+    elif row.other:
+        parts.append(_md_code(row.other))
+    text = " → ".join(parts) + (f" {row.dtype}" if row.dtype else "")
+    return f"{text}: {_md_text(row.detail)}" if row.detail else text
+
+
+def render_markdown(plan: Plan) -> str:
+    """Render a plan for a pull-request comment: a verdict heading, a table of counts, then sections as tables.
+
+    The sections are those of ``render_text``, grouped the same way. Sections longer than ten rows fold into
+    ``<details>`` blocks (errors never fold) so the comment stays short; names are code spans and pipes are
+    escaped. A section shows at most 200 rows and says how many more there are.
+
+    Args:
+        plan: The plan to describe.
+
+    Returns:
+        GitHub-flavoured Markdown, without a trailing newline.
+
+    Example:
+        >>> plan = Plan(("rules/empty.toml",), "old.ckpt", "model", "path")
+        >>> print(render_markdown(plan))
+        ### ✅ Plan OK: 0 mapped
+        <BLANKLINE>
+        - **rule files:** `rules/empty.toml`
+        - **source:** `old.ckpt`
+        - **target:** `model`
+        - **namespace:** `path`
+        <BLANKLINE>
+        | mapped | transformed | skipped by rule | skipped by guard | kept by rule | unused sources | unfilled targets | errors | warnings |
+        |---:|---:|---:|---:|---:|---:|---:|---:|---:|
+        | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 |
+    """
+    counts = plan.counts()
+    icon = "✅" if plan.ok else "❌"
+    lines = [f"### {icon} Plan {_verdict(plan)}: {_md_text(_summary(plan))}", ""]
+    files = ", ".join(_md_code(file) for file in plan.rule_files) or "(none)"
+    lines += [
+        f"- **rule files:** {files}",
+        f"- **source:** {_md_code(_prose(plan.source))}",
+        f"- **target:** {_md_code(_prose(plan.target))}",
+        f"- **namespace:** {_md_code(plan.namespace)}",
+        "",
+    ]
+    lines += _md_table(list(_COUNT_LABELS.values()), [[str(counts[key]) for key in _COUNT_LABELS]], range(9))
+    lines += _md_problems("❌ Errors", plan.errors, fold=False)
+    lines += _md_problems("⚠️ Warnings", plan.warnings, fold=True)
+    lines += _md_assignments(plan)
+    lines += _md_skips(plan, "Skipped", (SkipKind.RULE, SkipKind.GUARD))
+    lines += _md_skips(plan, "Kept at initial value", (SkipKind.KEEP,))
+    lines += _md_entries("Unused sources", plan.unused_sources)
+    lines += _md_entries("Unfilled targets", plan.unfilled_targets)
+    return "\n".join(lines)
+
+
+def _md_problems(title: str, problems: Sequence[Problem], *, fold: bool) -> list[str]:
+    if not problems:
+        return []
+    rows = _problem_rows(problems, verbose=False)
+    grouped = any(row.count > 1 for row in rows)
+    cells = []
+    for row in rows:
+        message = _md_text(row.message)
+        if row.names:
+            message += "<br>names: " + ", ".join(_md_code(name) for name in row.names)
+        rule = _md_code(_rule_label(row.rule)) if row.rule else ""
+        cells.append([*([_md_count(row.count)] if grouped else []), row.kind, message, rule])
+    header = [*(["n"] if grouped else []), "kind", "message", "rule"]
+    table = _md_table(header, cells, [0] if grouped else [])
+    return _md_section(title, str(len(problems)), table, fold=fold and len(rows) > _MD_FOLD_ROWS)
+
+
+def _md_assignments(plan: Plan) -> list[str]:
+    if not plan.assignments:
+        return []
+    blocks = _assignment_blocks(plan, verbose=False, arrow="→")
+    grouped = any(row.count > 1 for _, rows in blocks for row in rows)
+    cells = []
+    for rule, rows in blocks:
+        for index, row in enumerate(rows):
+            cells.append(
+                [
+                    _md_code(_rule_label(rule)) if index == 0 else "",
+                    *([_md_count(row.count)] if grouped else []),
+                    _md_code(row.target),
+                    _md_code(row.source) if row.source != row.target else f"*{_same(row.count)}*",
+                    ", ".join(_md_code(part) for part in _split_operations(row.operations)),
+                    row.shapes,
+                ]
+            )
+    header = ["rule", *(["n"] if grouped else []), "target", "source", "operations", "shapes"]
+    count = str(len(plan.assignments))
+    if len(cells) != len(plan.assignments):
+        count += f" in {_plural(len(cells), 'row')}"
+    if plan.source_bytes:
+        count += f", {_format_bytes(plan.source_bytes)} to read"
+    table = _md_table(header, cells, [1] if grouped else [])
+    return _md_section("Assignments", count, table, fold=len(cells) > _MD_FOLD_ROWS)
+
+
+def _md_skips(plan: Plan, title: str, kinds: tuple[SkipKind, ...]) -> list[str]:
+    blocks = _skip_blocks(plan, kinds, verbose=False)
+    if not blocks:
+        return []
+    with_kind = title == "Skipped"
+    grouped = any(row.count > 1 for *_, rows in blocks for row in rows)
+    cells = []
+    for kind, rule, reason, rows in blocks:
+        for index, row in enumerate(rows):
+            first = index == 0
+            cells.append(
+                [
+                    *([f"by {kind.value}" if first else ""] if with_kind else []),
+                    _md_code(_rule_label(rule)) if first else "",
+                    _md_text(reason) if first else "",
+                    *([_md_count(row.count)] if grouped else []),
+                    _md_code(row.name),
+                    _md_shapes(row),
+                ]
+            )
+    header = [*(["skipped"] if with_kind else []), "rule", "reason", *(["n"] if grouped else []), "name", "shapes"]
+    total = sum(row.count for *_, rows in blocks for row in rows)
+    table = _md_table(header, cells, [header.index("n")] if grouped else [])
+    return _md_section(title, str(total), table, fold=len(cells) > _MD_FOLD_ROWS)
+
+
+def _md_entries(title: str, entries: Sequence[TensorEntry]) -> list[str]:
+    if not entries:
+        return []
+    rows = _entry_rows(entries, verbose=False)
+    grouped = any(row.count > 1 for row in rows)
+    cells = [
+        [*([_md_count(row.count)] if grouped else []), _md_code(row.name), format_shape(row.source_shape), row.dtype]
+        for row in rows
+    ]
+    header = [*(["n"] if grouped else []), "name", "shape", "dtype"]
+    table = _md_table(header, cells, [0] if grouped else [])
+    return _md_section(title, str(len(entries)), table, fold=len(cells) > _MD_FOLD_ROWS)
+
+
+def _split_operations(text: str) -> list[str]:
+    """``transpose[1, 0] reshape[768, 12, 64]`` -> its two operations (spaces inside brackets kept)."""
+    return re.findall(r"\S+?\[[^\]]*\]|\S+", text)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# JSON and dispatch
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def render_json(plan: Plan) -> str:
+    """Render a plan as a JSON document for machines.
+
+    Schema (``version`` 1)::
+
+        {
+          "format": "weight-mapper report",
+          "version": 1,
+          "ok": true,                       # no error-level problems: the plan can be applied
+          "verdict": "OK",                  # or "FAILED with 3 errors"
+          "summary": {"mapped": 199, "transformed": 96, "skipped_by_rule": 4, "skipped_by_guard": 0,
+                      "kept_by_rule": 0, "unused": 0, "unfilled": 0, "errors": 0, "warnings": 1},
+          "plan": {...}                     # exactly Plan.to_json(): Plan.from_json(json.dumps(doc["plan"]))
+        }                                   # gives back an equal plan
+
+    ``summary`` is ``Plan.counts()``; new keys may be added within a version, never removed.
+
+    Args:
+        plan: The plan to describe.
+
+    Returns:
+        Indented JSON, without a trailing newline.
+
+    Example:
+        >>> plan = Plan(("r.toml",), "old.ckpt", "model", "path")
+        >>> document = json.loads(render_json(plan))
+        >>> document["verdict"], document["summary"]["mapped"], Plan.from_json(json.dumps(document["plan"])) == plan
+        ('OK', 0, True)
+    """
+    document = {
+        "format": REPORT_FORMAT,
+        "version": REPORT_VERSION,
+        "ok": plan.ok,
+        "verdict": _verdict(plan),
+        "summary": plan.counts(),
+        "plan": json.loads(plan.to_json(indent=None)),
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False)
+
+
+def render(plan: Plan, format: ReportFormat = "text", **options: Any) -> str:
+    """Render a plan in ``format``: ``text`` (which takes ``color``, ``width`` and ``verbose``), ``markdown`` or ``json``.
+
+    Args:
+        plan: The plan to describe.
+        format: ``"text"``, ``"markdown"`` or ``"json"``.
+        **options: Keyword options of the chosen renderer.
+
+    Returns:
+        The report as a string.
+
+    Raises:
+        MapperError: ``format`` is not one of the three.
+
+    Example:
+        >>> plan = Plan(("r.toml",), "old.ckpt", "model", "path")
+        >>> render(plan, "text", width=60).splitlines()[0]
+        'Plan OK: 0 mapped'
+        >>> render(plan, "json") == render_json(plan)
+        True
+    """
+    renderers: dict[str, Callable[..., str]] = {
+        "text": render_text,
+        "markdown": render_markdown,
+        "json": render_json,
+    }
+    renderer = renderers.get(format)
+    if renderer is None:
+        raise MapperError(f"unknown report format {format!r}; choose one of 'text', 'markdown' or 'json'")
+    return renderer(plan, **options)

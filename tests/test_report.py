@@ -1,0 +1,902 @@
+"""Tests for mapper.report: name grouping, the text / Markdown / JSON reports, and their golden files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mapper.errors import MapperError
+from mapper.ops import Cast, Reshape, Transpose
+from mapper.plan import (
+    Assignment,
+    Plan,
+    Problem,
+    ProblemKind,
+    RuleRef,
+    Severity,
+    Skip,
+    SkipKind,
+    TensorEntry,
+)
+from mapper.report import (
+    PairGroup,
+    expand_pattern,
+    group_names,
+    group_pairs,
+    render,
+    render_json,
+    render_markdown,
+    render_text,
+)
+from mapper.specs import format_shape
+
+GOLDEN = Path(__file__).parent / "golden"
+ANSI = re.compile(r"\x1b\[")
+LAYERS = range(12)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Plans, built by hand from the plan dataclasses
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def copy(target: str, source: str, rule: RuleRef, shape: tuple[int, ...], dtype: str = "float32") -> Assignment:
+    return Assignment(target, target, source, rule, (), shape, dtype, shape, dtype)
+
+
+def bert_plan() -> Plan:
+    """A 12-layer BERT-base from a PyTorch-layout TF checkpoint: transposes, reshapes, skips and a dead rule."""
+    file = "rules/bert.toml"
+
+    def rule(index: int, name: str, section: str = "rules") -> RuleRef:
+        return RuleRef(file, index, name, section)  # type: ignore[arg-type]
+
+    assignments: list[Assignment] = []
+    skips: list[Skip] = []
+    embeddings = rule(1, "embeddings")
+    for target, source, rows in (("token", "word", 30522), ("position", "position", 512), ("segment", "token_type", 2)):
+        assignments.append(
+            copy(
+                f"embeddings/{target}_embedding/embeddings",
+                f"bert/embeddings/{source}_embeddings",
+                embeddings,
+                (rows, 768),
+            )
+        )
+    for part in ("gamma", "beta"):
+        assignments.append(
+            copy(f"embeddings/layer_norm/{part}", f"bert/embeddings/LayerNorm/{part}", embeddings, (768,))
+        )
+    qkv_kernels, qkv_biases, output, ffn, plain = (
+        rule(2, "attention kernels"),
+        rule(3, "attention biases"),
+        rule(4, "attention output"),
+        rule(5, "feed-forward kernels"),
+        rule(6, "biases and norms"),
+    )
+    for i in LAYERS:
+        old, new = f"bert/encoder/layer_{i}", f"encoder/layer_{i}"
+        for part in ("query", "key", "value"):
+            assignments.append(
+                Assignment(
+                    f"{new}/attention/{part}/kernel",
+                    f"{new}/attention/{part}/kernel",
+                    f"{old}/attention/self/{part}/kernel",
+                    qkv_kernels,
+                    (Transpose((1, 0)), Reshape((768, 12, 64))),
+                    (768, 768),
+                    "float32",
+                    (768, 12, 64),
+                    "float32",
+                )
+            )
+            assignments.append(
+                Assignment(
+                    f"{new}/attention/{part}/bias",
+                    f"{new}/attention/{part}/bias",
+                    f"{old}/attention/self/{part}/bias",
+                    qkv_biases,
+                    (Reshape((12, 64)),),
+                    (768,),
+                    "float32",
+                    (12, 64),
+                    "float32",
+                )
+            )
+        assignments.append(
+            Assignment(
+                f"{new}/attention/output/kernel",
+                f"{new}/attention/output/kernel",
+                f"{old}/attention/output/dense/kernel",
+                output,
+                (Transpose((1, 0)), Reshape((12, 64, 768))),
+                (768, 768),
+                "float32",
+                (12, 64, 768),
+                "float32",
+            )
+        )
+        for target, source, shape in (("intermediate", "intermediate", (3072, 768)), ("output", "output", (768, 3072))):
+            assignments.append(
+                Assignment(
+                    f"{new}/{target}/kernel",
+                    f"{new}/{target}/kernel",
+                    f"{old}/{source}/dense/kernel",
+                    ffn,
+                    (Transpose((1, 0)),),
+                    shape,
+                    "float32",
+                    shape[::-1],
+                    "float32",
+                )
+            )
+        assignments += [
+            copy(f"{new}/attention/output/bias", f"{old}/attention/output/dense/bias", plain, (768,)),
+            copy(f"{new}/intermediate/bias", f"{old}/intermediate/dense/bias", plain, (3072,)),
+            copy(f"{new}/output/bias", f"{old}/output/dense/bias", plain, (768,)),
+        ]
+        for part in ("gamma", "beta"):
+            assignments += [
+                copy(f"{new}/attention_layer_norm/{part}", f"{old}/attention/output/LayerNorm/{part}", plain, (768,)),
+                copy(f"{new}/output_layer_norm/{part}", f"{old}/output/LayerNorm/{part}", plain, (768,)),
+            ]
+    pooler = rule(7, "pooler")
+    assignments += [
+        copy("pooler/dense/kernel", "bert/pooler/dense/kernel", pooler, (768, 768)),
+        copy("pooler/dense/bias", "bert/pooler/dense/bias", pooler, (768,)),
+    ]
+    heads = rule(8, "pretraining heads")
+    for name, shape in (
+        ("cls/predictions/output_bias", (30522,)),
+        ("cls/predictions/transform/dense/kernel", (768, 768)),
+        ("cls/predictions/transform/dense/bias", (768,)),
+        ("cls/predictions/transform/LayerNorm/gamma", (768,)),
+        ("cls/predictions/transform/LayerNorm/beta", (768,)),
+        ("cls/seq_relationship/output_weights", (2, 768)),
+        ("cls/seq_relationship/output_bias", (2,)),
+    ):
+        skips.append(Skip(name, "source", SkipKind.RULE, "pretraining heads are not part of the encoder", heads, shape))
+    optimizer = rule(9, "optimizer state")
+    skips.append(Skip("global_step", "source", SkipKind.RULE, "optimizer state", optimizer, ()))
+    for assignment in assignments:
+        for slot in ("adam_m", "adam_v"):
+            name = f"{assignment.source}/{slot}"
+            skips.append(Skip(name, "source", SkipKind.RULE, "optimizer state", optimizer, assignment.source_shape))
+    problems = (
+        Problem(
+            ProblemKind.DEAD_RULE,
+            Severity.WARNING,
+            f"{rule(10, 'legacy names')} matched no source name (pattern 'bert/encoder/layer_(?P<i>\\d+)/ffn/.+'); "
+            "fix the pattern or remove the rule",
+            rule(10, "legacy names"),
+        ),
+    )
+    return Plan(
+        rule_files=(file,),
+        source="TensorFlow checkpoint checkpoints/bert_base/model.ckpt-1000000 (1,225 tensors, 1.3 GiB)",
+        target="Keras model 'bert_encoder' (199 weights)",
+        namespace="path",
+        assignments=tuple(assignments),
+        skips=tuple(skips),
+        problems=problems,
+    )
+
+
+def head_plan() -> Plan:
+    """Fine-tuning seed: same architecture, a new class count; the head is skipped by a shape guard."""
+    file = "rules/finetune.toml"
+    backbone = RuleRef(file, 1, "backbone")
+    head = RuleRef(file, 3, "head")
+    assignments = []
+    for index, (channels_in, channels_out) in enumerate(((3, 32), (32, 64), (64, 64)), start=1):
+        layer = f"backbone/conv_{index}"
+        assignments.append(copy(f"{layer}/kernel", f"{layer}/kernel", backbone, (3, 3, channels_in, channels_out)))
+        assignments.append(copy(f"{layer}/bias", f"{layer}/bias", backbone, (channels_out,)))
+        for part in ("gamma", "beta", "moving_mean", "moving_variance"):
+            assignments.append(
+                copy(f"backbone/bn_{index}/{part}", f"backbone/bn_{index}/{part}", backbone, (channels_out,))
+            )
+    assignments.append(
+        Assignment(
+            "embedding/kernel",
+            "embedding/kernel",
+            "embedding/kernel",
+            RuleRef(file, 2, "embedding"),
+            (Cast("bfloat16"),),
+            (64, 64),
+            "float32",
+            (64, 64),
+            "bfloat16",
+        )
+    )
+    skips = (
+        Skip(
+            "head/kernel",
+            "source",
+            SkipKind.GUARD,
+            "new class count",
+            head,
+            (64, 10),
+            (64, 5),
+            "head/kernel",
+            "shape [64, 10] does not equal the target's [64, 5]",
+        ),
+        Skip(
+            "head/bias",
+            "source",
+            SkipKind.GUARD,
+            "new class count",
+            head,
+            (10,),
+            (5,),
+            "head/bias",
+            "shape [10] does not equal the target's [5]",
+        ),
+        Skip(
+            "adapter/kernel",
+            "source",
+            SkipKind.GUARD,
+            "new class count",
+            head,
+            (64, 10),
+            (64, 10),
+            "adapter/kernel",
+            "dtype float16 is not float32",
+        ),
+        Skip(
+            "optimizer/iterations",
+            "source",
+            SkipKind.RULE,
+            "optimizer state: fine-tuning starts its own",
+            RuleRef(file, 4, "optimizer"),
+            (),
+        ),
+        Skip(
+            "normalization/mean",
+            "target",
+            SkipKind.KEEP,
+            "adapted to the new data set before training",
+            RuleRef(file, 1, "normalization", "keep"),
+            target_shape=(3,),
+        ),
+        Skip(
+            "normalization/variance",
+            "target",
+            SkipKind.KEEP,
+            "adapted to the new data set before training",
+            RuleRef(file, 1, "normalization", "keep"),
+            target_shape=(3,),
+        ),
+    )
+    return Plan(
+        rule_files=(file,),
+        source="TensorFlow checkpoint runs/pretrain/ckpt-20",
+        target="Keras model 'classifier' (24 weights)",
+        namespace="path",
+        assignments=tuple(assignments),
+        skips=skips,
+    )
+
+
+def problems_plan() -> Plan:
+    """Every problem kind, both severities, unused sources and unfilled targets."""
+    file = "rules/broken.toml"
+    problems = [
+        Problem(
+            ProblemKind.SHAPE_MISMATCH,
+            Severity.ERROR,
+            "source 'dense/kernel' [784, 128] but target 'dense/kernel' is [128, 784]; add { transpose = [1, 0] } "
+            "to the rule's ops",
+            RuleRef(file, 1, "dense"),
+            ("dense/kernel", "dense/kernel"),
+        ),
+        Problem(
+            ProblemKind.DTYPE_MISMATCH,
+            Severity.ERROR,
+            "source 'embedding/table' is float64 but target 'embedding/embeddings' is float32; "
+            'add { cast = "float32" } to the rule\'s ops',
+            RuleRef(file, 2, "embedding"),
+            ("embedding/table", "embedding/embeddings"),
+        ),
+        Problem(
+            ProblemKind.DOUBLE_FILL,
+            Severity.ERROR,
+            "target 'out/bias' is filled twice: from 'out/b' by rules/broken.toml rule 3 and from 'out/bias' by "
+            "rules/broken.toml rule 4 ('catch-all'); the first is kept",
+            RuleRef(file, 4, "catch-all"),
+            ("out/bias", "out/bias"),
+        ),
+        Problem(
+            ProblemKind.GUARD_FAILED,
+            Severity.ERROR,
+            "source 'head/kernel' [64, 10] float32 -> target 'head/kernel' [64, 5]: guard failed: shape [64, 10] "
+            'does not equal the target\'s [64, 5]; set on_fail = "skip" in the guard to leave the target at its '
+            "initial value",
+            RuleRef(file, 5, "head"),
+            ("head/kernel", "head/kernel"),
+        ),
+        Problem(
+            ProblemKind.BAD_OPERATION,
+            Severity.ERROR,
+            "source 'attn/qkv' [64, 192] float32 -> target 'attn/query': cannot reshape [64, 192] (12288 elements) "
+            "into [64, 4, 8] (2048 elements)",
+            RuleRef(file, 6, "fused qkv"),
+            ("attn/qkv", "attn/query"),
+        ),
+        Problem(
+            ProblemKind.UNUSED_SOURCE,
+            Severity.ERROR,
+            "3 source tensors matched no rule: 'global_step', 'weird|name', 'extra/w'; add a rule for them, "
+            'a skip rule with a reason, or set [policies] unused_source = "warn"',
+            None,
+            ("global_step", "weird|name", "extra/w"),
+        ),
+        Problem(
+            ProblemKind.UNFILLED_TARGET,
+            Severity.ERROR,
+            "2 target variables would keep their initial values without a rule saying so: 'attn/query', "
+            "'head/kernel'; map a source to them, or list them in a [[keep]] entry with a reason",
+            None,
+            ("attn/query", "head/kernel"),
+        ),
+        Problem(
+            ProblemKind.DEAD_RULE,
+            Severity.WARNING,
+            "rules/broken.toml rule 7 ('legacy') matched no source name (pattern 'old/.+'); fix the pattern or "
+            "remove the rule",
+            RuleRef(file, 7, "legacy"),
+        ),
+        Problem(
+            ProblemKind.DOUBLE_FILL,
+            Severity.WARNING,
+            "target 'out/kernel' is filled twice: from 'out/w' by rules/broken.toml rule 3 and from 'out/kernel' by "
+            "rules/broken.toml rule 4 ('catch-all'); the first is kept",
+            RuleRef(file, 4, "catch-all"),
+            ("out/kernel", "out/kernel"),
+        ),
+        Problem(
+            ProblemKind.BAD_TEMPLATE,
+            Severity.ERROR,
+            "source 'blocks/0/w': template 'block_{i - 1}/w' gives a negative index -1",
+            RuleRef(file, 8, "blocks"),
+            ("blocks/0/w",),
+        ),
+    ]
+    # The same message for many names shares one row, with the names as a pattern.
+    for i in range(12):
+        problems.append(
+            Problem(
+                ProblemKind.MISSING_TARGET,
+                Severity.ERROR,
+                f"source 'enc/layer_{i}/ln/scale' maps to 'encoder/layer_{i}/norm/gamma', but the target has no "
+                "variable of that name in the 'path' namespace",
+                RuleRef(file, 9, "norms"),
+                (f"enc/layer_{i}/ln/scale", f"encoder/layer_{i}/norm/gamma"),
+            )
+        )
+    assert {problem.kind for problem in problems} == set(ProblemKind), "every problem kind is shown"
+    return Plan(
+        rule_files=(file, "rules/common.toml"),
+        source="TensorFlow checkpoint ckpt/model-7",
+        target="Keras model 'tiny'",
+        namespace="path",
+        assignments=(
+            copy("out/bias", "out/b", RuleRef(file, 3), (10,)),
+            copy("out/kernel", "out/w", RuleRef(file, 3), (64, 10)),
+        ),
+        skips=(
+            Skip("step", "source", SkipKind.RULE, "bookkeeping", RuleRef("rules/common.toml", 1, "bookkeeping"), ()),
+        ),
+        unused_sources=(
+            TensorEntry("global_step", (), "int64"),
+            TensorEntry("weird|name", (3,), "float32"),
+            TensorEntry("extra/w", (8, 8), "float32"),
+        ),
+        unfilled_targets=(
+            TensorEntry("attn/query", (64, 4, 8), "float32"),
+            TensorEntry("head/kernel", (64, 5), "float32"),
+        ),
+        problems=tuple(problems),
+    )
+
+
+def checkpoint_plan() -> Plan:
+    """The demo: a Keras model restored from a checkpoint of the same architecture, in the checkpoint namespace.
+
+    Skip reasons are worded the way the planner words them (the guard's reason, then what failed).
+    """
+    file = "rules/keras-same-architecture.toml"
+    same = RuleRef(file, 1, "same architecture")
+    layers = {
+        "d1": (1, {"_kernel": ("kernel", (8, 16)), "bias": ("bias", (16,))}),
+        "bn": (
+            2,
+            {part: (part, (16,)) for part in ("gamma", "beta", "moving_mean", "moving_variance")},
+        ),
+        "d2": (3, {"_kernel": ("kernel", (16, 16)), "bias": ("bias", (16,))}),
+    }
+    assignments = []
+    slot = 0
+    skips = []
+    for layer, (operation, variables) in layers.items():
+        for attribute, (name, shape) in variables.items():
+            key = f"model/_operations/{operation}/{attribute}/.ATTRIBUTES/VARIABLE_VALUE"
+            assignments.append(Assignment(f"{layer}/{name}", key, key, same, (), shape, "float32", shape, "float32"))
+    reason = "shape changed (a new class count?): keeps its initial value"
+    for attribute, name, old, new in (("_kernel", "kernel", (16, 10), (16, 5)), ("bias", "bias", (10,), (5,))):
+        key = f"model/_operations/4/{attribute}/.ATTRIBUTES/VARIABLE_VALUE"
+        failure = f"shape {format_shape(old)} does not equal the target's {format_shape(new)}"
+        skips.append(Skip(key, "source", SkipKind.GUARD, reason, same, old, new, f"head/{name}", failure))
+    optimizer = RuleRef(file, 2, "optimizer")
+    for slot in range(1, 21):
+        key = f"optimizer/_variables/{slot}/.ATTRIBUTES/VARIABLE_VALUE"
+        skips.append(
+            Skip(key, "source", SkipKind.RULE, "optimizer state: a fine-tuning run starts its own", optimizer, (16,))
+        )
+    skips.append(
+        Skip(
+            "save_counter/.ATTRIBUTES/VARIABLE_VALUE",
+            "source",
+            SkipKind.RULE,
+            "checkpoint bookkeeping, not a weight",
+            RuleRef(file, 3, "bookkeeping"),
+            (),
+        )
+    )
+    return Plan(
+        rule_files=(file,),
+        source="TensorFlow checkpoint /tmp/demo/pretrained/ckpt-1",
+        target="Keras model 'classifier'",
+        namespace="checkpoint",
+        assignments=tuple(assignments),
+        skips=tuple(skips),
+    )
+
+
+def empty_plan() -> Plan:
+    return Plan(
+        rule_files=("rules/empty.toml",),
+        source="memory source (0 tensors)",
+        target="Keras model 'empty'",
+        namespace="path",
+    )
+
+
+PLANS = {
+    "bert": bert_plan,
+    "head": head_plan,
+    "checkpoint": checkpoint_plan,
+    "problems": problems_plan,
+    "empty": empty_plan,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# group_names / expand_pattern / group_pairs
+# ---------------------------------------------------------------------------------------------------------------------
+
+GROUP_CASES = [
+    pytest.param(
+        [f"encoder/layer_{i}/attention/{p}/kernel" for i in LAYERS for p in ("query", "key", "value")],
+        ["encoder/layer_{0..11}/attention/{key,query,value}/kernel"],
+        id="bert-attention",
+    ),
+    pytest.param([f"block_{i}/w" for i in (0, 2, 5)], ["block_{0,2,5}/w"], id="numbers-with-gaps"),
+    pytest.param([f"block_{i}/w" for i in (0, 1)], ["block_{0,1}/w"], id="two-numbers-listed"),
+    pytest.param(
+        [f"block_{i}/w" for i in (*range(5), *range(6, 12))], ["block_{{0..4},{6..11}}/w"], id="runs-around-a-gap"
+    ),
+    pytest.param([f"h/{i}" for i in (10, 9, 8, 2)], ["h/{2,{8..10}}"], id="run-and-single"),
+    pytest.param(["d/kernel", "d/bias", "d/gamma"], ["d/{bias,gamma,kernel}"], id="alternatives-sorted"),
+    pytest.param(
+        [f"model/_operations/{i}/{v}/.ATTRIBUTES/VARIABLE_VALUE" for i in (1, 2, 3) for v in ("_kernel", "bias")],
+        ["model/_operations/{1..3}/{_kernel,bias}/.ATTRIBUTES/VARIABLE_VALUE"],
+        id="tf-checkpoint-keys",
+    ),
+    pytest.param(
+        [f"bert.encoder.layer.{i}.attention.self.{p}.weight" for i in LAYERS for p in ("query", "key")],
+        ["bert.encoder.layer.{0..11}.attention.self.{key,query}.weight"],
+        id="dotted-names",
+    ),
+    pytest.param(
+        ["dense/kernel", "dense_1/kernel", "dense_2/kernel"], ["{dense,dense_{1,2}}/kernel"], id="keras-auto-names"
+    ),
+    pytest.param(
+        [f"conv{a}_{b}/w" for a in (1, 2) for b in (1, 2, 3)], ["conv{1,2}_{1..3}/w"], id="two-numbers-in-a-segment"
+    ),
+    pytest.param(["part_00", "part_01", "part_02"], ["part_{00,01,02}"], id="zero-padded-listed"),
+    pytest.param(["layer_10/w", "layer_2/w", "global_step"], ["global_step", "layer_{2,10}/w"], id="natural-order"),
+    pytest.param(["a/x", "a/y", "b/x"], ["a/{x,y}", "b/x"], id="not-a-product"),
+    pytest.param(["a/b/c", "a/b"], ["a/b", "a/b/c"], id="different-depths"),
+    pytest.param(["a{b}", "c,d", "e\\f"], ["a\\{b\\}", "c\\,d", "e\\\\f"], id="special-characters-escaped"),
+    pytest.param(["x", "x", "x"], ["x"], id="duplicates"),
+    pytest.param([""], [""], id="empty-name"),
+    pytest.param([], [], id="no-names"),
+]
+
+
+@pytest.mark.parametrize(("names", "expected"), GROUP_CASES)
+def test_group_names(names: list[str], expected: list[str]) -> None:
+    before = list(names)
+    assert group_names(names) == expected
+    assert names == before  # the input is not touched
+    assert sorted({name for pattern in expected for name in expand_pattern(pattern)}) == sorted(set(names))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        pytest.param("a/b", ["a/b"], id="literal"),
+        pytest.param("l_{0..2}", ["l_0", "l_1", "l_2"], id="range"),
+        pytest.param("{3..1}", ["3", "2", "1"], id="descending-range"),
+        pytest.param("{08..10}", ["08", "09", "10"], id="padded-range"),
+        pytest.param("{a,b}/{x,y}", ["a/x", "a/y", "b/x", "b/y"], id="product-in-order"),
+        pytest.param("{{0..1},7}", ["0", "1", "7"], id="nested"),
+        pytest.param("{,_1}", ["", "_1"], id="empty-alternative"),
+        pytest.param("a\\{b\\,c\\}", ["a{b,c}"], id="escapes"),
+        pytest.param("{a}", ["{a}"], id="single-item-is-literal"),
+        pytest.param("a{b", ["a{b"], id="unclosed-is-literal"),
+        pytest.param("a}b,c", ["a}b,c"], id="stray-closers-are-literal"),
+        pytest.param("{a..c}", ["{a..c}"], id="letter-ranges-are-literal"),
+        pytest.param("x\\", ["x\\"], id="trailing-backslash"),
+        pytest.param("", [""], id="empty"),
+    ],
+)
+def test_expand_pattern(pattern: str, expected: list[str]) -> None:
+    assert expand_pattern(pattern) == expected
+
+
+def _check_lossless(names: list[str]) -> None:
+    patterns = group_names(names)
+    expansions = [expand_pattern(pattern) for pattern in patterns]
+    flat = [name for expansion in expansions for name in expansion]
+    assert len(flat) == len(set(flat)), f"a name appears twice in {patterns}"
+    assert set(flat) == set(names)
+
+
+# Names from an alphabet full of separators, digits and pattern syntax, to try to break the escaping.
+awkward_names = st.lists(st.text(alphabet="ab01_/.{},\\", max_size=8), max_size=25)
+
+
+@given(awkward_names)
+@settings(max_examples=300, deadline=None)
+def test_group_names_is_lossless_on_awkward_names(names: list[str]) -> None:
+    _check_lossless(names)
+
+
+# Names built as partial products, the way real models look: prefix/layer_i/part/leaf.
+structured_names = st.lists(
+    st.tuples(
+        st.sampled_from(["enc", "dec", "bert/encoder"]),
+        st.integers(0, 30),
+        st.sampled_from(["query", "key", "value", "dense_1", "dense_2", "LayerNorm"]),
+        st.sampled_from(["kernel", "bias", "gamma", "beta"]),
+    ).map(lambda parts: f"{parts[0]}/layer_{parts[1]}/{parts[2]}/{parts[3]}"),
+    max_size=120,
+)
+
+
+@given(structured_names)
+@settings(max_examples=150, deadline=None)
+def test_group_names_is_lossless_on_model_like_names(names: list[str]) -> None:
+    _check_lossless(names)
+
+
+@given(
+    st.dictionaries(
+        st.text(alphabet="ab01/.{},", max_size=6),
+        st.text(alphabet="xy01/.{,", max_size=6),
+        max_size=20,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_group_pairs_reads_back_exactly(mapping: dict[str, str]) -> None:
+    groups = group_pairs(mapping.items())
+    pairs = [pair for group in groups for pair in group.pairs()]
+    assert sorted(pairs) == sorted(mapping.items())
+    assert sum(group.count for group in groups) == len(mapping)
+
+
+@given(structured_names, st.integers(0, 2))
+@settings(max_examples=100, deadline=None)
+def test_group_pairs_reads_back_exactly_on_renamed_layers(names: list[str], offset: int) -> None:
+    mapping = {name: re.sub(r"layer_(\d+)", lambda m: f"block_{int(m.group(1)) + offset}", name) for name in names}
+    pairs = [pair for group in group_pairs(mapping.items()) for pair in group.pairs()]
+    assert sorted(pairs) == sorted(mapping.items())
+
+
+@pytest.mark.parametrize(
+    ("pairs", "expected"),
+    [
+        pytest.param(
+            [(f"block_{i + 1}/w", f"layer_{i}/kernel") for i in LAYERS],
+            [("block_{1..12}/w", "layer_{0..11}/kernel", 12)],
+            id="index-arithmetic",
+        ),
+        pytest.param(
+            [(f"t/{p}", f"s/{p}/w") for p in ("key", "query", "value")],
+            [("t/{key,query,value}", "s/{key,query,value}/w", 3)],
+            id="same-alternatives",
+        ),
+        pytest.param(
+            [("t/a", "shared"), ("t/b", "shared")],
+            [("t/{a,b}", "shared", 2)],
+            id="one-source-for-many-targets",
+        ),
+        pytest.param(
+            [("t/k", "s/key"), ("t/q", "s/query")],
+            [("t/k", "s/key", 1), ("t/q", "s/query", 1)],
+            id="different-alternatives-not-linked",
+        ),
+        pytest.param(
+            [(f"block_{i}", f"layer_{2 - i}") for i in range(3)],
+            [("block_0", "layer_2", 1), ("block_1", "layer_1", 1), ("block_2", "layer_0", 1)],
+            id="reversed-order-not-grouped",
+        ),
+        pytest.param(
+            [(f"l_{i}/{p}", f"s/{p}/l_{i}") for i in range(2) for p in "ab"],
+            [("l_0/{a,b}", "s/{a,b}/l_0", 2), ("l_1/{a,b}", "s/{a,b}/l_1", 2)],
+            id="crossed-order-grouped-only-where-it-reads-right",
+        ),
+    ],
+)
+def test_group_pairs(pairs: list[tuple[str, str]], expected: list[tuple[str, str, int]]) -> None:
+    assert [(group.left, group.right, group.count) for group in group_pairs(pairs)] == expected
+
+
+def test_pair_group_broadcasts_a_single_right_name() -> None:
+    assert PairGroup("t/{a,b}", "shared", 2).pairs() == [("t/a", "shared"), ("t/b", "shared")]
+
+
+def bert_large_names() -> list[str]:
+    """A 24-layer BERT-large checkpoint with Adam slots: over 1,000 names."""
+    names = ["global_step", "bert/embeddings/word_embeddings", "bert/embeddings/position_embeddings"]
+    names += [
+        "bert/embeddings/token_type_embeddings",
+        "bert/embeddings/LayerNorm/gamma",
+        "bert/embeddings/LayerNorm/beta",
+    ]
+    for i in range(24):
+        layer = f"bert/encoder/layer_{i}"
+        for part in ("query", "key", "value"):
+            names += [f"{layer}/attention/self/{part}/kernel", f"{layer}/attention/self/{part}/bias"]
+        for block in ("attention/output", "intermediate", "output"):
+            names += [f"{layer}/{block}/dense/kernel", f"{layer}/{block}/dense/bias"]
+        for block in ("attention/output", "output"):
+            names += [f"{layer}/{block}/LayerNorm/gamma", f"{layer}/{block}/LayerNorm/beta"]
+    names += ["bert/pooler/dense/kernel", "bert/pooler/dense/bias"]
+    return names + [f"{name}/{slot}" for name in names[1:] for slot in ("adam_m", "adam_v")]
+
+
+def test_a_thousand_variable_model_fits_on_a_screen() -> None:
+    names = bert_large_names()
+    assert len(names) > 1000
+    patterns = group_names(names)
+    assert len(patterns) <= 24, "\n".join(patterns)
+    assert "bert/encoder/layer_{0..23}/attention/self/{key,query,value}/{bias,kernel}/{adam_m,adam_v}" in patterns
+    _check_lossless(names)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Golden files
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def check_golden(name: str, text: str) -> None:
+    """Compare with tests/golden/<name>; UPDATE_GOLDEN=1 rewrites the file instead."""
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text + "\n", encoding="utf-8")
+        return
+    assert path.exists(), f"golden file {path} is missing; run the tests with UPDATE_GOLDEN=1 to write it"
+    expected = path.read_text(encoding="utf-8")
+    assert text + "\n" == expected, f"{name} differs from the golden file; review, then rerun with UPDATE_GOLDEN=1"
+
+
+GOLDEN_CASES = (
+    [pytest.param(plan, "text", {}, f"report_{plan}.txt", id=f"{plan}-text") for plan in PLANS]
+    + [pytest.param(plan, "markdown", {}, f"report_{plan}.md", id=f"{plan}-markdown") for plan in PLANS]
+    + [
+        pytest.param("bert", "text", {"width": 80}, "report_bert_width80.txt", id="bert-text-width80"),
+        pytest.param("head", "text", {"verbose": True}, "report_head_verbose.txt", id="head-text-verbose"),
+        pytest.param("problems", "text", {"color": True}, "report_problems_color.txt", id="problems-text-color"),
+        pytest.param("head", "json", {}, "report_head.json", id="head-json"),
+    ]
+)
+
+
+@pytest.mark.parametrize(("plan", "format", "options", "golden"), GOLDEN_CASES)
+def test_golden(plan: str, format: str, options: dict[str, object], golden: str) -> None:
+    check_golden(golden, render(PLANS[plan](), format, **options))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Properties of the reports
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(PLANS))
+def test_json_report_round_trips_the_plan(name: str) -> None:
+    plan = PLANS[name]()
+    document = json.loads(render_json(plan))
+    assert document["format"] == "weight-mapper report"
+    assert document["version"] == 1
+    assert document["ok"] is plan.ok
+    assert document["summary"] == plan.counts()
+    assert Plan.from_json(json.dumps(document["plan"])) == plan
+
+
+@pytest.mark.parametrize("name", list(PLANS))
+@pytest.mark.parametrize("verbose", [False, True], ids=["grouped", "verbose"])
+def test_no_escape_codes_without_color(name: str, verbose: bool) -> None:
+    assert not ANSI.search(render_text(PLANS[name](), verbose=verbose))
+
+
+def test_control_characters_in_names_are_shown_not_sent() -> None:
+    sneaky = "evil\x1b[31m/w\nx"
+    plan = Plan(("r.toml",), "src", "tgt", "path", unused_sources=(TensorEntry(sneaky, (1,), "float32"),))
+    text = render_text(plan)
+    assert "\x1b" not in text
+    assert "evil\\x1b[31m/w\\x0ax" in text
+    assert "\x1b" not in render_markdown(plan)
+
+
+def test_color_marks_the_verdict_and_problems() -> None:
+    failed = render_text(problems_plan(), color=True)
+    assert failed.splitlines()[0].startswith("\x1b[1mPlan \x1b[0m\x1b[1;31mFAILED with 20 errors\x1b[0m")
+    assert "\x1b[1;31mErrors\x1b[0m" in failed
+    assert "\x1b[1;33mWarnings\x1b[0m" in failed
+    ok = render_text(head_plan(), color=True)
+    assert "\x1b[1;32mOK\x1b[0m" in ok.splitlines()[0]
+    assert ANSI.sub("", ok).replace("[0m", "") != ok
+    # Without the codes, the coloured report is the plain one.
+    assert re.sub(r"\x1b\[[0-9;]*m", "", ok) == render_text(head_plan())
+
+
+@pytest.mark.parametrize("name", list(PLANS))
+@pytest.mark.parametrize("width", [60, 80, 100, 120])
+@pytest.mark.parametrize("verbose", [False, True], ids=["grouped", "verbose"])
+def test_text_fits_the_width(name: str, width: int, verbose: bool) -> None:
+    for line in render_text(PLANS[name](), width=width, verbose=verbose).splitlines():
+        # Only a line holding one name (or rule reference) too long to fit may overflow: names are never broken.
+        longest = max((len(token) for token in line.split()), default=0)
+        assert len(line) <= width or longest > width - 16, f"{len(line)} > {width}: {line!r}"
+
+
+def test_narrow_widths_are_widened() -> None:
+    assert render_text(bert_plan(), width=10) == render_text(bert_plan(), width=60)
+
+
+def test_verdict_is_the_first_line() -> None:
+    assert render_text(head_plan()).splitlines()[0] == "Plan OK: 19 mapped (1 transformed), 4 skipped, 2 kept"
+    assert render_text(problems_plan()).splitlines()[0].startswith("Plan FAILED with 20 errors: 2 mapped")
+    assert render_markdown(problems_plan()).startswith("### ❌ Plan FAILED with 20 errors")
+
+
+def test_head_skip_reads_clearly() -> None:
+    text = render_text(head_plan())
+    assert "\n  by guard (rules/finetune.toml#3 'head'): new class count\n" in text
+    assert re.search(r"^    head/kernel +\[64, 10\] -> target \[64, 5\]$", text, re.MULTILINE)
+    assert re.search(r"^    head/bias +\[10\] -> target \[5\]$", text, re.MULTILINE)
+    # What the guard found shows when the shapes do not already say it.
+    assert re.search(
+        r"^    adapter/kernel +\[64, 10\] -> target \[64, 10\]: dtype float16 is not float32$", text, re.MULTILINE
+    )
+    verbose = render_text(head_plan(), verbose=True)
+    assert re.search(r"head/kernel +\[64, 10\] -> target \[64, 5\]: shape \[64, 10\] does not equal", verbose)
+
+
+def test_empty_sections_are_left_out() -> None:
+    text = render_text(empty_plan())
+    markdown = render_markdown(empty_plan())
+    for title in ("Errors", "Warnings", "Assignments", "Skipped", "Kept at", "Unused sources (", "Unfilled targets ("):
+        assert title not in text
+        assert title not in markdown
+
+
+def test_verbose_lists_every_assignment() -> None:
+    plan = bert_plan()
+    grouped = render_text(plan)
+    verbose = render_text(plan, verbose=True)
+    assert sum(" <- " in line or line.lstrip().startswith("<- ") for line in verbose.splitlines()) == 199
+    assert sum(" <- " in line or line.lstrip().startswith("<- ") for line in grouped.splitlines()) == 14
+    assert "bert/encoder/layer_11/attention/self/value/kernel/adam_v" in verbose
+
+
+def test_grouped_assignment_reads_in_parallel() -> None:
+    lines = render_text(bert_plan(), width=220).splitlines()
+    expected = (
+        "    36  encoder/layer_{0..11}/attention/{key,query,value}/kernel  <-  "
+        "bert/encoder/layer_{0..11}/attention/self/{key,query,value}/kernel  "
+        "transpose[1, 0] reshape[768, 12, 64]  [768, 768] -> [768, 12, 64]"
+    )
+    assert expected in lines
+
+
+def test_alike_problems_share_a_row() -> None:
+    text = render_text(problems_plan(), width=260)
+    assert (
+        "  12  missing target   source 'enc/layer_{0..11}/ln/scale' maps to 'encoder/layer_{0..11}/norm/gamma', "
+        "but the target has no variable of that name in the 'path' namespace  (rules/broken.toml#9 'norms')"
+    ) in text.splitlines()
+    assert render_text(problems_plan(), verbose=True).count("missing target") == 12
+
+
+def _cells(row: str) -> int:
+    return len(re.findall(r"(?<!\\)\|", row)) - 1
+
+
+@pytest.mark.parametrize("name", list(PLANS))
+def test_markdown_tables_are_well_formed(name: str) -> None:
+    markdown = render_markdown(PLANS[name]())
+    table: list[str] = []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if table:
+            assert len({_cells(row) for row in table}) == 1, table
+            assert re.fullmatch(r"\|(-{3}:?\|)+|\|(-{3}\|)+|\|(-{3}:?\|)+", table[1].replace("---:", "---")), table[1]
+            table = []
+    assert markdown.count("<details>") == markdown.count("</details>")
+
+
+def test_markdown_escapes_and_folds() -> None:
+    markdown = render_markdown(problems_plan())
+    assert "| `weird\\|name` | [3] | float32 |" in markdown
+    assert "<details>" not in markdown.split("Warnings")[0], "errors never fold"
+    bert = render_markdown(bert_plan())
+    assert "<summary><b>Assignments</b> (199 in 14 rows, 417.6 MiB to read)</summary>" in bert
+    assert "`encoder/layer_{0..11}/attention/{key,query,value}/kernel`" in bert
+
+
+def test_markdown_code_spans_survive_backticks() -> None:
+    plan = Plan(("r.toml",), "src", "tgt", "path", unused_sources=(TensorEntry("a`b|c", (), "int64"),))
+    assert "| ``a`b\\|c`` | [] | int64 |" in render_markdown(plan)
+
+
+@pytest.mark.parametrize("format", ["text", "markdown", "json"])
+def test_render_dispatches(format: str) -> None:
+    plan = head_plan()
+    direct = {"text": render_text, "markdown": render_markdown, "json": render_json}[format](plan)
+    assert render(plan, format) == direct  # type: ignore[arg-type]
+
+
+def test_render_passes_text_options() -> None:
+    plan = bert_plan()
+    assert render(plan, "text", width=80, verbose=True) == render_text(plan, width=80, verbose=True)
+
+
+def test_render_rejects_an_unknown_format() -> None:
+    plan = head_plan()
+    with pytest.raises(MapperError, match="unknown report format 'html'; choose one of 'text', 'markdown' or 'json'"):
+        render(plan, "html")  # type: ignore[arg-type]
+    assert plan == head_plan()
+
+
+def test_rendering_leaves_the_plan_alone() -> None:
+    plan = bert_plan()
+    before = plan.to_json()
+    for format in ("text", "markdown", "json"):
+        render(plan, format)  # type: ignore[arg-type]
+    assert plan.to_json() == before
+
+
+def test_names_a_message_does_not_show_are_listed_grouped() -> None:
+    problem = Problem(
+        ProblemKind.DOUBLE_FILL,
+        Severity.ERROR,
+        "two rules fill the same three targets; make the first rule's pattern narrower",
+        RuleRef("r.toml", 2, "wide"),
+        tuple(f"t/layer_{i}/w" for i in range(3)),
+    )
+    plan = Plan(("r.toml",), "src", "tgt", "path", problems=(problem,))
+    assert "names: t/layer_{0..2}/w" in render_text(plan)
+    assert "(r.toml#2 'wide')" in render_text(plan)
+    assert "<br>names: `t/layer_{0..2}/w` | `r.toml#2 'wide'` |" in render_markdown(plan)
