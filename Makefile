@@ -22,6 +22,7 @@ demo: env
 
 test: env
 	$(BIN)/python -m ruff check mapper tests benchmarks
+	$(BIN)/python -m ruff format --check mapper tests benchmarks
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q
 

@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  mapper inspect pretrained/ckpt-1 --format json | jq '.tensors | length'",
     )
     inspect.add_argument("source", help="checkpoint prefix, or a directory holding a 'checkpoint' file")
-    inspect.add_argument("--match", metavar="REGEX", help="only names this regular expression matches (search, not full match)")
+    inspect.add_argument(
+        "--match", metavar="REGEX", help="only names this regular expression matches (search, not full match)"
+    )
     inspect.add_argument("--format", choices=("text", "json"), default="text")
 
     validate = verbs.add_parser(
@@ -128,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
             + _EXIT_CODES,
         )
         sub.add_argument("rules", help="the rule file")
-        sub.add_argument("--source", required=True, help="checkpoint prefix, or a directory holding a 'checkpoint' file")
+        sub.add_argument(
+            "--source", required=True, help="checkpoint prefix, or a directory holding a 'checkpoint' file"
+        )
         sub.add_argument("--target", required=True, metavar="MODULE:FACTORY", help=_TARGET_HELP)
         sub.add_argument(
             "--format", choices=("text", "markdown", "json"), default="text", help="report format (default: text)"
@@ -214,7 +218,10 @@ def _inspect(args: argparse.Namespace) -> int:
         _out(json.dumps(document, indent=2))
         return EXIT_OK
     rows = [(spec.name, format_shape(spec.shape), spec.dtype, _human_bytes(spec.nbytes)) for spec in shown]
-    widths = [max([len(header), *(len(row[i]) for row in rows)]) for i, header in enumerate(("name", "shape", "dtype", "size"))]
+    widths = [
+        max([len(header), *(len(row[i]) for row in rows)])
+        for i, header in enumerate(("name", "shape", "dtype", "size"))
+    ]
     lines = [f"{source.description}: {len(shown)} of {len(specs)} tensors, {_human_bytes(total)}"]
     if rows:
         header = ("name", "shape", "dtype", "size")
@@ -331,7 +338,9 @@ def _run_demo(workdir: Path) -> int:
     for path, as_expected, found in results:
         _out(f"  {'ok ' if as_expected else 'BAD'}  {path:<{width}}  {found}")
     counts = plan.counts()
-    _out(f"\n{counts['mapped']} variables restored; {counts['skipped_by_guard']} skipped by the shape guard (the new head).")
+    _out(
+        f"\n{counts['mapped']} variables restored; {counts['skipped_by_guard']} skipped by the shape guard (the new head)."
+    )
     if not all(as_expected for _, as_expected, _ in results):
         _error("the demo's checks failed")
         return EXIT_PROBLEMS

@@ -237,9 +237,14 @@ class Plan:
         """Read a plan written by ``to_json``; raises PlanError on another format version."""
         import json
 
+        from pydantic import ValidationError
+
         from mapper.errors import PlanError
 
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise PlanError(f"not a plan: invalid JSON: {error}", problems=(), plan=None) from None
         version = data.get("format") if isinstance(data, dict) else None
         if version != PLAN_FORMAT:
             raise PlanError(
@@ -248,7 +253,14 @@ class Plan:
                 problems=(),
                 plan=None,
             )
-        return _adapter().validate_python(data)
+        try:
+            return _adapter().validate_python(data)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise PlanError(
+                f"not a valid plan: {where}: {first['msg']} ({error.error_count()} problems)", problems=(), plan=None
+            ) from None
 
 
 @functools.cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,21 +172,32 @@ def literal_prefix(pattern: str) -> str:
     return "".join(prefix)
 
 
+# Constructs after which a plain scan cannot tell where groups and sets end: comments, and flags that switch
+# on verbose mode ('#' comments, ignored spaces) or version 1 (nested sets). Patterns with them get no prefix.
+_UNSURE = re.compile(r"\(\?#|\(\?[a-zA-Z0-9-]*[xV]")
+
+
 def _has_top_level_alternation(pattern: str) -> bool:
+    """Whether a ``|`` outside every group splits ``pattern``; True when the scan cannot be sure."""
+    if _UNSURE.search(pattern):
+        return True
     depth = 0
-    in_class = False
     position = 0
     while position < len(pattern):
         char = pattern[position]
         if char == "\\":
             position += 2
             continue
-        if in_class:
-            in_class = char != "]"
-        elif char == "[":
-            in_class = True
-            if pattern[position + 1 : position + 2] == "]":
+        if char == "[":
+            position += 1
+            if pattern[position : position + 1] == "^":
                 position += 1
+            if pattern[position : position + 1] == "]":
+                position += 1  # a ']' first in a set is a literal, also after '^'
+            while position < len(pattern) and pattern[position] != "]":
+                if pattern[position] == "[":
+                    return True  # a POSIX class or a nested set: not worth parsing
+                position += 2 if pattern[position] == "\\" else 1
         elif char == "(":
             depth += 1
         elif char == ")":
@@ -335,14 +347,14 @@ class _Planner:
             f"{assignment.source!r} by {assignment.rule}; the first is kept"
         )
         if policy == "error":
-            self._problem(ProblemKind.DOUBLE_FILL, message, assignment.rule, (assignment.target, assignment.source))
+            self._problem(ProblemKind.DOUBLE_FILL, message, assignment.rule, (assignment.source, assignment.target))
             return
         if policy == "warn":
             self._problem(
                 ProblemKind.DOUBLE_FILL,
                 message,
                 assignment.rule,
-                (assignment.target, assignment.source),
+                (assignment.source, assignment.target),
                 Severity.WARNING,
             )
         self.skips.append(
@@ -350,11 +362,12 @@ class _Planner:
                 assignment.source,
                 "source",
                 SkipKind.RULE,
-                f"target {assignment.target!r} already filled from {earlier.source!r}",
+                "its target is already filled by an earlier rule",
                 assignment.rule,
                 assignment.source_shape,
                 assignment.target_shape,
                 assignment.target,
+                detail=f"{assignment.target!r} already filled from {earlier.source!r} by {earlier.rule}",
             )
         )
 
@@ -362,9 +375,18 @@ class _Planner:
         self, guard: Guard, failure: str, spec: TensorSpec, target_spec: TensorSpec, ref: RuleRef
     ) -> None:
         if guard.on_fail == "skip":
-            reason = f"{guard.reason}: {failure}" if guard.reason else failure
             self.skips.append(
-                Skip(spec.name, "source", SkipKind.GUARD, reason, ref, spec.shape, target_spec.shape, target_spec.name)
+                Skip(
+                    spec.name,
+                    "source",
+                    SkipKind.GUARD,
+                    guard.reason or failure,
+                    ref,
+                    spec.shape,
+                    target_spec.shape,
+                    target_spec.name,
+                    detail=failure,
+                )
             )
             self.left_by_guard.add(target_spec.name)
             return
@@ -425,10 +447,10 @@ class _Planner:
             "map a source to {them}, or list {them} in a [[keep]] entry with a reason",
         )
         for index, hits in enumerate(self.rule_hits):
-            if not hits:
+            if not hits and not self.rules.rules[index].optional:
                 self._dead(self.rules.rule_ref(index), self.rules.rules[index].match, "source")
         for index, hits in enumerate(self.keep_hits):
-            if not hits:
+            if not hits and not self.rules.keep[index].optional:
                 self._dead(self.rules.keep_ref(index), self.rules.keep[index].match, "target")
 
     def _dead(self, ref: RuleRef, pattern: str, side: str) -> None:

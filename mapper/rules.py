@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import regex
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from mapper.errors import RuleFileError, RuleIssue
 from mapper.ops import KNOWN_DTYPES
@@ -221,6 +230,7 @@ class Rule(_Frozen):
     )
     skip: str | None = Field(None, description="Instead of a target: the reason the matched source tensors go unused.")
     guard: Guard | None = None
+    optional: bool = Field(False, description="The rule may match nothing without being reported as dead.")
     ops: tuple[OperationSpec, ...] = Field((), description="Operations applied in order: transpose, reshape, cast.")
 
     _pattern: Any = PrivateAttr(None)
@@ -237,6 +247,33 @@ class Rule(_Frozen):
                 f"invalid regular expression: {error.msg} at position {position}: "
                 f"{value[:position]}\u2192{value[position:]}"
             ) from None
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _template_fits(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A field validator (not the model one) so that the issue names 'target' and is reported
+        # together with problems in the rule's other fields; 'match' is validated first.
+        match = info.data.get("match")
+        if value is None:
+            return value
+        pieces = _parse_template(value)
+        if match is None:
+            return value
+        pattern = regex.compile(match)
+        groups = set(pattern.groupindex)
+        for piece in pieces:
+            if isinstance(piece.group, str) and piece.group not in groups:
+                defined = ", ".join(sorted(groups)) or "none"
+                raise ValueError(
+                    f"template {value!r} uses group {piece.group!r}, which the pattern does not define "
+                    f"(it defines: {defined}); add '(?P<{piece.group}>...)' to 'match'"
+                )
+            if isinstance(piece.group, int) and piece.group > pattern.groups:
+                raise ValueError(
+                    f"template {value!r} uses group {piece.group}, but the pattern has {pattern.groups} groups; "
+                    "use a group number from 0 (the whole name) to the number of groups, or a named group"
+                )
         return value
 
     @field_validator("ops", mode="before")
@@ -272,23 +309,9 @@ class Rule(_Frozen):
             raise ValueError("a rule needs exactly one of 'target' (a name template) or 'skip' (a reason)")
         if self.skip is not None and (self.guard is not None or self.ops):
             raise ValueError("a skip rule takes no 'guard' or 'ops': it uses no tensor")
-        pattern = regex.compile(self.match)
-        self._pattern = pattern
+        self._pattern = regex.compile(self.match)
         if self.target is not None:
-            pieces = _parse_template(self.target)
-            groups = set(pattern.groupindex)
-            for piece in pieces:
-                if isinstance(piece.group, str) and piece.group not in groups:
-                    defined = ", ".join(sorted(groups)) or "none"
-                    raise ValueError(
-                        f"template {self.target!r} uses group {piece.group!r}, which the pattern does not define "
-                        f"(it defines: {defined}); add '(?P<{piece.group}>...)' to 'match'"
-                    )
-                if isinstance(piece.group, int) and piece.group > pattern.groups:
-                    raise ValueError(
-                        f"template {self.target!r} uses group {piece.group}, but the pattern has {pattern.groups} groups"
-                    )
-            self._template = pieces
+            self._template = _parse_template(self.target)
         return self
 
     def fullmatch(self, name: str) -> Any:
@@ -314,7 +337,13 @@ class Rule(_Frozen):
                         f"template {self.target!r} adds {piece.offset:+d} to group {piece.group!r}, "
                         f"which captured {value!r}, not a whole number"
                     )
-                value = str(int(value) + piece.offset)
+                number = int(value) + piece.offset
+                if number < 0:
+                    raise TemplateError(
+                        f"template {self.target!r} gives {number} for group {piece.group!r} = {value!r}: "
+                        "a negative number is never a layer index; check the offset"
+                    )
+                value = str(number)
             parts.append(value or "")
         return "".join(parts)
 
@@ -333,6 +362,7 @@ class Keep(_Frozen):
     namespace: Literal["path", "checkpoint"] | None = Field(
         None, description="Namespace of the names 'match' sees; defaults to [target].namespace."
     )
+    optional: bool = Field(False, description="The keep may match nothing without being reported as dead.")
 
     _pattern: Any = PrivateAttr(None)
 

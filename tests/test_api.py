@@ -72,12 +72,21 @@ RULE_FILE_CASES = [
     ("malformed-toml", HEADER + "[[rules]\nmatch = 'x'\n", "invalid TOML", "r.toml:4:"),
     ("unknown-key", HEADER + "[[rules]]\nmtach = 'x'\nskip = 'y'\n", "unknown key 'mtach'", "did you mean 'match'?"),
     ("invalid-regex", HEADER + "[[rules]]\nmatch = 'a(b'\nskip = 'y'\n", "invalid regular expression", "position 3"),
-    ("template-group", HEADER + "[[rules]]\nmatch = '(?P<k>.+)'\ntarget = '{key}'\n", "uses group 'key'", "it defines: k"),
+    (
+        "template-group",
+        HEADER + "[[rules]]\nmatch = '(?P<k>.+)'\ntarget = '{key}'\n",
+        "uses group 'key'",
+        "it defines: k",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "text", "message", "detail"), RULE_FILE_CASES, ids=[case[0] for case in RULE_FILE_CASES])
-def test_bad_rule_files(pretrained: tuple[object, Path], tmp_path: Path, case: str, text: str, message: str, detail: str) -> None:
+@pytest.mark.parametrize(
+    ("case", "text", "message", "detail"), RULE_FILE_CASES, ids=[case[0] for case in RULE_FILE_CASES]
+)
+def test_bad_rule_files(
+    pretrained: tuple[object, Path], tmp_path: Path, case: str, text: str, message: str, detail: str
+) -> None:
     _, prefix = pretrained
     path = tmp_path / "r.toml"
     path.write_text(text)

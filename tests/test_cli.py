@@ -49,7 +49,9 @@ def test_top_level_help_lists_verbs_and_exit_codes(capsys: pytest.CaptureFixture
     assert "exit codes:" in out
 
 
-def test_inspect_lists_names_shapes_dtypes_sizes(capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path]) -> None:
+def test_inspect_lists_names_shapes_dtypes_sizes(
+    capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path]
+) -> None:
     _, prefix = pretrained
     code, out, _ = run(capsys, "inspect", str(prefix))
     assert code == 0
@@ -72,7 +74,9 @@ def test_inspect_json_and_match(capsys: pytest.CaptureFixture[str], pretrained: 
 
 def test_validate_reports_each_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     broken = tmp_path / "broken.toml"
-    broken.write_text('format = 1\n[[rules]]\nname = "a"\nmtach = "x"\ntarget = "y"\n[[rules]]\nmatch = "a(b"\nskip = "r"\n')
+    broken.write_text(
+        'format = 1\n[[rules]]\nname = "a"\nmtach = "x"\ntarget = "y"\n[[rules]]\nmatch = "a(b"\nskip = "r"\n'
+    )
     code, out, err = run(capsys, "validate", RULES, str(broken))
     assert code == cli.EXIT_PROBLEMS
     assert f"ok: {RULES} (3 rules)" in out
@@ -81,7 +85,9 @@ def test_validate_reports_each_file(capsys: pytest.CaptureFixture[str], tmp_path
     assert "1 of 2 rule files invalid" in err
 
 
-def test_plan_seed_scenario_names_the_head_skip(capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path]) -> None:
+def test_plan_seed_scenario_names_the_head_skip(
+    capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path]
+) -> None:
     _, prefix = pretrained
     code, out, _ = run(capsys, "plan", RULES, "--source", str(prefix), "--target", TARGET, "--color", "never")
     assert code == 0
@@ -97,7 +103,17 @@ def test_plan_formats_to_file(
     _, prefix = pretrained
     output = tmp_path / f"plan.{report_format}"
     code, out, _ = run(
-        capsys, "plan", RULES, "--source", str(prefix), "--target", TARGET, "--format", report_format, "--output", str(output)
+        capsys,
+        "plan",
+        RULES,
+        "--source",
+        str(prefix),
+        "--target",
+        TARGET,
+        "--format",
+        report_format,
+        "--output",
+        str(output),
     )
     assert code == 0
     assert f"written to {output}" in out
@@ -108,10 +124,14 @@ def test_plan_formats_to_file(
         assert text.lstrip().startswith("#") or "|" in text
 
 
-def test_plan_with_errors_exits_1(capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path], tmp_path: Path) -> None:
+def test_plan_with_errors_exits_1(
+    capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path], tmp_path: Path
+) -> None:
     _, prefix = pretrained
     strict = tmp_path / "strict.toml"
-    strict.write_text('format = 1\n[target]\nnamespace = "checkpoint"\n[[rules]]\nmatch = "(?P<k>model/.+)"\ntarget = "{k}"\n')
+    strict.write_text(
+        'format = 1\n[target]\nnamespace = "checkpoint"\n[[rules]]\nmatch = "(?P<k>model/.+)"\ntarget = "{k}"\n'
+    )
     code, out, _ = run(capsys, "plan", strict.as_posix(), "--source", str(prefix), "--target", TARGET)
     assert code == cli.EXIT_PROBLEMS
     assert "shape_mismatch" in out or "shape" in out
@@ -139,7 +159,9 @@ def test_apply_saves_weights_and_refuses_to_overwrite(
     assert sorted(path.name for path in tmp_path.iterdir()) == ["finetuned.weights.h5"]
 
 
-def test_apply_to_checkpoint_prefix(capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path], tmp_path: Path) -> None:
+def test_apply_to_checkpoint_prefix(
+    capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path], tmp_path: Path
+) -> None:
     _, prefix = pretrained
     output = tmp_path / "out" / "ckpt"
     output.parent.mkdir()
@@ -158,12 +180,31 @@ def test_apply_to_checkpoint_prefix(capsys: pytest.CaptureFixture[str], pretrain
     [
         (["inspect", "/no/such/ckpt"], cli.EXIT_INPUT, "/no/such/ckpt"),
         (["validate", "/no/such/rules.toml"], cli.EXIT_PROBLEMS, "no such rule file"),
-        (["plan", RULES, "--source", "{prefix}", "--target", "mapper.demo:no_such_factory"], cli.EXIT_INPUT, "has no 'no_such_factory'"),
-        (["plan", RULES, "--source", "{prefix}", "--target", "no_such_module_xyz:build"], cli.EXIT_INPUT, "cannot import 'no_such_module_xyz'"),
+        (
+            ["plan", RULES, "--source", "{prefix}", "--target", "mapper.demo:no_such_factory"],
+            cli.EXIT_INPUT,
+            "has no 'no_such_factory'",
+        ),
+        (
+            ["plan", RULES, "--source", "{prefix}", "--target", "no_such_module_xyz:build"],
+            cli.EXIT_INPUT,
+            "cannot import 'no_such_module_xyz'",
+        ),
         (["plan", RULES, "--source", "{prefix}", "--target", "not-a-spec"], cli.EXIT_INPUT, "is not MODULE:FACTORY"),
-        (["apply", RULES, "--source", "{prefix}", "--target", TARGET, "--output", "/no/such/dir/ckpt"], cli.EXIT_INPUT, "does not exist"),
+        (
+            ["apply", RULES, "--source", "{prefix}", "--target", TARGET, "--output", "/no/such/dir/ckpt"],
+            cli.EXIT_INPUT,
+            "does not exist",
+        ),
     ],
-    ids=["missing-source", "missing-rules", "missing-factory", "missing-module", "bad-target-spec", "missing-output-dir"],
+    ids=[
+        "missing-source",
+        "missing-rules",
+        "missing-factory",
+        "missing-module",
+        "bad-target-spec",
+        "missing-output-dir",
+    ],
 )
 def test_bad_input_exit_codes(
     capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path], argv: list[str], code: int, message: str
@@ -187,7 +228,19 @@ def test_console_script_runs_in_a_fresh_process(pretrained: tuple[object, Path])
     _, prefix = pretrained
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "NO_COLOR": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "mapper", "plan", RULES, "--source", str(prefix), "--target", TARGET, "--format", "json"],
+        [
+            sys.executable,
+            "-m",
+            "mapper",
+            "plan",
+            RULES,
+            "--source",
+            str(prefix),
+            "--target",
+            TARGET,
+            "--format",
+            "json",
+        ],
         capture_output=True,
         text=True,
         env=environment,

@@ -84,7 +84,9 @@ def build_encoder() -> keras.Model:
         hidden = keras.layers.EinsumDense(
             "btd,fd->btf", (None, FFN), bias_axes="f", activation="gelu", name=f"layer_{i}_intermediate"
         )(x)
-        output = keras.layers.EinsumDense("btf,df->btd", (None, HIDDEN), bias_axes="d", name=f"layer_{i}_output")(hidden)
+        output = keras.layers.EinsumDense("btf,df->btd", (None, HIDDEN), bias_axes="d", name=f"layer_{i}_output")(
+            hidden
+        )
         x = keras.layers.LayerNormalization(epsilon=EPSILON, name=f"layer_{i}_output_norm")(x + output)
     return keras.Model(tokens, x, name="encoder")
 

@@ -42,7 +42,9 @@ def save_target(target: VariableTarget, path: Path, *, checkpoint_root: str = "m
     check_output(path, overwrite=overwrite)
     obj = target.obj
     if obj is None:
-        raise TargetError(f"cannot save {target.description}: saving needs a Keras model or a tf.Module, not bare variables")
+        raise TargetError(
+            f"cannot save {target.description}: saving needs a Keras model or a tf.Module, not bare variables"
+        )
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch:
         if path.name.endswith(_KERAS_SUFFIX):
             save_weights = getattr(obj, "save_weights", None)
