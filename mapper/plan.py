@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
-from mapper.ops import Operation
+from mapper.ops import Combine, Operation
 from mapper.specs import DTYPE_SIZES
 
 if TYPE_CHECKING:
@@ -60,11 +60,22 @@ class Assignment:
     source_dtype: str
     target_shape: tuple[int, ...]
     target_dtype: str
+    # Concat/stack: every source tensor joined, in order (``source`` is the first), and their shapes.
+    members: tuple[str, ...] = ()
+    member_shapes: tuple[tuple[int, ...], ...] = ()
+    combine: Combine | None = None
+    # Plans over several named sources: which one ``source`` (and ``members``) belong to.
+    source_id: str | None = None
 
     @property
     def transformed(self) -> bool:
         """Whether any operation runs on the way."""
-        return bool(self.operations)
+        return bool(self.operations) or self.combine is not None
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        """Every source tensor this assignment reads, in order."""
+        return self.members or (self.source,)
 
 
 class SkipKind(str, enum.Enum):
@@ -93,6 +104,7 @@ class Skip:
     target_shape: tuple[int, ...] | None = None
     target: str | None = None  # for a guard skip: the target the rule named
     detail: str | None = None  # for a guard skip: what the guard found, e.g. "shape [10] is not [5]"
+    source_id: str | None = None  # plans over several named sources: which one ``name`` belongs to
 
 
 class Severity(str, enum.Enum):
@@ -115,6 +127,8 @@ class ProblemKind(str, enum.Enum):
     GUARD_FAILED = "guard_failed"
     BAD_OPERATION = "bad_operation"
     BAD_TEMPLATE = "bad_template"
+    BAD_GROUP = "bad_group"  # a concat/stack group with a missing or duplicated member
+    UNKNOWN_SOURCE = "unknown_source"  # a rule names a source the plan was not given
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +165,7 @@ class TensorEntry:
     name: str
     shape: tuple[int, ...]
     dtype: str
+    source_id: str | None = None  # for unused sources of a plan over several named sources
 
 
 @dataclass(frozen=True)
@@ -196,7 +211,7 @@ class Plan:
     @property
     def has_operations(self) -> bool:
         """Whether any assignment transforms its tensor (``init_from_checkpoint`` cannot)."""
-        return any(assignment.operations for assignment in self.assignments)
+        return any(assignment.transformed for assignment in self.assignments)
 
     def assignment_for(self, target: str) -> Assignment | None:
         """The assignment filling canonical target name ``target``, if any."""
@@ -207,7 +222,7 @@ class Plan:
         kinds = Counter(skip.kind for skip in self.skips)
         return {
             "mapped": len(self.assignments),
-            "transformed": sum(1 for a in self.assignments if a.operations),
+            "transformed": sum(1 for a in self.assignments if a.transformed),
             "skipped_by_rule": kinds[SkipKind.RULE],
             "skipped_by_guard": kinds[SkipKind.GUARD],
             "kept_by_rule": kinds[SkipKind.KEEP],
@@ -220,7 +235,11 @@ class Plan:
     @cached_property
     def source_bytes(self) -> int:
         """Bytes of source tensors the plan reads (fixed-size dtypes only)."""
-        return sum(math.prod(a.source_shape) * DTYPE_SIZES.get(a.source_dtype, 0) for a in self.assignments)
+        return sum(
+            math.prod(shape) * DTYPE_SIZES.get(a.source_dtype, 0)
+            for a in self.assignments
+            for shape in (a.member_shapes or (a.source_shape,))
+        )
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """Serialise to JSON; ``Plan.from_json`` reads it back into an equal plan.

@@ -5,12 +5,25 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mapper.errors import OperationError, TargetError
-from mapper.ops import Cast, Operation, Transpose, infer_all, resolve_reshape
+from mapper.ops import (
+    Cast,
+    Combine,
+    Concat,
+    Operation,
+    Rearrange,
+    Slice,
+    SplitPart,
+    Stack,
+    Transpose,
+    infer_all,
+    resolve_reshape,
+    split_parts,
+)
 from mapper.plan import (
     Assignment,
     Plan,
@@ -22,8 +35,18 @@ from mapper.plan import (
     SkipKind,
     TensorEntry,
 )
-from mapper.rules import CastSpec, Guard, OperationSpec, ReshapeSpec, RuleSet, TemplateError
-from mapper.specs import TargetMap, TensorSpec, format_shape
+from mapper.rules import (
+    CastSpec,
+    Guard,
+    OperationSpec,
+    RearrangeSpec,
+    ReshapeSpec,
+    RuleSet,
+    SliceSpec,
+    SplitSpec,
+    TemplateError,
+)
+from mapper.specs import SourceSet, TargetMap, TensorSpec, format_shape
 
 # Names listed inside one problem message; the plan's fields keep them all.
 _SHOWN = 5
@@ -33,7 +56,7 @@ _HINTED = 20
 
 def build_plan(
     rules: RuleSet,
-    source: Mapping[str, TensorSpec],
+    source: Mapping[str, TensorSpec] | SourceSet,
     target: TargetMap,
     *,
     source_description: str | None = None,
@@ -46,7 +69,8 @@ def build_plan(
 
     Args:
         rules: a validated rule file (``load_rules``).
-        source: the source's tensors by name (``Source.specs()`` or any mapping of TensorSpec).
+        source: the source's tensors by name (``Source.specs()`` or any mapping of TensorSpec), or a
+            SourceSet of several named sources, which rules choose with ``source = "name"``.
         target: the target's variables with their names in each namespace.
         source_description: how reports name the source; defaults to the map's ``description``.
         target_description: how reports name the target.
@@ -110,11 +134,12 @@ class RuleMatcher:
         (0, 1, 1)
     """
 
-    def __init__(self, patterns: Sequence[Any]) -> None:
+    def __init__(self, patterns: Sequence[Any], *, only: Collection[int] | None = None) -> None:
         self._patterns = list(patterns)
         buckets: dict[str, list[int]] = {}
         for index, pattern in enumerate(self._patterns):
-            buckets.setdefault(literal_prefix(pattern.match), []).append(index)
+            if only is None or index in only:
+                buckets.setdefault(literal_prefix(pattern.match), []).append(index)
         self._buckets = buckets
         self._lengths = sorted({len(prefix) for prefix in buckets})
 
@@ -213,7 +238,7 @@ class _Planner:
     """The mutable working state of one build_plan call; never escapes it."""
 
     rules: RuleSet
-    source: Mapping[str, TensorSpec]
+    source: Mapping[str, TensorSpec] | SourceSet
     target: TargetMap
     namespace: str
     assignments: dict[str, Assignment] = field(default_factory=dict)
@@ -225,22 +250,50 @@ class _Planner:
     keep_hits: list[int] = field(default_factory=list)
     kept: dict[str, int] = field(default_factory=dict)
     left_by_guard: set[str] = field(default_factory=set)
+    # concat/stack members waiting for their group: (rule index, source id, target key) -> [(member value, spec)]
+    pending: dict[tuple[int, str | None, str], list[tuple[str, TensorSpec]]] = field(default_factory=dict)
     hinted: int = 0
 
     def run(self) -> None:
         self.rule_hits = [0] * len(self.rules.rules)
         self.keep_hits = [0] * len(self.rules.keep)
         self._find_kept_targets()
-        matcher = RuleMatcher(self.rules.rules)
-        for name, spec in self.source.items():
+        if isinstance(self.source, SourceSet):
+            self._check_source_names(set(self.source))
+            for source_id, specs in self.source.items():
+                only = {i for i, rule in enumerate(self.rules.rules) if rule.source in (None, source_id)}
+                self._match_all(specs, RuleMatcher(self.rules.rules, only=only), source_id)
+        else:
+            self._check_source_names(set())
+            only = {i for i, rule in enumerate(self.rules.rules) if rule.source is None}
+            self._match_all(self.source, RuleMatcher(self.rules.rules, only=only), None)
+        self._finish_groups()
+        self._finish()
+
+    def _match_all(self, specs: Mapping[str, TensorSpec], matcher: RuleMatcher, source_id: str | None) -> None:
+        for name, spec in specs.items():
             found = matcher.first(name)
             if found is None:
-                self.unused.append(TensorEntry(name, spec.shape, spec.dtype))
+                self.unused.append(TensorEntry(name, spec.shape, spec.dtype, source_id))
                 continue
             index, matched = found
             self.rule_hits[index] += 1
-            self._apply_rule(index, matched, spec)
-        self._finish()
+            self._apply_rule(index, matched, spec, source_id)
+
+    def _check_source_names(self, known: set[str]) -> None:
+        for index, rule in enumerate(self.rules.rules):
+            if rule.source is not None and rule.source not in known:
+                given = (
+                    f"the plan's sources are: {', '.join(sorted(known))}"
+                    if known
+                    else "the plan has one unnamed source; give sources by name (--source NAME=PATH)"
+                )
+                self._problem(
+                    ProblemKind.UNKNOWN_SOURCE,
+                    f"{self.rules.rule_ref(index)} reads source {rule.source!r}, but {given}",
+                    self.rules.rule_ref(index),
+                    (rule.source,),
+                )
 
     def _find_kept_targets(self) -> None:
         keeps = self.rules.keep
@@ -255,46 +308,102 @@ class _Planner:
                     self.keep_hits[index] += 1
                     break
 
-    def _apply_rule(self, index: int, matched: Any, spec: TensorSpec) -> None:
+    def _apply_rule(self, index: int, matched: Any, spec: TensorSpec, source_id: str | None) -> None:
         rule = self.rules.rules[index]
         ref = self.rules.rule_ref(index)
         if rule.skip is not None:
-            self.skips.append(Skip(spec.name, "source", SkipKind.RULE, rule.skip, ref, source_shape=spec.shape))
+            self.skips.append(
+                Skip(spec.name, "source", SkipKind.RULE, rule.skip, ref, source_shape=spec.shape, source_id=source_id)
+            )
             return
-        try:
-            key = rule.render(matched)
-        except TemplateError as error:
-            self._problem(ProblemKind.BAD_TEMPLATE, f"source {spec.name!r}: {error}", ref, (spec.name,))
-            return
+        parts: list[SplitPart | None] = [None]
+        if rule.split is not None:
+            try:
+                parts = list(_split(rule.split, spec.shape))
+            except OperationError as error:
+                self._problem(
+                    ProblemKind.BAD_OPERATION,
+                    f"source {spec.name!r} {format_shape(spec.shape)}: {error}",
+                    ref,
+                    (spec.name,),
+                )
+                return
+        for number, part in enumerate(parts):
+            try:
+                key = rule.render(matched, number)
+            except TemplateError as error:
+                self._problem(ProblemKind.BAD_TEMPLATE, f"source {spec.name!r}: {error}", ref, (spec.name,))
+                return
+            combine = rule.combine
+            if combine is not None:
+                member = matched.group(combine.by) or ""
+                self.pending.setdefault((index, source_id, key), []).append((member, spec))
+                continue
+            self._resolve(index, key, (spec,), (part,) if part else (), None, source_id=source_id)
+
+    def _resolve(
+        self,
+        index: int,
+        key: str,
+        specs: tuple[TensorSpec, ...],
+        prefix: tuple[Operation, ...],
+        combine: Combine | None,
+        *,
+        source_id: str | None,
+    ) -> None:
+        """Decide what one target gets from one source tensor (or one group of them)."""
+        rule = self.rules.rules[index]
+        ref = self.rules.rule_ref(index)
+        spec = specs[0]
+        names = tuple(member.name for member in specs)
+        label = f"source {spec.name!r}" if len(specs) == 1 else f"sources {', '.join(map(repr, names))}"
         target_spec = self.target.lookup(self.namespace, key)
         if target_spec is None:
-            self._missing_target(spec, key, ref)
+            self._missing_target(label, names, key, ref)
             return
         if target_spec.name in self.kept:
             keep_index = self.kept[target_spec.name]
             keep_ref = self.rules.keep_ref(keep_index)
             reason = f"target {target_spec.name!r} is kept at its initial value by {keep_ref}: {self.rules.keep[keep_index].reason}"
-            self.skips.append(
-                Skip(spec.name, "source", SkipKind.RULE, reason, ref, spec.shape, target_spec.shape, target_spec.name)
-            )
+            for member in specs:
+                self.skips.append(
+                    Skip(
+                        member.name,
+                        "source",
+                        SkipKind.RULE,
+                        reason,
+                        ref,
+                        member.shape,
+                        target_spec.shape,
+                        target_spec.name,
+                        source_id=source_id,
+                    )
+                )
             return
         guard = rule.guard
-        failure = _source_guard_failure(guard, spec) if guard else None
+        failure = (
+            next((found for member in specs if (found := _source_guard_failure(guard, member)) is not None), None)
+            if guard
+            else None
+        )
         operations: tuple[Operation, ...] = ()
         shape, dtype = spec.shape, spec.dtype
         if failure is None:
             try:
-                operations = _resolve_operations(rule.ops, spec, target_spec)
-                shape, dtype = infer_all(operations, spec.shape, spec.dtype)
+                if combine is not None:
+                    shape, dtype = combine.infer([member.shape for member in specs], spec.dtype)
+                shape, dtype = infer_all(prefix, shape, dtype)
+                operations = (*prefix, *_resolve_operations(rule.ops, shape, dtype, target_spec))
+                shape, dtype = infer_all(operations[len(prefix) :], shape, dtype)
             except OperationError as error:
                 if guard is not None and guard.same_shape:
                     failure = f"operations do not fit: {error}"
                 else:
                     self._problem(
                         ProblemKind.BAD_OPERATION,
-                        f"source {spec.name!r} {format_shape(spec.shape)} {spec.dtype} -> target {target_spec.name!r}: {error}",
+                        f"{label} {format_shape(spec.shape)} {spec.dtype} -> target {target_spec.name!r}: {error}",
                         ref,
-                        (spec.name, target_spec.name),
+                        (*names, target_spec.name),
                     )
                     return
         if failure is None and shape != target_spec.shape:
@@ -304,37 +413,79 @@ class _Planner:
                 hint = _shape_hint(shape, target_spec.shape)
                 self._problem(
                     ProblemKind.SHAPE_MISMATCH,
-                    f"source {spec.name!r} {format_shape(spec.shape)}"
-                    + (f" becomes {format_shape(shape)}" if operations else "")
+                    f"{label} {format_shape(spec.shape)}"
+                    + (f" becomes {format_shape(shape)}" if operations or combine else "")
                     + f" but target {target_spec.name!r} is {format_shape(target_spec.shape)}; {hint}",
                     ref,
-                    (spec.name, target_spec.name),
+                    (*names, target_spec.name),
                 )
                 return
         if failure is not None and guard is not None:
-            self._guard_failed(guard, failure, spec, target_spec, ref)
+            for member in specs:
+                self._guard_failed(guard, failure, member, target_spec, ref, source_id=source_id)
             return
         if dtype != target_spec.dtype:
             self._problem(
                 ProblemKind.DTYPE_MISMATCH,
-                f"source {spec.name!r} is {dtype} but target {target_spec.name!r} is {target_spec.dtype}; "
+                f"{label} is {dtype} but target {target_spec.name!r} is {target_spec.dtype}; "
                 f'add {{ cast = "{target_spec.dtype}" }} to the rule\'s ops',
                 ref,
-                (spec.name, target_spec.name),
+                (*names, target_spec.name),
             )
             return
-        assignment = Assignment(
-            target=target_spec.name,
-            target_key=key,
-            source=spec.name,
-            rule=ref,
-            operations=operations,
-            source_shape=spec.shape,
-            source_dtype=spec.dtype,
-            target_shape=target_spec.shape,
-            target_dtype=target_spec.dtype,
+        self._assign(
+            Assignment(
+                target=target_spec.name,
+                target_key=key,
+                source=spec.name,
+                rule=ref,
+                operations=operations,
+                source_shape=spec.shape,
+                source_dtype=spec.dtype,
+                target_shape=target_spec.shape,
+                target_dtype=target_spec.dtype,
+                members=names if combine is not None else (),
+                member_shapes=tuple(member.shape for member in specs) if combine is not None else (),
+                combine=combine,
+                source_id=source_id,
+            )
         )
-        self._assign(assignment)
+
+    def _finish_groups(self) -> None:
+        """Check each concat/stack group has every expected member exactly once, then resolve it."""
+        for (index, source_id, key), found in self.pending.items():
+            rule = self.rules.rules[index]
+            spec = rule.combine
+            if spec is None:  # pragma: no cover - only combine rules add to pending
+                continue
+            ref = self.rules.rule_ref(index)
+            expected = spec.expected
+            by_member: dict[str, list[TensorSpec]] = {}
+            for member, tensor in found:
+                by_member.setdefault(member, []).append(tensor)
+            missing = [member for member in expected if member not in by_member]
+            doubled = {member: tensors for member, tensors in by_member.items() if len(tensors) > 1}
+            unexpected = [member for member in by_member if member not in expected]
+            complaints = []
+            if missing:
+                complaints.append(f"missing {spec.by} = {', '.join(map(repr, missing))}")
+            for member, tensors in doubled.items():
+                complaints.append(f"{spec.by} = {member!r} given twice ({', '.join(t.name for t in tensors)})")
+            if unexpected:
+                complaints.append(f"unexpected {spec.by} = {', '.join(map(repr, unexpected))}")
+            names = tuple(tensor.name for _, tensor in found)
+            if complaints:
+                self._problem(
+                    ProblemKind.BAD_GROUP,
+                    f"the {'concat' if rule.concat else 'stack'} group for target {key!r} needs each of "
+                    f"{spec.by} = {', '.join(map(repr, expected))} exactly once: {'; '.join(complaints)}",
+                    ref,
+                    names,
+                )
+                continue
+            combine: Combine = Concat(spec.axis) if rule.concat is not None else Stack(spec.axis)
+            ordered = tuple(by_member[member][0] for member in expected)
+            self._resolve(index, key, ordered, (), combine, source_id=source_id)
 
     def _assign(self, assignment: Assignment) -> None:
         earlier = self.assignments.get(assignment.target)
@@ -342,9 +493,11 @@ class _Planner:
             self.assignments[assignment.target] = assignment
             return
         policy = self.rules.policies.double_fill
+        if earlier.source_id != assignment.source_id:
+            policy = "error"  # two sources claiming one target is never a matter of taste
         message = (
-            f"target {assignment.target!r} is filled twice: from {earlier.source!r} by {earlier.rule} and from "
-            f"{assignment.source!r} by {assignment.rule}; the first is kept"
+            f"target {assignment.target!r} is filled twice: from {_qualified(earlier)} by {earlier.rule} and from "
+            f"{_qualified(assignment)} by {assignment.rule}; the first is kept"
         )
         if policy == "error":
             self._problem(ProblemKind.DOUBLE_FILL, message, assignment.rule, (assignment.source, assignment.target))
@@ -368,11 +521,19 @@ class _Planner:
                 assignment.target_shape,
                 assignment.target,
                 detail=f"{assignment.target!r} already filled from {earlier.source!r} by {earlier.rule}",
+                source_id=assignment.source_id,
             )
         )
 
     def _guard_failed(
-        self, guard: Guard, failure: str, spec: TensorSpec, target_spec: TensorSpec, ref: RuleRef
+        self,
+        guard: Guard,
+        failure: str,
+        spec: TensorSpec,
+        target_spec: TensorSpec,
+        ref: RuleRef,
+        *,
+        source_id: str | None = None,
     ) -> None:
         if guard.on_fail == "skip":
             self.skips.append(
@@ -386,6 +547,7 @@ class _Planner:
                     target_spec.shape,
                     target_spec.name,
                     detail=failure,
+                    source_id=source_id,
                 )
             )
             self.left_by_guard.add(target_spec.name)
@@ -400,7 +562,7 @@ class _Planner:
             (spec.name, target_spec.name),
         )
 
-    def _missing_target(self, spec: TensorSpec, key: str, ref: RuleRef) -> None:
+    def _missing_target(self, label: str, names: tuple[str, ...], key: str, ref: RuleRef) -> None:
         hint = ""
         if self.hinted < _HINTED:
             self.hinted += 1
@@ -409,10 +571,10 @@ class _Planner:
                 hint = "; closest: " + ", ".join(repr(name) for name in close)
         self._problem(
             ProblemKind.MISSING_TARGET,
-            f"source {spec.name!r} maps to {key!r}, but the target has no variable of that name in the "
+            f"{label} maps to {key!r}, but the target has no variable of that name in the "
             f"{self.namespace!r} namespace{hint}",
             ref,
-            (spec.name, key),
+            (*names, key),
         )
 
     def _finish(self) -> None:
@@ -506,11 +668,10 @@ def _source_guard_failure(guard: Guard, spec: TensorSpec) -> str | None:
 
 
 def _resolve_operations(
-    specs: Sequence[OperationSpec], source: TensorSpec, target: TensorSpec
+    specs: Sequence[OperationSpec], shape: tuple[int, ...], dtype: str, target: TensorSpec
 ) -> tuple[Operation, ...]:
-    """Turn a rule's operation specs into concrete operations for one source/target pair."""
+    """Turn a rule's operation specs into concrete operations for a tensor of ``shape`` and one target."""
     operations: list[Operation] = []
-    shape, dtype = source.shape, source.dtype
     for spec in specs:
         operation: Operation
         if isinstance(spec, ReshapeSpec):
@@ -518,11 +679,28 @@ def _resolve_operations(
             operation = resolve_reshape(tuple(requested), shape)
         elif isinstance(spec, CastSpec):
             operation = Cast(spec.cast)
+        elif isinstance(spec, SliceSpec):
+            operation = Slice.parse(spec.slice)
+        elif isinstance(spec, RearrangeSpec):
+            operation = Rearrange(spec.rearrange, spec.sizes)
         else:
             operation = Transpose(spec.transpose)
         shape, dtype = operation.infer(shape, dtype)
         operations.append(operation)
     return tuple(operations)
+
+
+def _split(spec: SplitSpec, shape: tuple[int, ...]) -> list[SplitPart]:
+    if not -len(shape) <= spec.axis < len(shape):
+        raise OperationError(
+            f"split along axis {spec.axis}: the tensor of shape {format_shape(shape)} has {len(shape)} axes",
+            operation="split",
+        )
+    return split_parts(shape[spec.axis], spec.axis, parts=spec.parts, sizes=spec.sizes)
+
+
+def _qualified(assignment: Assignment) -> str:
+    return f"{assignment.source_id}:{assignment.source}" if assignment.source_id else repr(assignment.source)
 
 
 def _shape_hint(shape: tuple[int, ...], target: tuple[int, ...]) -> str:

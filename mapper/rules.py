@@ -23,8 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from mapper.errors import RuleFileError, RuleIssue
-from mapper.ops import KNOWN_DTYPES
+from mapper.errors import OperationError, RuleFileError, RuleIssue
+from mapper.ops import KNOWN_DTYPES, Slice, parse_rearrange
 from mapper.plan import RuleRef
 
 if sys.version_info >= (3, 11):
@@ -126,10 +126,42 @@ class TransposeSpec(_Frozen):
         return value
 
 
+ParamValue = int | float | str | bool
+Size = int | str  # a literal size, or the name of an integer in [params]
+
+
+def _params(info: ValidationInfo | None) -> Mapping[str, ParamValue]:
+    context = info.context if info is not None else None
+    return context.get("params", {}) if isinstance(context, Mapping) else {}
+
+
+def _resolve_size(value: Size, params: Mapping[str, ParamValue], what: str) -> int:
+    """A size given as an int or as the name of an integer parameter."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value in params:
+        resolved = params[value]
+        if isinstance(resolved, int) and not isinstance(resolved, bool):
+            return resolved
+        raise ValueError(f"{what}: parameter {value!r} is {resolved!r}, not a whole number")
+    declared = ", ".join(sorted(params)) or "none"
+    hint = _closest(str(value), sorted(params)) if params else ""
+    raise ValueError(
+        f"{what}: {value!r} is neither a whole number nor a parameter (declared in [params]: {declared}){hint}"
+    )
+
+
 class ReshapeSpec(_Frozen):
-    """``{ reshape = [768, 12, -1] }`` (at most one -1) or ``{ reshape = "target" }`` (the target's shape)."""
+    """``{ reshape = [768, "num_heads", -1] }`` (sizes, parameter names, at most one -1) or ``{ reshape = "target" }``."""
 
     reshape: tuple[int, ...] | Literal["target"]
+
+    @field_validator("reshape", mode="before")
+    @classmethod
+    def _resolve(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, (list, tuple)):
+            return tuple(_resolve_size(dim, _params(info), f"reshape {list(value)}") for dim in value)
+        return value
 
     @field_validator("reshape")
     @classmethod
@@ -155,8 +187,138 @@ class CastSpec(_Frozen):
         return value
 
 
-OperationSpec = TransposeSpec | ReshapeSpec | CastSpec
-_OPERATION_MODELS: dict[str, type[_Frozen]] = {"transpose": TransposeSpec, "reshape": ReshapeSpec, "cast": CastSpec}
+class SliceSpec(_Frozen):
+    """``{ slice = "0" }``: NumPy-style indexing of the leading axes; an index drops its axis, ``a:b`` keeps it."""
+
+    slice: str
+
+    @field_validator("slice")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        try:
+            Slice.parse(value)
+        except OperationError as error:
+            raise ValueError(str(error)) from None
+        return value
+
+
+class RearrangeSpec(BaseModel):
+    """``{ rearrange = "(heads dim) hidden -> hidden heads dim", heads = "num_heads" }``: einops-style axes.
+
+    Keys besides ``rearrange`` bind axis sizes, to whole numbers or parameter names.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    rearrange: str
+
+    @field_validator("rearrange")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        try:
+            parse_rearrange(value)
+        except OperationError as error:
+            raise ValueError(str(error)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _sizes(self, info: ValidationInfo) -> RearrangeSpec:
+        left, right = parse_rearrange(self.rearrange)
+        names = {name for group in left + right for name in group}
+        sizes: dict[str, int] = {}
+        for name, value in (self.model_extra or {}).items():
+            if name not in names:
+                raise ValueError(
+                    f"rearrange binds {name!r}, which {self.rearrange!r} does not name{_closest(name, sorted(names))}"
+                )
+            sizes[name] = _resolve_size(value, _params(info), f"rearrange size {name}")
+        object.__setattr__(self, "__pydantic_private__", {"sizes": tuple(sorted(sizes.items()))})
+        return self
+
+    @property
+    def sizes(self) -> tuple[tuple[str, int], ...]:
+        """The bound sizes, resolved."""
+        private = self.__pydantic_private__ or {}
+        sizes: tuple[tuple[str, int], ...] = private.get("sizes", ())
+        return sizes
+
+
+OperationSpec = TransposeSpec | ReshapeSpec | CastSpec | SliceSpec | RearrangeSpec
+_OPERATION_MODELS: dict[str, type[BaseModel]] = {
+    "transpose": TransposeSpec,
+    "reshape": ReshapeSpec,
+    "cast": CastSpec,
+    "slice": SliceSpec,
+    "rearrange": RearrangeSpec,
+}
+
+
+class SplitSpec(_Frozen):
+    """``split = { axis = -1, parts = 3 }`` or ``{ axis = 0, sizes = [4096, 1024, 1024] }``: one source, several targets.
+
+    Part ``i`` goes to ``targets[i]``; the rule's ``ops`` then apply to each part.
+    """
+
+    axis: int
+    parts: int | None = Field(None, ge=1)
+    sizes: tuple[int, ...] | None = None
+
+    @field_validator("parts", mode="before")
+    @classmethod
+    def _resolve_parts(cls, value: object, info: ValidationInfo) -> object:
+        return _resolve_size(value, _params(info), "split parts") if isinstance(value, str) else value
+
+    @field_validator("sizes", mode="before")
+    @classmethod
+    def _resolve_sizes(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, (list, tuple)):
+            return tuple(_resolve_size(size, _params(info), f"split sizes {list(value)}") for size in value)
+        return value
+
+    @model_validator(mode="after")
+    def _parts_or_sizes(self) -> SplitSpec:
+        if (self.parts is None) == (self.sizes is None):
+            raise ValueError("split needs exactly one of 'parts' (equal parts) or 'sizes' (a size for each part)")
+        if self.sizes is not None and any(size <= 0 for size in self.sizes):
+            raise ValueError(f"split sizes {list(self.sizes)} must be positive")
+        return self
+
+    @property
+    def count(self) -> int:
+        """How many parts."""
+        return self.parts if self.parts is not None else len(self.sizes or ())
+
+
+class CombineSpec(_Frozen):
+    """``concat``/``stack = { axis = 0, by = "part", members = ["query", "key", "value"] }``: several sources, one target.
+
+    Sources matching the rule are grouped by their target name; ``by`` names the pattern group that tells
+    members apart, and ``members`` (values in order) or ``count`` (0 to count - 1) says which must be present,
+    each exactly once.
+    """
+
+    axis: int
+    by: str
+    members: tuple[str, ...] | None = None
+    count: int | None = Field(None, ge=1)
+
+    @field_validator("count", mode="before")
+    @classmethod
+    def _resolve_count(cls, value: object, info: ValidationInfo) -> object:
+        return _resolve_size(value, _params(info), "count") if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _members_or_count(self) -> CombineSpec:
+        if (self.members is None) == (self.count is None):
+            raise ValueError("give exactly one of 'members' (the values of the 'by' group, in order) or 'count'")
+        if self.members is not None and len(set(self.members)) != len(self.members):
+            raise ValueError(f"members {list(self.members)} lists a value twice")
+        return self
+
+    @property
+    def expected(self) -> tuple[str, ...]:
+        """The member values, in order."""
+        return self.members if self.members is not None else tuple(str(i) for i in range(self.count or 0))
 
 
 @dataclass(frozen=True)
@@ -212,6 +374,37 @@ def _parse_template(template: str) -> tuple[_Piece, ...]:
     return tuple(pieces)
 
 
+def _compile_template(template: str, pattern: Any, params: Mapping[str, ParamValue]) -> tuple[_Piece, ...]:
+    """Parse a template and resolve its fields: pattern groups stay fields, parameters become literal text."""
+    groups = set(pattern.groupindex)
+    pieces: list[_Piece] = []
+    for piece in _parse_template(template):
+        if isinstance(piece.group, int) and piece.group > pattern.groups:
+            raise ValueError(
+                f"template {template!r} uses group {piece.group}, but the pattern has {pattern.groups} groups; "
+                "use a group number from 0 (the whole name) to the number of groups, or a named group"
+            )
+        if isinstance(piece.group, str) and piece.group not in groups:
+            if piece.group not in params:
+                defined = ", ".join(sorted(groups)) or "none"
+                declared = f"; parameters: {', '.join(sorted(params))}" if params else ""
+                raise ValueError(
+                    f"template {template!r} uses group {piece.group!r}, which the pattern does not define "
+                    f"(it defines: {defined}{declared}); add '(?P<{piece.group}>...)' to 'match'"
+                )
+            value = params[piece.group]
+            if piece.offset:
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise ValueError(
+                        f"template {template!r} adds to parameter {piece.group!r} = {value!r}, not a whole number"
+                    )
+                value = value + piece.offset
+            pieces.append(_Piece(text=str(value)))
+            continue
+        pieces.append(piece)
+    return tuple(pieces)
+
+
 class Rule(_Frozen):
     """One ``[[rules]]`` entry: a full-match pattern over source names and either a target template or a skip.
 
@@ -229,12 +422,19 @@ class Rule(_Frozen):
         None, description="Template of the target name: '{group}', '{group + 1}', '{0}' for the whole name."
     )
     skip: str | None = Field(None, description="Instead of a target: the reason the matched source tensors go unused.")
+    targets: tuple[str, ...] | None = Field(None, description="With 'split': a target name template for each part.")
+    source: str | None = Field(None, description="In plans over several named sources: the one this rule reads.")
     guard: Guard | None = None
     optional: bool = Field(False, description="The rule may match nothing without being reported as dead.")
-    ops: tuple[OperationSpec, ...] = Field((), description="Operations applied in order: transpose, reshape, cast.")
+    split: SplitSpec | None = None
+    concat: CombineSpec | None = None
+    stack: CombineSpec | None = None
+    ops: tuple[OperationSpec, ...] = Field(
+        (), description="Operations applied in order: transpose, reshape, cast, slice, rearrange."
+    )
 
     _pattern: Any = PrivateAttr(None)
-    _template: tuple[_Piece, ...] = PrivateAttr(())
+    _templates: tuple[tuple[_Piece, ...], ...] = PrivateAttr(())
 
     @field_validator("match")
     @classmethod
@@ -254,48 +454,44 @@ class Rule(_Frozen):
     def _template_fits(cls, value: str | None, info: ValidationInfo) -> str | None:
         # A field validator (not the model one) so that the issue names 'target' and is reported
         # together with problems in the rule's other fields; 'match' is validated first.
-        match = info.data.get("match")
-        if value is None:
-            return value
-        pieces = _parse_template(value)
-        if match is None:
-            return value
-        pattern = regex.compile(match)
-        groups = set(pattern.groupindex)
-        for piece in pieces:
-            if isinstance(piece.group, str) and piece.group not in groups:
-                defined = ", ".join(sorted(groups)) or "none"
-                raise ValueError(
-                    f"template {value!r} uses group {piece.group!r}, which the pattern does not define "
-                    f"(it defines: {defined}); add '(?P<{piece.group}>...)' to 'match'"
-                )
-            if isinstance(piece.group, int) and piece.group > pattern.groups:
-                raise ValueError(
-                    f"template {value!r} uses group {piece.group}, but the pattern has {pattern.groups} groups; "
-                    "use a group number from 0 (the whole name) to the number of groups, or a named group"
-                )
+        if value is not None and info.data.get("match") is not None:
+            _compile_template(value, regex.compile(info.data["match"]), _params(info))
+        return value
+
+    @field_validator("targets")
+    @classmethod
+    def _templates_fit(cls, value: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...] | None:
+        if value is not None and info.data.get("match") is not None:
+            for template in value:
+                _compile_template(template, regex.compile(info.data["match"]), _params(info))
         return value
 
     @field_validator("ops", mode="before")
     @classmethod
-    def _dispatch_ops(cls, value: object) -> object:
+    def _dispatch_ops(cls, value: object, info: ValidationInfo) -> object:
         if not isinstance(value, (list, tuple)):
             return value
         typed: list[object] = []
         failures: list[str] = []
         for position, operation in enumerate(value, start=1):
-            if not isinstance(operation, Mapping) or len(operation) != 1:
+            kinds = [key for key in operation if key in _OPERATION_MODELS] if isinstance(operation, Mapping) else []
+            if not isinstance(operation, Mapping) or len(kinds) != 1 or (len(operation) > 1 and kinds != ["rearrange"]):
+                unknown = (
+                    [key for key in operation if key not in _OPERATION_MODELS] if isinstance(operation, Mapping) else []
+                )
+                if isinstance(operation, Mapping) and len(operation) == 1 and unknown:
+                    failures.append(
+                        f"operation {position}: unknown operation {unknown[0]!r}{_closest(unknown[0], _OPERATION_MODELS)}"
+                    )
+                    continue
                 failures.append(
-                    f"operation {position} must be a table with exactly one key ({', '.join(_OPERATION_MODELS)}), "
-                    f"such as {{ transpose = [1, 0] }}; got {operation!r}"
+                    f"operation {position} must be a table with exactly one key of {', '.join(_OPERATION_MODELS)} "
+                    f"(rearrange may add axis sizes), such as {{ transpose = [1, 0] }}; got {operation!r}"
                 )
                 continue
-            ((key, _),) = operation.items()
-            if key not in _OPERATION_MODELS:
-                failures.append(f"operation {position}: unknown operation {key!r}{_closest(key, _OPERATION_MODELS)}")
-                continue
+            (key,) = kinds
             try:
-                typed.append(_OPERATION_MODELS[key].model_validate(operation))
+                typed.append(_OPERATION_MODELS[key].model_validate(operation, context=info.context))
             except ValidationError as error:
                 detail = "; ".join(_clean_message(item["msg"]) for item in error.errors())
                 failures.append(f"operation {position} ({key}): {detail}")
@@ -304,14 +500,38 @@ class Rule(_Frozen):
         return tuple(typed)
 
     @model_validator(mode="after")
-    def _target_or_skip(self) -> Rule:
-        if (self.target is None) == (self.skip is None):
-            raise ValueError("a rule needs exactly one of 'target' (a name template) or 'skip' (a reason)")
-        if self.skip is not None and (self.guard is not None or self.ops):
-            raise ValueError("a skip rule takes no 'guard' or 'ops': it uses no tensor")
-        self._pattern = regex.compile(self.match)
-        if self.target is not None:
-            self._template = _parse_template(self.target)
+    def _target_or_skip(self, info: ValidationInfo) -> Rule:
+        given = [field for field in ("target", "targets", "skip") if getattr(self, field) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a rule needs exactly one of 'target' (a name template), 'targets' (with 'split') or 'skip' (a reason)"
+                + (f"; it has {' and '.join(given)}" if given else "")
+            )
+        if self.skip is not None and (self.guard is not None or self.ops or self.split or self.concat or self.stack):
+            raise ValueError("a skip rule takes no 'guard', 'ops', 'split', 'concat' or 'stack': it uses no tensor")
+        if (self.targets is None) != (self.split is None):
+            raise ValueError("'split' and 'targets' go together: split one source into a target for each part")
+        if self.split is not None and self.targets is not None and len(self.targets) != self.split.count:
+            raise ValueError(f"split makes {self.split.count} parts but 'targets' lists {len(self.targets)} names")
+        if self.concat is not None and self.stack is not None:
+            raise ValueError("a rule can 'concat' or 'stack', not both")
+        pattern = regex.compile(self.match)
+        combine = self.concat or self.stack
+        if combine is not None and combine.by not in pattern.groupindex:
+            defined = ", ".join(sorted(pattern.groupindex)) or "none"
+            raise ValueError(
+                f"'by' names group {combine.by!r}, which the pattern does not define (it defines: {defined})"
+            )
+        params = _params(info)
+        templates = (self.target,) if self.target is not None else (self.targets or ())
+        compiled = tuple(_compile_template(template, pattern, params) for template in templates)
+        if combine is not None and any(piece.group == combine.by for pieces in compiled for piece in pieces):
+            raise ValueError(
+                f"the target template uses {{{combine.by}}}, the group that tells members apart; every member of a "
+                "group must give the same target name"
+            )
+        self._pattern = pattern
+        self._templates = compiled
         return self
 
     def fullmatch(self, name: str) -> Any:
@@ -323,10 +543,11 @@ class Rule(_Frozen):
         """Named groups the pattern defines."""
         return tuple(self._pattern.groupindex)
 
-    def render(self, matched: Any) -> str:
-        """The target name for a match of this rule; raises TemplateError for arithmetic on a non-number."""
+    def render(self, matched: Any, part: int = 0) -> str:
+        """The target name (of split part ``part``) for a match; raises TemplateError for bad arithmetic."""
         parts: list[str] = []
-        for piece in self._template:
+        template = self.target if self.target is not None else (self.targets or ("",))[part]
+        for piece in self._templates[part]:
             if piece.group is None:
                 parts.append(piece.text)
                 continue
@@ -334,18 +555,23 @@ class Rule(_Frozen):
             if piece.offset:
                 if value is None or not value.isdigit():
                     raise TemplateError(
-                        f"template {self.target!r} adds {piece.offset:+d} to group {piece.group!r}, "
+                        f"template {template!r} adds {piece.offset:+d} to group {piece.group!r}, "
                         f"which captured {value!r}, not a whole number"
                     )
                 number = int(value) + piece.offset
                 if number < 0:
                     raise TemplateError(
-                        f"template {self.target!r} gives {number} for group {piece.group!r} = {value!r}: "
+                        f"template {template!r} gives {number} for group {piece.group!r} = {value!r}: "
                         "a negative number is never a layer index; check the offset"
                     )
                 value = str(number)
             parts.append(value or "")
         return "".join(parts)
+
+    @property
+    def combine(self) -> CombineSpec | None:
+        """The concat or stack spec, if any."""
+        return self.concat or self.stack
 
 
 class Keep(_Frozen):
@@ -389,12 +615,23 @@ class RuleSet(_Frozen):
 
     format: Literal[1] = Field(description="Rule file format version; this weight-mapper reads version 1.")
     description: str = ""
+    params: dict[str, ParamValue] = Field(
+        default_factory=dict, description="Named values for templates ('{num_layers}') and operation sizes."
+    )
     target: TargetSection = TargetSection()
     policies: Policies = Policies()
     rules: tuple[Rule, ...] = ()
     keep: tuple[Keep, ...] = ()
 
     _file: str = PrivateAttr("<string>")
+
+    @field_validator("params")
+    @classmethod
+    def _identifiers(cls, value: dict[str, ParamValue]) -> dict[str, ParamValue]:
+        for name in value:
+            if not name.isidentifier():
+                raise ValueError(f"parameter name {name!r} must be an identifier (letters, digits, '_')")
+        return value
 
     @property
     def file(self) -> str:
@@ -468,8 +705,14 @@ def validate_rules(data: Mapping[str, Any], *, file: str = "<string>") -> RuleSe
         >>> validate_rules({"format": 1}).rules
         ()
     """
+    params = data.get("params", {})
+    usable = (
+        {key: value for key, value in params.items() if isinstance(key, str) and key.isidentifier()}
+        if isinstance(params, Mapping)
+        else {}
+    )
     try:
-        rules = RuleSet.model_validate(data)
+        rules = RuleSet.model_validate(data, context={"params": usable})
     except ValidationError as error:
         raise RuleFileError([_issue(file, data, item) for item in error.errors()]) from None
     rules._file = file
@@ -486,6 +729,9 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "rules": tuple(Rule.model_fields),
     "keep": tuple(Keep.model_fields),
     "guard": tuple(Guard.model_fields),
+    "split": tuple(SplitSpec.model_fields),
+    "concat": tuple(CombineSpec.model_fields),
+    "stack": tuple(CombineSpec.model_fields),
     "policies": tuple(Policies.model_fields),
     "target": tuple(TargetSection.model_fields),
 }

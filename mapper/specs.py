@@ -158,3 +158,34 @@ class TargetMap:
         if namespace == PATH_NAMESPACE:
             return name if name in self.variables else None
         return self.keys.get(namespace, {}).get(name)
+
+
+class SourceSet(Mapping[str, VariableMap]):
+    """Several sources by name, for plans whose rules say which source they read (``source = "head"``).
+
+    Example:
+        >>> sources = SourceSet({"backbone": VariableMap([TensorSpec("w", (2,), "float32")], description="a.ckpt")})
+        >>> list(sources), sources.description
+        (['backbone'], 'backbone=a.ckpt')
+    """
+
+    __slots__ = ("_maps",)
+
+    def __init__(self, maps: Mapping[str, VariableMap]) -> None:
+        if not maps:
+            raise ValueError("a SourceSet needs at least one source")
+        self._maps = dict(maps)
+
+    def __getitem__(self, source_id: str) -> VariableMap:
+        return self._maps[source_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._maps)
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    @property
+    def description(self) -> str:
+        """``id=description`` of each source, comma-separated."""
+        return ", ".join(f"{source_id}={specs.description or '?'}" for source_id, specs in self._maps.items())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import get_args
 
 import pytest
 
 from mapper.errors import MapperError, PlanError
-from mapper.ops import Cast, Reshape, Transpose
+from mapper.ops import Cast, Combine, Concat, Operation, Rearrange, Reshape, Slice, SplitPart, Stack, Transpose
 from mapper.plan import (
     PLAN_FORMAT,
     Assignment,
@@ -46,6 +47,39 @@ def full_plan() -> Plan:
                 "bfloat16",
             ),
             Assignment("plain/w", "plain/w", "old/w", RuleRef("rules/a.toml", 3), (), (), "int64", (), "int64"),
+            Assignment(
+                "experts/kernel",
+                "experts/kernel",
+                "experts.0.w",
+                RuleRef("rules/a.toml", 4, "experts"),
+                (
+                    SplitPart(axis=-1, part=0, parts=2, start=0, stop=6),
+                    Slice((0, (None, None, None), (1, None, 2))),
+                    Rearrange("(h d) c -> c h d", (("h", 2),)),
+                ),
+                (1, 4, 12),
+                "float32",
+                (6, 2, 1),
+                "float32",
+                members=("experts.0.w", "experts.1.w"),
+                member_shapes=((1, 4, 12), (1, 4, 12)),
+                combine=Stack(0),
+                source_id="backbone",
+            ),
+            Assignment(
+                "fused/kernel",
+                "fused/kernel",
+                "q",
+                RULE,
+                (),
+                (4,),
+                "float32",
+                (8,),
+                "float32",
+                members=("q", "k"),
+                member_shapes=((4,), (4,)),
+                combine=Concat(0),
+            ),
         ),
         skips=(
             Skip("global_step", "source", SkipKind.RULE, "step counter", RuleRef("rules/a.toml", 2), source_shape=()),
@@ -61,8 +95,9 @@ def full_plan() -> Plan:
                 detail="shape [10, 4] does not equal the target's [5, 4]",
             ),
             Skip("head/b", "target", SkipKind.KEEP, "fresh head", KEEP, target_shape=(5,)),
+            Skip("opt/m", "source", SkipKind.RULE, "optimizer", RULE, source_shape=(2,), source_id="head"),
         ),
-        unused_sources=(TensorEntry("extra/w", (3, 3), "float16"),),
+        unused_sources=(TensorEntry("extra/w", (3, 3), "float16"), TensorEntry("x", (1,), "int8", "head")),
         unfilled_targets=(TensorEntry("new/scale", (7,), "bfloat16"),),
         problems=tuple(
             Problem(kind, severity, f"{kind.value} happened", rule, names)
@@ -77,6 +112,8 @@ def full_plan() -> Plan:
                 (ProblemKind.GUARD_FAILED, Severity.ERROR, RULE, ("s", "t")),
                 (ProblemKind.BAD_OPERATION, Severity.ERROR, RULE, ("s", "t")),
                 (ProblemKind.BAD_TEMPLATE, Severity.ERROR, RULE, ("s",)),
+                (ProblemKind.BAD_GROUP, Severity.ERROR, RULE, ("experts.0.w",)),
+                (ProblemKind.UNKNOWN_SOURCE, Severity.ERROR, RULE, ("head",)),
             ]
         ),
     )
@@ -86,9 +123,15 @@ def test_full_plan_covers_every_kind() -> None:
     plan = full_plan()
     assert {problem.kind for problem in plan.problems} == set(ProblemKind)
     assert {skip.kind for skip in plan.skips} == set(SkipKind)
-    assert {type(op) for a in plan.assignments for op in a.operations} == {Transpose, Reshape, Cast}
+    assert {type(op) for a in plan.assignments for op in a.operations} == set(get_args(Operation))
+    assert {type(a.combine) for a in plan.assignments if a.combine} == set(get_args(Combine))
     # Every field of every record is set to something other than its default somewhere.
-    for record_type, records in [(Skip, plan.skips), (Plan, [plan])]:
+    for record_type, records in [
+        (Skip, plan.skips),
+        (Plan, [plan]),
+        (Assignment, plan.assignments),
+        (TensorEntry, plan.unused_sources),
+    ]:
         for field in dataclasses.fields(record_type):
             if field.name.startswith("_"):
                 continue
@@ -173,24 +216,24 @@ def test_views() -> None:
     plan = full_plan()
     assert not plan.ok
     assert [problem.kind for problem in plan.warnings] == [ProblemKind.UNUSED_SOURCE, ProblemKind.DEAD_RULE]
-    assert len(plan.errors) == 8
+    assert len(plan.errors) == 10
     assert all(problem.is_error for problem in plan.errors)
     assert plan.has_operations
     assert plan.assignment_for("plain/w") is plan.assignments[1]
     assert plan.assignment_for("nothing") is None
     assert plan.counts() == {
-        "mapped": 2,
-        "transformed": 1,
-        "skipped_by_rule": 1,
+        "mapped": 4,
+        "transformed": 3,
+        "skipped_by_rule": 2,
         "skipped_by_guard": 1,
         "kept_by_rule": 1,
-        "unused": 1,
+        "unused": 2,
         "unfilled": 1,
-        "errors": 8,
+        "errors": 10,
         "warnings": 2,
     }
-    # 8*8 float32 + one int64 scalar
-    assert plan.source_bytes == 64 * 4 + 8
+    # 8*8 float32 + one int64 scalar + two stacked [1, 4, 12] float32 members + two concatenated [4] float32
+    assert plan.source_bytes == 64 * 4 + 8 + 2 * 48 * 4 + 2 * 4 * 4
     assert plan.assignments[0].transformed
     assert not plan.assignments[1].transformed
 
@@ -198,7 +241,7 @@ def test_views() -> None:
 def test_ok_plan_and_no_operations() -> None:
     plan = dataclasses.replace(
         full_plan(),
-        assignments=full_plan().assignments[1:],
+        assignments=full_plan().assignments[1:2],
         problems=tuple(problem for problem in full_plan().problems if not problem.is_error),
     )
     assert plan.ok

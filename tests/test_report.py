@@ -366,6 +366,20 @@ def problems_plan() -> Plan:
             RuleRef(file, 8, "blocks"),
             ("blocks/0/w",),
         ),
+        Problem(
+            ProblemKind.BAD_GROUP,
+            Severity.ERROR,
+            "the stack group for target 'experts/kernel' needs each of e = '0', '1', '2' exactly once: missing e = '2'",
+            RuleRef(file, 10, "experts"),
+            ("experts.0.w", "experts.1.w"),
+        ),
+        Problem(
+            ProblemKind.UNKNOWN_SOURCE,
+            Severity.ERROR,
+            "rules/broken.toml rule 11 reads source 'head', but the plan's sources are: backbone",
+            RuleRef(file, 11),
+            ("head",),
+        ),
     ]
     # The same message for many names shares one row, with the names as a pattern.
     for i in range(12):
@@ -749,7 +763,7 @@ def test_control_characters_in_names_are_shown_not_sent() -> None:
 
 def test_color_marks_the_verdict_and_problems() -> None:
     failed = render_text(problems_plan(), color=True)
-    assert failed.splitlines()[0].startswith("\x1b[1mPlan \x1b[0m\x1b[1;31mFAILED with 20 errors\x1b[0m")
+    assert failed.splitlines()[0].startswith("\x1b[1mPlan \x1b[0m\x1b[1;31mFAILED with 22 errors\x1b[0m")
     assert "\x1b[1;31mErrors\x1b[0m" in failed
     assert "\x1b[1;33mWarnings\x1b[0m" in failed
     ok = render_text(head_plan(), color=True)
@@ -775,8 +789,8 @@ def test_narrow_widths_are_widened() -> None:
 
 def test_verdict_is_the_first_line() -> None:
     assert render_text(head_plan()).splitlines()[0] == "Plan OK: 19 mapped (1 transformed), 4 skipped, 2 kept"
-    assert render_text(problems_plan()).splitlines()[0].startswith("Plan FAILED with 20 errors: 2 mapped")
-    assert render_markdown(problems_plan()).startswith("### ❌ Plan FAILED with 20 errors")
+    assert render_text(problems_plan()).splitlines()[0].startswith("Plan FAILED with 22 errors: 2 mapped")
+    assert render_markdown(problems_plan()).startswith("### ❌ Plan FAILED with 22 errors")
 
 
 def test_head_skip_reads_clearly() -> None:

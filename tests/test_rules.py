@@ -359,14 +359,17 @@ BAD_FILES = [
         Bad(
             _rule('match = "a"\nskip = "unused"\nops = [{ cast = "float32" }]\n'),
             None,
-            ("a skip rule takes no 'guard' or 'ops'",),
+            ("a skip rule takes no 'guard', 'ops'",),
             rule=1,
         ),
         id="skip-with-ops",
     ),
     pytest.param(
         Bad(
-            _rule('match = "a"\nskip = "unused"\nguard = { rank = 1 }\n'), None, ("takes no 'guard' or 'ops'",), rule=1
+            _rule('match = "a"\nskip = "unused"\nguard = { rank = 1 }\n'),
+            None,
+            ("a skip rule takes no 'guard', 'ops'",),
+            rule=1,
         ),
         id="skip-with-guard",
     ),
