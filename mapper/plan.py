@@ -129,6 +129,7 @@ class ProblemKind(str, enum.Enum):
     BAD_TEMPLATE = "bad_template"
     BAD_GROUP = "bad_group"  # a concat/stack group with a missing or duplicated member
     UNKNOWN_SOURCE = "unknown_source"  # a rule names a source the plan was not given
+    LINT = "lint"  # a rule that works but is probably not what was meant (see mapper.lint; ``code`` says which)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,7 @@ class Problem:
     message: str
     rule: RuleRef | None = None
     names: tuple[str, ...] = ()
+    code: str | None = None  # a lint code such as "M102", for problems a rule can silence
 
     @property
     def is_error(self) -> bool:

@@ -143,6 +143,24 @@ class RuleMatcher:
         self._buckets = buckets
         self._lengths = sorted({len(prefix) for prefix in buckets})
 
+    def every(self, name: str) -> list[tuple[int, Any]]:
+        """``(index, match)`` of every pattern matching all of ``name``, in order (for lints and explain)."""
+        return [
+            (index, matched)
+            for index in self._candidates(name)
+            if (matched := self._patterns[index].fullmatch(name)) is not None
+        ]
+
+    def _candidates(self, name: str) -> list[int]:
+        candidates: list[int] = []
+        for length in self._lengths:
+            if length > len(name):
+                break
+            bucket = self._buckets.get(name[:length])
+            if bucket:
+                candidates.extend(bucket)
+        return sorted(candidates)
+
     def first(self, name: str) -> tuple[int, Any] | None:
         """``(index, match)`` of the first pattern matching all of ``name``, or None."""
         candidates: list[int] = []
@@ -253,6 +271,7 @@ class _Planner:
     # concat/stack members waiting for their group: (rule index, source id, target key) -> [(member value, spec)]
     pending: dict[tuple[int, str | None, str], list[tuple[str, TensorSpec]]] = field(default_factory=dict)
     hinted: int = 0
+    unreadable: set[int] = field(default_factory=set)  # rules that name a source the plan was not given
 
     def run(self) -> None:
         self.rule_hits = [0] * len(self.rules.rules)
@@ -288,6 +307,7 @@ class _Planner:
                     if known
                     else "the plan has one unnamed source; give sources by name (--source NAME=PATH)"
                 )
+                self.unreadable.add(index)
                 self._problem(
                     ProblemKind.UNKNOWN_SOURCE,
                     f"{self.rules.rule_ref(index)} reads source {rule.source!r}, but {given}",
@@ -357,6 +377,12 @@ class _Planner:
         spec = specs[0]
         names = tuple(member.name for member in specs)
         label = f"source {spec.name!r}" if len(specs) == 1 else f"sources {', '.join(map(repr, names))}"
+        # With their shapes: a group's members may differ in shape (a GQA concat), so show each one's.
+        described = (
+            f"{label} {format_shape(spec.shape)}"
+            if len(specs) == 1
+            else "sources " + ", ".join(f"{member.name!r} {format_shape(member.shape)}" for member in specs)
+        )
         target_spec = self.target.lookup(self.namespace, key)
         if target_spec is None:
             self._missing_target(label, names, key, ref)
@@ -391,6 +417,13 @@ class _Planner:
         if failure is None:
             try:
                 if combine is not None:
+                    if len({member.dtype for member in specs}) > 1:
+                        raise OperationError(
+                            f"cannot {combine.kind} members of different dtypes "
+                            f"({', '.join(f'{member.name!r} {member.dtype}' for member in specs)}): the members "
+                            "of a group must share one dtype",
+                            operation=combine.kind,
+                        )
                     shape, dtype = combine.infer([member.shape for member in specs], spec.dtype)
                 shape, dtype = infer_all(prefix, shape, dtype)
                 operations = (*prefix, *_resolve_operations(rule.ops, shape, dtype, target_spec))
@@ -401,7 +434,7 @@ class _Planner:
                 else:
                     self._problem(
                         ProblemKind.BAD_OPERATION,
-                        f"{label} {format_shape(spec.shape)} {spec.dtype} -> target {target_spec.name!r}: {error}",
+                        f"{described} {spec.dtype} -> target {target_spec.name!r}: {error}",
                         ref,
                         (*names, target_spec.name),
                     )
@@ -413,8 +446,8 @@ class _Planner:
                 hint = _shape_hint(shape, target_spec.shape)
                 self._problem(
                     ProblemKind.SHAPE_MISMATCH,
-                    f"{label} {format_shape(spec.shape)}"
-                    + (f" becomes {format_shape(shape)}" if operations or combine else "")
+                    described
+                    + (f" {'become' if combine else 'becomes'} {format_shape(shape)}" if operations or combine else "")
                     + f" but target {target_spec.name!r} is {format_shape(target_spec.shape)}; {hint}",
                     ref,
                     (*names, target_spec.name),
@@ -427,7 +460,7 @@ class _Planner:
         if dtype != target_spec.dtype:
             self._problem(
                 ProblemKind.DTYPE_MISMATCH,
-                f"{label} is {dtype} but target {target_spec.name!r} is {target_spec.dtype}; "
+                f"{label} {'are' if combine else 'is'} {dtype} but target {target_spec.name!r} is {target_spec.dtype}; "
                 f'add {{ cast = "{target_spec.dtype}" }} to the rule\'s ops',
                 ref,
                 (*names, target_spec.name),
@@ -499,31 +532,29 @@ class _Planner:
             f"target {assignment.target!r} is filled twice: from {_qualified(earlier)} by {earlier.rule} and from "
             f"{_qualified(assignment)} by {assignment.rule}; the first is kept"
         )
+        names = (*assignment.source_names, assignment.target)
         if policy == "error":
-            self._problem(ProblemKind.DOUBLE_FILL, message, assignment.rule, (assignment.source, assignment.target))
+            self._problem(ProblemKind.DOUBLE_FILL, message, assignment.rule, names)
             return
         if policy == "warn":
-            self._problem(
-                ProblemKind.DOUBLE_FILL,
-                message,
-                assignment.rule,
-                (assignment.source, assignment.target),
-                Severity.WARNING,
+            self._problem(ProblemKind.DOUBLE_FILL, message, assignment.rule, names, Severity.WARNING)
+        for name, shape in zip(
+            assignment.source_names, assignment.member_shapes or (assignment.source_shape,), strict=True
+        ):
+            self.skips.append(
+                Skip(
+                    name,
+                    "source",
+                    SkipKind.RULE,
+                    "its target is already filled by an earlier rule",
+                    assignment.rule,
+                    shape,
+                    assignment.target_shape,
+                    assignment.target,
+                    detail=f"{assignment.target!r} already filled from {_qualified(earlier)} by {earlier.rule}",
+                    source_id=assignment.source_id,
+                )
             )
-        self.skips.append(
-            Skip(
-                assignment.source,
-                "source",
-                SkipKind.RULE,
-                "its target is already filled by an earlier rule",
-                assignment.rule,
-                assignment.source_shape,
-                assignment.target_shape,
-                assignment.target,
-                detail=f"{assignment.target!r} already filled from {earlier.source!r} by {earlier.rule}",
-                source_id=assignment.source_id,
-            )
-        )
 
     def _guard_failed(
         self,
@@ -609,22 +640,28 @@ class _Planner:
             "map a source to {them}, or list {them} in a [[keep]] entry with a reason",
         )
         for index, hits in enumerate(self.rule_hits):
-            if not hits and not self.rules.rules[index].optional:
-                self._dead(self.rules.rule_ref(index), self.rules.rules[index].match, "source")
+            rule = self.rules.rules[index]
+            if not hits and not rule.optional and "M101" not in rule.silence and index not in self.unreadable:
+                where = f"name in source {rule.source!r}" if rule.source is not None else "source name"
+                self._dead(self.rules.rule_ref(index), self.rules.rules[index].match, where)
         for index, hits in enumerate(self.keep_hits):
-            if not hits and not self.rules.keep[index].optional:
-                self._dead(self.rules.keep_ref(index), self.rules.keep[index].match, "target")
+            keep = self.rules.keep[index]
+            if not hits and not keep.optional and "M101" not in keep.silence:
+                self._dead(self.rules.keep_ref(index), self.rules.keep[index].match, "target name")
 
-    def _dead(self, ref: RuleRef, pattern: str, side: str) -> None:
+    def _dead(self, ref: RuleRef, pattern: str, what: str) -> None:
         policy = self.rules.policies.dead_rule
         if policy == "ignore":
             return
-        self._problem(
-            ProblemKind.DEAD_RULE,
-            f"{ref} matched no {side} name (pattern {pattern!r}); fix the pattern or remove the rule",
-            ref,
-            (),
-            Severity.ERROR if policy == "error" else Severity.WARNING,
+        self.problems.append(
+            Problem(
+                ProblemKind.DEAD_RULE,
+                Severity.ERROR if policy == "error" else Severity.WARNING,
+                f"{ref} matched no {what} (pattern {pattern!r}); fix the pattern or remove the rule",
+                ref,
+                (),
+                code="M101",
+            )
         )
 
     def _policy_problem(self, policy: str, kind: ProblemKind, names: list[str], what: str, fix: str) -> None:
@@ -700,7 +737,12 @@ def _split(spec: SplitSpec, shape: tuple[int, ...]) -> list[SplitPart]:
 
 
 def _qualified(assignment: Assignment) -> str:
-    return f"{assignment.source_id}:{assignment.source}" if assignment.source_id else repr(assignment.source)
+    names = [
+        f"{assignment.source_id}:{name}" if assignment.source_id else repr(name) for name in assignment.source_names
+    ]
+    if assignment.combine is None:
+        return names[0]
+    return f"{assignment.combine.kind}({', '.join(names)})"
 
 
 def _shape_hint(shape: tuple[int, ...], target: tuple[int, ...]) -> str:

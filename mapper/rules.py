@@ -232,6 +232,8 @@ class RearrangeSpec(BaseModel):
                     f"rearrange binds {name!r}, which {self.rearrange!r} does not name{_closest(name, sorted(names))}"
                 )
             sizes[name] = _resolve_size(value, _params(info), f"rearrange size {name}")
+            if sizes[name] <= 0:
+                raise ValueError(f"rearrange size {name} = {sizes[name]} must be a positive whole number")
         object.__setattr__(self, "__pydantic_private__", {"sizes": tuple(sorted(sizes.items()))})
         return self
 
@@ -388,9 +390,12 @@ def _compile_template(template: str, pattern: Any, params: Mapping[str, ParamVal
             if piece.group not in params:
                 defined = ", ".join(sorted(groups)) or "none"
                 declared = f"; parameters: {', '.join(sorted(params))}" if params else ""
+                close = difflib.get_close_matches(piece.group, [*sorted(groups), *sorted(params)], n=1, cutoff=0.6)
+                fix = f"add '(?P<{piece.group}>...)' to 'match'"
                 raise ValueError(
                     f"template {template!r} uses group {piece.group!r}, which the pattern does not define "
-                    f"(it defines: {defined}{declared}); add '(?P<{piece.group}>...)' to 'match'"
+                    f"(it defines: {defined}{declared}); "
+                    + (f"did you mean {close[0]!r}? If not, {fix}" if close else fix)
                 )
             value = params[piece.group]
             if piece.offset:
@@ -426,6 +431,9 @@ class Rule(_Frozen):
     source: str | None = Field(None, description="In plans over several named sources: the one this rule reads.")
     guard: Guard | None = None
     optional: bool = Field(False, description="The rule may match nothing without being reported as dead.")
+    silence: dict[str, str] = Field(
+        default_factory=dict, description="Lint codes this rule silences, each with the reason: { M103 = '...' }."
+    )
     split: SplitSpec | None = None
     concat: CombineSpec | None = None
     stack: CombineSpec | None = None
@@ -435,6 +443,7 @@ class Rule(_Frozen):
 
     _pattern: Any = PrivateAttr(None)
     _templates: tuple[tuple[_Piece, ...], ...] = PrivateAttr(())
+    _origin: tuple[str, int] | None = PrivateAttr(None)  # (file, 1-based index) once composed by ``extends``
 
     @field_validator("match")
     @classmethod
@@ -448,6 +457,11 @@ class Rule(_Frozen):
                 f"{value[:position]}\u2192{value[position:]}"
             ) from None
         return value
+
+    @field_validator("silence")
+    @classmethod
+    def _known_codes(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_silence(value)
 
     @field_validator("target")
     @classmethod
@@ -515,6 +529,10 @@ class Rule(_Frozen):
             raise ValueError(f"split makes {self.split.count} parts but 'targets' lists {len(self.targets)} names")
         if self.concat is not None and self.stack is not None:
             raise ValueError("a rule can 'concat' or 'stack', not both")
+        if self.split is not None and (self.concat is not None or self.stack is not None):
+            raise ValueError(
+                "a rule can 'split' one source or join several ('concat'/'stack'), not both; use two rules"
+            )
         pattern = regex.compile(self.match)
         combine = self.concat or self.stack
         if combine is not None and combine.by not in pattern.groupindex:
@@ -589,10 +607,16 @@ class Keep(_Frozen):
         None, description="Namespace of the names 'match' sees; defaults to [target].namespace."
     )
     optional: bool = Field(False, description="The keep may match nothing without being reported as dead.")
+    silence: dict[str, str] = Field(
+        default_factory=dict, description="Lint codes this keep silences, each with the reason."
+    )
 
     _pattern: Any = PrivateAttr(None)
+    _origin: tuple[str, int] | None = PrivateAttr(None)
 
     _compiles = field_validator("match")(Rule._compiles.__func__)  # type: ignore[attr-defined]
+
+    _known_codes = field_validator("silence")(Rule._known_codes.__func__)  # type: ignore[attr-defined]
 
     @model_validator(mode="after")
     def _compile(self) -> Keep:
@@ -602,6 +626,33 @@ class Keep(_Frozen):
     def fullmatch(self, name: str) -> Any:
         """The match object if the pattern matches all of ``name``, else None."""
         return self._pattern.fullmatch(name)
+
+
+class Example(_Frozen):
+    """One ``[[examples]]`` entry: a source name and what the rules must do with it, checked without any checkpoint.
+
+    Example:
+        >>> Example(source="bert/embeddings/word_embeddings", target="embeddings/embeddings").skip
+        False
+    """
+
+    source: str = Field(description="A source tensor name.")
+    target: str | None = Field(None, description="The target name the rules must give it.")
+    targets: tuple[str, ...] | None = Field(None, description="For a split rule: the target name of every part.")
+    skip: bool = Field(False, description="true: the rules must skip this name.")
+    rule: str | None = Field(None, description="The name of the rule that must take it.")
+
+    @model_validator(mode="after")
+    def _one_expectation(self) -> Example:
+        given = [name for name, value in (("target", self.target), ("targets", self.targets)) if value is not None]
+        if self.skip:
+            given.append("skip")
+        if len(given) != 1:
+            raise ValueError(
+                "an example needs exactly one of 'target', 'targets' (for a split rule) or 'skip = true'"
+                + (f"; it has {' and '.join(given)}" if given else "")
+            )
+        return self
 
 
 class RuleSet(_Frozen):
@@ -620,10 +671,38 @@ class RuleSet(_Frozen):
     )
     target: TargetSection = TargetSection()
     policies: Policies = Policies()
+    extends: tuple[str, ...] = Field(
+        (), description="Base rule files, relative to this one: their rules and keeps come after this file's."
+    )
     rules: tuple[Rule, ...] = ()
     keep: tuple[Keep, ...] = ()
+    examples: tuple[Example, ...] = Field((), description="Source names and what the rules must do with them.")
 
     _file: str = PrivateAttr("<string>")
+
+    @model_validator(mode="after")
+    def _examples_name_rules(self) -> RuleSet:
+        names = [rule.name for rule in self.rules if rule.name]
+        for example in self.examples:
+            if example.rule is not None and example.rule not in names:
+                raise ValueError(
+                    f"example for {example.source!r} names rule {example.rule!r}, but no rule has that name"
+                    + (_closest(example.rule, names) if names else "; no rule has a name")
+                )
+        return self
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _scalars(cls, value: object) -> object:
+        # One clear issue per bad value, instead of one per member of the ParamValue union.
+        if isinstance(value, Mapping):
+            for name, item in value.items():
+                if not isinstance(item, (int, float, str, bool)):
+                    raise ValueError(
+                        f"parameter {name!r} is {item!r}; a parameter is a whole number, a number, a string or a "
+                        "boolean"
+                    )
+        return value
 
     @field_validator("params")
     @classmethod
@@ -643,43 +722,200 @@ class RuleSet(_Frozen):
         """The target namespace the templates produce."""
         return self.target.namespace
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """This file and every file it extends, in precedence order."""
+        found = [self.file]
+        origins = [entry._origin for entry in self.rules] + [keep._origin for keep in self.keep]
+        for origin in origins:
+            if origin is not None and origin[0] not in found:
+                found.append(origin[0])
+        return tuple(found)
+
     def rule_ref(self, index: int) -> RuleRef:
-        """The RuleRef for ``rules[index]`` (0-based in, 1-based out)."""
-        return RuleRef(self.file, index + 1, self.rules[index].name, "rules")
+        """The RuleRef for ``rules[index]`` (0-based in, 1-based out), in the file the rule came from."""
+        rule = self.rules[index]
+        file, number = rule._origin or (self.file, index + 1)
+        return RuleRef(file, number, rule.name, "rules")
 
     def keep_ref(self, index: int) -> RuleRef:
-        """The RuleRef for ``keep[index]``."""
-        return RuleRef(self.file, index + 1, self.keep[index].name, "keep")
+        """The RuleRef for ``keep[index]``, in the file the keep came from."""
+        keep = self.keep[index]
+        file, number = keep._origin or (self.file, index + 1)
+        return RuleRef(file, number, keep.name, "keep")
 
 
-def load_rules(path: str | os.PathLike[str]) -> RuleSet:
-    """Read and validate a rule file, reporting every problem in it at once.
+def load_rules(path: str | os.PathLike[str], *, params: Mapping[str, Any] | None = None) -> RuleSet:
+    """Read and validate a rule file and the files it ``extends``, reporting every problem at once.
+
+    ``extends = ["base.toml"]`` paths are relative to the file that names them. The composed rule set lists
+    the extending file's rules (and keeps, and examples) first, then each base's, depth first; a file reached
+    twice is used once. ``[params]``, ``[policies]`` and ``[target]`` are merged key by key, the extending file
+    winning. ``params`` overrides declared parameters (as ``--param`` does); each must be declared somewhere
+    in the chain and keep its declared type.
 
     Args:
         path: the TOML file.
+        params: parameter overrides.
 
     Returns:
-        The validated, frozen RuleSet.
+        The validated, frozen RuleSet; each rule remembers the file and position it came from.
 
     Raises:
-        RuleFileError: the file is missing, is not valid TOML (with line and column), or breaks the schema;
-            each issue names the rule, the field, what is wrong and how to fix it.
+        RuleFileError: a file is missing, is not valid TOML (with line and column), breaks the schema, extends
+            a missing file or itself (a cycle), or an override is undeclared or of the wrong type; each issue names
+            the file, the rule, the field, what is wrong and how to fix it.
 
     Example:
         >>> import tempfile, pathlib
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "r.toml"
-        >>> _ = path.write_text('format = 1\\n[[rules]]\\nmatch = "global_step"\\nskip = "step counter"\\n')
-        >>> load_rules(path).rules[0].skip
-        'step counter'
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (folder / "base.toml").write_text('format = 1\\n[params]\\nn = 2\\n[[rules]]\\nmatch = "step"\\nskip = "counter"\\n')
+        >>> _ = (folder / "r.toml").write_text('format = 1\\nextends = ["base.toml"]\\n[[rules]]\\nmatch = "w"\\ntarget = "v{n}"\\n')
+        >>> rules = load_rules(folder / "r.toml", params={"n": 3})
+        >>> [rule.match for rule in rules.rules], rules.rules[0].render(rules.rules[0].fullmatch("w")), rules.params
+        (['w', 'step'], 'v3', {'n': 3})
     """
     file = os.fspath(path)
+    chain = _collect_chain(file, ())
+    merged_params: dict[str, Any] = {}
+    merged_policies: dict[str, Any] = {}
+    merged_target: dict[str, Any] = {}
+    for _, data in reversed(chain):
+        for merged, key in ((merged_params, "params"), (merged_policies, "policies"), (merged_target, "target")):
+            table = data.get(key, {})
+            if isinstance(table, Mapping):
+                merged.update(table)
+    merged_params.update(_checked_overrides(file, merged_params, params or {}))
+    issues: list[RuleIssue] = []
+    parts: list[RuleSet] = []
+    for member_file, data in chain:
+        try:
+            parts.append(validate_rules({**data, "params": merged_params}, file=member_file))
+        except RuleFileError as error:
+            issues.extend(error.issues)
+    if issues:
+        raise RuleFileError(issues)
+    if len(parts) == 1:
+        return parts[0]
+    for part in parts:
+        for index, entry in enumerate(part.rules):
+            entry._origin = (part.file, index + 1)
+        for index, keep in enumerate(part.keep):
+            keep._origin = (part.file, index + 1)
+    head = parts[0]
+    composed = RuleSet.model_validate(
+        {
+            "format": head.format,
+            "description": head.description,
+            "params": merged_params,
+            "target": merged_target,
+            "policies": merged_policies,
+            "extends": head.extends,
+            "rules": [entry for part in parts for entry in part.rules],
+            "keep": [keep for part in parts for keep in part.keep],
+            "examples": [example for part in parts for example in part.examples],
+        },
+        context={"params": merged_params},
+    )
+    composed._file = file
+    return composed
+
+
+def _collect_chain(file: str, seen: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
+    """This file's table, then every file it extends, depth first, each file once."""
+    resolved = os.path.realpath(file)
+    if resolved in seen:
+        cycle = " -> ".join([*(Path(step).name for step in seen), Path(resolved).name])
+        raise RuleFileError(
+            [RuleIssue(file, f"extends forms a cycle: {cycle}", field="extends", hint="remove one link")]
+        )
+    data = _read_table(file)
+    chain = [(file, data)]
+    entries = data.get("extends", [])
+    if not isinstance(entries, list):
+        return chain  # the schema reports the wrong type
+    for entry in entries:
+        if not isinstance(entry, str):
+            continue
+        base = os.fspath(Path(file).parent / entry)
+        if not Path(base).is_file():
+            raise RuleFileError(
+                [
+                    RuleIssue(
+                        file,
+                        f"extends {entry!r}, but there is no file {base}",
+                        field="extends",
+                        hint="paths are relative to the file that names them",
+                    )
+                ]
+            )
+        for member in _collect_chain(base, (*seen, resolved)):
+            if all(os.path.realpath(member[0]) != os.path.realpath(known) for known, _ in chain):
+                chain.append(member)
+    return chain
+
+
+def _read_table(file: str) -> dict[str, Any]:
     try:
         text = Path(file).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RuleFileError([RuleIssue(file, "no such rule file; check the path")]) from None
     except (OSError, UnicodeDecodeError) as error:
         raise RuleFileError([RuleIssue(file, f"cannot read the rule file: {error}")]) from None
-    return parse_rules(text, file=file)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        line, column = _toml_position(error)
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(error)) or "invalid TOML"
+        raise RuleFileError([RuleIssue(file, f"invalid TOML: {message}", line=line, column=column)]) from None
+
+
+def _checked_overrides(file: str, declared: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Overrides that name declared parameters and keep their types (an int may stand for a float)."""
+    issues: list[RuleIssue] = []
+    checked: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if name not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            hint = _closest(name, sorted(declared)).removeprefix("; ") if declared else None
+            issues.append(
+                RuleIssue(
+                    file, f"--param {name}: the rule file declares no such parameter (declared: {known})", hint=hint
+                )
+            )
+            continue
+        current = declared[name]
+        fits = type(value) is type(current) or (isinstance(current, float) and type(value) is int)
+        if not fits:
+            issues.append(
+                RuleIssue(
+                    file,
+                    f"--param {name}={value!r}: {name} is declared as {type(current).__name__} ({current!r}), "
+                    f"not {type(value).__name__}",
+                )
+            )
+            continue
+        checked[name] = float(value) if isinstance(current, float) else value
+    if issues:
+        raise RuleFileError(issues)
+    return checked
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """Parse a ``NAME=VALUE`` command-line override; the value is read as TOML (``24``, ``0.1``, ``true``) or a string.
+
+    Example:
+        >>> parse_param("num_layers=24"), parse_param("act=gelu"), parse_param("scale=0.5")
+        (('num_layers', 24), ('act', 'gelu'), ('scale', 0.5))
+    """
+    name, separator, raw = text.partition("=")
+    if not separator or not name.strip().isidentifier():
+        raise RuleFileError([RuleIssue("--param", f"{text!r} is not NAME=VALUE", hint="e.g. --param num_layers=24")])
+    try:
+        value = tomllib.loads(f"value = {raw.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return name.strip(), value
 
 
 def parse_rules(text: str, *, file: str = "<string>") -> RuleSet:
@@ -729,6 +965,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "rules": tuple(Rule.model_fields),
     "keep": tuple(Keep.model_fields),
     "guard": tuple(Guard.model_fields),
+    "examples": tuple(Example.model_fields),
     "split": tuple(SplitSpec.model_fields),
     "concat": tuple(CombineSpec.model_fields),
     "stack": tuple(CombineSpec.model_fields),
@@ -786,6 +1023,24 @@ def _issue(file: str, data: Mapping[str, Any], item: Any) -> RuleIssue:
     )
 
 
+# The lint codes a rule can silence; mapper.lint documents each.
+LINT_CODES: Mapping[str, str] = {
+    "M101": "dead rule: it matched no name",
+    "M102": "shadowed rule: earlier rules take every name it matches",
+    "M103": "overlapping rules: another rule also matches some of its names, with a different target",
+    "M104": "template output is not a valid name in the target's namespace",
+}
+
+
+def _check_silence(value: dict[str, str]) -> dict[str, str]:
+    for code, reason in value.items():
+        if code not in LINT_CODES:
+            raise ValueError(f"unknown lint code {code!r}{_closest(code, sorted(LINT_CODES))}")
+        if not reason.strip():
+            raise ValueError(f"silencing {code} needs a reason, e.g. {code} = \"the catch-all is meant to overlap\"")
+    return value
+
+
 def _clean_message(message: str) -> str:
     return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
@@ -802,6 +1057,7 @@ def _unknown_dtype_message(value: str) -> str:
 __all__ = [
     "RULES_FORMAT",
     "CastSpec",
+    "Example",
     "Guard",
     "Keep",
     "OperationSpec",
@@ -813,6 +1069,7 @@ __all__ = [
     "TemplateError",
     "TransposeSpec",
     "load_rules",
+    "parse_param",
     "parse_rules",
     "validate_rules",
 ]
