@@ -12,6 +12,7 @@ Silence one on a rule with ``silence = { M103 = "the catch-all is meant to overl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,14 +77,15 @@ def _template_lints(rules: RuleSet) -> Iterator[Problem]:
 
 
 def _template_trouble(template: str, namespace: str) -> str | None:
-    literal = template.replace("{{", "").replace("}}", "")
+    escaped = template.replace("{{", "").replace("}}", "")
+    literal = re.sub(r"\{[^{}]*\}", "x", escaped)  # fields such as {i - 1} render without spaces
     if any(char.isspace() for char in literal):
         return "contains white space, which no variable name has"
     if "//" in literal:
         return "contains '//', an empty path segment"
-    if literal.startswith("/") or (literal.endswith("/") and not literal.endswith("}/")):
+    if escaped.startswith("/") or escaped.endswith("/"):
         return "starts or ends with '/'"
-    if namespace == CHECKPOINT_NAMESPACE and not (literal.endswith(_CHECKPOINT_SUFFIX) or literal.endswith("}")):
+    if namespace == CHECKPOINT_NAMESPACE and not (escaped.endswith(_CHECKPOINT_SUFFIX) or escaped.endswith("}")):
         return f"does not end in {_CHECKPOINT_SUFFIX!r}, as every variable key of a TF2 checkpoint does"
     return None
 

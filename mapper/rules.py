@@ -429,6 +429,11 @@ class Rule(_Frozen):
     skip: str | None = Field(None, description="Instead of a target: the reason the matched source tensors go unused.")
     targets: tuple[str, ...] | None = Field(None, description="With 'split': a target name template for each part.")
     source: str | None = Field(None, description="In plans over several named sources: the one this rule reads.")
+    values: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Per named group, a table that renames what it captured in templates: "
+        "{ param = { weight = 'gamma', bias = 'beta' } }.",
+    )
     guard: Guard | None = None
     optional: bool = Field(False, description="The rule may match nothing without being reported as dead.")
     silence: dict[str, str] = Field(
@@ -540,6 +545,10 @@ class Rule(_Frozen):
             raise ValueError(
                 f"'by' names group {combine.by!r}, which the pattern does not define (it defines: {defined})"
             )
+        for group in self.values:
+            if group not in pattern.groupindex:
+                defined = ", ".join(sorted(pattern.groupindex)) or "none"
+                raise ValueError(f"values names group {group!r}, which the pattern does not define (it defines: {defined})")
         params = _params(info)
         templates = (self.target,) if self.target is not None else (self.targets or ())
         compiled = tuple(_compile_template(template, pattern, params) for template in templates)
@@ -570,6 +579,14 @@ class Rule(_Frozen):
                 parts.append(piece.text)
                 continue
             value = matched.group(piece.group)
+            table = self.values.get(piece.group) if isinstance(piece.group, str) else None
+            if table is not None and value is not None:
+                if value not in table:
+                    raise TemplateError(
+                        f"group {piece.group!r} captured {value!r}, which values.{piece.group} does not rename "
+                        f"(it renames: {', '.join(sorted(table))})"
+                    )
+                value = table[value]
             if piece.offset:
                 if value is None or not value.isdigit():
                     raise TemplateError(

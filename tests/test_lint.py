@@ -113,3 +113,11 @@ def test_codes_are_documented() -> None:
 
     for code in lint_codes():
         assert code in (mapper.lint.__doc__ or "")
+
+
+@pytest.mark.parametrize(
+    "template", ["stack{i - 1}_block{b}/kernel", "{x}/kernel", "a/{x}"], ids=["arithmetic", "lead", "tail"]
+)
+def test_template_fields_are_not_white_space(template: str) -> None:
+    body = f'[[rules]]\nmatch = "(?P<i>\\\\d+)/(?P<b>\\\\d+)/(?P<x>.+)"\ntarget = "{template}"\n'
+    assert [f for f in lint(rules(body)) if f.code == "M104"] == []
