@@ -7,20 +7,38 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mapper.errors import SourceError, SourceNotFoundError
+from mapper.errors import CorruptSourceError, SourceError, SourceNotFoundError
 from mapper.sources import tf_checkpoint
 from mapper.sources.base import Source
+from mapper.sources.h5 import KerasH5Source, is_hdf5
 from mapper.sources.memory import MemorySource
+from mapper.sources.npz import NpzSource, is_npz
+from mapper.sources.safetensors import SafetensorsSource, is_safetensors
 from mapper.sources.tf_checkpoint import TFCheckpointSource
+from mapper.sources.torch import TorchSource, is_torch_file
 
-__all__ = ["FORMATS", "MemorySource", "Source", "SourceFormat", "TFCheckpointSource", "open_source"]
+__all__ = [
+    "FORMATS",
+    "KerasH5Source",
+    "MemorySource",
+    "NpzSource",
+    "SafetensorsSource",
+    "Source",
+    "SourceFormat",
+    "TFCheckpointSource",
+    "TorchSource",
+    "detect_format",
+    "open_source",
+]
 
 
 @dataclass(frozen=True)
 class SourceFormat:
-    """A file format ``open_source`` knows: how to recognise it from file names and how to open it.
+    """A file format ``open_source`` knows: how to recognise it and how to open it.
 
-    ``detect`` must be cheap and must not import heavy libraries; ``open`` may.
+    ``detect`` must be cheap (file names, a few header bytes, a zip directory) and must not import heavy
+    libraries; ``open`` may. ``suffixes`` are the file name endings that make ``open_source`` try this format
+    when no format recognises a file's contents, so that a damaged file gets this format's specific error.
 
     Example:
         >>> FORMATS["tf-checkpoint"].summary
@@ -31,9 +49,11 @@ class SourceFormat:
     summary: str
     detect: Callable[[str], bool]
     open: Callable[[str], Source]
+    suffixes: tuple[str, ...] = ()
 
 
-# Formats in detection order; add new ones here (safetensors, .h5, .npz).
+# Formats in detection order: the first whose ``detect`` accepts a path opens it. A Hugging Face directory holding
+# both model.safetensors and pytorch_model.bin therefore opens as safetensors.
 FORMATS: dict[str, SourceFormat] = {
     "tf-checkpoint": SourceFormat(
         "tf-checkpoint",
@@ -41,22 +61,69 @@ FORMATS: dict[str, SourceFormat] = {
         tf_checkpoint.is_tf_checkpoint,
         TFCheckpointSource,
     ),
+    "safetensors": SourceFormat(
+        "safetensors",
+        "a .safetensors file, a *.safetensors.index.json shard index, or a directory holding one of them",
+        is_safetensors,
+        SafetensorsSource,
+        (".safetensors", ".safetensors.index.json"),
+    ),
+    "keras-h5": SourceFormat(
+        "keras-h5",
+        "Keras weights in HDF5: Keras 3 .weights.h5, or Keras 2 .h5 from save_weights or model.save",
+        is_hdf5,
+        KerasH5Source,
+        (".h5", ".hdf5"),
+    ),
+    "npz": SourceFormat("npz", "a NumPy .npz archive of arrays (np.savez)", is_npz, NpzSource, (".npz",)),
+    "pytorch": SourceFormat(
+        "pytorch",
+        "a PyTorch state dict (.bin/.pt/.pth from torch.save), a *.bin.index.json shard index, or a directory "
+        "holding pytorch_model.bin; needs torch",
+        is_torch_file,
+        TorchSource,
+        (".bin", ".pt", ".pth", ".bin.index.json"),
+    ),
 }
 
 
+def detect_format(path: str | os.PathLike[str]) -> str | None:
+    """The name of the first format in ``FORMATS`` that recognises ``path`` from its contents, or None.
+
+    Example:
+        >>> import tempfile
+        >>> import numpy as np
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     with open(f"{tmp}/weights.bin", "wb") as file:  # the name misleads, the contents do not
+        ...         np.savez(file, w=np.zeros(2))
+        ...     detect_format(f"{tmp}/weights.bin"), detect_format(tmp)
+        ('npz', None)
+    """
+    text = os.fspath(path)
+    return next((name for name, known in FORMATS.items() if known.detect(text)), None)
+
+
 def open_source(path: str | os.PathLike[str], *, format: str | None = None) -> Source:
-    """Open the checkpoint at ``path``, detecting its format from the file names unless ``format`` is given.
+    """Open the checkpoint at ``path``, detecting its format from its contents unless ``format`` is given.
+
+    Detection reads file names, a few header bytes and zip directories, never tensor data: a safetensors header,
+    the HDF5 signature (Keras .h5), a zip of ``.npy`` members (.npz) or of ``*/data.pkl`` (PyTorch), a legacy
+    PyTorch pickle, or TensorFlow checkpoint files. A file no format recognises but whose name ends like one
+    (``.safetensors``, ``.h5``, ``.npz``, ``.bin``, ...) is tried as that format: a damaged file gets that
+    format's CorruptSourceError, and a file that is not that format at all an error saying why not.
 
     Args:
-        path: a file, a checkpoint prefix or a directory.
-        format: one of ``FORMATS`` (``"tf-checkpoint"``); None to detect.
+        path: a file, a checkpoint prefix, a shard index or a directory.
+        format: one of ``FORMATS`` (``"tf-checkpoint"``, ``"safetensors"``, ``"keras-h5"``, ``"npz"``,
+            ``"pytorch"``); None to detect.
 
     Returns:
         A Source whose ``specs()`` describe the tensors without reading them.
 
     Raises:
         SourceNotFoundError: nothing exists at ``path``; the message names the nearest checkpoints beside it.
-        SourceError: the format is unknown or cannot be detected; the message lists the supported formats.
+        SourceError: the format is unknown or cannot be detected (the message lists the supported formats), or
+            the file is not in the format forced (the message says which format it looks like).
         CorruptSourceError: the files are there but incomplete or damaged.
 
     Example:
@@ -75,15 +142,42 @@ def open_source(path: str | os.PathLike[str], *, format: str | None = None) -> S
         known = FORMATS.get(format)
         if known is None:
             raise SourceError(f"unknown source format {format!r} for {text!r}; {_supported()}", path=text)
-        return known.open(text)
-    for candidate in FORMATS.values():
-        if candidate.detect(text):
-            return candidate.open(text)
+        try:
+            return known.open(text)
+        except SourceNotFoundError:
+            raise
+        except SourceError as error:
+            detected = detect_format(text)
+            if detected is None or detected == format:
+                raise
+            # Same class, same path: only the advice is added.
+            raise type(error)(
+                f"{error}; it looks like a {detected!r} source ({FORMATS[detected].summary}): "
+                f"pass format={detected!r}, or leave format out to detect it",
+                path=error.path,
+            ) from error
+    detected = detect_format(text)
+    if detected is not None:
+        return FORMATS[detected].open(text)
+    if not Path(text).is_dir():
+        # A damaged or missing ``model.safetensors`` gets the safetensors error, not a generic one.
+        by_suffix = [known for known in FORMATS.values() if text.endswith(known.suffixes)]
+        if by_suffix:
+            try:
+                return by_suffix[0].open(text)
+            except (SourceNotFoundError, CorruptSourceError):
+                raise
+            except SourceError as error:  # not that format after all: say what the name suggested, and why not
+                raise SourceError(
+                    f"cannot tell the format of file {text!r} from its contents (its name suggests "
+                    f"{by_suffix[0].name!r}, but: {error}); {_supported()}",
+                    path=text,
+                ) from error
     if not Path(text).exists():
         # Most often a mistyped checkpoint prefix: name the nearest checkpoints beside it.
         raise SourceNotFoundError(tf_checkpoint.not_found_message(text), path=text)
     kind = "directory" if Path(text).is_dir() else "file"
-    raise SourceError(f"cannot tell the format of {kind} {text!r} from its name; {_supported()}", path=text)
+    raise SourceError(f"cannot tell the format of {kind} {text!r} from its contents; {_supported()}", path=text)
 
 
 def _supported() -> str:

@@ -1,0 +1,403 @@
+"""safetensors files, single or sharded by a Hugging Face ``*.safetensors.index.json``, as a Source."""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mapper.errors import CorruptSourceError, SourceError, SourceNotFoundError
+from mapper.sources._common import (
+    check_names,
+    files_with_suffix,
+    head,
+    index_weight_map,
+    little_endian,
+    numpy_dtype,
+    quoted,
+    shard_files,
+    weight_map_suffixes,
+)
+from mapper.specs import TensorSpec, VariableMap
+
+# safetensors dtype codes and the dtype names specs use.
+DTYPES: dict[str, str] = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+}
+_ITEMSIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4}
+_ITEMSIZES |= {"U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+# The safetensors library refuses headers above 100 MB; so do we.
+MAX_HEADER_BYTES = 100_000_000
+SUFFIX = ".safetensors"
+INDEX_SUFFIX = ".safetensors.index.json"
+METADATA_KEY = "__metadata__"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """Where one tensor's bytes are: the file and the absolute byte range in it."""
+
+    spec: TensorSpec
+    file: str
+    begin: int
+    end: int
+
+
+def is_safetensors(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds safetensors data, judged from its contents (the suffix alone does not count).
+
+    True for a file that starts with a safetensors header (an 8-byte little-endian length and a JSON object),
+    an index whose ``weight_map`` names ``.safetensors`` shards, and a directory holding such files.
+
+    Example:
+        >>> import tempfile
+        >>> import numpy as np
+        >>> from safetensors.numpy import save_file
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     save_file({"w": np.zeros(2, "float32")}, f"{tmp}/model.safetensors")
+        ...     _ = Path(tmp, "fake.safetensors").write_bytes(b"not safetensors")
+        ...     is_safetensors(f"{tmp}/model.safetensors"), is_safetensors(f"{tmp}/fake.safetensors"), is_safetensors(tmp)
+        (True, False, True)
+    """
+    text = os.fspath(path)
+    if Path(text).is_dir():
+        return bool(files_with_suffix(text, SUFFIX, INDEX_SUFFIX))
+    if text.endswith(".index.json"):
+        return weight_map_suffixes(text) == {SUFFIX}
+    data = head(text, 9)
+    if len(data) < 9 or data[8:9] != b"{":
+        return False
+    length: int = struct.unpack("<Q", data[:8])[0]
+    return 2 <= length <= MAX_HEADER_BYTES
+
+
+class SafetensorsSource:
+    """The tensors of a safetensors file or of a sharded set, described from the headers and read by memory map.
+
+    ``path`` may be a ``.safetensors`` file, a ``*.safetensors.index.json`` shard index (its ``weight_map``
+    names the shard of each tensor), or a directory holding exactly one such index or, without one, exactly one
+    ``.safetensors`` file (a Hugging Face model directory). Opening reads and checks every header, and no tensor
+    data: offsets lie inside the file, ranges do not overlap, and each range holds exactly shape times item size bytes.
+
+    ``read`` returns read-only NumPy arrays that view the memory-mapped file (no copy): copy an array before
+    changing it, and do not truncate or rewrite the file while its arrays are in use.
+
+    Attributes:
+        files: the safetensors files, shards in index order.
+        index: the shard index, or None for a single file.
+        description: the path given, and the file or index it resolved to when that differs.
+
+    Raises:
+        SourceNotFoundError: nothing at ``path``.
+        SourceError: the file is not safetensors, a dtype is not supported, or a directory is ambiguous.
+        CorruptSourceError: a header is truncated or lies about offsets, or the index names a missing shard.
+
+    Example:
+        >>> import tempfile
+        >>> from safetensors.numpy import save_file
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     save_file({"dense.weight": np.ones((2, 3), "float32")}, f"{tmp}/model.safetensors")
+        ...     source = SafetensorsSource(tmp)
+        ...     print(source.specs()["dense.weight"], source.read(["dense.weight"])["dense.weight"].sum())
+        TensorSpec(name='dense.weight', shape=(2, 3), dtype='float32') 6.0
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        given = os.fspath(path)
+        resolved = _resolve(given)
+        self.description: str = given if given == resolved else f"{given} -> {resolved}"
+        entries: dict[str, _Entry] = {}
+        if resolved.endswith(".index.json"):
+            self.index: str | None = resolved
+            weight_map = index_weight_map(resolved, what="safetensors")
+            self.files: tuple[str, ...] = tuple(shard_files(resolved, weight_map, what="safetensors"))
+            for file in self.files:
+                for entry in read_header(file):
+                    if entry.spec.name in entries:
+                        raise CorruptSourceError(
+                            f"tensor {entry.spec.name!r} is in two shards of {resolved!r}: "
+                            f"{Path(entries[entry.spec.name].file).name!r} and {Path(file).name!r}; "
+                            "the shards do not belong together: download them again",
+                            path=resolved,
+                        )
+                    entries[entry.spec.name] = entry
+            _check_weight_map(resolved, weight_map, entries)
+        else:
+            self.index = None
+            self.files = (resolved,)
+            entries = {entry.spec.name: entry for entry in read_header(resolved)}
+        self._entries = {name: entries[name] for name in sorted(entries)}
+        self._specs = VariableMap((entry.spec for entry in self._entries.values()), description=resolved)
+        self._path = resolved
+
+    def __repr__(self) -> str:
+        return f"SafetensorsSource({self._path!r}, {len(self._entries)} tensors in {len(self.files)} file(s))"
+
+    def specs(self) -> VariableMap:
+        """Names, shapes and dtypes of every tensor, sorted by name, from the headers read at open.
+
+        Example:
+            >>> import tempfile
+            >>> from safetensors.numpy import save_file
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     save_file({"b": np.zeros(3, "int64"), "a": np.zeros((), "float16")}, f"{tmp}/x.safetensors")
+            ...     [(s.name, s.shape, s.dtype) for s in SafetensorsSource(f"{tmp}/x.safetensors").specs().values()]
+            [('a', (), 'float16'), ('b', (3,), 'int64')]
+        """
+        return self._specs
+
+    def read(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Read the named tensors as read-only NumPy arrays viewing the memory-mapped files (bfloat16 via ml_dtypes).
+
+        Only the files holding the named tensors are mapped, and only their pages are touched.
+
+        Args:
+            names: tensor names as ``specs()`` lists them; repeats are read once.
+
+        Returns:
+            ``{name: array}`` for each distinct name, in the order given.
+
+        Raises:
+            SourceError: a name is not in the source; the message names it and the closest names that are.
+            CorruptSourceError: a file became shorter than its header says since it was opened.
+
+        Example:
+            >>> import tempfile
+            >>> from safetensors.numpy import save_file
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     save_file({"w": np.arange(3, dtype="int32")}, f"{tmp}/x.safetensors")
+            ...     array = SafetensorsSource(f"{tmp}/x.safetensors").read(["w"])["w"]
+            ...     print(array, array.flags.writeable)
+            [0 1 2] False
+        """
+        wanted = check_names(names, self._entries, what=f"safetensors source {self._path!r}", path=self._path)
+        by_file: dict[str, list[_Entry]] = {}
+        for name in wanted:
+            entry = self._entries[name]
+            by_file.setdefault(entry.file, []).append(entry)
+        arrays: dict[str, np.ndarray] = {}
+        for file, entries in by_file.items():
+            arrays |= self._read_file(file, entries)
+        return {name: arrays[name] for name in wanted}
+
+    def _read_file(self, file: str, entries: list[_Entry]) -> dict[str, np.ndarray]:
+        """The arrays of ``entries``, all in ``file``, viewing one memory map of it."""
+        try:
+            with Path(file).open("rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                short = [entry for entry in entries if entry.end > size]
+                if short:  # touching pages past the end of a mapped file would kill the process (SIGBUS)
+                    raise CorruptSourceError(
+                        f"safetensors file {file!r} changed since it was opened: it now has {size} bytes but "
+                        f"{quoted([entry.spec.name for entry in short])} ends at byte {max(e.end for e in short)}; "
+                        "open it again",
+                        path=file,
+                    )
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as error:
+            raise CorruptSourceError(f"cannot read safetensors file {file!r}: {error}", path=file) from error
+        return {entry.spec.name: self._array(mapped, entry) for entry in entries}
+
+    def _array(self, mapped: mmap.mmap, entry: _Entry) -> np.ndarray:
+        """One tensor as a read-only array viewing ``mapped``."""
+        dtype = little_endian(numpy_dtype(entry.spec.dtype, path=entry.file))
+        array = np.frombuffer(mapped, dtype=dtype, count=entry.spec.size, offset=entry.begin)
+        return array.reshape(entry.spec.shape)
+
+
+# --- finding the files ----------------------------------------------------------------------------------------------
+
+
+def _resolve(given: str) -> str:
+    """The safetensors file or index that ``given`` names."""
+    path = Path(given)
+    if not path.exists():
+        raise SourceNotFoundError(f"no safetensors file or directory at {given!r}", path=given)
+    if not path.is_dir():
+        return given
+    indexes = files_with_suffix(given, INDEX_SUFFIX)
+    if len(indexes) == 1:
+        return indexes[0]
+    if len(indexes) > 1:
+        raise SourceError(
+            f"directory {given!r} holds {len(indexes)} safetensors shard indexes ({quoted(_names(indexes))}); "
+            "pass the path of the one to use",
+            path=given,
+        )
+    files = files_with_suffix(given, SUFFIX)
+    if len(files) == 1:
+        return files[0]
+    if not files:
+        raise SourceError(f"directory {given!r} holds no .safetensors file and no {INDEX_SUFFIX} index", path=given)
+    raise SourceError(
+        f"directory {given!r} holds {len(files)} .safetensors files ({quoted(_names(files))}) and no "
+        f"{INDEX_SUFFIX} index saying how they belong together; pass one file, or the index",
+        path=given,
+    )
+
+
+def _names(paths: Sequence[str]) -> list[str]:
+    return [Path(path).name for path in paths]
+
+
+def _check_weight_map(index: str, weight_map: dict[str, str], entries: dict[str, _Entry]) -> None:
+    """CorruptSourceError if the index places a tensor in a shard that does not hold it."""
+    wrong = [name for name, file in weight_map.items() if name not in entries or Path(entries[name].file).name != file]
+    if wrong:
+        name = wrong[0]
+        found = f"it is in {Path(entries[name].file).name!r}" if name in entries else "no shard holds it"
+        raise CorruptSourceError(
+            f"safetensors shard index {index!r} places {len(wrong)} tensor(s) where they are not: {quoted(wrong)}; "
+            f"the index says {name!r} is in {weight_map[name]!r} but {found}; the index and the shards do not "
+            "belong together: download them again",
+            path=index,
+        )
+
+
+# --- the header -----------------------------------------------------------------------------------------------------
+
+
+def read_header(file: str) -> list[_Entry]:
+    """Read and check the header of one safetensors file; no tensor data is read.
+
+    Raises:
+        SourceError: the file is not safetensors at all, or holds a dtype that is not supported.
+        CorruptSourceError: the header is truncated, is not valid JSON, or lies about offsets or sizes.
+
+    Example:
+        >>> import tempfile
+        >>> from safetensors.numpy import save_file
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     save_file({"w": np.zeros((2, 2), "float32")}, f"{tmp}/x.safetensors")
+        ...     [(entry.spec.name, entry.end - entry.begin) for entry in read_header(f"{tmp}/x.safetensors")]
+        [('w', 16)]
+    """
+    try:
+        size = Path(file).stat().st_size
+        with Path(file).open("rb") as handle:
+            prefix = handle.read(8)
+            length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else None
+            text = handle.read(min(length, MAX_HEADER_BYTES)) if length is not None else b""
+    except OSError as error:
+        if not Path(file).exists():
+            raise SourceNotFoundError(f"no safetensors file at {file!r}", path=file) from error
+        raise SourceError(f"cannot read safetensors file {file!r}: {error}", path=file) from error
+    if length is None or length > MAX_HEADER_BYTES or not text.startswith(b"{"):
+        raise SourceError(
+            f"{file!r} is not a safetensors file: it does not start with an 8-byte header length and a JSON "
+            f"object (first bytes {head(file, 12)!r}, {size} bytes in all)",
+            path=file,
+        )
+    if len(text) < length:
+        raise CorruptSourceError(
+            f"safetensors file {file!r} is truncated: its header is {length} bytes long but the file has only "
+            f"{size} bytes; download or write it again",
+            path=file,
+        )
+    header = _parse_header(file, text)
+    data_start = 8 + length
+    data_size = size - data_start
+    entries = [_entry(file, name, fields, data_start) for name, fields in header.items() if name != METADATA_KEY]
+    _check_ranges(file, entries, data_start, data_size)
+    return entries
+
+
+def _parse_header(file: str, text: bytes) -> dict[str, Any]:
+    """The header's JSON object; CorruptSourceError if it is not one, or repeats a name."""
+
+    def no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise ValueError(f"name {key!r} appears twice")
+            seen[key] = value
+        return seen
+
+    try:
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=no_repeats)
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CorruptSourceError(
+            f"safetensors file {file!r} has a damaged header: {error}; download or write it again", path=file
+        ) from error
+    if not isinstance(header, dict):
+        raise CorruptSourceError(f"safetensors file {file!r} has a header that is not a JSON object", path=file)
+    return header
+
+
+def _entry(file: str, name: str, fields: Any, data_start: int) -> _Entry:
+    """One header entry, checked field by field."""
+
+    def bad(what: str) -> CorruptSourceError:
+        return CorruptSourceError(
+            f"safetensors file {file!r} has a damaged header: tensor {name!r} {what} (entry {fields!r})", path=file
+        )
+
+    if not isinstance(fields, dict):
+        raise bad("is not described by an object")
+    code, shape, offsets = fields.get("dtype"), fields.get("shape"), fields.get("data_offsets")
+    if not isinstance(shape, list) or not all(type(dim) is int and dim >= 0 for dim in shape):
+        raise bad("has no valid 'shape' (a list of non-negative integers)")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(at) is int and at >= 0 for at in offsets)):
+        raise bad("has no valid 'data_offsets' (two non-negative integers)")
+    if not isinstance(code, str):
+        raise bad("has no 'dtype'")
+    if code not in DTYPES:
+        raise SourceError(
+            f"safetensors file {file!r}: tensor {name!r} has dtype {code!r}, which weight-mapper does not "
+            f"read; supported: {', '.join(DTYPES)}",
+            path=file,
+        )
+    begin, end = offsets
+    expected = math.prod(shape) * _ITEMSIZES[code]
+    if end - begin != expected:
+        raise CorruptSourceError(
+            f"safetensors file {file!r} has a header that lies about tensor {name!r}: shape {shape} of {code} "
+            f"needs {expected} bytes but its data_offsets [{begin}, {end}] span {end - begin}; "
+            "download or write the file again",
+            path=file,
+        )
+    return _Entry(TensorSpec(name, tuple(shape), DTYPES[code]), file, data_start + begin, data_start + end)
+
+
+def _check_ranges(file: str, entries: list[_Entry], data_start: int, data_size: int) -> None:
+    """CorruptSourceError if a tensor lies past the end of the file or two tensors share bytes."""
+    past = [entry for entry in entries if entry.end - data_start > data_size]
+    if past:
+        last = max(past, key=lambda entry: entry.end)
+        raise CorruptSourceError(
+            f"safetensors file {file!r} is truncated: it has {data_start + data_size} bytes but its header places "
+            f"{quoted([entry.spec.name for entry in past])} up to byte {last.end}; download or write it again",
+            path=file,
+        )
+    previous: _Entry | None = None
+    for entry in sorted((entry for entry in entries if entry.end > entry.begin), key=lambda e: (e.begin, e.end)):
+        if previous is not None and entry.begin < previous.end:
+            raise CorruptSourceError(
+                f"safetensors file {file!r} has a header that lies about offsets: tensors {previous.spec.name!r} "
+                f"(bytes {previous.begin - data_start}..{previous.end - data_start}) and {entry.spec.name!r} "
+                f"(bytes {entry.begin - data_start}..{entry.end - data_start}) overlap; download or write it again",
+                path=file,
+            )
+        previous = entry
