@@ -715,7 +715,7 @@ def _resolve_operations(
             requested = target.shape if spec.reshape == "target" else spec.reshape
             operation = resolve_reshape(tuple(requested), shape)
         elif isinstance(spec, CastSpec):
-            operation = Cast(spec.cast)
+            operation = Cast(target.dtype if spec.cast == "target" else spec.cast)
         elif isinstance(spec, SliceSpec):
             operation = Slice.parse(spec.slice)
         elif isinstance(spec, RearrangeSpec):

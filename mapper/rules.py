@@ -175,14 +175,14 @@ class ReshapeSpec(_Frozen):
 
 
 class CastSpec(_Frozen):
-    """``{ cast = "float32" }``: change the dtype, keeping the value's kind."""
+    """``{ cast = "float32" }`` or ``{ cast = "target" }`` (the target's dtype): change the dtype, keeping its kind."""
 
     cast: str
 
     @field_validator("cast")
     @classmethod
     def _known_dtype(cls, value: str) -> str:
-        if value not in KNOWN_DTYPES:
+        if value != "target" and value not in KNOWN_DTYPES:
             raise ValueError(_unknown_dtype_message(value))
         return value
 

@@ -26,3 +26,9 @@ def pytest_collection_finish(session: object) -> None:
     # RuntimeError: devices were initialised at import time; the tests that need two devices say so.
     with contextlib.suppress(RuntimeError):
         tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+# --- Hugging Face hub offline (tests/test_rules_hf_*.py): keras-hub imports huggingface_hub, which reads these once
+# at import time, so they are set here, before any test module is collected; every test loads local directories. ---
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

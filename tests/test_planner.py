@@ -1196,3 +1196,12 @@ def test_template_arithmetic_below_zero_is_a_bad_template_problem() -> None:
     problem = only_problem(plan, ProblemKind.BAD_TEMPLATE)
     assert problem.names == ("enc/0/w",)
     assert "gives -1 for group 'i' = '0'" in problem.message
+
+
+@pytest.mark.parametrize("target_dtype", ["float32", "bfloat16", "float16"])
+def test_cast_to_the_target_dtype(target_dtype: str) -> None:
+    rules = ruleset('[[rules]]\nmatch = "w"\ntarget = "v"\nops = [{ cast = "target" }]\n')
+    plan = build_plan(rules, variables(("w", (2,))), TargetMap(VariableMap([TensorSpec("v", (2,), target_dtype)])))
+    (assignment,) = plan.assignments
+    assert [operation.describe() for operation in assignment.operations] == [f"cast[{target_dtype}]"]
+    assert plan.ok
