@@ -1,6 +1,6 @@
 """weight-mapper: declarative rule files that move weights from checkpoints into Keras and TensorFlow models."""
 
-from mapper.api import apply, make_plan, transfer
+from mapper.api import apply, convert, make_plan, transfer
 from mapper.errors import (
     ApplyError,
     CorruptSourceError,
@@ -25,6 +25,7 @@ __all__ = [
     "ApplyError",
     "Assignment",
     "build_plan",
+    "convert",
     "CorruptSourceError",
     "load_rules",
     "make_plan",

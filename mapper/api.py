@@ -1,24 +1,27 @@
-"""The Python API in three calls: make_plan(), apply(), and transfer() which does both."""
+"""The Python API: make_plan(), apply(), transfer() which does both, and convert() for checkpoints without a model."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from mapper.errors import PlanError
 from mapper.plan import Plan
 from mapper.planner import build_plan
 from mapper.rules import RuleSet, load_rules
 from mapper.sources.base import Source
-from mapper.specs import TargetMap, TensorSpec
+from mapper.specs import SourceSet, TargetMap, TensorSpec, VariableMap
 from mapper.targets.base import VariableTarget
 
 if TYPE_CHECKING:
+    from mapper.conversion import ConvertResult
     from mapper.executor import ApplyResult
 
 RulesLike = RuleSet | str | os.PathLike[str]
 SourceLike = Source | str | os.PathLike[str]
+# One source, or several by name for rule files whose rules say ``source = "name"``.
+SourcesLike = SourceLike | Mapping[str, SourceLike]
 Method = Literal["assign", "init_from_checkpoint"]
 
 
@@ -33,8 +36,8 @@ def as_rules(rules: RulesLike) -> RuleSet:
     return rules if isinstance(rules, RuleSet) else load_rules(rules)
 
 
-def as_source(source: SourceLike) -> Source:
-    """A Source as given, or opened from a path (format detected from the files).
+def as_source(source: SourceLike, *, format: str | None = None) -> Source:
+    """A Source as given, or opened from a path (format detected from the files unless ``format`` is given).
 
     Example:
         >>> from mapper.sources.memory import MemorySource
@@ -45,8 +48,30 @@ def as_source(source: SourceLike) -> Source:
     if isinstance(source, (str, os.PathLike)):
         from mapper.sources import open_source
 
-        return open_source(source)
+        return open_source(source, format=format)
     return source
+
+
+def as_sources(source: SourcesLike, *, format: str | Mapping[str, str] | None = None) -> Source | dict[str, Source]:
+    """One Source, or ``{name: Source}`` for named sources, each opened from its path if given one.
+
+    Args:
+        source: a Source or path, or ``{name: Source or path}``.
+        format: the format of every source, or ``{name: format}`` per named source; None to detect.
+
+    Example:
+        >>> from mapper.sources.memory import MemorySource
+        >>> import numpy as np
+        >>> opened = as_sources({"head": MemorySource({"w": np.zeros(1)}, description="head.npz")})
+        >>> {name: value.description for name, value in opened.items()}
+        {'head': 'head.npz'}
+    """
+    if isinstance(source, Mapping):
+        return {
+            name: as_source(value, format=format.get(name) if isinstance(format, Mapping) else format)
+            for name, value in source.items()
+        }
+    return as_source(source, format=None if isinstance(format, Mapping) else format)
 
 
 def as_target(target: object, *, checkpoint_root: str = "model") -> VariableTarget:
@@ -66,14 +91,15 @@ def as_target(target: object, *, checkpoint_root: str = "model") -> VariableTarg
 
 def make_plan(
     rules: RulesLike,
-    source: SourceLike | Mapping[str, TensorSpec],
+    source: SourcesLike | Mapping[str, TensorSpec] | SourceSet,
     target: object,
 ) -> Plan:
     """Plan how ``rules`` move ``source`` into ``target``, without reading a tensor or changing anything.
 
     Args:
         rules: a RuleSet or the path of a rule file.
-        source: a Source, a checkpoint path, or a plain ``{name: TensorSpec}`` map.
+        source: a Source, a checkpoint path, or a plain ``{name: TensorSpec}`` map; for rule files that read
+            several sources (``source = "name"``), ``{name: Source or path}`` or a SourceSet.
         target: a VariableTarget, a TargetMap, a Keras model, a ``tf.Module``, or a dict/list of variables.
 
     Returns:
@@ -89,13 +115,7 @@ def make_plan(
         (True, 'b')
     """
     rule_set = as_rules(rules)
-    if isinstance(source, Mapping):
-        source_map: Mapping[str, TensorSpec] = source
-        source_description = getattr(source, "description", None) or "source"
-    else:
-        opened = as_source(source)
-        source_map = opened.specs()
-        source_description = opened.description
+    source_map, source_description = source_specs(source)
     if isinstance(target, TargetMap):
         target_map, target_description = target, "target"
     else:
@@ -110,9 +130,51 @@ def make_plan(
     )
 
 
+def source_specs(
+    source: SourcesLike | Mapping[str, TensorSpec] | SourceSet,
+) -> tuple[Mapping[str, TensorSpec] | SourceSet, str]:
+    """What the planner needs of ``source``: its specs (a SourceSet for named sources) and a description.
+
+    A mapping whose values are TensorSpecs is one source's specs; one whose values are Sources, paths or
+    VariableMaps holds named sources.
+
+    Example:
+        >>> import numpy as np
+        >>> from mapper.sources.memory import MemorySource
+        >>> specs, described = source_specs({"head": MemorySource({"w": np.zeros(2)}, description="h.npz")})
+        >>> type(specs).__name__, described
+        ('SourceSet', 'head=h.npz')
+    """
+    if isinstance(source, SourceSet):
+        return source, source.description
+    if isinstance(source, Mapping):
+        values = list(source.values())
+        if not values or all(isinstance(value, TensorSpec) for value in values):
+            specs = cast("Mapping[str, TensorSpec]", source)  # every value is one
+            return specs, str(getattr(source, "description", None) or "source")
+        maps: dict[str, VariableMap] = {}
+        for name, value in source.items():
+            if isinstance(value, VariableMap):
+                maps[name] = value
+            elif isinstance(value, TensorSpec):
+                raise PlanError(
+                    f"the source mapping mixes tensor specs ({name!r}) with named sources; give either "
+                    "{name: TensorSpec} for one source or {source name: Source or path} for several",
+                    problems=(),
+                    plan=None,
+                )
+            else:
+                opened = as_source(value)
+                maps[name] = VariableMap(opened.specs().values(), description=opened.description)
+        named = SourceSet(maps)
+        return named, named.description
+    opened = as_source(source)
+    return opened.specs(), opened.description
+
+
 def apply(
     plan: Plan,
-    source: SourceLike,
+    source: SourcesLike,
     target: object,
     *,
     method: Method = "assign",
@@ -124,7 +186,8 @@ def apply(
 
     Args:
         plan: a Plan without errors.
-        source: the Source (or its path) the plan was made from.
+        source: the Source (or its path) the plan was made from; ``{name: Source or path}`` for a plan over
+            named sources.
         target: the target (model, module, variables) the plan was made for.
         method: ``"assign"`` (batched reads, any operations) or ``"init_from_checkpoint"``
             (TensorFlow checkpoints, plans without operations).
@@ -146,7 +209,7 @@ def apply(
 
     return apply_plan(
         plan,
-        as_source(source),
+        as_sources(source),
         as_target(target, checkpoint_root=checkpoint_root),
         method=method,
         progress=progress,
@@ -156,7 +219,7 @@ def apply(
 
 def transfer(
     rules: RulesLike,
-    source: SourceLike,
+    source: SourcesLike,
     target: object,
     *,
     method: Method = "assign",
@@ -170,13 +233,80 @@ def transfer(
         >>> print(mapper.render_text(plan))  # doctest: +SKIP
     """
     rule_set = as_rules(rules)
-    opened = as_source(source)
+    opened = as_sources(source)
     variable_target = as_target(target, checkpoint_root=rule_set.target.checkpoint_root)
     plan = make_plan(rule_set, opened, variable_target)
     if not plan.ok:
         raise plan_error(plan)
     apply(plan, opened, variable_target, method=method, **options)
     return plan
+
+
+def convert(
+    rules: RulesLike,
+    source: SourcesLike,
+    output: str | os.PathLike[str],
+    *,
+    target: object | None = None,
+    format: str | None = None,
+    source_format: str | Mapping[str, str] | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    **options: Any,
+) -> ConvertResult:
+    """Convert a checkpoint into a new file, no model needed: the rules' target names become the output's tensors.
+
+    Without ``target``, every name a rule produces is written with whatever shape and dtype its operations
+    give (``[[keep]]`` rules do not apply). With ``target`` (a model, module, variables or TargetMap), the plan is
+    checked against it as for ``transfer``: shapes must match the model's and unfilled variables are reported;
+    the output names are the target names in the rule file's namespace. Streams in bounded memory, writes under a
+    temporary name and moves the file into place only when complete; never touches the source.
+
+    Args:
+        rules: a RuleSet or the path of a rule file.
+        source: a Source or path; ``{name: Source or path}`` for rule files that read several sources.
+        output: the output: ``.safetensors``, ``.weights.h5`` / ``.h5`` (Keras HDF5), else a TF checkpoint prefix.
+        target: optionally, the model whose variables the output must cover.
+        format: ``"tf-checkpoint"``, ``"safetensors"`` or ``"keras-h5"``, overriding the output's suffix.
+        source_format: the format to open source paths in (or ``{name: format}``); None to detect.
+        overwrite: replace an existing output.
+        progress: called as ``progress(done, total)`` after each batch.
+        **options: passed to ``mapper.conversion.write_plan`` (``batch_bytes``).
+
+    Returns:
+        A ConvertResult; its ``plan`` is the plan that was carried out.
+
+    Raises:
+        PlanError: the plan has errors (nothing is written). TargetError: the output is refused (it exists, its
+        directory is missing, it is a source file, or its format cannot hold a tensor). SourceError: a source is
+        missing or damaged. ApplyError: converting failed part-way; no output was left behind.
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> from mapper.rules import parse_rules
+        >>> from mapper.sources.memory import MemorySource
+        >>> rules = parse_rules('format = 1\\n[[rules]]\\nmatch = "torch/(?P<n>.*)"\\ntarget = "{n}"\\nops = [{ transpose = [1, 0] }]')
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     result = convert(rules, MemorySource({"torch/w": np.ones((2, 3), "float32")}), f"{tmp}/w.safetensors")
+        >>> result.written, result.plan.assignments[0].target_shape
+        (1, (3, 2))
+    """
+    from mapper.conversion import plan_conversion, write_plan
+    from mapper.targets.writers import check_output, output_format
+
+    rule_set = as_rules(rules)
+    chosen = output_format(output, format)
+    check_output(output, chosen, overwrite=overwrite)
+    opened = as_sources(source, format=source_format)
+    target_map: TargetMap | None = None
+    if isinstance(target, TargetMap):
+        target_map = target
+    elif target is not None:
+        target_map = as_target(target, checkpoint_root=rule_set.target.checkpoint_root).map
+    plan = plan_conversion(rule_set, opened, target_map, target_description=f"{output} ({chosen})")
+    if not plan.ok:
+        raise plan_error(plan)
+    return write_plan(plan, opened, output, format=chosen, overwrite=overwrite, progress=progress, **options)
 
 
 def plan_error(plan: Plan) -> PlanError:
@@ -197,4 +327,15 @@ def plan_error(plan: Plan) -> PlanError:
     )
 
 
-__all__ = ["apply", "as_rules", "as_source", "as_target", "make_plan", "plan_error", "transfer"]
+__all__ = [
+    "apply",
+    "as_rules",
+    "as_source",
+    "as_sources",
+    "as_target",
+    "convert",
+    "make_plan",
+    "plan_error",
+    "source_specs",
+    "transfer",
+]

@@ -1,4 +1,4 @@
-"""The ``mapper`` command: inspect, validate, plan and apply; the only module that prints."""
+"""The ``mapper`` command: inspect, validate, plan, apply and convert; the only module that prints."""
 
 from __future__ import annotations
 
@@ -29,6 +29,24 @@ _EXIT_CODES = f"""exit codes:
   {EXIT_INPUT}  an input cannot be read: missing or corrupt checkpoint, unusable target factory
   {EXIT_APPLY}  applying failed; the model was left unchanged"""
 
+_CONVERT_EXIT_CODES = f"""exit codes:
+  {EXIT_OK}  success: the output was written
+  {EXIT_PROBLEMS}  problems found: an invalid rule file, or a plan with errors (nothing was written)
+  {EXIT_USAGE}  bad command line
+  {EXIT_INPUT}  an input cannot be read, or the output is refused (it exists, its directory is missing, or its
+     format cannot hold a tensor)
+  {EXIT_APPLY}  converting failed part-way; no output and no temporary file was left behind"""
+
+_SOURCE_HELP = (
+    "the checkpoint: a TF checkpoint prefix or directory, a .safetensors file or index, a Keras .h5, a .npz or a "
+    'PyTorch file. For rule files that read several sources (source = "name" in a rule), give each as NAME=PATH '
+    "and repeat --source"
+)
+_SOURCE_FORMAT_HELP = (
+    "open the sources as FORMAT instead of detecting it (tf-checkpoint, safetensors, keras-h5, npz, pytorch); "
+    "NAME=FORMAT for one named source; may be repeated"
+)
+
 _TARGET_HELP = (
     "the target model as MODULE:FACTORY, where MODULE is a dotted module name or a path to a .py file and "
     "FACTORY a function returning a built Keras model, a tf.Module, or a dict of variables "
@@ -57,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  mapper validate rules/*.toml\n"
         "  mapper plan rules/keras-same-architecture.toml --source pretrained/ckpt-1 --target mapper.demo:new_model\n"
         "  mapper apply rules/keras-same-architecture.toml --source pretrained/ckpt-1 --target mapper.demo:new_model "
-        "--output finetune/ckpt\n\n" + _EXIT_CODES,
+        "--output finetune/ckpt\n"
+        "  mapper convert rules/hf-bert-to-keras-hub.toml bert/model.safetensors converted/ckpt\n\n" + _EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -130,9 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
             + _EXIT_CODES,
         )
         sub.add_argument("rules", help="the rule file")
-        sub.add_argument(
-            "--source", required=True, help="checkpoint prefix, or a directory holding a 'checkpoint' file"
-        )
+        sub.add_argument("--source", required=True, action="append", metavar="PATH | NAME=PATH", help=_SOURCE_HELP)
+        sub.add_argument("--source-format", action="append", metavar="FORMAT | NAME=FORMAT", help=_SOURCE_FORMAT_HELP)
         sub.add_argument("--target", required=True, metavar="MODULE:FACTORY", help=_TARGET_HELP)
         sub.add_argument(
             "--format", choices=("text", "markdown", "json"), default="text", help="report format (default: text)"
@@ -155,7 +173,60 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final line")
         else:
             sub.add_argument("--output", metavar="FILE", help="write the report to FILE instead of standard output")
+    _add_convert(verbs)
     return parser
+
+
+def _add_convert(verbs: Any) -> None:
+    from mapper.targets.writers import OUTPUT_FORMATS
+
+    convert = verbs.add_parser(
+        "convert",
+        formatter_class=_Formatter,
+        help="write a checkpoint's tensors, renamed and transformed by a rule file, to a new file (no model needed)",
+        description="Apply a rule file to a checkpoint and write the result to a new file: a TensorFlow checkpoint, a\n"
+        "safetensors file or a Keras HDF5 file. Without --target, every name the rules produce is written with the\n"
+        "shape and dtype its operations give ([[keep]] rules do not apply). With --target, the plan is checked\n"
+        "against that model as for 'mapper plan': shapes must match and unfilled variables are reported.\n"
+        "The plan report is printed first; nothing is written if it has errors. Tensors are streamed in bounded\n"
+        "memory, the output is written under a temporary name beside it and moved into place only when complete,\n"
+        "and the source is never changed.\n\n"
+        "Output format, from OUTPUT unless --to says: .safetensors -> safetensors; .h5 / .weights.h5 -> HDF5 with\n"
+        "one dataset per name (it loads with Keras model.load_weights only when the names are Keras 3 .weights.h5\n"
+        "names such as layers/dense/vars/0); anything else -> a name-based TensorFlow checkpoint prefix\n"
+        "(OUTPUT.index + OUTPUT.data-*), read by name with tf.train.load_checkpoint or init_from_checkpoint.",
+        epilog="examples:\n"
+        "  mapper convert rules/hf-bert-to-keras-hub.toml bert/model.safetensors converted/ckpt\n"
+        "  mapper convert rules/rename.toml pretrained/ckpt-1 out/model.safetensors --overwrite --quiet\n"
+        "  mapper convert rules/fuse.toml backbone=bert/ckpt out.weights.h5 --source head=head.npz \\\n"
+        "      --target models.py:build\n"
+        "  mapper convert rules/rename.toml weights.bin out/ckpt --source-format pytorch --to tf-checkpoint\n\n"
+        + _CONVERT_EXIT_CODES,
+    )
+    convert.add_argument("rules", help="the rule file")
+    convert.add_argument("source", metavar="SOURCE", help="the checkpoint (PATH, or NAME=PATH for a named source)")
+    convert.add_argument(
+        "output", metavar="OUTPUT", help="the file to write (.safetensors, .h5), or a TF checkpoint prefix"
+    )
+    convert.add_argument(
+        "--source",
+        dest="more_sources",
+        action="append",
+        metavar="NAME=PATH",
+        help="a further named source, for rule files that read several; may be repeated",
+    )
+    convert.add_argument("--source-format", action="append", metavar="FORMAT | NAME=FORMAT", help=_SOURCE_FORMAT_HELP)
+    convert.add_argument("--to", choices=OUTPUT_FORMATS, help="the output format, overriding OUTPUT's suffix")
+    convert.add_argument(
+        "--target", metavar="MODULE:FACTORY", help=_TARGET_HELP + "; optional: check the output covers this model"
+    )
+    convert.add_argument(
+        "--format", choices=("text", "markdown", "json"), default="text", help="plan report format (default: text)"
+    )
+    convert.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="colour the text report")
+    convert.add_argument("-v", "--verbose", action="store_true", help="list every assignment instead of grouping them")
+    convert.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    convert.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final line")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,10 +243,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "validate": _validate,
         "plan": _plan,
         "apply": _apply,
+        "convert": _convert,
         "demo": _demo,
     }
     try:
         return handlers[args.command](args)
+    except _UsageError as error:
+        _error(str(error))
+        return EXIT_USAGE
     except RuleFileError as error:
         _error(str(error))
         return EXIT_PROBLEMS
@@ -183,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(error))
         return EXIT_PROBLEMS
     except ApplyError as error:
-        _error(f"apply failed: {error}")
+        _error(f"{args.command} failed: {error}")
         return EXIT_APPLY
     except MapperError as error:
         _error(str(error))
@@ -348,12 +423,100 @@ def _run_demo(workdir: Path) -> int:
     return EXIT_OK
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from mapper.api import as_sources, as_target, plan_error
+    from mapper.conversion import plan_conversion, write_plan
+    from mapper.rules import load_rules
+    from mapper.targets.writers import check_output, output_format
+
+    output = Path(args.output)
+    chosen = output_format(output, args.to)
+    check_output(output, chosen, overwrite=args.overwrite)
+    rules = load_rules(args.rules)
+    sources = as_sources(_sources([args.source, *(args.more_sources or ())]), format=_source_formats(args))
+    target_map = None
+    if args.target:
+        target_map = as_target(load_target_factory(args.target), checkpoint_root=rules.target.checkpoint_root).map
+    plan = plan_conversion(rules, sources, target_map, target_description=f"{output} ({chosen})")
+    if not args.quiet or not plan.ok:
+        _out(_render(plan, args, sys.stdout))
+    if not plan.ok:
+        raise plan_error(plan)
+    progress = _ProgressBar(sys.stderr, "converting") if sys.stderr.isatty() and not args.quiet else None
+    try:
+        result = write_plan(plan, sources, output, format=chosen, overwrite=args.overwrite, progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    _out(
+        f"converted: {result.written} tensor{'s' if result.written != 1 else ''} "
+        f"({_human_bytes(result.bytes_read)} read, {_human_bytes(result.bytes_written)} written) in "
+        f"{result.seconds:.2f}s; {chosen} written to {output}"
+    )
+    return EXIT_OK
+
+
+class _UsageError(Exception):
+    """A command line that parses but does not make sense (two unnamed sources, a bad NAME=PATH)."""
+
+
+_NAMED = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*)=(.+)", re.DOTALL)
+
+
+def _sources(values: Sequence[str]) -> str | dict[str, str]:
+    """The source paths of ``--source`` values: one PATH, or ``{NAME: PATH}`` for NAME=PATH values.
+
+    A value that is an existing path is a path even if it holds '='.
+    """
+    named: dict[str, str] = {}
+    plain: list[str] = []
+    for value in values:
+        matched = _NAMED.fullmatch(value)
+        if matched is None or Path(value).exists():
+            plain.append(value)
+            continue
+        name, path = matched.groups()
+        if name in named:
+            raise _UsageError(f"source {name!r} is given twice ({named[name]!r} and {path!r}); give each name once")
+        named[name] = path
+    if plain and (named or len(plain) > 1):
+        raise _UsageError(
+            f"give one source as PATH, or every source as NAME=PATH (got {', '.join(map(repr, values))}); names are "
+            'the ones the rule file\'s rules read with source = "NAME"'
+        )
+    return named or plain[0]
+
+
+def _source_formats(args: argparse.Namespace) -> str | dict[str, str] | None:
+    """``--source-format`` values: one FORMAT for every source, or ``{NAME: FORMAT}``."""
+    from mapper.sources import FORMATS
+
+    values: list[str] = args.source_format or []
+    formats: dict[str, str] = {}
+    single: str | None = None
+    for value in values:
+        name, _, format_name = value.rpartition("=")
+        if format_name not in FORMATS:
+            raise _UsageError(
+                f"--source-format {value!r}: unknown format {format_name!r}; use one of {', '.join(FORMATS)}"
+            )
+        if name:
+            formats[name] = format_name
+        elif single is None:
+            single = format_name
+        else:
+            raise _UsageError("--source-format without NAME= may be given once; use NAME=FORMAT for named sources")
+    if single is not None and formats:
+        raise _UsageError("give --source-format either as FORMAT for the one source, or as NAME=FORMAT for each")
+    return formats or single
+
+
 def _make_plan(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    from mapper.api import as_source, as_target, make_plan
+    from mapper.api import as_sources, as_target, make_plan
     from mapper.rules import load_rules
 
     rules = load_rules(args.rules)
-    source = as_source(args.source)
+    source = as_sources(_sources(args.source), format=_source_formats(args))
     target_object = load_target_factory(args.target)
     target = as_target(target_object, checkpoint_root=rules.target.checkpoint_root)
     return make_plan(rules, source, target), source, target
@@ -416,15 +579,16 @@ def _render(plan: Any, args: argparse.Namespace, stream: TextIO) -> str:
 class _ProgressBar:
     """A one-line progress bar on a terminal; the CLI draws it only when stderr is one."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, verb: str = "applying") -> None:
         self._stream = stream
+        self._verb = verb
         self._started = time.perf_counter()
 
     def __call__(self, done: int, total: int) -> None:
         width = 30
         filled = width * done // max(total, 1)
         elapsed = time.perf_counter() - self._started
-        self._stream.write(f"\r  applying [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:5.1f}s")
+        self._stream.write(f"\r  {self._verb} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:5.1f}s")
         self._stream.flush()
 
     def close(self) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from mapper.errors import ApplyError, OperationError, PlanError, SourceError, TargetError
-from mapper.ops import Cast, Operation, Reshape, Transpose, apply_numpy, infer_all
+from mapper.ops import NUMPY, ArrayBackend, apply_operations, combine_values, infer_all
 from mapper.plan import Assignment, Plan
 from mapper.sources.base import Source
 from mapper.specs import DTYPE_SIZES
@@ -27,6 +28,10 @@ MAX_BATCH_TENSORS = 64
 NUMPY_OPS_MAX_BYTES = 64 * 2**10
 # Names shown in one error message; the error's fields keep them all.
 _SHOWN = 5
+
+Sources = Source | Mapping[str, Source]
+# A source tensor of a plan over several sources: (source id, name).
+_Key = tuple[str | None, str]
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,28 @@ class ApplyResult:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Source tensors read together in one ``read`` call of one source, and the assignments they serve.
+
+    Every tensor an assignment reads (all members of a concat or stack) is in the same batch as the
+    assignment, and each tensor is in exactly one batch, however many targets it feeds.
+
+    Example:
+        >>> batch = Batch(source_id=None, names=("w",), nbytes=24, assignments=())
+        >>> batch.names, batch.nbytes
+        (('w',), 24)
+    """
+
+    source_id: str | None
+    names: tuple[str, ...]
+    nbytes: int
+    assignments: tuple[Assignment, ...]
+
+
 def apply_plan(
     plan: Plan,
-    source: Source,
+    source: Sources,
     target: VariableTarget,
     *,
     method: Method = "assign",
@@ -63,15 +87,19 @@ def apply_plan(
 
     Everything checkable is checked before the first variable changes: the plan has no errors and is
     consistent, every target variable exists with the planned shape and dtype, every source tensor
-    exists with the planned shape and dtype, and the method fits the plan and the source.
+    (every member of a concat or stack) exists with the planned shape and dtype in the source it is
+    planned from, and the method fits the plan and the sources.
 
     With ``method="assign"`` source tensors are read in batches of at most ``batch_bytes`` bytes (and
-    ``MAX_BATCH_TENSORS`` tensors; a tensor larger than the budget is read alone), one
-    ``source.read`` call per batch, transformed with TensorFlow ops and assigned; each batch is
-    released before the next is read. ``method="init_from_checkpoint"`` hands the same batches to
-    ``tf.compat.v1.train.init_from_checkpoint``: it needs a TensorFlow checkpoint source (one with a
-    ``prefix``) and a plan without operations; in TF1 graph mode it sets the variables' initializers
-    instead of assigning (run ``tf.compat.v1.global_variables_initializer()`` afterwards).
+    ``MAX_BATCH_TENSORS`` tensors; a tensor, or a concat/stack group, larger than the budget is read
+    alone), one ``read`` call per batch, joined (concat, stack), transformed (transpose, reshape, cast,
+    slice, split, rearrange: NumPy for small tensors, TensorFlow ops for large ones) and assigned; a
+    tensor that feeds several targets (a split) is read once. Each batch is released before the next
+    is read. ``method="init_from_checkpoint"`` hands the same batches to
+    ``tf.compat.v1.train.init_from_checkpoint``: it needs TensorFlow checkpoint sources (ones with a
+    ``prefix``) and a plan that neither transforms nor joins tensors; in TF1 graph mode it sets the
+    variables' initializers instead of assigning (run ``tf.compat.v1.global_variables_initializer()``
+    afterwards).
 
     If anything fails after the first assignment and ``rollback`` is true, every variable already
     assigned gets its previous value back before the error is raised. The previous values are kept
@@ -82,7 +110,8 @@ def apply_plan(
 
     Args:
         plan: a plan from ``build_plan`` (or ``Plan.from_json``) for this source and target.
-        source: where tensors are read from.
+        source: where tensors are read from: one Source, or for a plan over several named sources a
+            mapping ``{source id: Source}`` (assignments without a source id read the only source).
         target: the variables to assign.
         method: ``"assign"`` (the default; any source, any plan) or ``"init_from_checkpoint"``.
         batch_bytes: upper bound on the source bytes read at once.
@@ -93,10 +122,10 @@ def apply_plan(
         An ApplyResult with counts and timing.
 
     Raises:
-        PlanError: the plan has error-level problems, or an assignment's operations do not produce
-            its target shape and dtype.
+        PlanError: the plan has error-level problems, or an assignment's join and operations do not
+            produce its target shape and dtype.
         TargetError: a planned target variable is missing or has another shape or dtype.
-        SourceError: a planned source tensor is missing or has another shape or dtype.
+        SourceError: a planned source, or a tensor of it, is missing or has another shape or dtype.
         ApplyError: the method does not fit, or applying failed (the cause is chained; the message
             says whether the target was restored).
 
@@ -122,15 +151,19 @@ def apply_plan(
 
     started = time.perf_counter()
     eager = tf.executing_eagerly()
-    slots = _check(plan, source, target, method=method, batch_bytes=batch_bytes, eager=eager)
-    batches = _batches(plan, batch_bytes)
+    sources = resolve_sources(plan, source)
+    slots = _check(plan, sources, target, method=method, batch_bytes=batch_bytes, eager=eager)
+    batches = plan_batches(plan, batch_bytes)
     if method == "init_from_checkpoint" and not eager:
-        tf.compat.v1.train.init_from_checkpoint(_prefix(source), _init_map(plan.assignments, slots))
+        for source_id, chosen in sources.items():
+            mine = [a for a in plan.assignments if a.source_id == source_id]
+            if mine:
+                tf.compat.v1.train.init_from_checkpoint(_prefix(chosen), _init_map(mine, slots))
         if progress is not None:
             progress(len(plan.assignments), len(plan.assignments))
-        read = sum(nbytes for _, nbytes in batches)
+        read = sum(batch.nbytes for batch in batches)
         return ApplyResult(len(plan.assignments), read, len(batches), method, time.perf_counter() - started)
-    run = _Run(plan, source, target, slots, rollback=rollback)
+    run = _Run(plan, sources, target, slots, rollback=rollback)
     run.execute(batches, method, progress)
     return ApplyResult(run.assigned, run.bytes_read, len(batches), method, time.perf_counter() - started)
 
@@ -144,7 +177,7 @@ def init_from_checkpoint_map(plan: Plan, target: VariableTarget) -> dict[str, An
     where ``init_from_checkpoint`` sets initializers for the session to run.
 
     Args:
-        plan: a plan without tensor operations.
+        plan: a plan without tensor operations or joins, reading one checkpoint.
         target: the variables the plan fills.
 
     Returns:
@@ -153,7 +186,8 @@ def init_from_checkpoint_map(plan: Plan, target: VariableTarget) -> dict[str, An
     Raises:
         PlanError: the plan has error-level problems or is inconsistent.
         TargetError: a planned target variable is missing or has another shape or dtype.
-        ApplyError: the plan has operations, which ``init_from_checkpoint`` cannot run.
+        ApplyError: the plan has operations or joins, which ``init_from_checkpoint`` cannot run, or reads
+            several named sources (one map serves one checkpoint).
 
     Example:
         >>> import numpy as np, tensorflow as tf
@@ -169,39 +203,121 @@ def init_from_checkpoint_map(plan: Plan, target: VariableTarget) -> dict[str, An
     """
     import tensorflow as tf
 
-    _check_plan(plan)
+    check_plan(plan)
     _check_init_from_checkpoint_plan(plan)
+    ids = list(dict.fromkeys(a.source_id for a in plan.assignments))
+    if len(ids) > 1:
+        raise ApplyError(
+            f"the plan reads {len(ids)} sources ({', '.join(repr(i) for i in ids)}), and one init_from_checkpoint map "
+            "serves one checkpoint; use apply_plan(plan, {name: source, ...}, target, method='init_from_checkpoint')"
+        )
     slots = _check_targets(plan, target, eager=tf.executing_eagerly())
     return _init_map(plan.assignments, slots)
+
+
+def resolve_sources(plan: Plan, source: Sources) -> dict[str | None, Source]:
+    """The Source each of the plan's source ids reads from (``None`` for assignments without one).
+
+    A single Source serves a plan that reads one source, named or not. A mapping serves a plan over
+    named sources by id; a mapping with one entry also serves assignments without a source id.
+
+    Raises:
+        SourceError: the plan reads a named source the mapping does not have, or several sources and
+            one Source was given.
+        ApplyError: the mapping is empty, or has several entries for a plan made for one unnamed source.
+
+    Example:
+        >>> import numpy as np
+        >>> from mapper.sources.memory import MemorySource
+        >>> from mapper.plan import Assignment, RuleRef
+        >>> plan = Plan(("r.toml",), "s", "t", "path", assignments=(
+        ...     Assignment("b", "b", "w", RuleRef("r.toml", 1), (), (2,), "float32", (2,), "float32", source_id="head"),))
+        >>> sources = resolve_sources(plan, {"head": MemorySource({"w": np.zeros(2, "float32")}, description="h")})
+        >>> {key: value.description for key, value in sources.items()}
+        {'head': 'h'}
+    """
+    ids = list(dict.fromkeys(a.source_id for a in plan.assignments))
+    if not isinstance(source, Mapping):
+        named = [i for i in ids if i is not None]
+        if len(ids) > 1:
+            raise SourceError(
+                f"the plan reads {len(ids)} named sources ({', '.join(map(repr, named))}), but one source was given "
+                f"({source.description}); pass them by name: {{{', '.join(f'{i!r}: source' for i in named)}}}",
+                path=source.description,
+            )
+        return {ids[0] if ids else None: source}
+    given = dict(source)
+    if not given:
+        raise ApplyError("no sources were given; pass a Source, or {name: Source} for a plan over named sources")
+    resolved: dict[str | None, Source] = {}
+    for source_id in ids:
+        if source_id is None:
+            if len(given) != 1:
+                raise ApplyError(
+                    f"the plan was made for one unnamed source, but {len(given)} named sources were given "
+                    f"({', '.join(map(repr, given))}); pass the single source it was planned from, or plan again "
+                    "with the named sources"
+                )
+            resolved[None] = next(iter(given.values()))
+        elif source_id in given:
+            resolved[source_id] = given[source_id]
+        else:
+            count = sum(1 for a in plan.assignments if a.source_id == source_id)
+            first = next(a for a in plan.assignments if a.source_id == source_id)
+            raise SourceError(
+                f"the plan reads source {source_id!r} ({count} assignment{_s(count)}, first {first.source!r} -> "
+                f"{first.target!r}, {first.rule}), but the sources given are {', '.join(map(repr, given))}; "
+                f"pass it as {source_id}=PATH ({{{source_id!r}: source}} in Python)",
+                path=source_id,
+            )
+    return resolved
 
 
 # --- checks ---------------------------------------------------------------------------------------
 
 
 def _check(
-    plan: Plan, source: Source, target: VariableTarget, *, method: str, batch_bytes: int, eager: bool
+    plan: Plan,
+    sources: Mapping[str | None, Source],
+    target: VariableTarget,
+    *,
+    method: str,
+    batch_bytes: int,
+    eager: bool,
 ) -> dict[str, _Slot]:
     """Every check that can run before the first assignment; returns the unwrapped target variables."""
-    _check_plan(plan)
+    check_plan(plan)
     if method not in METHODS:
         raise ApplyError(f"unknown method {method!r}: use one of {', '.join(map(repr, METHODS))}")
-    if isinstance(batch_bytes, bool) or not isinstance(batch_bytes, int) or batch_bytes <= 0:
-        raise ApplyError(f"batch_bytes must be a positive number of bytes, not {batch_bytes!r}")
+    check_batch_bytes(batch_bytes)
     if method == "init_from_checkpoint":
         _check_init_from_checkpoint_plan(plan)
-        if _prefix(source) is None:
-            raise ApplyError(
-                f"method='init_from_checkpoint' reads TensorFlow checkpoints only, and {source.description} is a "
-                f"{type(source).__name__} with no checkpoint prefix; use method='assign', which reads any source"
-            )
+        for chosen in sources.values():
+            if _prefix(chosen) is None:
+                raise ApplyError(
+                    f"method='init_from_checkpoint' reads TensorFlow checkpoints only, and {chosen.description} is a "
+                    f"{type(chosen).__name__} with no checkpoint prefix; use method='assign', which reads any source"
+                )
     elif not eager:
         raise ApplyError(
             "method='assign' needs eager execution, but TensorFlow is building a graph here; in TF1 graph code use "
             "method='init_from_checkpoint' and run tf.compat.v1.global_variables_initializer() in a session"
         )
     slots = _check_targets(plan, target, eager=eager)
-    _check_sources(plan, source)
+    check_sources(plan, sources)
     return slots
+
+
+def check_batch_bytes(batch_bytes: int) -> None:
+    """ApplyError unless ``batch_bytes`` is a positive int.
+
+    Example:
+        >>> check_batch_bytes(0)
+        Traceback (most recent call last):
+        mapper.errors.ApplyError: batch_bytes must be a positive number of bytes, not 0
+    """
+    if isinstance(batch_bytes, bool) or not isinstance(batch_bytes, int) or batch_bytes <= 0:
+        raise ApplyError(f"batch_bytes must be a positive number of bytes, not {batch_bytes!r}")
 
 
 def _prefix(source: Source) -> str | None:
@@ -210,7 +326,17 @@ def _prefix(source: Source) -> str | None:
     return prefix if isinstance(prefix, str) else None
 
 
-def _check_plan(plan: Plan) -> None:
+def check_plan(plan: Plan) -> None:
+    """PlanError if the plan has errors or an assignment's join and operations do not give its target spec.
+
+    Example:
+        >>> from mapper.plan import Assignment, RuleRef
+        >>> from mapper.ops import Reshape
+        >>> bad = Assignment("t", "t", "s", RuleRef("r.toml", 1), (Reshape((3,)),), (4,), "float32", (3,), "float32")
+        >>> check_plan(Plan(("r.toml",), "s", "t", "path", assignments=(bad,)))
+        Traceback (most recent call last):
+        mapper.errors.PlanError: assignment 's' -> 't' (r.toml rule 1) is inconsistent: cannot reshape [4] ...
+    """
     errors = plan.errors
     if errors:
         shown = "\n".join(f"  - {problem.message}" for problem in errors[:_SHOWN])
@@ -222,33 +348,55 @@ def _check_plan(plan: Plan) -> None:
             plan=plan,
         )
     for assignment in plan.assignments:
-        try:
-            shape, dtype = infer_all(assignment.operations, assignment.source_shape, assignment.source_dtype)
-        except OperationError as error:
-            raise PlanError(
-                f"assignment {assignment.source!r} -> {assignment.target!r} ({assignment.rule}) is inconsistent: "
-                f"{error}; the plan was edited or made by another version, so plan again",
-                problems=(),
-                plan=plan,
-            ) from error
-        if shape != assignment.target_shape or dtype != assignment.target_dtype:
-            raise PlanError(
-                f"assignment {assignment.source!r} -> {assignment.target!r} ({assignment.rule}) is inconsistent: "
-                f"its operations turn {_spec(assignment.source_shape, assignment.source_dtype)} into "
-                f"{_spec(shape, dtype)}, not the planned {_spec(assignment.target_shape, assignment.target_dtype)}; "
-                "the plan was edited or made by another version, so plan again",
-                problems=(),
-                plan=plan,
-            )
+        _check_assignment(plan, assignment)
+
+
+def _check_assignment(plan: Plan, assignment: Assignment) -> None:
+    where = f"assignment {assignment.source!r} -> {assignment.target!r} ({assignment.rule}) is inconsistent"
+    again = "the plan was edited or made by another version, so plan again"
+    combine = assignment.combine
+    members = assignment.members
+    joined = combine is not None or members or assignment.member_shapes
+    if joined and (
+        combine is None
+        or not members
+        or len(members) != len(assignment.member_shapes)
+        or members[0] != assignment.source
+        or assignment.member_shapes[0] != assignment.source_shape
+    ):
+        raise PlanError(
+            f"{where}: its members {list(members)}, member shapes {[list(s) for s in assignment.member_shapes]} "
+            f"and join {combine.describe() if combine else None} do not agree with each other and with its first "
+            f"source {assignment.source!r}; {again}",
+            problems=(),
+            plan=plan,
+        )
+    try:
+        shape, dtype = assignment.source_shape, assignment.source_dtype
+        if combine is not None:
+            shape, dtype = combine.infer(assignment.member_shapes, dtype)
+        shape, dtype = infer_all(assignment.operations, shape, dtype)
+    except OperationError as error:
+        raise PlanError(f"{where}: {error}; {again}", problems=(), plan=plan) from error
+    if shape != assignment.target_shape or dtype != assignment.target_dtype:
+        start = _spec(assignment.source_shape, assignment.source_dtype)
+        if combine is not None:
+            start = f"{len(members)} members {start}, ..."
+        raise PlanError(
+            f"{where}: its {'join and ' if combine is not None else ''}operations turn {start} into "
+            f"{_spec(shape, dtype)}, not the planned {_spec(assignment.target_shape, assignment.target_dtype)}; {again}",
+            problems=(),
+            plan=plan,
+        )
 
 
 def _check_init_from_checkpoint_plan(plan: Plan) -> None:
-    transformed = [a for a in plan.assignments if a.operations]
+    transformed = [a for a in plan.assignments if a.transformed]
     if transformed:
         first = transformed[0]
-        steps = ", ".join(operation.describe() for operation in first.operations)
+        steps = ", ".join(step.describe() for step in ((first.combine,) if first.combine else ()) + first.operations)
         raise ApplyError(
-            f"method='init_from_checkpoint' cannot transform tensors, and {len(transformed)} assignment"
+            f"method='init_from_checkpoint' cannot transform or join tensors, and {len(transformed)} assignment"
             f"{_s(len(transformed))} of the plan do (first: {first.source!r} -> {first.target!r} via {steps}, "
             f"{first.rule}); use method='assign'"
         )
@@ -312,49 +460,177 @@ def _shape_of(variable: Any) -> tuple[int | None, ...] | None:
     return None if shape.rank is None else tuple(shape.as_list())
 
 
-def _check_sources(plan: Plan, source: Source) -> None:
-    specs = source.specs()
+def check_sources(plan: Plan, sources: Mapping[str | None, Source]) -> None:
+    """SourceError unless every tensor the plan reads is in its source with the planned shape and dtype.
+
+    Every member of a concat or stack is checked. ``sources`` comes from ``resolve_sources``.
+
+    Example:
+        >>> import numpy as np
+        >>> from mapper.sources.memory import MemorySource
+        >>> from mapper.plan import Assignment, RuleRef
+        >>> plan = Plan(("r.toml",), "s", "t", "path", assignments=(
+        ...     Assignment("b", "b", "w", RuleRef("r.toml", 1), (), (2,), "float32", (2,), "float32"),))
+        >>> check_sources(plan, {None: MemorySource({"v": np.zeros(2, "float32")}, description="mem")})
+        Traceback (most recent call last):
+        mapper.errors.SourceError: mem has no tensor 'w', which the plan reads for 'b' (r.toml rule 1); ...
+    """
+    specs_by_id = {source_id: chosen.specs() for source_id, chosen in sources.items()}
     for assignment in plan.assignments:
-        spec = specs.get(assignment.source)
-        if spec is None:
-            close = difflib.get_close_matches(assignment.source, list(specs), n=3)
-            hint = f"; closest names: {', '.join(map(repr, close))}" if close else ""
-            raise SourceError(
-                f"{source.description} has no tensor {assignment.source!r}, which the plan assigns to "
-                f"{assignment.target!r} ({assignment.rule}){hint}; the source changed since the plan was made, "
-                "so plan again against this source",
-                path=source.description,
-            )
-        if spec.shape != assignment.source_shape or spec.dtype != assignment.source_dtype:
-            raise SourceError(
-                f"tensor {assignment.source!r} of {source.description} is {_spec(spec.shape, spec.dtype)}, but the "
-                f"plan expects {_spec(assignment.source_shape, assignment.source_dtype)} for {assignment.target!r} "
-                f"({assignment.rule}); the source changed since the plan was made, so plan again against this source",
-                path=source.description,
-            )
+        chosen = sources[assignment.source_id]
+        specs = specs_by_id[assignment.source_id]
+        names = assignment.source_names
+        shapes = assignment.member_shapes or (assignment.source_shape,)
+        for position, (name, shape) in enumerate(zip(names, shapes, strict=True), 1):
+            kind = assignment.combine.kind if assignment.combine else ""
+            role = f"as member {position} of {len(names)} of the {kind} " if kind else ""
+            spec = specs.get(name)
+            if spec is None:
+                close = difflib.get_close_matches(name, list(specs), n=3)
+                hint = f"; closest names: {', '.join(map(repr, close))}" if close else ""
+                raise SourceError(
+                    f"{chosen.description} has no tensor {name!r}, which the plan reads {role}for "
+                    f"{assignment.target!r} ({assignment.rule}){hint}; the source changed since the plan was made, "
+                    "so plan again against this source",
+                    path=chosen.description,
+                )
+            if spec.shape != shape or spec.dtype != assignment.source_dtype:
+                raise SourceError(
+                    f"tensor {name!r} of {chosen.description} is {_spec(spec.shape, spec.dtype)}, but the plan "
+                    f"expects {_spec(shape, assignment.source_dtype)} {role}for {assignment.target!r} "
+                    f"({assignment.rule}); the source changed since the plan was made, so plan again against this source",
+                    path=chosen.description,
+                )
 
 
 # --- batching -------------------------------------------------------------------------------------
 
 
-def _batches(plan: Plan, batch_bytes: int) -> list[tuple[tuple[str, ...], int]]:
-    """Source names in plan order, each once, cut into batches by bytes and count, with each batch's bytes."""
-    sizes: dict[str, int] = {}
+def plan_batches(plan: Plan, batch_bytes: int) -> list[Batch]:
+    """Cut the plan's reads into batches of at most ``batch_bytes`` bytes and ``MAX_BATCH_TENSORS`` tensors.
+
+    Tensors that one assignment reads together (a concat or stack group) stay in one batch, with every
+    assignment they feed; each source tensor is read once, whatever number of targets it feeds. Batches
+    read one source each, sources in the order the plan first reads them; a group larger than the budget
+    is a batch of its own.
+
+    Example:
+        >>> from mapper.plan import Assignment, RuleRef
+        >>> ref = RuleRef("r.toml", 1)
+        >>> plan = Plan(("r.toml",), "s", "t", "path", assignments=tuple(
+        ...     Assignment(f"t{i}", f"t{i}", f"s{i}", ref, (), (4,), "float32", (4,), "float32") for i in range(3)))
+        >>> [batch.names for batch in plan_batches(plan, 32)]
+        [('s0', 's1'), ('s2',)]
+    """
+    parent: dict[_Key, _Key] = {}
+    sizes: dict[_Key, int] = {}
+
+    def find(key: _Key) -> _Key:
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
     for assignment in plan.assignments:
-        if assignment.source not in sizes:
-            sizes[assignment.source] = _nbytes(assignment)
-    batches: list[tuple[tuple[str, ...], int]] = []
-    names: list[str] = []
-    total = 0
-    for name, nbytes in sizes.items():
-        if names and (total + nbytes > batch_bytes or len(names) >= MAX_BATCH_TENSORS):
-            batches.append((tuple(names), total))
-            names, total = [], 0
-        names.append(name)
-        total += nbytes
-    if names:
-        batches.append((tuple(names), total))
+        shapes = assignment.member_shapes or (assignment.source_shape,)
+        keys = [(assignment.source_id, name) for name in assignment.source_names]
+        for key, shape in zip(keys, shapes, strict=True):
+            if key not in parent:
+                parent[key] = key
+                sizes[key] = _bytes(shape, assignment.source_dtype)
+        for key in keys[1:]:
+            parent[find(key)] = find(keys[0])
+    # Groups of tensors read together, in the order the plan first reads them.
+    groups: dict[_Key, list[_Key]] = {}
+    for key in parent:
+        groups.setdefault(find(key), []).append(key)
+    served: dict[_Key, list[Assignment]] = {root: [] for root in groups}
+    for assignment in plan.assignments:
+        served[find((assignment.source_id, assignment.source))].append(assignment)
+    by_source: dict[str | None, list[_Key]] = {}
+    for root in groups:
+        by_source.setdefault(root[0], []).append(root)
+    batches: list[Batch] = []
+    for source_id, roots in by_source.items():
+        names: list[str] = []
+        assignments: list[Assignment] = []
+        total = 0
+        for root in roots:
+            members = groups[root]
+            nbytes = sum(sizes[key] for key in members)
+            if names and (total + nbytes > batch_bytes or len(names) + len(members) > MAX_BATCH_TENSORS):
+                batches.append(Batch(source_id, tuple(names), total, tuple(assignments)))
+                names, assignments, total = [], [], 0
+            names.extend(name for _, name in members)
+            assignments.extend(served[root])
+            total += nbytes
+        if names:
+            batches.append(Batch(source_id, tuple(names), total, tuple(assignments)))
     return batches
+
+
+# --- values without a target: for writers ---------------------------------------------------------
+
+
+class ValueStream:
+    """Every value a plan gives its targets, read and transformed batch by batch, for writers without variables.
+
+    Constructing it runs every check that needs no target (the plan, the sources, ``batch_bytes``);
+    iterating reads one batch at a time and yields it with ``[(assignment, tf.Tensor), ...]`` in the
+    batch's order. Drop the values before asking for the next batch to keep memory bounded by one batch.
+    ``step`` says what the stream was doing, for error messages when iterating fails.
+
+    Args:
+        plan: a plan without errors.
+        source: one Source, or ``{source id: Source}`` for a plan over named sources.
+        batch_bytes: upper bound on the source bytes read at once.
+
+    Raises:
+        PlanError: see ``check_plan``. SourceError: see ``resolve_sources`` and ``check_sources``.
+        ApplyError: ``batch_bytes`` is not a positive int.
+
+    Example:
+        >>> import numpy as np
+        >>> from mapper.plan import Assignment, RuleRef
+        >>> from mapper.ops import SplitPart
+        >>> from mapper.sources.memory import MemorySource
+        >>> ref = RuleRef("r.toml", 1)
+        >>> parts = [Assignment(f"p{i}", f"p{i}", "w", ref, (SplitPart(0, i, 2, 2 * i, 2 * i + 2),), (4,), "int64",
+        ...                     (2,), "int64") for i in range(2)]
+        >>> stream = ValueStream(Plan(("r.toml",), "s", "t", "path", assignments=tuple(parts)),
+        ...                      MemorySource({"w": np.arange(4)}))
+        >>> [(a.target, value.numpy().tolist()) for batch, items in stream for a, value in items]
+        [('p0', [0, 1]), ('p1', [2, 3])]
+    """
+
+    def __init__(self, plan: Plan, source: Sources, *, batch_bytes: int = DEFAULT_BATCH_BYTES) -> None:
+        check_plan(plan)
+        check_batch_bytes(batch_bytes)
+        self.plan = plan
+        self.sources = resolve_sources(plan, source)
+        check_sources(plan, self.sources)
+        self.batches: list[Batch] = plan_batches(plan, batch_bytes)
+        self.step = "starting"
+
+    def __iter__(self) -> Iterator[tuple[Batch, list[tuple[Assignment, Any]]]]:
+        import tensorflow as tf
+
+        count = len(self.batches)
+        for number, batch in enumerate(self.batches, 1):
+            chosen = self.sources[batch.source_id]
+            self.step = f"reading batch {number} of {count} ({_names(batch.names)}) from {chosen.description}"
+            values = chosen.read(list(batch.names))
+            items: list[tuple[Assignment, Any]] = []
+            for assignment in batch.assignments:
+                self.step = (
+                    f"transforming {assignment.source!r} for {assignment.target!r} ({assignment.rule}) "
+                    f"in batch {number} of {count}"
+                )
+                items.append((assignment, _value(assignment, values, chosen.description, tf)))
+            del values
+            self.step = f"writing batch {number} of {count}"
+            yield batch, items
+            del items  # release the batch before the next one is read
 
 
 # --- running --------------------------------------------------------------------------------------
@@ -364,16 +640,19 @@ class _Run:
     """One application of a plan: assigns batch after batch, remembering what to restore on failure."""
 
     def __init__(
-        self, plan: Plan, source: Source, target: VariableTarget, slots: Mapping[str, _Slot], *, rollback: bool
+        self,
+        plan: Plan,
+        sources: Mapping[str | None, Source],
+        target: VariableTarget,
+        slots: Mapping[str, _Slot],
+        *,
+        rollback: bool,
     ) -> None:
         self.plan = plan
-        self.source = source
+        self.sources = sources
         self.target = target
         self.slots = slots
         self.rollback = rollback
-        self.by_source: dict[str, list[Assignment]] = {}
-        for assignment in plan.assignments:
-            self.by_source.setdefault(assignment.source, []).append(assignment)
         # (resource variable, its value before we touched it) for every part about to be or already assigned.
         self.saved: list[tuple[Any, Any]] = []
         self.touched = 0  # assignments done, in earlier batches and in this one
@@ -385,24 +664,21 @@ class _Run:
         self.current: Assignment | None = None
         self.action = ""
 
-    def execute(
-        self, batches: Sequence[tuple[tuple[str, ...], int]], method: str, progress: Callable[[int, int], None] | None
-    ) -> None:
+    def execute(self, batches: Sequence[Batch], method: str, progress: Callable[[int, int], None] | None) -> None:
         import tensorflow as tf
 
         total = len(self.plan.assignments)
         try:
-            for number, (names, nbytes) in enumerate(batches, 1):
-                assignments = [a for name in names for a in self.by_source[name]]
+            for number, batch in enumerate(batches, 1):
                 if self.rollback:
                     self.step = f"saving the previous values of batch {number} of {len(batches)}"
-                    self._save(assignments, tf)
+                    self._save(batch.assignments, tf)
                 if method == "assign":
-                    self._assign_batch(number, len(batches), names, assignments, tf)
+                    self._assign_batch(number, len(batches), batch, tf)
                 else:
-                    self._init_batch(number, len(batches), assignments, tf)
-                self.bytes_read += nbytes
-                self.assigned += len(assignments)
+                    self._init_batch(number, len(batches), batch, tf)
+                self.bytes_read += batch.nbytes
+                self.assigned += len(batch.assignments)
                 if progress is not None:
                     self.step = f"reporting progress after batch {number} of {len(batches)}"
                     progress(self.assigned, total)
@@ -420,22 +696,24 @@ class _Run:
                 # because this reference is alive (copy-on-write), so no copy is made here.
                 self.saved.append((part, read(resource=part.handle, dtype=part.dtype)))
 
-    def _assign_batch(
-        self, number: int, count: int, names: tuple[str, ...], assignments: Sequence[Assignment], tf: Any
-    ) -> None:
-        self.step = f"reading batch {number} of {count} ({_names(names)}) from {self.source.description}"
-        values = self.source.read(list(names))
+    def _assign_batch(self, number: int, count: int, batch: Batch, tf: Any) -> None:
+        chosen = self.sources[batch.source_id]
+        where = chosen.description
+        self.step = f"reading batch {number} of {count} ({_names(batch.names)}) from {where}"
+        values = chosen.read(list(batch.names))
         self.step = f"batch {number} of {count}"
         assign = tf.raw_ops.AssignVariableOp
-        where = self.source.description
         slots = self.slots
         value: Any = None
         # Per-tensor work is kept to the minimum: about 10 us of Python per variable besides the assign op.
-        for assignment in assignments:
+        for assignment in batch.assignments:
             self.current, self.action = assignment, "transforming"
-            value = values[assignment.source]
-            if assignment.operations or not isinstance(value, tf.Tensor):
-                value = _transform(value, assignment, where, tf)
+            if assignment.combine is None:
+                value = values[assignment.source]
+                if assignment.operations or not isinstance(value, tf.Tensor):
+                    value = _transform((value,), assignment, where, tf)
+            else:
+                value = _value(assignment, values, where, tf)
             self.action = "assigning"
             slot = slots[assignment.target]
             if slot.fast:  # shape and dtype are checked by the op
@@ -446,15 +724,16 @@ class _Run:
         self.current = None
         del values, value  # release the batch before the next one is read
 
-    def _init_batch(self, number: int, count: int, assignments: Sequence[Assignment], tf: Any) -> None:
+    def _init_batch(self, number: int, count: int, batch: Batch, tf: Any) -> None:
+        chosen = self.sources[batch.source_id]
         self.step = (
             f"init_from_checkpoint on batch {number} of {count} "
-            f"({_names([a.source for a in assignments])}) from {self.source.description}"
+            f"({_names([a.source for a in batch.assignments])}) from {chosen.description}"
         )
         self.partial = True
-        tf.compat.v1.train.init_from_checkpoint(_prefix(self.source), _init_map(assignments, self.slots))
+        tf.compat.v1.train.init_from_checkpoint(_prefix(chosen), _init_map(batch.assignments, self.slots))
         self.partial = False
-        self.touched += len(assignments)
+        self.touched += len(batch.assignments)
 
     def _restore(self, tf: Any) -> list[str]:
         """Put back every saved value (each part was saved once, before its first change); returns failures."""
@@ -504,49 +783,72 @@ class _Run:
         )
 
 
-def _transform(value: Any, assignment: Assignment, where: str, tf: Any) -> Any:
-    """The source value after the assignment's operations, as a tf.Tensor; checks it is what was planned."""
-    if isinstance(value, tf.Tensor):
-        _check_read(tuple(value.shape), value.dtype.name, assignment, where)
-        if not assignment.operations:
-            return value
-        if _nbytes(assignment) > NUMPY_OPS_MAX_BYTES:
-            return _apply_tf(assignment.operations, value, tf)
-        value = value.numpy()  # no copy on CPU; NumPy is faster than TensorFlow ops on small tensors
-    else:
-        shape, dtype = tuple(getattr(value, "shape", ())), str(getattr(value, "dtype", type(value).__name__))
-        _check_read(shape, dtype, assignment, where)
-        if assignment.operations and _nbytes(assignment) > NUMPY_OPS_MAX_BYTES:
-            return _apply_tf(assignment.operations, tf.convert_to_tensor(value), tf)
-    return tf.convert_to_tensor(apply_numpy(assignment.operations, value))
+def _value(assignment: Assignment, values: Mapping[str, Any], where: str, tf: Any) -> Any:
+    """The assignment's target value as a tf.Tensor, from the batch's values."""
+    return _transform([values[name] for name in assignment.source_names], assignment, where, tf)
 
 
-def _nbytes(assignment: Assignment) -> int:
-    nbytes = DTYPE_SIZES.get(assignment.source_dtype, 0)
-    for dim in assignment.source_shape:
+def _transform(members: Sequence[Any], assignment: Assignment, where: str, tf: Any) -> Any:
+    """Join the members (one unless concat/stack), apply the operations; a tf.Tensor, checked against the plan."""
+    shapes = assignment.member_shapes or (assignment.source_shape,)
+    for value, name, shape in zip(members, assignment.source_names, shapes, strict=True):
+        if isinstance(value, tf.Tensor):
+            _check_read(name, shape, (tuple(value.shape), value.dtype.name), assignment, where)
+        else:
+            found = (tuple(getattr(value, "shape", ())), str(getattr(value, "dtype", type(value).__name__)))
+            _check_read(name, shape, found, assignment, where)
+    if assignment.combine is None and not assignment.operations:
+        only = members[0]
+        return only if isinstance(only, tf.Tensor) else tf.convert_to_tensor(only)
+    if _nbytes(assignment) > NUMPY_OPS_MAX_BYTES:
+        backend = _tf_backend()
+        tensors = [value if isinstance(value, tf.Tensor) else tf.convert_to_tensor(value) for value in members]
+        joined = tensors[0] if assignment.combine is None else combine_values(assignment.combine, tensors, backend)
+        return apply_operations(assignment.operations, joined, backend)
+    # No copy on CPU; NumPy is faster than TensorFlow ops on small tensors.
+    arrays = [value.numpy() if isinstance(value, tf.Tensor) else value for value in members]
+    joined = arrays[0] if assignment.combine is None else combine_values(assignment.combine, arrays, NUMPY)
+    return tf.convert_to_tensor(apply_operations(assignment.operations, joined, NUMPY))
+
+
+@functools.cache
+def _tf_backend() -> ArrayBackend:
+    """The TensorFlow ArrayBackend: ops run eagerly on whatever device holds the tensors."""
+    import tensorflow as tf
+
+    return ArrayBackend(
+        transpose=tf.transpose,
+        reshape=tf.reshape,
+        cast=lambda value, dtype: tf.cast(value, tf.as_dtype(dtype)),
+        concat=tf.concat,
+        stack=tf.stack,
+    )
+
+
+def _bytes(shape: Sequence[int], dtype: str) -> int:
+    nbytes = DTYPE_SIZES.get(dtype, 0)
+    for dim in shape:
         nbytes *= dim
     return nbytes
 
 
-def _check_read(shape: tuple[Any, ...], dtype: str, assignment: Assignment, where: str) -> None:
-    if shape != assignment.source_shape or dtype != assignment.source_dtype:
+def _nbytes(assignment: Assignment) -> int:
+    """Source bytes the assignment reads: every member of a join."""
+    shapes = assignment.member_shapes or (assignment.source_shape,)
+    return sum(_bytes(shape, assignment.source_dtype) for shape in shapes)
+
+
+def _check_read(
+    name: str, expected: tuple[int, ...], found: tuple[tuple[Any, ...], str], assignment: Assignment, where: str
+) -> None:
+    shape, dtype = found
+    if shape != expected or dtype != assignment.source_dtype:
         raise SourceError(
-            f"reading {assignment.source!r} from {where} gave {_spec(shape, dtype)}, not the "
-            f"{_spec(assignment.source_shape, assignment.source_dtype)} its specs promised; the source is damaged "
+            f"reading {name!r} from {where} gave {_spec(shape, dtype)}, not the "
+            f"{_spec(expected, assignment.source_dtype)} its specs promised; the source is damaged "
             "or changed while applying",
             path=where,
         )
-
-
-def _apply_tf(operations: Sequence[Operation], value: Any, tf: Any) -> Any:
-    for operation in operations:
-        if isinstance(operation, Transpose):
-            value = tf.transpose(value, operation.perm)
-        elif isinstance(operation, Reshape):
-            value = tf.reshape(value, operation.shape)
-        elif isinstance(operation, Cast):
-            value = tf.cast(value, tf.as_dtype(operation.dtype))
-    return value
 
 
 def _init_map(assignments: Sequence[Assignment], slots: Mapping[str, _Slot]) -> dict[str, Any] | list[tuple[str, Any]]:

@@ -869,3 +869,551 @@ def test_graph_mode_init_from_checkpoint_map(tmp_path: Path) -> None:
         with tf.compat.v1.Session(graph=graph) as session:
             session.run(tf.compat.v1.global_variables_initializer())
             np.testing.assert_array_equal(session.run(variable), source_arrays["old/w"])
+
+
+# --- porting operations: split, concat, stack, slice, rearrange ---------------------------------------
+#
+# Each case is a rule file and the source tensors it reads; ``expected`` computes every target's value with
+# plain NumPy, independently of mapper.ops. Plans are made by the real planner. "small" tensors take the NumPy
+# path of the executor, "large" ones (above NUMPY_OPS_MAX_BYTES) the TensorFlow path.
+
+HEADS = 4
+
+
+def _qkv_source(hidden: int) -> dict[str, np.ndarray]:
+    return {
+        "h.0.attn.c_attn.weight": sample((hidden, 3 * hidden), "float32"),
+        "h.0.attn.c_attn.bias": sample((3 * hidden,), "float32"),
+    }
+
+
+def _qkv_expected(source: Mapping[str, np.ndarray], hidden: int) -> dict[str, np.ndarray]:
+    kernel, bias = source["h.0.attn.c_attn.weight"], source["h.0.attn.c_attn.bias"]
+    expected = {}
+    for index, part in enumerate(("query", "key", "value")):
+        columns = slice(index * hidden, (index + 1) * hidden)
+        expected[f"layer_0/{part}/kernel"] = kernel[:, columns].reshape(hidden, HEADS, hidden // HEADS)
+        expected[f"layer_0/{part}/bias"] = bias[columns].reshape(HEADS, hidden // HEADS)
+    return expected
+
+
+SPLIT_RULES = """
+format = 1
+[[rules]]
+match = 'h\\.(?P<i>\\d+)\\.attn\\.c_attn\\.weight'
+split = { axis = -1, parts = 3 }
+targets = ["layer_{i}/query/kernel", "layer_{i}/key/kernel", "layer_{i}/value/kernel"]
+ops = [{ reshape = "target" }]
+[[rules]]
+match = 'h\\.(?P<i>\\d+)\\.attn\\.c_attn\\.bias'
+split = { axis = 0, parts = 3 }
+targets = ["layer_{i}/query/bias", "layer_{i}/key/bias", "layer_{i}/value/bias"]
+ops = [{ reshape = "target" }]
+"""
+
+
+def _concat_source(hidden: int) -> dict[str, np.ndarray]:
+    return {f"attn.{part}.weight": sample((hidden, hidden), "float32") + i for i, part in enumerate("qkv")}
+
+
+def _concat_expected(source: Mapping[str, np.ndarray], hidden: int) -> dict[str, np.ndarray]:
+    joined = np.concatenate([source[f"attn.{part}.weight"] for part in "qkv"], axis=0)
+    return {"attention/qkv/kernel": joined.T.copy()}
+
+
+CONCAT_RULES = """
+format = 1
+[[rules]]
+match = 'attn\\.(?P<part>[qkv])\\.weight'
+concat = { axis = 0, by = "part", members = ["q", "k", "v"] }
+target = "attention/qkv/kernel"
+ops = [{ transpose = [1, 0] }]
+"""
+
+
+def _stack_source(hidden: int) -> dict[str, np.ndarray]:
+    # Stored out of order: the group is put in `count` order, not the source's.
+    return {f"layer_{i}/ln/gamma": sample((hidden, 16), "bfloat16") + i for i in (2, 0, 3, 1)}
+
+
+def _stack_expected(source: Mapping[str, np.ndarray], hidden: int) -> dict[str, np.ndarray]:
+    stacked = np.stack([source[f"layer_{i}/ln/gamma"] for i in range(4)], axis=0)
+    return {"stacked/gamma": stacked.astype(np.float32)}
+
+
+STACK_RULES = """
+format = 1
+[[rules]]
+match = 'layer_(?P<i>\\d+)/ln/gamma'
+stack = { axis = 0, by = "i", count = 4 }
+target = "stacked/gamma"
+ops = [{ cast = "float32" }]
+"""
+
+
+def _slice_source(hidden: int) -> dict[str, np.ndarray]:
+    return {"vit.pos_embed": sample((1, 17, hidden), "float32"), "vit.cls_token": sample((1, 1, hidden), "float32")}
+
+
+def _slice_expected(source: Mapping[str, np.ndarray], hidden: int) -> dict[str, np.ndarray]:
+    return {
+        "position/embeddings": source["vit.pos_embed"][0],
+        "cls/token": source["vit.cls_token"][0, 0],
+    }
+
+
+SLICE_RULES = """
+format = 1
+[[rules]]
+match = 'vit\\.pos_embed'
+target = "position/embeddings"
+ops = [{ slice = "0" }]
+[[rules]]
+match = 'vit\\.cls_token'
+target = "cls/token"
+ops = [{ slice = "0, 0" }]
+"""
+# Dropping the first axis and the class position: a slice that keeps a range.
+PATCH_RULES = """
+format = 1
+[[rules]]
+match = 'vit\\.pos_embed'
+target = "patches/embeddings"
+ops = [{ slice = "0, 1:" }]
+[[rules]]
+match = 'vit\\.cls_token'
+skip = "not in this test"
+"""
+
+
+def _rearrange_source(hidden: int) -> dict[str, np.ndarray]:
+    return {"blocks.0.attn.q.weight": sample((hidden, hidden), "float32")}
+
+
+def _rearrange_expected(source: Mapping[str, np.ndarray], hidden: int) -> dict[str, np.ndarray]:
+    weight = source["blocks.0.attn.q.weight"]  # [(heads dim), hidden], PyTorch's [out, in]
+    return {"block_0/query/kernel": weight.reshape(HEADS, hidden // HEADS, hidden).transpose(2, 0, 1)}
+
+
+REARRANGE_RULES = """
+format = 1
+[params]
+num_heads = 4
+[[rules]]
+match = 'blocks\\.(?P<i>\\d+)\\.attn\\.q\\.weight'
+target = "block_{i}/query/kernel"
+ops = [{ rearrange = "(heads dim) hidden -> hidden heads dim", heads = "num_heads" }]
+"""
+
+PortCase = tuple[
+    str, Callable[[int], dict[str, np.ndarray]], Callable[[Mapping[str, np.ndarray], int], dict[str, np.ndarray]]
+]
+PORT_CASES: dict[str, PortCase] = {
+    "split-qkv-kernel-and-bias": (SPLIT_RULES, _qkv_source, _qkv_expected),
+    "concat-qkv-then-transpose": (CONCAT_RULES, _concat_source, _concat_expected),
+    "stack-layers-then-cast": (STACK_RULES, _stack_source, _stack_expected),
+    "slice-position-embedding": (SLICE_RULES, _slice_source, _slice_expected),
+    "rearrange-heads": (REARRANGE_RULES, _rearrange_source, _rearrange_expected),
+}
+SIZES = {"small": 8, "large": 1024}
+
+
+def port_plan(rules_text: str, source: Any, expected: Mapping[str, np.ndarray]) -> tuple[Plan, VariableTarget]:
+    """A plan made by the real planner from a rule file, for a target of zero variables shaped like ``expected``."""
+    from mapper.planner import build_plan
+    from mapper.rules import parse_rules
+
+    target = make_target({name: tf.Variable(np.zeros_like(value)) for name, value in expected.items()})
+    plan = build_plan(parse_rules(rules_text, file="port.toml"), source.specs(), target.map)
+    assert plan.ok, [problem.message for problem in plan.problems]
+    return plan, target
+
+
+def _port_source(kind: str, tmp_path: Path, arrays_by_name: Mapping[str, np.ndarray]) -> Any:
+    if kind == "memory":
+        return CountingSource(MemorySource(arrays_by_name))
+    return CountingSource(TFCheckpointSource(write_checkpoint(tmp_path, arrays_by_name)))
+
+
+@pytest.mark.parametrize("case", list(PORT_CASES))
+def test_port_cases_take_both_paths(case: str) -> None:
+    """Small cases are transformed by NumPy only; large ones have an assignment transformed by TensorFlow ops."""
+    rules_text, make_source, make_expected = PORT_CASES[case]
+    read: dict[str, list[int]] = {}
+    for size, hidden in SIZES.items():
+        arrays_by_name = make_source(hidden)
+        plan, _ = port_plan(rules_text, MemorySource(arrays_by_name), make_expected(arrays_by_name, hidden))
+        read[size] = [sum(arrays_by_name[name].nbytes for name in a.source_names) for a in plan.assignments]
+    assert max(read["small"]) <= NUMPY_OPS_MAX_BYTES < max(read["large"])
+
+
+@pytest.mark.parametrize("source_kind", ["memory", "checkpoint"])
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("case", list(PORT_CASES))
+def test_porting_operations_give_the_numpy_computed_values(
+    tmp_path: Path, case: str, size: str, source_kind: str
+) -> None:
+    rules_text, make_source, make_expected = PORT_CASES[case]
+    hidden = SIZES[size]
+    arrays_by_name = make_source(hidden)
+    expected = make_expected(arrays_by_name, hidden)
+    source = _port_source(source_kind, tmp_path, arrays_by_name)
+    plan, target = port_plan(rules_text, source, expected)
+
+    result = apply_plan(plan, source, target)
+
+    assert_values(target, expected)
+    # Every source tensor is read once, whatever number of targets it feeds.
+    read = [name for call in source.calls for name in call]
+    assert sorted(read) == sorted(arrays_by_name)
+    assert result.bytes_read == sum(array.nbytes for array in arrays_by_name.values())
+    assert result.assigned == len(expected)
+
+
+def test_slice_keeping_a_range_of_an_axis() -> None:
+    arrays_by_name = _slice_source(8)
+    source = MemorySource(arrays_by_name)
+    expected = {"patches/embeddings": arrays_by_name["vit.pos_embed"][0, 1:]}
+    plan, target = port_plan(PATCH_RULES, source, expected)
+
+    apply_plan(plan, source, target)
+
+    assert_values(target, expected)
+
+
+def test_split_parts_share_one_read_in_one_batch() -> None:
+    arrays_by_name = _qkv_source(8)
+    expected = _qkv_expected(arrays_by_name, 8)
+    source = CountingSource(MemorySource(arrays_by_name))
+    plan, target = port_plan(SPLIT_RULES, source, expected)
+
+    result = apply_plan(plan, source, target, batch_bytes=1)  # every tensor in a batch of its own
+
+    assert source.calls == [["h.0.attn.c_attn.weight"], ["h.0.attn.c_attn.bias"]]
+    assert result.batches == 2
+    assert_values(target, expected)
+
+
+def test_concat_members_are_read_in_one_batch_even_over_budget() -> None:
+    arrays_by_name = {**_concat_source(8), "other": np.ones(4, "float32")}
+    expected = {**_concat_expected(arrays_by_name, 8), "other": arrays_by_name["other"]}
+    source = CountingSource(MemorySource(arrays_by_name))
+    rules_text = CONCAT_RULES + "[[rules]]\nmatch = 'other'\ntarget = 'other'\n"
+    plan, target = port_plan(rules_text, source, expected)
+    (joined,) = [a for a in plan.assignments if a.combine is not None]
+    assert joined.members == ("attn.q.weight", "attn.k.weight", "attn.v.weight")
+
+    apply_plan(plan, source, target, batch_bytes=16)
+
+    assert sorted(map(sorted, source.calls)) == [["attn.k.weight", "attn.q.weight", "attn.v.weight"], ["other"]]
+    assert_values(target, expected)
+
+
+def test_batches_count_every_member_of_a_join() -> None:
+    from mapper.executor import plan_batches
+
+    arrays_by_name = {**_concat_source(8), **{f"t{i}": np.ones(64, "float32") for i in range(3)}}
+    rules_text = CONCAT_RULES + "[[rules]]\nmatch = '(?P<n>t\\d)'\ntarget = '{n}'\n"
+    expected = {**_concat_expected(arrays_by_name, 8), **{f"t{i}": arrays_by_name[f"t{i}"] for i in range(3)}}
+    plan, _ = port_plan(rules_text, MemorySource(arrays_by_name), expected)
+
+    batches = plan_batches(plan, 3 * 256 + 256)
+
+    by_names = {batch.names: batch.nbytes for batch in batches}
+    members = ("attn.q.weight", "attn.k.weight", "attn.v.weight")
+    # The planner resolves joins last; the three members (768 bytes) do not fit beside t0..t2 (768 bytes).
+    assert [batch.names for batch in batches] == [("t0", "t1", "t2"), members]
+    assert [len(batch.assignments) for batch in batches] == [3, 1]
+    assert sum(by_names.values()) == plan.source_bytes
+    for batch in batches:
+        assert len(batch.names) == 1 or batch.nbytes <= 3 * 256 + 256
+
+
+@pytest.mark.parametrize(
+    ("change", "fragments"),
+    [
+        pytest.param(
+            {"drop": "attn.k.weight"}, ["no tensor 'attn.k.weight'", "member 2 of 3 of the concat"], id="missing"
+        ),
+        pytest.param(
+            {"reshape": ("attn.v.weight", (4, 16))},
+            ["'attn.v.weight'", "[4, 16] float32", "[8, 8] float32", "member 3 of 3"],
+            id="reshaped",
+        ),
+    ],
+)
+def test_member_missing_or_changed_at_apply_time_is_a_source_error(
+    change: dict[str, Any], fragments: list[str]
+) -> None:
+    arrays_by_name = {**_concat_source(8), "other": np.ones(4, "float32")}
+    expected = {**_concat_expected(arrays_by_name, 8), "other": arrays_by_name["other"]}
+    rules_text = "format = 1\n[[rules]]\nmatch = 'other'\ntarget = 'other'\n" + CONCAT_RULES.removeprefix(
+        "\nformat = 1"
+    )
+    plan, target = port_plan(rules_text, MemorySource(arrays_by_name), expected)
+    changed = dict(arrays_by_name)
+    if "drop" in change:
+        del changed[change["drop"]]
+    else:
+        name, shape = change["reshape"]
+        changed[name] = changed[name].reshape(shape)
+    source = MemorySource(changed)
+    before = values(target)
+
+    with pytest.raises(SourceError) as raised:
+        apply_plan(plan, source, target)
+
+    for fragment in fragments:
+        assert fragment in str(raised.value)
+    assert source.reads == []
+    assert_values(target, before)
+
+
+def test_init_from_checkpoint_refuses_joins(tmp_path: Path) -> None:
+    arrays_by_name = {f"layer_{i}/ln/gamma": np.full(3, i, "float32") for i in range(4)}
+    source = TFCheckpointSource(write_checkpoint(tmp_path, arrays_by_name))
+    plan, target = port_plan(
+        STACK_RULES.replace('ops = [{ cast = "float32" }]', ""), source, {"stacked/gamma": np.zeros((4, 3), "float32")}
+    )
+    assert plan.has_operations and not plan.assignments[0].operations
+    before = values(target)
+
+    with pytest.raises(ApplyError, match=r"cannot transform or join.*via stack\[axis 0\].*method='assign'"):
+        apply_plan(plan, source, target, method="init_from_checkpoint")
+    with pytest.raises(ApplyError, match="cannot transform or join"):
+        init_from_checkpoint_map(plan, target)
+
+    assert_values(target, before)
+    apply_plan(plan, source, target)
+    assert_values(target, {"stacked/gamma": np.stack(list(arrays_by_name.values()))})
+
+
+INCONSISTENT_JOINS = [
+    pytest.param(
+        {"members": ("a", "b"), "member_shapes": ((2,),)}, "members ['a', 'b'], member shapes [[2]]", id="count"
+    ),
+    pytest.param({"members": ("b", "a")}, "do not agree", id="first-member"),
+    pytest.param({"combine": None}, "join None", id="no-combine"),
+    pytest.param(
+        {"target_shape": (5,)}, "turn 2 members [2] float32, ... into [4] float32, not the planned [5]", id="shape"
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "fragment"), INCONSISTENT_JOINS)
+def test_inconsistent_join_in_a_plan_is_a_plan_error(change: dict[str, Any], fragment: str) -> None:
+    import dataclasses
+
+    from mapper.ops import Concat
+
+    base = Assignment(
+        "t",
+        "t",
+        "a",
+        RULE,
+        (),
+        (2,),
+        "float32",
+        (4,),
+        "float32",
+        members=("a", "b"),
+        member_shapes=((2,), (2,)),
+        combine=Concat(0),
+    )
+    broken = dataclasses.replace(base, **change)
+    source = MemorySource({"a": np.zeros(2, "float32"), "b": np.ones(2, "float32")})
+    target = make_target({"t": tf.Variable(np.zeros(broken.target_shape, "float32"))})
+
+    with pytest.raises(PlanError, match="inconsistent") as raised:
+        apply_plan(make_plan(broken), source, target)
+
+    assert fragment in str(raised.value)
+    assert source.reads == []
+    apply_plan(make_plan(base), source, make_target({"t": tf.Variable(np.zeros(4, "float32"))}))
+
+
+# --- several named sources --------------------------------------------------------------------------
+
+MULTI_RULES = """
+format = 1
+[[rules]]
+source = "backbone"
+match = 'encoder/(?P<rest>.+)'
+target = "encoder/{rest}"
+[[rules]]
+source = "head"
+match = 'classifier\\.weight'
+target = "head/kernel"
+ops = [{ transpose = [1, 0] }]
+[[rules]]
+source = "head"
+match = 'classifier\\.bias'
+target = "head/bias"
+"""
+
+
+def two_sources(tmp_path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A TF checkpoint 'backbone' and a safetensors file 'head', both real files; and the expected values."""
+    from safetensors.numpy import save_file
+
+    from mapper.sources import open_source
+
+    backbone = {"encoder/dense/kernel": sample((4, 6), "float32"), "encoder/dense/bias": sample((6,), "float32")}
+    head = {"classifier.weight": sample((3, 6), "float32"), "classifier.bias": sample((3,), "float32")}
+    prefix = write_checkpoint(tmp_path, backbone)
+    save_file(head, str(tmp_path / "head.safetensors"))
+    sources = {
+        "backbone": CountingSource(open_source(prefix)),
+        "head": CountingSource(open_source(tmp_path / "head.safetensors")),
+    }
+    expected = {
+        **backbone,
+        "head/kernel": head["classifier.weight"].T.copy(),
+        "head/bias": head["classifier.bias"],
+    }
+    return sources, {**backbone, **head}, expected
+
+
+def multi_plan(sources: Mapping[str, Any], expected: Mapping[str, np.ndarray]) -> tuple[Plan, VariableTarget]:
+    from mapper.planner import build_plan
+    from mapper.rules import parse_rules
+    from mapper.specs import SourceSet
+
+    target = make_target({name: tf.Variable(np.zeros_like(value)) for name, value in expected.items()})
+    source_set = SourceSet({name: source.specs() for name, source in sources.items()})
+    plan = build_plan(parse_rules(MULTI_RULES, file="multi.toml"), source_set, target.map)
+    assert plan.ok, [problem.message for problem in plan.problems]
+    return plan, target
+
+
+def test_multi_source_apply_reads_each_source_for_its_own_tensors(tmp_path: Path) -> None:
+    sources, _, expected = two_sources(tmp_path)
+    plan, target = multi_plan(sources, expected)
+    assert {a.source_id for a in plan.assignments} == {"backbone", "head"}
+
+    result = apply_plan(plan, sources, target)
+
+    assert_values(target, expected)
+    assert sorted(n for call in sources["backbone"].calls for n in call) == sorted(
+        ["encoder/dense/bias", "encoder/dense/kernel"]
+    )
+    assert sorted(n for call in sources["head"].calls for n in call) == ["classifier.bias", "classifier.weight"]
+    assert result.batches == 2 and result.assigned == 4
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+def test_multi_source_init_from_checkpoint_reads_each_checkpoint(tmp_path: Path, graph: bool) -> None:
+    backbone = {"encoder/dense/kernel": sample((4, 6), "float32")}
+    head = {"classifier.weight": sample((6, 3), "float32"), "classifier.bias": sample((3,), "float32")}
+    sources = {
+        "backbone": TFCheckpointSource(write_checkpoint(tmp_path, backbone, "backbone")),
+        "head": TFCheckpointSource(write_checkpoint(tmp_path, head, "head")),
+    }
+    expected = {**backbone, "head/kernel": head["classifier.weight"], "head/bias": head["classifier.bias"]}
+    rules_text = MULTI_RULES.replace("ops = [{ transpose = [1, 0] }]", "")
+    from mapper.planner import build_plan
+    from mapper.rules import parse_rules
+    from mapper.specs import SourceSet
+
+    specs = SourceSet({name: source.specs() for name, source in sources.items()})
+    if not graph:
+        target = make_target({name: tf.Variable(np.zeros_like(value)) for name, value in expected.items()})
+        plan = build_plan(parse_rules(rules_text), specs, target.map)
+        result = apply_plan(plan, sources, target, method="init_from_checkpoint")
+        assert (result.assigned, result.batches) == (3, 2)
+        assert_values(target, expected)
+        with pytest.raises(ApplyError, match="reads 2 sources"):
+            init_from_checkpoint_map(plan, target)
+        return
+    with tf.Graph().as_default() as built:
+        variables = {
+            name: tf.compat.v1.get_variable(name, shape=value.shape, initializer=tf.zeros_initializer())
+            for name, value in expected.items()
+        }
+        target = make_target(variables, description="graph")
+        plan = build_plan(parse_rules(rules_text), specs, target.map)
+        apply_plan(plan, sources, target, method="init_from_checkpoint")
+        with tf.compat.v1.Session(graph=built) as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            got = session.run(variables)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value)
+
+
+def test_multi_source_init_from_checkpoint_refuses_a_source_that_is_no_checkpoint(tmp_path: Path) -> None:
+    sources, _, expected = two_sources(tmp_path)
+    expected["head/kernel"] = expected["head/kernel"].T.copy()
+    from mapper.planner import build_plan
+    from mapper.rules import parse_rules
+    from mapper.specs import SourceSet
+
+    target = make_target({name: tf.Variable(np.zeros_like(value)) for name, value in expected.items()})
+    rules = parse_rules(MULTI_RULES.replace("ops = [{ transpose = [1, 0] }]", ""))
+    plan = build_plan(rules, SourceSet({name: source.specs() for name, source in sources.items()}), target.map)
+    assert plan.ok and not plan.has_operations
+    before = values(target)
+
+    with pytest.raises(ApplyError, match=r"head\.safetensors is a CountingSource with no checkpoint prefix"):
+        apply_plan(plan, sources, target, method="init_from_checkpoint")
+
+    assert sources["backbone"].calls == [] and sources["head"].calls == []
+    assert_values(target, before)
+
+
+@pytest.mark.parametrize(
+    ("give", "error", "fragments"),
+    [
+        pytest.param(
+            "only-backbone", SourceError, ["reads source 'head'", "2 assignments", "head=PATH"], id="missing-named"
+        ),
+        pytest.param(
+            "single", SourceError, ["2 named sources", "'backbone', 'head'", "pass them by name"], id="single-source"
+        ),
+        pytest.param("empty", ApplyError, ["no sources were given"], id="empty-mapping"),
+    ],
+)
+def test_multi_source_mismatches_change_nothing(
+    tmp_path: Path, give: str, error: type[Exception], fragments: list[str]
+) -> None:
+    sources, _, expected = two_sources(tmp_path)
+    plan, target = multi_plan(sources, expected)
+    given: Any = {
+        "only-backbone": {"backbone": sources["backbone"]},
+        "single": sources["backbone"],
+        "empty": {},
+    }[give]
+    before = values(target)
+
+    with pytest.raises(error) as raised:
+        apply_plan(plan, given, target)
+
+    for fragment in fragments:
+        assert fragment in str(raised.value)
+    assert sources["backbone"].calls == [] and sources["head"].calls == []
+    assert_values(target, before)
+
+
+def test_single_source_plan_accepts_a_one_entry_mapping_and_refuses_two(tmp_path: Path) -> None:
+    source_arrays = arrays(2)
+    target = make_target(zeros_like(source_arrays))
+    plan = identity_plan(source_arrays)
+
+    apply_plan(plan, {"only": MemorySource(source_arrays)}, target)
+    assert_values(target, source_arrays)
+
+    with pytest.raises(ApplyError, match="made for one unnamed source, but 2 named sources were given"):
+        apply_plan(plan, {"a": MemorySource(source_arrays), "b": MemorySource(source_arrays)}, target)
+
+
+def test_multi_source_failure_in_the_second_source_rolls_back_the_first(tmp_path: Path) -> None:
+    sources, _, expected = two_sources(tmp_path)
+    plan, target = multi_plan(sources, expected)
+    sources["head"].fail_on = 1
+    sources["head"].error = SourceError("disk gone", path="head")
+    before = values(target)
+
+    with pytest.raises(ApplyError, match="variables assigned before the failure were restored"):
+        apply_plan(plan, sources, target)
+
+    assert len(sources["backbone"].calls) == 1
+    assert_values(target, before)

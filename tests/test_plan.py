@@ -114,6 +114,7 @@ def full_plan() -> Plan:
                 (ProblemKind.BAD_TEMPLATE, Severity.ERROR, RULE, ("s",)),
                 (ProblemKind.BAD_GROUP, Severity.ERROR, RULE, ("experts.0.w",)),
                 (ProblemKind.UNKNOWN_SOURCE, Severity.ERROR, RULE, ("head",)),
+                (ProblemKind.LINT, Severity.WARNING, RULE, ()),
             ]
         ),
     )
@@ -215,7 +216,11 @@ def test_from_json_of_another_format_is_a_plan_error(text, shown: str) -> None: 
 def test_views() -> None:
     plan = full_plan()
     assert not plan.ok
-    assert [problem.kind for problem in plan.warnings] == [ProblemKind.UNUSED_SOURCE, ProblemKind.DEAD_RULE]
+    assert [problem.kind for problem in plan.warnings] == [
+        ProblemKind.UNUSED_SOURCE,
+        ProblemKind.DEAD_RULE,
+        ProblemKind.LINT,
+    ]
     assert len(plan.errors) == 10
     assert all(problem.is_error for problem in plan.errors)
     assert plan.has_operations
@@ -230,7 +235,7 @@ def test_views() -> None:
         "unused": 2,
         "unfilled": 1,
         "errors": 10,
-        "warnings": 2,
+        "warnings": 3,
     }
     # 8*8 float32 + one int64 scalar + two stacked [1, 4, 12] float32 members + two concatenated [4] float32
     assert plan.source_bytes == 64 * 4 + 8 + 2 * 48 * 4 + 2 * 4 * 4
