@@ -16,7 +16,7 @@ def test_values_rename_what_a_group_captured() -> None:
     rule = rules.rules[0]
     assert rule.render(rule.fullmatch("bn1.weight")) == "bn_1/gamma"
     assert rule.render(rule.fullmatch("bn2.running_mean")) == "bn_2/moving_mean"
-    with pytest.raises(TemplateError, match="captured 'running_var', which values.p does not rename"):
+    with pytest.raises(TemplateError, match=r"captured 'running_var', which values\.p does not rename"):
         rule.render(rule.fullmatch("bn2.running_var"))
 
 

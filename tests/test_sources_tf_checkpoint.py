@@ -407,7 +407,7 @@ def test_open_source_unknown_format(tmp_path: Path) -> None:
     assert f"cannot tell the format of file '{weights}'" in str(caught.value)
     assert "supported formats: 'tf-checkpoint'" in str(caught.value)
     assert weights.read_bytes() == b"\x00" * 8
-    assert list(FORMATS)[0] == "tf-checkpoint"
+    assert next(iter(FORMATS)) == "tf-checkpoint"
 
 
 def test_detection_helpers(tf2_sharded_ckpt: Written, tmp_path: Path) -> None:
