@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -93,6 +94,8 @@ def make_plan(
     rules: RulesLike,
     source: SourcesLike | Mapping[str, TensorSpec] | SourceSet,
     target: object,
+    *,
+    lints: bool = True,
 ) -> Plan:
     """Plan how ``rules`` move ``source`` into ``target``, without reading a tensor or changing anything.
 
@@ -101,6 +104,8 @@ def make_plan(
         source: a Source, a checkpoint path, or a plain ``{name: TensorSpec}`` map; for rule files that read
             several sources (``source = "name"``), ``{name: Source or path}`` or a SourceSet.
         target: a VariableTarget, a TargetMap, a Keras model, a ``tf.Module``, or a dict/list of variables.
+        lints: add the lint findings (``mapper.lint``: shadowed and overlapping rules, odd templates) to the
+            plan's problems, as warnings.
 
     Returns:
         The Plan; check ``plan.ok`` and render it with ``mapper.report``.
@@ -121,13 +126,18 @@ def make_plan(
     else:
         variable_target = as_target(target, checkpoint_root=rule_set.target.checkpoint_root)
         target_map, target_description = variable_target.map, variable_target.description
-    return build_plan(
+    plan = build_plan(
         rule_set,
         source_map,
         target_map,
         source_description=source_description,
         target_description=target_description,
     )
+    if not lints:
+        return plan
+    from mapper.lint import lint
+
+    return dataclasses.replace(plan, problems=(*plan.problems, *lint(rule_set, source_map)))
 
 
 def source_specs(

@@ -303,6 +303,12 @@ class Rearrange:
                 operation="rearrange",
             )
         known = dict(self.sizes)
+        for name, size in self.sizes:
+            if size <= 0:
+                raise OperationError(
+                    f"rearrange {self.pattern!r}: size {name} = {size} must be a positive whole number",
+                    operation="rearrange",
+                )
         for group, size in zip(left, shape, strict=True):
             unknown = [name for name in group if name not in known]
             bound = math.prod(known[name] for name in group if name in known)

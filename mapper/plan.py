@@ -236,12 +236,14 @@ class Plan:
 
     @cached_property
     def source_bytes(self) -> int:
-        """Bytes of source tensors the plan reads (fixed-size dtypes only)."""
-        return sum(
-            math.prod(shape) * DTYPE_SIZES.get(a.source_dtype, 0)
+        """Bytes of source tensors the plan reads, each tensor once (fixed-size dtypes only)."""
+        # Each source tensor once: split parts of one tensor are read together.
+        sizes = {
+            (a.source_id, name): math.prod(shape) * DTYPE_SIZES.get(a.source_dtype, 0)
             for a in self.assignments
-            for shape in (a.member_shapes or (a.source_shape,))
-        )
+            for name, shape in zip(a.source_names, a.member_shapes or (a.source_shape,), strict=True)
+        }
+        return sum(sizes.values())
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """Serialise to JSON; ``Plan.from_json`` reads it back into an equal plan.

@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from mapper.errors import MapperError
-from mapper.ops import Operation
+from mapper.ops import Operation, SplitPart
 from mapper.plan import Assignment, Plan, Problem, ProblemKind, RuleRef, Skip, SkipKind, TensorEntry
-from mapper.specs import format_shape
+from mapper.specs import DTYPE_SIZES, format_shape
 
 __all__ = [
     "REPORT_FORMAT",
@@ -537,6 +537,35 @@ def _summary_parts(plan: Plan) -> list[str]:
     return parts
 
 
+def _named_sources(plan: Plan) -> list[tuple[str, str]] | None:
+    """``[(id, description)]`` for a plan over several named sources, None for a single-source plan.
+
+    The ids are those the plan's records carry; descriptions come from ``Plan.source``, which a plan over a
+    SourceSet holds as ``id=description, id=description``. An id whose description cannot be found gets "".
+    """
+    carried = [
+        *(assignment.source_id for assignment in plan.assignments),
+        *(skip.source_id for skip in plan.skips),
+        *(entry.source_id for entry in plan.unused_sources),
+    ]
+    ids = {source_id for source_id in carried if source_id is not None}
+    if not ids:
+        return None
+    text = plan.source
+    starts = sorted(
+        (found.start(), found.end(), source_id)
+        for source_id in ids
+        for found in [re.search(rf"(?:^|(?<=, )){re.escape(source_id)}=", text)]
+        if found is not None
+    )
+    described: dict[str, str] = {}
+    for position, (_, end, source_id) in enumerate(starts):
+        stop = starts[position + 1][0] - len(", ") if position + 1 < len(starts) else len(text)
+        described[source_id] = text[end:stop]
+    order = [source_id for _, _, source_id in starts] + sorted(ids - set(described))
+    return [(source_id, described.get(source_id, "")) for source_id in order]
+
+
 def _rule_label(rule: RuleRef) -> str:
     """``rules/bert.toml#3 'head'``; keep rules count separately: ``rules/bert.toml#keep.1``."""
     where = f"{rule.file}#{rule.index}" if rule.section == "rules" else f"{rule.file}#keep.{rule.index}"
@@ -558,17 +587,14 @@ def _operations(operations: Sequence[Operation]) -> str:
     return " ".join(operation.describe() for operation in operations)
 
 
-def _change(source_shape: tuple[int, ...], target_shape: tuple[int, ...], arrow: str) -> str:
-    return f"{format_shape(source_shape)} {arrow} {format_shape(target_shape)}"
-
-
 @dataclass(frozen=True, slots=True)
 class _AssignmentRow:
     count: int
     target: str
-    source: str
+    source: str  # as shown: a pattern (with ``source_id:``), a combine and its members, or "same name"
     operations: str
     shapes: str
+    same: bool = False  # the source is named like the target
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,6 +606,7 @@ class _NameRow:
     target_shape: tuple[int, ...] | None
     dtype: str = ""
     detail: str | None = None  # what a guard found, when it adds to the shapes
+    source_id: str | None = None  # plans over several named sources: the source ``name`` belongs to
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,22 +618,231 @@ class _ProblemRow:
     names: tuple[str, ...]  # grouped names the message does not already show
 
 
-def _assignment_shapes(assignment: Assignment, *, verbose: bool, arrow: str) -> str:
+def _source_prefix(source_id: str | None) -> str:
+    """``backbone:`` before a name (or pattern) of a named source; nothing for single-source plans."""
+    return "" if source_id is None else _escape(source_id) + ":"
+
+
+def _source_shape(assignment: Assignment, times: str) -> str:
+    """The source side of the shapes: one shape, ``3 x [2, 4]`` for equal members, ``[8, 8] + [8, 2]`` otherwise."""
+    shapes = assignment.member_shapes
+    if not shapes:
+        return format_shape(assignment.source_shape)
+    if len(set(shapes)) == 1:
+        return f"{len(shapes)} {times} {format_shape(shapes[0])}"
+    return " + ".join(format_shape(shape) for shape in shapes)
+
+
+def _assignment_shapes(assignment: Assignment, *, verbose: bool, arrow: str, times: str = "x") -> str:
+    source, target = _source_shape(assignment, times), format_shape(assignment.target_shape)
     if assignment.source_dtype == assignment.target_dtype:
         if not verbose:
-            return _change(assignment.source_shape, assignment.target_shape, arrow) if assignment.operations else ""
-        if not assignment.operations:
-            return f"{format_shape(assignment.target_shape)} {assignment.target_dtype}"
-        return f"{_change(assignment.source_shape, assignment.target_shape, arrow)} {assignment.target_dtype}"
+            return f"{source} {arrow} {target}" if assignment.transformed else ""
+        if not assignment.transformed:
+            return f"{target} {assignment.target_dtype}"
+        return f"{source} {arrow} {target} {assignment.target_dtype}"
     if not verbose:
-        return _change(assignment.source_shape, assignment.target_shape, arrow)
-    return (
-        f"{format_shape(assignment.source_shape)} {assignment.source_dtype} {arrow} "
-        f"{format_shape(assignment.target_shape)} {assignment.target_dtype}"
+        return f"{source} {arrow} {target}"
+    return f"{source} {assignment.source_dtype} {arrow} {target} {assignment.target_dtype}"
+
+
+# Stands in, inside a name, for the part that varies between the members of a group or the parts of a split, so
+# that group_pairs can group what is left; names holding it are never grouped.
+_MARK = "\ue000"
+
+
+def _alternatives(values: Sequence[str]) -> str:
+    """Values in the order given, as one brace group: ``{q,k,v}``, or ``{0..11}`` for a run of numbers."""
+    if len(values) >= 3 and all(re.fullmatch(r"0|[1-9][0-9]{0,17}", value) for value in values):
+        numbers = [int(value) for value in values]
+        if numbers == list(range(numbers[0], numbers[0] + len(numbers))):
+            return f"{{{numbers[0]}..{numbers[-1]}}}"
+    return "{" + ",".join(_escape(value) for value in values) + "}"
+
+
+def _member_template(members: Sequence[str]) -> tuple[str, tuple[str, ...]] | None:
+    """``layer.0.attn.{q,k,v}_proj.weight`` as (``layer.0.attn.<mark>_proj.weight``, ``(q, k, v)``).
+
+    None when the members differ in more than one segment, or have nothing in common: those are listed.
+    """
+    if len(members) < 2 or len(set(members)) != len(members) or any(_MARK in member for member in members):
+        return None
+    split = [_split(member) for member in members]
+    if len({separators for _, separators in split}) != 1:
+        return None
+    segments = [parts for parts, _ in split]
+    varying = [index for index in range(len(segments[0])) if len({parts[index] for parts in segments}) > 1]
+    if len(varying) != 1:
+        return None
+    (position,) = varying
+    values = [parts[position] for parts in segments]
+    prefix = _common_prefix(values)
+    suffix = _common_prefix([value[len(prefix) :][::-1] for value in values])[::-1]
+    # Never cut through a run of digits: layer_{8,10} reads, layer_{8,1}0 does not.
+    while prefix and prefix[-1].isdigit() and any(value[len(prefix) : len(prefix) + 1].isdigit() for value in values):
+        prefix = prefix[:-1]
+    while suffix and suffix[0].isdigit() and any(value[: len(value) - len(suffix)][-1:].isdigit() for value in values):
+        suffix = suffix[1:]
+    if len(segments[0]) == 1 and not prefix and not suffix:
+        return None  # nothing in common: (q, k, v) reads better than {q,k,v}
+    alternatives = tuple(value[len(prefix) : len(value) - len(suffix)] for value in values)
+    template = list(segments[0])
+    template[position] = prefix + _MARK + suffix
+    return _join(template, split[0][1]), alternatives
+
+
+def _common_prefix(values: Sequence[str]) -> str:
+    """The longest text every value starts with."""
+    shortest = min(values, key=len, default="")
+    for index, char in enumerate(shortest):
+        if any(value[index] != char for value in values):
+            return shortest[:index]
+    return shortest
+
+
+def _members_text(assignment: Assignment) -> str:
+    """One group's sources: ``concat[axis -1] layer.0.attn.{q,k,v}_proj.weight`` or ``stack[axis 0](a, b)``."""
+    combine = assignment.combine.describe() if assignment.combine is not None else ""
+    prefix = _source_prefix(assignment.source_id)
+    found = _member_template(assignment.members)
+    if found is None:
+        return f"{combine}({', '.join(prefix + _escape(name) for name in assignment.members)})"
+    template, alternatives = found
+    return f"{combine} {prefix}{_escape(template).replace(_MARK, _alternatives(alternatives))}"
+
+
+def _plain_rows(members: Sequence[Assignment], operations: str, shapes: str) -> list[_AssignmentRow]:
+    prefix = _source_prefix(members[0].source_id)
+    rows = []
+    for group in group_pairs((member.target, member.source) for member in members):
+        same = group.right == group.left
+        source = (f"{_same(group.count)} in {members[0].source_id}" if prefix else _same(group.count)) if same else ""
+        rows.append(_AssignmentRow(group.count, group.left, source or prefix + group.right, operations, shapes, same))
+    return rows
+
+
+def _combined_rows(members: Sequence[Assignment], shapes: str) -> list[_AssignmentRow]:
+    """Groups whose members follow one template grow into one row, ``layer.{0..11}.attn.{q,k,v}_proj.weight``."""
+    first = members[0]
+    combine = first.combine.describe() if first.combine is not None else ""
+    operations = _operations(first.operations)
+    prefix = _source_prefix(first.source_id)
+    alike: dict[tuple[str, ...] | None, list[tuple[Assignment, str]]] = {}
+    for member in members:
+        found = _member_template(member.members)
+        alike.setdefault(found[1] if found else None, []).append((member, found[0] if found else ""))
+    rows: list[_AssignmentRow] = []
+    for alternatives, items in alike.items():
+        if alternatives is None:
+            rows += [_AssignmentRow(1, item.target, _members_text(item), operations, shapes) for item, _ in items]
+            continue
+        by_target = {item.target: item for item, _ in items}
+        for group in group_pairs((item.target, template) for item, template in items):
+            right = group.right.replace(_MARK, _alternatives(alternatives))
+            wanted = [name for target, _ in group.pairs() for name in by_target[target].members]
+            if group.right.count(_MARK) != 1 or sorted(expand_pattern(right)) != sorted(wanted):
+                rows += [
+                    _AssignmentRow(1, target, _members_text(by_target[target]), operations, shapes)
+                    for target, _ in group.pairs()
+                ]
+                continue
+            rows.append(_AssignmentRow(group.count, group.left, f"{combine} {prefix}{right}", operations, shapes))
+    return rows
+
+
+def _split_rows(members: Sequence[Assignment], shapes: str) -> list[_AssignmentRow] | None:
+    """The parts of split tensors as one row, ``layer_{0..11}/{query,key,value}/kernel``, with ``part {1..3}/3``.
+
+    Possible when the targets of the parts differ in one segment only, with one value for each part, and every
+    part comes from the same sources; None otherwise (then each part gets rows of its own).
+    """
+    numbered: list[tuple[SplitPart, Assignment, tuple[str, ...]]] = []
+    separators: set[tuple[str, ...]] = set()
+    for member in members:
+        split = member.operations[0] if member.operations else None
+        if not isinstance(split, SplitPart) or _MARK in member.target:
+            return None
+        segments, found = _split(member.target)
+        separators.add(found)
+        numbered.append((split, member, segments))
+    parts = sorted({split.part for split, _, _ in numbered})
+    if len(parts) < 2 or len(separators) != 1:
+        return None
+    (joints,) = separators
+    for position in range(len(joints) + 1):
+        # The segment at ``position`` must name the part: one value per part, a different one for each.
+        names = {part: {segments[position] for split, _, segments in numbered if split.part == part} for part in parts}
+        distinct = {min(found) for found in names.values()}
+        if any(len(found) != 1 for found in names.values()) or len(distinct) != len(parts):
+            continue
+        # With that segment masked, every part must pair the same targets with the same sources.
+        masked = [
+            {
+                (_join([*segments[:position], _MARK, *segments[position + 1 :]], joints), member.source)
+                for split, member, segments in numbered
+                if split.part == part
+            }
+            for part in parts
+        ]
+        if any(pairs != masked[0] for pairs in masked) or len(masked[0]) * len(parts) != len(members):
+            continue
+        first, example, _ = numbered[0]
+        split_text = f"split[axis {first.axis}, part {_part_numbers(parts)}/{first.parts}]"
+        operations = f"{split_text} {_operations(example.operations[1:])}".rstrip()
+        slot = _alternatives([min(names[part]) for part in parts])
+        prefix = _source_prefix(members[0].source_id)
+        rows = []
+        for group in group_pairs(masked[0]):
+            if group.left.count(_MARK) != 1:
+                return None
+            rows.append(
+                _AssignmentRow(
+                    group.count * len(parts), group.left.replace(_MARK, slot), prefix + group.right, operations, shapes
+                )
+            )
+        return rows
+    return None
+
+
+def _part_numbers(parts: Sequence[int]) -> str:
+    """1-based part numbers as a pattern: ``{1..3}``, ``{2,3}``."""
+    return _render_numbers(frozenset(str(part + 1) for part in parts))
+
+
+def _verbose_row(assignment: Assignment, *, arrow: str, times: str) -> _AssignmentRow:
+    """One assignment with every name spelled out: ``concat[axis 0](q, k, v)``, ``head:dense/kernel``."""
+    prefix = "" if assignment.source_id is None else assignment.source_id + ":"
+    same = assignment.combine is None and assignment.source == assignment.target
+    if assignment.combine is not None:
+        source = f"{assignment.combine.describe()}({', '.join(prefix + name for name in assignment.members)})"
+    elif same:
+        source = _same(1) + (f" in {assignment.source_id}" if prefix else "")
+    else:
+        source = prefix + assignment.source
+    shapes = _assignment_shapes(assignment, verbose=True, arrow=arrow, times=times)
+    return _AssignmentRow(1, assignment.target, source, _operations(assignment.operations), shapes, same)
+
+
+def _bucket_key(assignment: Assignment) -> tuple[object, ...]:
+    """What assignments must share to share a row.
+
+    Plain copies group regardless of shape; transformed ones need the same operations (split parts: all but the
+    part number), the same combine, shapes and dtypes.
+    """
+    operations = tuple(
+        (operation.axis, operation.parts) if isinstance(operation, SplitPart) else operation
+        for operation in assignment.operations
     )
+    key: tuple[object, ...] = (assignment.source_id, operations, assignment.combine)
+    if assignment.transformed:
+        key += (assignment.member_shapes or assignment.source_shape, assignment.target_shape)
+        key += (assignment.source_dtype, assignment.target_dtype)
+    return key
 
 
-def _assignment_blocks(plan: Plan, *, verbose: bool, arrow: str) -> list[tuple[RuleRef, list[_AssignmentRow]]]:
+def _assignment_blocks(
+    plan: Plan, *, verbose: bool, arrow: str, times: str = "x"
+) -> list[tuple[RuleRef, list[_AssignmentRow]]]:
     """Assignments by rule; rows with the same operations and shapes are grouped unless ``verbose``."""
     order = _rule_order(plan)
     by_rule: dict[RuleRef, list[Assignment]] = {}
@@ -614,51 +850,59 @@ def _assignment_blocks(plan: Plan, *, verbose: bool, arrow: str) -> list[tuple[R
         by_rule.setdefault(assignment.rule, []).append(assignment)
     blocks: list[tuple[RuleRef, list[_AssignmentRow]]] = []
     for rule in sorted(by_rule, key=order):
-        keyed: list[tuple[tuple[tuple[int, str], ...], _AssignmentRow]] = []
+        rows: list[_AssignmentRow] = []
         if verbose:
-            for assignment in by_rule[rule]:
-                row = _AssignmentRow(
-                    1,
-                    assignment.target,
-                    assignment.source,
-                    _operations(assignment.operations),
-                    _assignment_shapes(assignment, verbose=True, arrow=arrow),
-                )
-                keyed.append((_natural_key(assignment.target), row))
+            rows += [_verbose_row(assignment, arrow=arrow, times=times) for assignment in by_rule[rule]]
         else:
-            # Plain copies group regardless of shape; transformed rows only with the same shapes and dtypes.
-            kinds: dict[tuple[object, ...], list[Assignment]] = {}
+            buckets: dict[tuple[object, ...], list[Assignment]] = {}
             for assignment in by_rule[rule]:
-                key: tuple[object, ...] = (assignment.operations,)
-                if assignment.operations:
-                    key += (assignment.source_shape, assignment.target_shape)
-                    key += (assignment.source_dtype, assignment.target_dtype)
-                kinds.setdefault(key, []).append(assignment)
-            for members in kinds.values():
+                buckets.setdefault(_bucket_key(assignment), []).append(assignment)
+            for members in buckets.values():
                 first = members[0]
-                operations = _operations(first.operations)
-                shapes = _assignment_shapes(first, verbose=False, arrow=arrow)
-                for group in group_pairs((member.target, member.source) for member in members):
-                    row = _AssignmentRow(group.count, group.left, group.right, operations, shapes)
-                    keyed.append((_natural_key(group.left), row))
-        blocks.append((rule, [row for _, row in sorted(keyed, key=lambda item: item[0])]))
+                shapes = _assignment_shapes(first, verbose=False, arrow=arrow, times=times)
+                if first.combine is not None:
+                    rows += _combined_rows(members, shapes)
+                    continue
+                if first.operations and isinstance(first.operations[0], SplitPart):
+                    grouped = _split_rows(members, shapes)
+                    if grouped is not None:
+                        rows += grouped
+                        continue
+                    # One row (or more) per part: the parts differ in their operations.
+                    by_operations: dict[tuple[Operation, ...], list[Assignment]] = {}
+                    for member in members:
+                        by_operations.setdefault(member.operations, []).append(member)
+                    for same in by_operations.values():
+                        rows += _plain_rows(same, _operations(same[0].operations), shapes)
+                    continue
+                rows += _plain_rows(members, _operations(first.operations), shapes)
+        blocks.append((rule, sorted(rows, key=lambda row: _natural_key(row.target))))
     return blocks
 
 
 def _name_rows(items: Sequence[_NameRow], *, verbose: bool) -> list[_NameRow]:
     """Group single-name rows (``other`` set to the name when there is no other) by everything but the names."""
     if verbose:
-        rows = [replace(item, other=None if item.other == item.name else item.other) for item in items]
+        rows = [
+            replace(
+                item,
+                name=("" if item.source_id is None else item.source_id + ":") + item.name,
+                other=None if item.other == item.name else item.other,
+            )
+            for item in items
+        ]
         return sorted(rows, key=lambda row: _natural_key(row.name))
     buckets: dict[tuple[object, ...], list[_NameRow]] = {}
     for item in items:
-        buckets.setdefault((item.source_shape, item.target_shape, item.dtype, item.detail), []).append(item)
+        key = (item.source_id, item.source_shape, item.target_shape, item.dtype, item.detail)
+        buckets.setdefault(key, []).append(item)
     keyed: list[tuple[tuple[tuple[int, str], ...], _NameRow]] = []
     for members in buckets.values():
+        prefix = _source_prefix(members[0].source_id)
         for group in group_pairs((member.name, member.other or member.name) for member in members):
             other = None if group.right == group.left else group.right
-            row = replace(members[0], count=group.count, name=group.left, other=other)
-            keyed.append((_natural_key(group.left), row))
+            row = replace(members[0], count=group.count, name=prefix + group.left, other=other)
+            keyed.append((_natural_key(row.name), row))
     return [row for _, row in sorted(keyed, key=lambda item: item[0])]
 
 
@@ -699,6 +943,7 @@ def _skip_blocks(
                 skip.source_shape,
                 skip.target_shape,
                 detail=_guard_detail(skip, verbose=verbose),
+                source_id=skip.source_id,
             )
             for skip in blocks[kind, rule, reason]
         ]
@@ -707,7 +952,10 @@ def _skip_blocks(
 
 
 def _entry_rows(entries: Sequence[TensorEntry], *, verbose: bool) -> list[_NameRow]:
-    items = [_NameRow(1, entry.name, entry.name, entry.shape, None, entry.dtype) for entry in entries]
+    items = [
+        _NameRow(1, entry.name, entry.name, entry.shape, None, entry.dtype, source_id=entry.source_id)
+        for entry in entries
+    ]
     return _name_rows(items, verbose=verbose)
 
 
@@ -733,9 +981,8 @@ def _problem_rows(problems: Sequence[Problem], *, verbose: bool) -> list[_Proble
         # Unused sources and unfilled targets have sections of their own; other names show unless quoted.
         listed = problem.kind in (ProblemKind.UNUSED_SOURCE, ProblemKind.UNFILLED_TARGET)
         hidden = [] if listed else [name for name in names if name not in message]
-        return _ProblemRow(
-            count, problem.kind.value.replace("_", " "), message, problem.rule, tuple(group_names(hidden))
-        )
+        kind = problem.kind.value.replace("_", " ") + (f" {problem.code}" if problem.code else "")
+        return _ProblemRow(count, kind, message, problem.rule, tuple(group_names(hidden)))
 
     if verbose:
         return [row(problem, 1, problem.message, problem.names) for problem in problems]
@@ -743,7 +990,7 @@ def _problem_rows(problems: Sequence[Problem], *, verbose: bool) -> list[_Proble
     for position, problem in enumerate(problems):
         template = _problem_template(problem)
         key: tuple[object, ...] = (
-            (position,) if template is None else (problem.kind, problem.severity, problem.rule, template)
+            (position,) if template is None else (problem.kind, problem.code, problem.severity, problem.rule, template)
         )
         alike.setdefault(key, []).append(problem)
     rows: list[_ProblemRow] = []
@@ -762,6 +1009,17 @@ def _problem_rows(problems: Sequence[Problem], *, verbose: bool) -> list[_Proble
 def _same(count: int) -> str:
     """What a report shows for a source named like its target."""
     return "same name" if count == 1 else "same names"
+
+
+def _bytes_to_read(plan: Plan) -> int:
+    """Bytes of the source tensors the plan reads, each tensor once (a split source feeds several targets)."""
+    shapes: dict[tuple[str | None, str], tuple[tuple[int, ...], str]] = {}
+    for assignment in plan.assignments:
+        for name, shape in zip(
+            assignment.source_names, assignment.member_shapes or (assignment.source_shape,), strict=True
+        ):
+            shapes[assignment.source_id, name] = (shape, assignment.source_dtype)
+    return sum(math.prod(shape) * DTYPE_SIZES.get(dtype, 0) for shape, dtype in shapes.values())
 
 
 def _format_bytes(count: int) -> str:
@@ -852,15 +1110,27 @@ class _TextReport:
         self.emit(("Plan ", "bold"), (verdict, style), (lines[0][len(verdict) + 5 :], ""))
         for line in lines[1:]:
             self.emit((line, ""))
+        label_width = len("rule files")
+        room = self.width - label_width - 4
+        named = _named_sources(plan)
+        if named is None:
+            sources = ("source", self.wrap(_prose(plan.source), room))
+        else:
+            # One line per named source: its id, then its description (wrapped under itself).
+            id_width = max(len(_clean(source_id)) for source_id, _ in named)
+            lines = []
+            for source_id, description in named:
+                wrapped = self.wrap(_prose(description), room - id_width - 2)
+                lines.append(f"{_clean(source_id).ljust(id_width)}  {wrapped[0]}".rstrip())
+                lines += [" " * (id_width + 2) + line for line in wrapped[1:]]
+            sources = ("sources", lines)
         fields = [
-            ("rule files", [_clean(file) for file in plan.rule_files] or ["(none)"]),
-            ("source", [_prose(plan.source)]),
-            ("target", [_prose(plan.target)]),
-            ("namespace", [_clean(plan.namespace)]),
+            ("rule files", [line for file in plan.rule_files or ["(none)"] for line in self.wrap(_clean(file), room)]),
+            sources,
+            ("target", self.wrap(_prose(plan.target), room)),
+            ("namespace", self.wrap(_clean(plan.namespace), room)),
         ]
-        label_width = max(len(label) for label, _ in fields)
-        for label, values in fields:
-            lines = [line for value in values for line in self.wrap(value, self.width - label_width - 4)]
+        for label, lines in fields:
             for index, line in enumerate(lines):
                 self.emit(("  " + (label if index == 0 else "").ljust(label_width) + "  ", "dim"), (line, ""))
 
@@ -960,15 +1230,15 @@ class _TextReport:
         count = f"{len(plan.assignments)}"
         if not self.verbose and lines != len(plan.assignments):
             count += f" in {_plural(lines, 'line')}"
-        if plan.source_bytes:
-            count += f", {_format_bytes(plan.source_bytes)} to read"
+        if _bytes_to_read(plan):
+            count += f", {_format_bytes(_bytes_to_read(plan))} to read"
         self.title("Assignments", count, "bold")
         count_width = self.count_width(row.count for _, rows in blocks for row in rows)
         indent = 4 + count_width
         for rule, rows in blocks:
             self.emit(("  " + _clean(_rule_label(rule)), "bold"))
             targets = [_clean(row.target) for row in rows]
-            sources = [_clean(row.source) if row.source != row.target else _same(row.count) for row in rows]
+            sources = [_clean(row.source) for row in rows]
             details = ["  ".join(part for part in (row.operations, row.shapes) if part) for row in rows]
             target_width = max(len(target) for target in targets)
             source_width = max(len(source) for source in sources)
@@ -976,7 +1246,7 @@ class _TextReport:
             flat = indent + target_width + 6 + source_width + (2 + detail_width if detail_width else 0)
             for row, target, source, detail in zip(rows, targets, sources, details, strict=True):
                 head = ("    " + self.count_cell(row.count, count_width), "")
-                source_style = "" if row.source != row.target else "dim"
+                source_style = "dim" if row.same else ""
                 if flat <= self.width:
                     pad = " " * (source_width - len(source) + 2) if detail else ""
                     self.emit(
@@ -989,15 +1259,34 @@ class _TextReport:
                     )
                     continue
                 # Stacked: the source and the details hang under the target, indented past it.
+                room = self.width - indent - 6
                 if source_style and indent + len(target) + 6 + len(source) <= self.width:
                     self.emit(head, (target, ""), ("  <-  ", "dim"), (source, source_style))
                 else:
+                    # A long source (a group's members, a combine) wraps at its spaces, under itself.
                     self.emit(head, (target, ""))
-                    self.emit((" " * (indent + 2), ""), ("<-  ", "dim"), (source, source_style))
-                fits = indent + 6 + len(detail) <= self.width
-                for part in [detail] if fits else [row.operations, row.shapes]:
+                    first, *rest = self.wrap(source, room)
+                    self.emit((" " * (indent + 2), ""), ("<-  ", "dim"), (first, source_style))
+                    for line in rest:
+                        self.emit((" " * (indent + 6), ""), (line, source_style))
+                parts = (
+                    [detail]
+                    if len(detail) <= room
+                    else [*self.pack(row.operations, room), *self.wrap(row.shapes, room)]
+                )
+                for part in parts:
                     if part:
                         self.emit((" " * (indent + 6), ""), (part, "dim"))
+
+    def pack(self, operations: str, width: int) -> list[str]:
+        """Operations on as few lines as fit, broken between operations (and inside one only when it alone is too long)."""
+        lines: list[str] = []
+        for operation in _split_operations(operations):
+            if lines and len(lines[-1]) + 1 + len(operation) <= width:
+                lines[-1] += " " + operation
+            else:
+                lines += self.wrap(operation, width)
+        return lines
 
     def skips(
         self, title: str, blocks: Sequence[tuple[SkipKind, RuleRef, str, list[_NameRow]]], *, with_kind: bool
@@ -1084,6 +1373,14 @@ def render_text(plan: Plan, *, color: bool = False, width: int = 100, verbose: b
     brace patterns (see ``group_names`` and ``group_pairs``) with a count column; ``verbose`` lists every
     name on its own line with its shape and dtype.
 
+    Porting plans read the same way. A concat or stack shows its members after the combine, in member order
+    (``concat[axis -1] layer.{0..11}.attn.{q,k,v}_proj.weight``: each target takes the members with its
+    layer number), or listed when they share nothing (``concat[axis -1](q, k, v)``). The parts of split
+    tensors share a line when their targets differ in one segment only (``layer_{0..11}/{query,key,value}/kernel``
+    with ``split[axis -1, part {1..3}/3]``: the i-th name takes the i-th part); otherwise each part has its own.
+    In plans over several named sources the header lists the sources and every source name reads
+    ``source_id:name``.
+
     Args:
         plan: The plan to describe.
         color: Add ANSI colours (red errors, yellow warnings and skips, green OK, dim details). Without it the
@@ -1115,6 +1412,22 @@ def render_text(plan: Plan, *, color: bool = False, width: int = 100, verbose: b
         Assignments (2 in 1 line, 16 B to read)
           rules/copy.toml#1 'dense'
                2  d/{bias,kernel}  <-  old/{bias,kernel}
+
+        The three parts of GPT-2's fused attention kernels, two layers of them, on one line:
+
+        >>> from mapper.ops import SplitPart
+        >>> rule = RuleRef("rules/gpt2.toml", 3, "c_attn")
+        >>> parts = tuple(
+        ...     Assignment(f"layer_{i}/{name}/kernel", f"layer_{i}/{name}/kernel", f"h.{i}.attn.c_attn.weight", rule,
+        ...                (SplitPart(-1, part, 3, 4 * part, 4 * part + 4),), (4, 12), "float32", (4, 4), "float32")
+        ...     for i in range(2) for part, name in enumerate(("query", "key", "value")))
+        >>> plan = Plan(("rules/gpt2.toml",), "gpt2.safetensors", "model", "path", assignments=parts)
+        >>> print(render_text(plan, width=100).split("\\n\\n")[-1])  # doctest: +NORMALIZE_WHITESPACE
+        Assignments (6 in 1 line, 384 B to read)
+          rules/gpt2.toml#3 'c_attn'
+            6  layer_{0,1}/{query,key,value}/kernel
+                 <-  h.{0,1}.attn.c_attn.weight
+                     split[axis -1, part {1..3}/3]  [4, 12] -> [4, 4]
     """
     return _TextReport(plan, color=color, width=width, verbose=verbose).render()
 
@@ -1220,9 +1533,17 @@ def render_markdown(plan: Plan) -> str:
     icon = "✅" if plan.ok else "❌"
     lines = [f"### {icon} Plan {_verdict(plan)}: {_md_text(_summary(plan))}", ""]
     files = ", ".join(_md_code(file) for file in plan.rule_files) or "(none)"
+    named = _named_sources(plan)
+    if named is None:
+        sources = [f"- **source:** {_md_code(_prose(plan.source))}"]
+    else:
+        sources = ["- **sources:**"] + [
+            f"  - {_md_code(source_id)}: {_md_code(_prose(description)) if description else '?'}"
+            for source_id, description in named
+        ]
     lines += [
         f"- **rule files:** {files}",
-        f"- **source:** {_md_code(_prose(plan.source))}",
+        *sources,
         f"- **target:** {_md_code(_prose(plan.target))}",
         f"- **namespace:** {_md_code(plan.namespace)}",
         "",
@@ -1258,7 +1579,7 @@ def _md_problems(title: str, problems: Sequence[Problem], *, fold: bool) -> list
 def _md_assignments(plan: Plan) -> list[str]:
     if not plan.assignments:
         return []
-    blocks = _assignment_blocks(plan, verbose=False, arrow="→")
+    blocks = _assignment_blocks(plan, verbose=False, arrow="→", times="\u00d7")
     grouped = any(row.count > 1 for _, rows in blocks for row in rows)
     cells = []
     for rule, rows in blocks:
@@ -1268,7 +1589,7 @@ def _md_assignments(plan: Plan) -> list[str]:
                     _md_code(_rule_label(rule)) if index == 0 else "",
                     *([_md_count(row.count)] if grouped else []),
                     _md_code(row.target),
-                    _md_code(row.source) if row.source != row.target else f"*{_same(row.count)}*",
+                    f"*{_md_text(row.source)}*" if row.same else _md_code(row.source),
                     ", ".join(_md_code(part) for part in _split_operations(row.operations)),
                     row.shapes,
                 ]
@@ -1277,8 +1598,8 @@ def _md_assignments(plan: Plan) -> list[str]:
     count = str(len(plan.assignments))
     if len(cells) != len(plan.assignments):
         count += f" in {_plural(len(cells), 'row')}"
-    if plan.source_bytes:
-        count += f", {_format_bytes(plan.source_bytes)} to read"
+    if _bytes_to_read(plan):
+        count += f", {_format_bytes(_bytes_to_read(plan))} to read"
     table = _md_table(header, cells, [1] if grouped else [])
     return _md_section("Assignments", count, table, fold=len(cells) > _MD_FOLD_ROWS)
 

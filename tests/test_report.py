@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mapper.errors import MapperError
-from mapper.ops import Cast, Reshape, Transpose
+from mapper.ops import Cast, Concat, Rearrange, Reshape, Slice, SplitPart, Stack, Transpose
 from mapper.plan import (
     Assignment,
     Plan,
@@ -380,6 +381,14 @@ def problems_plan() -> Plan:
             RuleRef(file, 11),
             ("head",),
         ),
+        Problem(
+            ProblemKind.LINT,
+            Severity.WARNING,
+            "rules/broken.toml rule 12 ('catch-all') is shadowed: earlier rules take every name it matches; "
+            "remove it, or silence M102 with a reason",
+            RuleRef(file, 12, "catch-all"),
+            code="M102",
+        ),
     ]
     # The same message for many names shares one row, with the names as a pattern.
     for i in range(12):
@@ -472,6 +481,232 @@ def checkpoint_plan() -> Plan:
     )
 
 
+def porting_plan() -> Plan:
+    """GPT-2 small with a new classifier head, from two named sources: split, concat, stack, slice, rearrange."""
+    file = "rules/gpt2-classifier.toml"
+    hidden, heads, dim, kv = 768, 12, 64, 256
+
+    def rule(index: int, name: str | None = None, section: str = "rules") -> RuleRef:
+        return RuleRef(file, index, name, section)  # type: ignore[arg-type]
+
+    def from_backbone(target: str, source: str, index: int, name: str, shape: tuple[int, ...]) -> Assignment:
+        return Assignment(
+            target, target, source, rule(index, name), (), shape, "float32", shape, "float32", source_id="backbone"
+        )
+
+    assignments = [
+        from_backbone("embeddings/token_embedding/embeddings", "wte.weight", 1, "embeddings", (50257, hidden)),
+        Assignment(
+            "embeddings/position_embedding/embeddings",
+            "embeddings/position_embedding/embeddings",
+            "wpe.weight",
+            rule(2, "positions"),
+            (Slice((0,)),),
+            (1, 1024, hidden),
+            "float32",
+            (1024, hidden),
+            "float32",
+            source_id="backbone",
+        ),
+    ]
+    for i in LAYERS:
+        for part, name in enumerate(("query", "key", "value")):
+            span = (part * hidden, (part + 1) * hidden)
+            assignments += [
+                Assignment(
+                    f"layer_{i}/attention/{name}/kernel",
+                    f"layer_{i}/attention/{name}/kernel",
+                    f"h.{i}.attn.c_attn.weight",
+                    rule(3, "fused attention kernel"),
+                    (SplitPart(-1, part, 3, *span), Reshape((hidden, heads, dim))),
+                    (hidden, 3 * hidden),
+                    "float32",
+                    (hidden, heads, dim),
+                    "float32",
+                    source_id="backbone",
+                ),
+                Assignment(
+                    f"layer_{i}/attention/{name}/bias",
+                    f"layer_{i}/attention/{name}/bias",
+                    f"h.{i}.attn.c_attn.bias",
+                    rule(4, "fused attention bias"),
+                    (SplitPart(-1, part, 3, *span), Reshape((heads, dim))),
+                    (3 * hidden,),
+                    "float32",
+                    (heads, dim),
+                    "float32",
+                    source_id="backbone",
+                ),
+            ]
+        members = tuple(f"h.{i}.crossattention.{part}_proj.weight" for part in "qkv")
+        assignments += [
+            Assignment(
+                f"layer_{i}/attention/output/kernel",
+                f"layer_{i}/attention/output/kernel",
+                f"h.{i}.attn.c_proj.weight",
+                rule(5, "attention output"),
+                (Rearrange("(heads dim) hidden -> heads dim hidden", (("heads", heads),)),),
+                (hidden, hidden),
+                "float32",
+                (heads, dim, hidden),
+                "float32",
+                source_id="backbone",
+            ),
+            Assignment(
+                f"layer_{i}/cross_attention/qkv/kernel",
+                f"layer_{i}/cross_attention/qkv/kernel",
+                members[0],
+                rule(6, "cross-attention qkv"),
+                (Transpose((1, 0)),),
+                (hidden, hidden),
+                "float32",
+                (hidden, hidden + 2 * kv),
+                "float32",
+                members=members,
+                member_shapes=((hidden, hidden), (kv, hidden), (kv, hidden)),
+                combine=Concat(0),
+                source_id="backbone",
+            ),
+            from_backbone(f"layer_{i}/attention_norm/gamma", f"h.{i}.ln_1.weight", 7, "norms", (hidden,)),
+            from_backbone(f"layer_{i}/attention_norm/beta", f"h.{i}.ln_1.bias", 7, "norms", (hidden,)),
+        ]
+    gates = tuple(f"h.{i}.gate" for i in LAYERS)
+    assignments += [
+        Assignment(
+            "gates",
+            "gates",
+            gates[0],
+            rule(8, "layer gates"),
+            (),
+            (hidden,),
+            "float32",
+            (len(gates), hidden),
+            "float32",
+            members=gates,
+            member_shapes=((hidden,),) * len(gates),
+            combine=Stack(0),
+            source_id="backbone",
+        ),
+        Assignment(
+            "pooler/qkv",
+            "pooler/qkv",
+            "q",
+            rule(9, "pooler"),
+            (),
+            (hidden, 64),
+            "float32",
+            (hidden, 192),
+            "float32",
+            members=("q", "k", "v"),
+            member_shapes=((hidden, 64),) * 3,
+            combine=Concat(-1),
+            source_id="classifier",
+        ),
+        Assignment(
+            "head/kernel",
+            "head/kernel",
+            "score.weight",
+            rule(10, "head"),
+            (Transpose((1, 0)),),
+            (5, hidden),
+            "float32",
+            (hidden, 5),
+            "float32",
+            source_id="classifier",
+        ),
+    ]
+    skips = [
+        Skip(
+            f"h.{i}.attn.bias",
+            "source",
+            SkipKind.RULE,
+            "causal-mask buffers, not weights",
+            rule(11, "masks"),
+            (1, 1, 1024, 1024),
+            source_id="backbone",
+        )
+        for i in LAYERS
+    ]
+    skips += [
+        Skip(
+            "score.bias",
+            "source",
+            SkipKind.GUARD,
+            "new class count",
+            rule(10, "head"),
+            (2,),
+            (5,),
+            "head/bias",
+            "shape [2] does not equal the target's [5]",
+            source_id="classifier",
+        ),
+        Skip(
+            "head/bias",
+            "target",
+            SkipKind.KEEP,
+            "trained from scratch for the new classes",
+            rule(1, "new head", "keep"),
+            target_shape=(5,),
+        ),
+    ]
+    problems = (
+        Problem(
+            ProblemKind.DOUBLE_FILL,
+            Severity.ERROR,
+            f"target 'head/kernel' is filled twice: from classifier:score.weight by {file} rule 10 ('head') and from "
+            f"backbone:score.weight by {file} rule 10 ('head'); the first is kept",
+            rule(10, "head"),
+            ("score.weight", "head/kernel"),
+        ),
+        Problem(
+            ProblemKind.BAD_GROUP,
+            Severity.ERROR,
+            "the stack group for target 'experts/kernel' needs each of e = '0', '1', '2', '3' exactly once: "
+            "missing e = '3'",
+            rule(12, "experts"),
+            ("h.0.moe.experts.0.w", "h.0.moe.experts.1.w", "h.0.moe.experts.2.w"),
+        ),
+        Problem(
+            ProblemKind.UNKNOWN_SOURCE,
+            Severity.ERROR,
+            f"{file} rule 13 ('adapter') reads source 'adapter', but the plan's sources are: backbone, classifier",
+            rule(13, "adapter"),
+            ("adapter",),
+        ),
+        Problem(
+            ProblemKind.UNUSED_SOURCE,
+            Severity.WARNING,
+            "2 source tensors matched no rule: 'lm_head.weight', 'score.extra'; add a rule for them, a skip rule "
+            'with a reason, or set [policies] unused_source = "warn"',
+            None,
+            ("lm_head.weight", "score.extra"),
+        ),
+        Problem(
+            ProblemKind.LINT,
+            Severity.WARNING,
+            f"{file} rule 7 ('norms') overlaps {file} rule 3 ('fused attention kernel'): both match "
+            "'h.0.attn.c_attn.weight'; narrow one pattern, or silence M103 with a reason",
+            rule(7, "norms"),
+            ("h.0.attn.c_attn.weight",),
+            code="M103",
+        ),
+    )
+    return Plan(
+        rule_files=(file,),
+        source="backbone=PyTorch file gpt2/pytorch_model.bin (174 tensors, 523.8 MiB), "
+        "classifier=safetensors file classifier/model.safetensors (6 tensors)",
+        target="Keras model 'gpt2_classifier' (139 weights)",
+        namespace="path",
+        assignments=tuple(assignments),
+        skips=tuple(skips),
+        unused_sources=(
+            TensorEntry("lm_head.weight", (50257, hidden), "float32", "backbone"),
+            TensorEntry("score.extra", (5,), "float32", "classifier"),
+        ),
+        problems=problems,
+    )
+
+
 def empty_plan() -> Plan:
     return Plan(
         rule_files=("rules/empty.toml",),
@@ -486,6 +721,7 @@ PLANS = {
     "head": head_plan,
     "checkpoint": checkpoint_plan,
     "problems": problems_plan,
+    "porting": porting_plan,
     "empty": empty_plan,
 }
 
@@ -914,3 +1150,333 @@ def test_names_a_message_does_not_show_are_listed_grouped() -> None:
     assert "names: t/layer_{0..2}/w" in render_text(plan)
     assert "(r.toml#2 'wide')" in render_text(plan)
     assert "<br>names: `t/layer_{0..2}/w` | `r.toml#2 'wide'` |" in render_markdown(plan)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Porting plans: split parts, concat/stack groups, named sources
+# ---------------------------------------------------------------------------------------------------------------------
+
+SPLIT_RULE = RuleRef("r.toml", 1, "c_attn")
+
+
+def split_assignment(
+    layer: int, part: int, name: str, *, parts: int = 3, size: int = 4, source_id: str | None = None
+) -> Assignment:
+    return Assignment(
+        f"layer_{layer}/{name}/kernel",
+        f"layer_{layer}/{name}/kernel",
+        f"h.{layer}.attn.c_attn.weight",
+        SPLIT_RULE,
+        (SplitPart(-1, part, parts, part * size, (part + 1) * size), Reshape((size, 2, size // 2))),
+        (size, parts * size),
+        "float32",
+        (size, 2, size // 2),
+        "float32",
+        source_id=source_id,
+    )
+
+
+def combined(target: str, members: tuple[str, ...], *, shapes: tuple[tuple[int, ...], ...] | None = None) -> Assignment:
+    shapes = shapes or ((4, 4),) * len(members)
+    total = sum(shape[-1] for shape in shapes)
+    return Assignment(
+        target,
+        target,
+        members[0],
+        RuleRef("r.toml", 2, "qkv"),
+        (),
+        shapes[0],
+        "float32",
+        (*shapes[0][:-1], total),
+        "float32",
+        members=members,
+        member_shapes=shapes,
+        combine=Concat(-1),
+    )
+
+
+def assignment_lines(plan: Plan, **options: object) -> list[str]:
+    text = render_text(plan, width=200, **options)  # type: ignore[arg-type]
+    section = text.split("Assignments (", 1)[1].split("\n\n", 1)[0]
+    return [line.strip() for line in section.splitlines()[1:] if "<-" in line]
+
+
+def test_split_parts_share_one_line_with_their_part_numbers() -> None:
+    rows = tuple(split_assignment(i, p, name) for i in LAYERS for p, name in enumerate(("query", "key", "value")))
+    plan = Plan(("r.toml",), "gpt2", "model", "path", assignments=rows)
+    assert assignment_lines(plan) == [
+        "36  layer_{0..11}/{query,key,value}/kernel  <-  h.{0..11}.attn.c_attn.weight  "
+        "split[axis -1, part {1..3}/3] reshape[4, 2, 2]  [4, 12] -> [4, 2, 2]"
+    ]
+    markdown = render_markdown(plan)
+    assert "`split[axis -1, part {1..3}/3]`, `reshape[4, 2, 2]`" in markdown
+    # Each fused tensor is read once, though three targets take a part of it: 12 x [4, 12] float32 = 2304 B.
+    assert "Assignments (36 in 1 line, 2.2 KiB to read)" in render_text(plan)
+    assert "(36 in 1 row, 2.2 KiB to read)" in markdown
+    # Verbose lists every part on its own.
+    assert len(assignment_lines(plan, verbose=True)) == 36
+    assert any(
+        re.fullmatch(r"layer_7/key/kernel +<-  h\.7\.attn\.c_attn\.weight +split\[axis -1, part 2/3\] .*", line)
+        for line in assignment_lines(plan, verbose=True)
+    )
+
+
+def test_split_parts_missing_for_some_layers_still_group_what_is_whole() -> None:
+    rows = [split_assignment(i, p, name) for i in range(3) for p, name in enumerate(("query", "key", "value"))]
+    rows.remove(split_assignment(1, 1, "key"))  # e.g. kept, or failed: no longer a whole set of parts
+    plan = Plan(("r.toml",), "gpt2", "model", "path", assignments=tuple(rows))
+    lines = assignment_lines(plan)
+    expanded = sorted(
+        name for line in lines for name in expand_pattern(line.split()[1] if line[0].isdigit() else line.split()[0])
+    )
+    assert expanded == sorted(row.target for row in rows), lines
+    assert all("part " in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        pytest.param(
+            # Parts of different shapes (a grouped-query fused tensor) cannot share a line.
+            (
+                split_assignment(0, 0, "query", size=4),
+                Assignment(
+                    "layer_0/key/kernel",
+                    "layer_0/key/kernel",
+                    "h.0.attn.c_attn.weight",
+                    SPLIT_RULE,
+                    (SplitPart(-1, 1, 3, 4, 6),),
+                    (4, 12),
+                    "float32",
+                    (4, 2),
+                    "float32",
+                ),
+            ),
+            [
+                "layer_0/key/kernel    <-  h.0.attn.c_attn.weight  split[axis -1, part 2/3]  [4, 12] -> [4, 2]",
+                "layer_0/query/kernel  <-  h.0.attn.c_attn.weight  split[axis -1, part 1/3] reshape[4, 2, 2]  "
+                "[4, 12] -> [4, 2, 2]",
+            ],
+            id="different-shapes",
+        ),
+        pytest.param(
+            # The parts' targets differ in two segments: one line per part, each still grouped over layers.
+            tuple(
+                replace(
+                    split_assignment(i, p, name),
+                    target=f"layer_{i}/{name}/{name}_kernel",
+                    target_key=f"layer_{i}/{name}/{name}_kernel",
+                )
+                for i in range(2)
+                for p, name in enumerate(("q", "k"))
+            ),
+            [
+                "2  layer_{0,1}/k/k_kernel  <-  h.{0,1}.attn.c_attn.weight  split[axis -1, part 2/3] reshape[4, 2, 2]  "
+                "[4, 12] -> [4, 2, 2]",
+                "2  layer_{0,1}/q/q_kernel  <-  h.{0,1}.attn.c_attn.weight  split[axis -1, part 1/3] reshape[4, 2, 2]  "
+                "[4, 12] -> [4, 2, 2]",
+            ],
+            id="two-segments-differ",
+        ),
+    ],
+)
+def test_split_parts_that_cannot_share_a_line_get_one_each(rows: tuple[Assignment, ...], expected: list[str]) -> None:
+    plan = Plan(("r.toml",), "gpt2", "model", "path", assignments=rows)
+    assert assignment_lines(plan) == expected
+
+
+def test_concat_groups_across_layers_read_as_one_line() -> None:
+    rows = tuple(
+        combined(f"layer_{i}/attention/qkv", tuple(f"layer.{i}.attn.{p}_proj.weight" for p in "qkv")) for i in LAYERS
+    )
+    plan = Plan(("r.toml",), "llama", "model", "path", assignments=rows)
+    assert assignment_lines(plan) == [
+        "12  layer_{0..11}/attention/qkv  <-  concat[axis -1] layer.{0..11}.attn.{q,k,v}_proj.weight  "
+        "3 x [4, 4] -> [4, 12]"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("members", "shapes", "expected"),
+    [
+        pytest.param(
+            ("q", "k", "v"), None, "fused/qkv  <-  concat[axis -1](q, k, v)  3 x [4, 4] -> [4, 12]", id="nothing-shared"
+        ),
+        pytest.param(
+            ("attn/v", "attn/q", "attn/k"),
+            None,
+            "fused/qkv  <-  concat[axis -1] attn/{v,q,k}  3 x [4, 4] -> [4, 12]",
+            id="member-order-kept",
+        ),
+        pytest.param(
+            ("m.q_proj", "m.k_proj", "m.v_proj"),
+            ((8, 8), (8, 2), (8, 2)),
+            "fused/qkv  <-  concat[axis -1] m.{q,k,v}_proj  [8, 8] + [8, 2] + [8, 2] -> [8, 12]",
+            id="grouped-query-shapes",
+        ),
+        pytest.param(
+            tuple(f"blocks.{i}.w" for i in (0, 1, 2, 3)),
+            None,
+            "fused/qkv  <-  concat[axis -1] blocks.{0..3}.w  4 x [4, 4] -> [4, 16]",
+            id="numbered-members",
+        ),
+        pytest.param(
+            ("layer_8/w", "layer_10/w"),
+            None,
+            "fused/qkv  <-  concat[axis -1] layer_{8,10}/w  2 x [4, 4] -> [4, 8]",
+            id="digit-runs-kept-whole",
+        ),
+        pytest.param(
+            ("a/x/1", "b/y/1"),
+            None,
+            "fused/qkv  <-  concat[axis -1](a/x/1, b/y/1)  2 x [4, 4] -> [4, 8]",
+            id="two-segments-vary-listed",
+        ),
+        pytest.param(
+            ("a{1}/w", "a{2}/w"),
+            None,
+            "fused/qkv  <-  concat[axis -1] a\\{{1,2}\\}/w  2 x [4, 4] -> [4, 8]",
+            id="braces-escaped",
+        ),
+    ],
+)
+def test_one_group_shows_its_members_in_order(
+    members: tuple[str, ...], shapes: tuple[tuple[int, ...], ...] | None, expected: str
+) -> None:
+    plan = Plan(("r.toml",), "src", "model", "path", assignments=(combined("fused/qkv", members, shapes=shapes),))
+    (line,) = assignment_lines(plan)
+    assert line == expected
+    pattern = line.split("  <-  ")[1].split("  ")[0]
+    if "(" not in pattern:  # a pattern: it expands to exactly the members, in order
+        assert expand_pattern(pattern.split("] ", 1)[1]) == list(members)
+
+
+def test_a_stack_shows_its_member_count() -> None:
+    members = tuple(f"h.{i}.gate" for i in LAYERS)
+    row = Assignment(
+        "gates", "gates", members[0], RuleRef("r.toml", 1), (), (8,), "float32", (12, 8), "float32",
+        members=members, member_shapes=((8,),) * 12, combine=Stack(0),
+    )  # fmt: skip
+    plan = Plan(("r.toml",), "src", "model", "path", assignments=(row,))
+    assert assignment_lines(plan) == ["gates  <-  stack[axis 0] h.{0..11}.gate  12 x [8] -> [12, 8]"]
+    assert "12 \u00d7 [8] \u2192 [12, 8]" in render_markdown(plan)
+    verbose = assignment_lines(plan, verbose=True)
+    assert verbose == [f"gates  <-  stack[axis 0]({', '.join(members)})  12 x [8] -> [12, 8] float32"]
+
+
+def named_plan() -> Plan:
+    rule = RuleRef("r.toml", 1, "copy")
+    return Plan(
+        ("r.toml",),
+        "backbone=TensorFlow checkpoint a/ckpt-1, head=NumPy file b.npz (2 tensors)",
+        "model",
+        "path",
+        assignments=(
+            Assignment("enc/w", "enc/w", "enc/w", rule, (), (2,), "float32", (2,), "float32", source_id="backbone"),
+            Assignment("enc/b", "enc/b", "enc/b", rule, (), (2,), "float32", (2,), "float32", source_id="backbone"),
+            Assignment("head/w", "head/w", "w", rule, (), (3,), "float32", (3,), "float32", source_id="head"),
+        ),
+        skips=(
+            Skip("global_step", "source", SkipKind.RULE, "counter", RuleRef("r.toml", 2), (), source_id="backbone"),
+            Skip("global_step", "source", SkipKind.RULE, "counter", RuleRef("r.toml", 2), (), source_id="head"),
+        ),
+        unused_sources=(TensorEntry("extra", (1,), "int8", "head"),),
+    )
+
+
+def test_named_sources_are_listed_in_the_header_and_prefix_every_name() -> None:
+    text = render_text(named_plan())
+    assert (
+        "\n  sources     backbone  TensorFlow checkpoint a/ckpt-1\n              head      NumPy file b.npz (2 tensors)\n"
+        in text
+    )
+    assert "  source  " not in text
+    assert "enc/{b,w}  <-  same names in backbone" in text
+    assert "head/w     <-  head:w" in text
+    assert re.search(r"^    backbone:global_step  \[\]$", text, re.MULTILINE)
+    assert re.search(r"^    head:global_step      \[\]$", text, re.MULTILINE)
+    assert "  head:extra  [1] int8" in text
+    verbose = render_text(named_plan(), verbose=True)
+    assert "enc/b   <-  same name in backbone" in verbose
+    assert re.search(r"^    head:global_step +\[\]$", verbose, re.MULTILINE)
+    markdown = render_markdown(named_plan())
+    assert (
+        "- **sources:**\n  - `backbone`: `TensorFlow checkpoint a/ckpt-1`\n  - `head`: `NumPy file b.npz (2 tensors)`"
+        in markdown
+    )
+    assert "| `head:extra` | [1] | int8 |" in markdown
+    assert "*same names in backbone*" in markdown
+
+
+def test_a_source_description_that_cannot_be_split_still_lists_the_ids() -> None:
+    plan = replace(named_plan(), source="two sources")
+    text = render_text(plan)
+    assert "  sources     backbone\n              head\n" in text
+    assert "- **sources:**\n  - `backbone`: ?\n  - `head`: ?" in render_markdown(plan)
+
+
+def test_lint_problems_show_their_code() -> None:
+    problem = Problem(ProblemKind.LINT, Severity.WARNING, "rule 2 is shadowed", RuleRef("r.toml", 2), code="M102")
+    plan = Plan(("r.toml",), "src", "tgt", "path", problems=(problem,))
+    assert "  lint M102  rule 2 is shadowed  (r.toml#2)" in render_text(plan)
+    assert "| lint M102 | rule 2 is shadowed | `r.toml#2` |" in render_markdown(plan)
+
+
+# Random plans of split parts and concat groups over model-like names: the grouped rows must cover every
+# assignment exactly once, and say which sources, members and part numbers they stand for.
+@st.composite
+def porting_assignments(draw: st.DrawFn) -> list[Assignment]:
+    rows: list[Assignment] = []
+    layers = draw(st.lists(st.integers(0, 14), unique=True, min_size=1, max_size=8))
+    names = draw(st.sampled_from([("query", "key", "value"), ("q", "k"), ("wq", "wk", "wv")]))
+    source_id = draw(st.sampled_from([None, "backbone"]))
+    for layer in layers:
+        for part, name in enumerate(names):
+            if draw(st.integers(0, 5)):
+                rows.append(split_assignment(layer, part, name, parts=len(names), source_id=source_id))
+        if draw(st.booleans()):
+            members = tuple(f"layers.{layer}.{p}_proj" for p in draw(st.permutations(["q", "k", "v"])))
+            rows.append(replace(combined(f"layer_{layer}/qkv", members), source_id=source_id))
+    return rows
+
+
+def _row_names(source: str) -> tuple[str, list[str]]:
+    """The combine of a row's source cell and the source names it stands for (source ids stripped)."""
+    combine = ""
+    if source.startswith("concat["):
+        combine, source = source.split("]", 1)
+        combine += "]"
+        if source.startswith("("):
+            return combine, [name.split(":", 1)[-1] for name in source[1:-1].split(", ")]
+        source = source.strip()
+    return combine, [name.split(":", 1)[-1] for name in expand_pattern(source)]
+
+
+@given(porting_assignments())
+@settings(max_examples=150, deadline=None)
+def test_grouped_porting_rows_stand_for_exactly_their_assignments(rows: list[Assignment]) -> None:
+    from mapper.report import _assignment_blocks
+
+    plan = Plan(("r.toml",), "src", "model", "path", assignments=tuple(rows))
+    by_target = {row.target: row for row in rows}
+    covered: list[str] = []
+    for _, block in _assignment_blocks(plan, verbose=False, arrow="->"):
+        for row in block:
+            targets = expand_pattern(row.target)
+            assert len(targets) == row.count
+            covered += targets
+            members = [by_target[target] for target in targets]
+            combine, names = _row_names(row.source)
+            if combine:
+                assert all(member.combine is not None for member in members)
+                assert sorted(names) == sorted(name for member in members for name in member.members)
+                continue
+            assert sorted(set(names)) == sorted({member.source for member in members})
+            found = re.search(r"part (\S+)/(\d+)", row.operations)
+            assert found is not None
+            parts = sorted(int(number) - 1 for number in expand_pattern(found.group(1)))
+            assert parts == sorted({member.operations[0].part for member in members})  # type: ignore[union-attr]
+    assert sorted(covered) == sorted(by_target)
+    render_text(plan)
+    render_markdown(plan)
+    assert Plan.from_json(json.dumps(json.loads(render_json(plan))["plan"])) == plan
