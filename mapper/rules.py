@@ -548,7 +548,9 @@ class Rule(_Frozen):
         for group in self.values:
             if group not in pattern.groupindex:
                 defined = ", ".join(sorted(pattern.groupindex)) or "none"
-                raise ValueError(f"values names group {group!r}, which the pattern does not define (it defines: {defined})")
+                raise ValueError(
+                    f"values names group {group!r}, which the pattern does not define (it defines: {defined})"
+                )
         params = _params(info)
         templates = (self.target,) if self.target is not None else (self.targets or ())
         compiled = tuple(_compile_template(template, pattern, params) for template in templates)
@@ -1054,7 +1056,7 @@ def _check_silence(value: dict[str, str]) -> dict[str, str]:
         if code not in LINT_CODES:
             raise ValueError(f"unknown lint code {code!r}{_closest(code, sorted(LINT_CODES))}")
         if not reason.strip():
-            raise ValueError(f"silencing {code} needs a reason, e.g. {code} = \"the catch-all is meant to overlap\"")
+            raise ValueError(f'silencing {code} needs a reason, e.g. {code} = "the catch-all is meant to overlap"')
     return value
 
 
