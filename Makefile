@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= $(HOME)/.cache/weight-mapper/venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.weight-mapper-$(shell $(PYTHON) -c "import hashlib,os;print(hashlib.sha256(open('pyproject.toml','rb').read()+os.getcwd().encode()).hexdigest()[:16])")
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+export TF_CPP_MIN_LOG_LEVEL ?= 3
 
 .PHONY: env demo test lint bench clean
 

@@ -16,7 +16,8 @@ from mapper.errors import (
 from mapper.plan import Assignment, Plan, Problem, ProblemKind, RuleRef, Severity, Skip, SkipKind, TensorEntry
 from mapper.planner import build_plan
 from mapper.rules import RuleSet, load_rules, parse_rules
-from mapper.specs import TargetMap, TensorSpec, VariableMap
+from mapper.specs import SourceSet, TargetMap, TensorSpec, VariableMap
+from mapper.suggest import Suggestion, suggest_rules
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,9 @@ __all__ = [
     "SkipKind",
     "SourceError",
     "SourceNotFoundError",
+    "SourceSet",
+    "suggest_rules",
+    "Suggestion",
     "TargetError",
     "TargetMap",
     "TensorEntry",

@@ -47,6 +47,8 @@ _SOURCE_FORMAT_HELP = (
     "NAME=FORMAT for one named source; may be repeated"
 )
 
+_PARAM_HELP = "set a parameter the rule file declares in [params] (e.g. num_layers=24); may be repeated"
+
 _TARGET_HELP = (
     "the target model as MODULE:FACTORY, where MODULE is a dotted module name or a path to a .py file and "
     "FACTORY a function returning a built Keras model, a tf.Module, or a dict of variables "
@@ -102,10 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         help="check rule files against the schema, reporting every problem at once",
         description="Check rule files: TOML syntax, keys, regular expressions, templates and operations.\n"
-        "Needs no checkpoint and no model.",
-        epilog="examples:\n  mapper validate rules/bert.toml\n  mapper validate rules/*.toml\n\n" + _EXIT_CODES,
+        "Also runs the file's [[examples]] (source names and the target each must get) and its lints\n"
+        "(M104 odd templates; with --source, M102 shadowed and M103 overlapping rules). Needs no model.",
+        epilog="examples:\n  mapper validate rules/bert.toml\n  mapper validate rules/*.toml\n"
+        "  mapper validate rules/bert.toml --source bert/model.ckpt --strict\n"
+        "  mapper validate rules/llama.toml --param num_layers=32\n\n" + _EXIT_CODES,
     )
     validate.add_argument("rules", nargs="+", help="rule files")
+    validate.add_argument(
+        "--source",
+        action="append",
+        metavar="PATH | NAME=PATH",
+        help="also lint the rules on this checkpoint's names: shadowed (M102) and overlapping (M103) rules",
+    )
+    validate.add_argument("--param", action="append", metavar="NAME=VALUE", help=_PARAM_HELP)
+    validate.add_argument("--strict", action="store_true", help="fail (exit 1) on lint warnings too")
+    validate.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+
+    _add_authoring(verbs)
 
     demo = verbs.add_parser(
         "demo",
@@ -149,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
             + _EXIT_CODES,
         )
         sub.add_argument("rules", help="the rule file")
+        sub.add_argument("--param", action="append", metavar="NAME=VALUE", help=_PARAM_HELP)
         sub.add_argument("--source", required=True, action="append", metavar="PATH | NAME=PATH", help=_SOURCE_HELP)
         sub.add_argument("--source-format", action="append", metavar="FORMAT | NAME=FORMAT", help=_SOURCE_FORMAT_HELP)
         sub.add_argument("--target", required=True, metavar="MODULE:FACTORY", help=_TARGET_HELP)
@@ -173,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final line")
         else:
             sub.add_argument("--output", metavar="FILE", help="write the report to FILE instead of standard output")
+            sub.add_argument("-q", "--quiet", action="store_true", help="print only the verdict line and problems")
     _add_convert(verbs)
     return parser
 
@@ -204,6 +222,7 @@ def _add_convert(verbs: Any) -> None:
         + _CONVERT_EXIT_CODES,
     )
     convert.add_argument("rules", help="the rule file")
+    convert.add_argument("--param", action="append", metavar="NAME=VALUE", help=_PARAM_HELP)
     convert.add_argument("source", metavar="SOURCE", help="the checkpoint (PATH, or NAME=PATH for a named source)")
     convert.add_argument(
         "output", metavar="OUTPUT", help="the file to write (.safetensors, .h5), or a TF checkpoint prefix"
@@ -229,6 +248,153 @@ def _add_convert(verbs: Any) -> None:
     convert.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final line")
 
 
+def _add_authoring(verbs: Any) -> None:
+    """The verbs that help write and review rule files: explain, suggest, schema, diff."""
+    explain = verbs.add_parser(
+        "explain",
+        formatter_class=_Formatter,
+        help="show why one name ends up where it does: every rule tried, and the plan's verdict",
+        description="For one source name: every rule in order, whether its pattern matches (and where it stops\n"
+        "fitting the name when it does not), the groups it binds, the target its template gives, and what the\n"
+        "plan finally does with the name (with --target). With --target-name, NAME is a target variable and the\n"
+        "question is where its value comes from.",
+        epilog="examples:\n"
+        "  mapper explain rules/bert.toml bert/encoder/layer_0/attention/self/query/kernel --source bert/model.ckpt\n"
+        "  mapper explain rules/bert.toml layer_0_attention/query/kernel --target-name \\\n"
+        "      --source bert/model.ckpt --target models.py:build\n\n" + _EXIT_CODES,
+    )
+    explain.add_argument("rules", help="the rule file")
+    explain.add_argument("name", help="a source tensor name (or, with --target-name, a target variable name)")
+    explain.add_argument("--source", action="append", metavar="PATH | NAME=PATH", help=_SOURCE_HELP)
+    explain.add_argument("--target", metavar="MODULE:FACTORY", help=_TARGET_HELP + "; needed for the plan's verdict")
+    explain.add_argument(
+        "--target-name", action="store_true", help="NAME is a target variable: where does it come from?"
+    )
+    explain.add_argument("--param", action="append", metavar="NAME=VALUE", help=_PARAM_HELP)
+
+    suggest = verbs.add_parser(
+        "suggest",
+        formatter_class=_Formatter,
+        help="draft a rule file from a checkpoint and a model (review it before use)",
+        description="Align the checkpoint's names with the model's by shared path segments, suffixes, shapes (also\n"
+        "after a transpose or reshape) and order; group per-layer repeats into one rule with a layer-index group;\n"
+        "and print a draft rule file whose comments say how confident each rule is and what could not be placed.",
+        epilog="examples:\n"
+        "  mapper suggest --source bert/model.ckpt --target models.py:build > draft.toml\n"
+        "  mapper validate draft.toml && mapper plan draft.toml --source bert/model.ckpt --target models.py:build",
+    )
+    suggest.add_argument("--source", required=True, metavar="PATH", help="the checkpoint")
+    suggest.add_argument("--source-format", action="append", metavar="FORMAT", help=_SOURCE_FORMAT_HELP)
+    suggest.add_argument("--target", required=True, metavar="MODULE:FACTORY", help=_TARGET_HELP)
+    suggest.add_argument(
+        "--namespace", choices=("path", "checkpoint"), default="path", help="the target names the draft produces"
+    )
+
+    schema = verbs.add_parser(
+        "schema",
+        formatter_class=_Formatter,
+        help="print the JSON Schema of rule files, for editors with TOML schema support",
+        description="Print the JSON Schema of rule files (format 1). Taplo / Even Better TOML use it when a rule file\n"
+        "starts with a directive such as '#:schema ../schema/rules-v1.json' (the shipped files do).",
+        epilog="examples:\n  mapper schema > schema/rules-v1.json",
+    )
+    del schema  # no options
+
+    diff = verbs.add_parser(
+        "diff",
+        formatter_class=_Formatter,
+        help="compare two plans: added, removed and changed assignments",
+        description="Compare two plans (JSON files from 'mapper plan --format json', plan or report), or two rule\n"
+        "files planned against the same --source and --target: what a model or rule change did to the mapping.",
+        epilog="examples:\n"
+        "  mapper diff before.json after.json\n"
+        "  mapper diff rules/old.toml rules/new.toml --source ckpt --target models.py:build --format markdown\n\n"
+        "exit codes:\n  0  the plans fill every target the same way\n  1  they differ\n  2  bad command line\n"
+        "  3  an input cannot be read",
+    )
+    diff.add_argument("old", help="a plan JSON file, or a rule file")
+    diff.add_argument("new", help="a plan JSON file, or a rule file")
+    diff.add_argument("--source", action="append", metavar="PATH | NAME=PATH", help="for rule files: " + _SOURCE_HELP)
+    diff.add_argument("--target", metavar="MODULE:FACTORY", help="for rule files: " + _TARGET_HELP)
+    diff.add_argument("--param", action="append", metavar="NAME=VALUE", help=_PARAM_HELP)
+    diff.add_argument("--format", choices=("text", "markdown"), default="text")
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from mapper.api import as_sources, as_target, make_plan, source_specs
+    from mapper.explain import explain_source, explain_target
+
+    rules = _load_rules(args, args.rules)
+    if args.target_name and not (args.source and args.target):
+        raise _UsageError("--target-name needs --source and --target: the answer comes from the plan")
+    source_map = None
+    plan = None
+    if args.source:
+        sources = as_sources(_sources(args.source))
+        source_map, _ = source_specs(sources)
+        if args.target:
+            target = as_target(load_target_factory(args.target), checkpoint_root=rules.target.checkpoint_root)
+            plan = make_plan(rules, sources, target)
+    if args.target_name:
+        _out(explain_target(plan, args.name))  # type: ignore[arg-type]  # checked: --target-name needs both
+    else:
+        _out(explain_source(rules, args.name, source=_map_holding(source_map, args.name), plan=plan))
+    return EXIT_OK
+
+
+def _map_holding(source_map: Any, name: str) -> Any:
+    """The one source's specs, or, of several named sources, the first that has ``name``."""
+    from mapper.specs import SourceSet
+
+    if isinstance(source_map, SourceSet):
+        return next((specs for specs in source_map.values() if name in specs), next(iter(source_map.values())))
+    return source_map
+
+
+def _suggest(args: argparse.Namespace) -> int:
+    from mapper.api import as_source, as_target
+    from mapper.suggest import suggest_rules
+
+    formats = _source_formats(args)
+    source = as_source(args.source, format=formats if isinstance(formats, str) else None)
+    target = as_target(load_target_factory(args.target))
+    suggestion = suggest_rules(source.specs(), target.map, namespace=args.namespace)
+    _out(suggestion.toml.rstrip("\n"))
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from mapper.schema import rules_schema_json
+
+    del args
+    _out(rules_schema_json().rstrip("\n"))
+    return EXIT_OK
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from mapper.diff import diff_plans, load_plan_for_diff, render_diff
+
+    plans = []
+    for path in (args.old, args.new):
+        if path.endswith(".toml"):
+            if not (args.source and args.target):
+                raise _UsageError(f"{path} is a rule file: give --source and --target to plan it")
+            from mapper.api import as_sources, as_target, make_plan
+
+            rules = _load_rules(args, path)
+            target = as_target(load_target_factory(args.target), checkpoint_root=rules.target.checkpoint_root)
+            plans.append(make_plan(rules, as_sources(_sources(args.source)), target, lints=False))
+        else:
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except OSError as error:
+                raise TargetError(f"cannot read {path}: {error.strerror or error}") from None
+            plans.append(load_plan_for_diff(text, path))
+    difference = diff_plans(plans[0], plans[1])
+    _out(render_diff(difference, old_label=args.old, new_label=args.new, markdown=args.format == "markdown"))
+    return EXIT_OK if difference.empty else EXIT_PROBLEMS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mapper`` command and return its exit code.
 
@@ -236,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["validate", "/no/such/rules.toml"])  # doctest: +SKIP
         1
     """
+    # TensorFlow's C++ start-up chatter (CUDA probing, CPU features) is not for our users; an explicit setting wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -245,6 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "apply": _apply,
         "convert": _convert,
         "demo": _demo,
+        "explain": _explain,
+        "suggest": _suggest,
+        "schema": _schema,
+        "diff": _diff,
     }
     try:
         return handlers[args.command](args)
@@ -312,26 +484,73 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from mapper.rules import load_rules
+    from mapper.examples import check_examples
+    from mapper.lint import lint
 
+    source_map = None
+    if args.source:
+        from mapper.api import as_sources, source_specs
+
+        source_map, _ = source_specs(as_sources(_sources(args.source)))
     failed = 0
+    warned = 0
     for path in args.rules:
         try:
-            rules = load_rules(path)
+            rules = _load_rules(args, path)
         except RuleFileError as error:
             failed += 1
             _error(str(error))
             continue
-        keeps = f", {len(rules.keep)} keep rule{'s' if len(rules.keep) != 1 else ''}" if rules.keep else ""
-        _out(f"ok: {path} ({len(rules.rules)} rule{'s' if len(rules.rules) != 1 else ''}{keeps})")
+        results = check_examples(rules)
+        failures = [result for result in results if not result.ok]
+        findings = lint(rules, source_map)
+        warned += len(findings)
+        for finding in findings:
+            _warn(finding.message)
+        for result in failures:
+            _error(f"{path}: {result}")
+        if failures:
+            failed += 1
+            continue
+        if not args.quiet:
+            counts = [f"{len(rules.rules)} rule{_s(len(rules.rules))}"]
+            if rules.keep:
+                counts.append(f"{len(rules.keep)} keep rule{_s(len(rules.keep))}")
+            if results:
+                counts.append(f"{len(results)} example{_s(len(results))} passed")
+            if findings:
+                counts.append(f"{len(findings)} lint warning{_s(len(findings))}")
+            _out(f"ok: {path} ({', '.join(counts)})")
     if failed:
-        _error(f"{failed} of {len(args.rules)} rule file{'s' if len(args.rules) != 1 else ''} invalid")
+        _error(f"{failed} of {len(args.rules)} rule file{_s(len(args.rules))} invalid")
+        return EXIT_PROBLEMS
+    if warned and args.strict:
+        _error(f"{warned} lint warning{_s(warned)} (--strict)")
         return EXIT_PROBLEMS
     return EXIT_OK
 
 
+def _load_rules(args: argparse.Namespace, path: str) -> Any:
+    from mapper.rules import load_rules, parse_param
+
+    overrides = dict(parse_param(value) for value in getattr(args, "param", None) or ())
+    return load_rules(path, params=overrides)
+
+
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"
+
+
 def _plan(args: argparse.Namespace) -> int:
     plan, _, _ = _make_plan(args)
+    if args.quiet and not args.output:
+        from mapper.report import render_text
+
+        lines = render_text(plan).splitlines()
+        _out(lines[0])
+        for problem in plan.problems:
+            (_error if problem.is_error else _warn)(problem.message)
+        return EXIT_OK if plan.ok else EXIT_PROBLEMS
     report = _render(plan, args, sys.stdout)
     if args.output:
         _write_text_atomically(Path(args.output), report)
@@ -354,13 +573,11 @@ def _apply(args: argparse.Namespace) -> int:
     if not plan.ok:
         raise plan_error(plan)
     started = time.perf_counter()
-    progress = _ProgressBar(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
+    progress = _ProgressBar(sys.stderr) if _interactive() and not args.quiet else None
     result = apply(plan, source, target, method=args.method, progress=progress)
     if progress is not None:
         progress.close()
-    from mapper.rules import load_rules
-
-    root = load_rules(args.rules).target.checkpoint_root
+    root = _load_rules(args, args.rules).target.checkpoint_root
     save_target(target, output, checkpoint_root=root, overwrite=args.overwrite)
     seconds = time.perf_counter() - started
     _out(
@@ -426,13 +643,12 @@ def _run_demo(workdir: Path) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from mapper.api import as_sources, as_target, plan_error
     from mapper.conversion import plan_conversion, write_plan
-    from mapper.rules import load_rules
     from mapper.targets.writers import check_output, output_format
 
     output = Path(args.output)
     chosen = output_format(output, args.to)
     check_output(output, chosen, overwrite=args.overwrite)
-    rules = load_rules(args.rules)
+    rules = _load_rules(args, args.rules)
     sources = as_sources(_sources([args.source, *(args.more_sources or ())]), format=_source_formats(args))
     target_map = None
     if args.target:
@@ -442,7 +658,7 @@ def _convert(args: argparse.Namespace) -> int:
         _out(_render(plan, args, sys.stdout))
     if not plan.ok:
         raise plan_error(plan)
-    progress = _ProgressBar(sys.stderr, "converting") if sys.stderr.isatty() and not args.quiet else None
+    progress = _ProgressBar(sys.stderr, "converting") if _interactive() and not args.quiet else None
     try:
         result = write_plan(plan, sources, output, format=chosen, overwrite=args.overwrite, progress=progress)
     finally:
@@ -513,9 +729,8 @@ def _source_formats(args: argparse.Namespace) -> str | dict[str, str] | None:
 
 def _make_plan(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from mapper.api import as_sources, as_target, make_plan
-    from mapper.rules import load_rules
 
-    rules = load_rules(args.rules)
+    rules = _load_rules(args, args.rules)
     source = as_sources(_sources(args.source), format=_source_formats(args))
     target_object = load_target_factory(args.target)
     target = as_target(target_object, checkpoint_root=rules.target.checkpoint_root)
@@ -576,6 +791,11 @@ def _render(plan: Any, args: argparse.Namespace, stream: TextIO) -> str:
     return render(plan, args.format)
 
 
+def _interactive() -> bool:
+    """A person is watching: standard output is a terminal (so not piped) and so is the error stream we draw on."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
 class _ProgressBar:
     """A one-line progress bar on a terminal; the CLI draws it only when stderr is one."""
 
@@ -621,6 +841,10 @@ def _version() -> str:
 
 def _out(text: str) -> None:
     print(text)
+
+
+def _warn(text: str) -> None:
+    print(f"mapper: warning: {text}", file=sys.stderr)
 
 
 def _error(text: str) -> None:
