@@ -630,7 +630,7 @@ class _Planner:
             ProblemKind.UNUSED_SOURCE,
             [entry.name for entry in self.unused],
             "source tensor{s} matched no rule",
-            "add a rule for {them}, or a skip rule with a reason"
+            "add a rule for {them} or a skip rule with a reason"
             + ("" if policies.unused_source != "error" else ', or set [policies] unused_source = "warn"'),
         )
         self._policy_problem(
