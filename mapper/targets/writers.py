@@ -8,6 +8,7 @@ wrote. Used as a context manager, a writer commits when the block ends and abort
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import secrets
@@ -168,7 +169,7 @@ def open_writer(
     return writers[chosen](path, specs, overwrite=overwrite)
 
 
-class TensorWriter:
+class TensorWriter(abc.ABC):
     """Base of the writers: checks the specs, tracks what was written, commits or aborts.
 
     Subclasses implement ``_start``, ``_write``, ``_finish`` (make the temporary output complete),
@@ -223,7 +224,7 @@ class TensorWriter:
         self.written.add(name)
         self.bytes_written += spec.nbytes
 
-    def end_batch(self) -> None:
+    def end_batch(self) -> None:  # noqa: B027 - a hook: only writers that buffer (TF checkpoints) override it
         """Say that a batch is complete: writers that buffer (TF checkpoints) write it out now."""
 
     def commit(self) -> None:
@@ -269,23 +270,28 @@ class TensorWriter:
 
     # --- for subclasses ------------------------------------------------------------------------------------------
 
-    def _check_specs(self) -> None:
+    def _check_specs(self) -> None:  # noqa: B027 - a hook: formats that limit names or dtypes override it
         """TargetError for a name or dtype the format cannot hold."""
 
+    @abc.abstractmethod
     def _start(self) -> None:
-        raise NotImplementedError
+        """Implemented by each format."""
 
+    @abc.abstractmethod
     def _write(self, spec: TensorSpec, value: Any) -> None:
-        raise NotImplementedError
+        """Implemented by each format."""
 
+    @abc.abstractmethod
     def _finish(self) -> None:
-        raise NotImplementedError
+        """Implemented by each format."""
 
+    @abc.abstractmethod
     def _install(self, existing: list[Path]) -> None:
-        raise NotImplementedError
+        """Implemented by each format."""
 
+    @abc.abstractmethod
     def _discard(self) -> None:
-        raise NotImplementedError
+        """Implemented by each format."""
 
     def _refuse_dtypes(self, allowed: frozenset[str], advice: str) -> None:
         bad = [spec for spec in self.specs.values() if spec.dtype not in allowed]
@@ -325,8 +331,9 @@ class _FileWriter(TensorWriter):
         self._close()
         self._temporary.unlink(missing_ok=True)
 
+    @abc.abstractmethod
     def _close(self) -> None:
-        raise NotImplementedError
+        """Implemented by each format."""
 
 
 class SafetensorsWriter(_FileWriter):
