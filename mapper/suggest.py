@@ -41,7 +41,7 @@ The draft is a starting point for a person, not a finished port: every rule says
 Not attempted: splitting or joining tensors (fused ``qkv`` kernels, GPT-2's ``c_attn``), ``slice`` and
 ``rearrange`` operations, and pairing words that share no text (``layernorm_before`` against ``ln_1`` is decided
 by place alone, and the confidence says so). Source tensors without a target are written as commented-out skip
-rules ("TODO: no target found"), so planning the draft still reports them until someone decides; targets nothing
+rules ("DECIDE: no target found"), so planning the draft still reports them until someone decides; targets nothing
 fills are listed with commented-out ``[[keep]]`` entries.
 """
 
@@ -1392,7 +1392,7 @@ def _render(drafts: Sequence[_Draft], sides: _Sides, notes: Sequence[str]) -> st
         by_name = {name.key: name.spec for name in sources}
         for pattern, members in _cover(unplaced, [name.key for name in sources]):
             lines += ["#", *_listing(members, by_name), "# [[rules]]", f"# match = {_pattern_string(pattern)}"]
-            lines.append('# skip = "TODO: no target found"')
+            lines.append('# skip = "DECIDE: no target found"')
     if notes:
         lines += ["", "# --- given up: pairs the planner refused, left unplaced ---", *(f"# {note}" for note in notes)]
     if unfilled:
@@ -1404,7 +1404,7 @@ def _render(drafts: Sequence[_Draft], sides: _Sides, notes: Sequence[str]) -> st
         by_name = {name.key: name.spec for name in targets}
         for pattern, members in _cover(unfilled, [name.key for name in targets]):
             lines += ["#", *_listing(members, by_name), "# [[keep]]", f"# match = {_pattern_string(pattern)}"]
-            lines.append('# reason = "TODO: nothing in the source fits"')
+            lines.append('# reason = "DECIDE: nothing in the source fits"')
     return "\n".join(lines) + "\n"
 
 

@@ -334,7 +334,7 @@ def test_bookkeeping_is_skipped_with_a_reason(drafts: dict[str, tuple[Case, Sugg
     plan = build_plan(parse_rules(suggestion.toml), case.source, case.target)
     reasons = {skip.name: skip.reason for skip in plan.skips}
     assert set(reasons) == set(case.skipped)
-    assert all("TODO" not in reason for reason in reasons.values())
+    assert all("DECIDE" not in reason for reason in reasons.values())
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -432,7 +432,7 @@ def test_unplaced_and_unfilled_are_listed_not_hidden() -> None:
     assert suggestion.unfilled_targets == ("new_head/kernel",)
     lines = suggestion.toml.splitlines()
     assert "# match = 'head/logits/kernel'" in lines
-    assert '# skip = "TODO: no target found"' in lines
+    assert '# skip = "DECIDE: no target found"' in lines
     assert "# match = 'new_head/kernel'" in lines
     plan = build_plan(parse_rules(suggestion.toml), case.source, case.target)
     kinds = {problem.kind for problem in plan.problems}
