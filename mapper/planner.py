@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +136,8 @@ class RuleMatcher:
 
     def __init__(self, patterns: Sequence[Any], *, only: Collection[int] | None = None) -> None:
         self._patterns = list(patterns)
+        # The compiled pattern's own fullmatch where there is one: it skips a method call per try.
+        self._fullmatch = [getattr(pattern, "_pattern", None) or pattern for pattern in self._patterns]
         buckets: dict[str, list[int]] = {}
         for index, pattern in enumerate(self._patterns):
             if only is None or index in only:
@@ -148,7 +150,7 @@ class RuleMatcher:
         return [
             (index, matched)
             for index in self._candidates(name)
-            if (matched := self._patterns[index].fullmatch(name)) is not None
+            if (matched := self._fullmatch[index].fullmatch(name)) is not None
         ]
 
     def _candidates(self, name: str) -> list[int]:
@@ -173,7 +175,7 @@ class RuleMatcher:
         if len(candidates) > 1:
             candidates.sort()
         for index in candidates:
-            matched = self._patterns[index].fullmatch(name)
+            matched = self._fullmatch[index].fullmatch(name)
             if matched is not None:
                 return index, matched
         return None
@@ -271,9 +273,13 @@ class _Planner:
     # concat/stack members waiting for their group: (rule index, source id, target key) -> [(member value, spec)]
     pending: dict[tuple[int, str | None, str], list[tuple[str, TensorSpec]]] = field(default_factory=dict)
     hinted: int = 0
+    refs: list[RuleRef] = field(default_factory=list)
+    renderers: list[tuple[Callable[[Any], str], ...]] = field(default_factory=list)
     unreadable: set[int] = field(default_factory=set)  # rules that name a source the plan was not given
 
     def run(self) -> None:
+        self.refs = [self.rules.rule_ref(index) for index in range(len(self.rules.rules))]
+        self.renderers = [rule.renderers() for rule in self.rules.rules]
         self.rule_hits = [0] * len(self.rules.rules)
         self.keep_hits = [0] * len(self.rules.keep)
         self._find_kept_targets()
@@ -330,7 +336,7 @@ class _Planner:
 
     def _apply_rule(self, index: int, matched: Any, spec: TensorSpec, source_id: str | None) -> None:
         rule = self.rules.rules[index]
-        ref = self.rules.rule_ref(index)
+        ref = self.refs[index]
         if rule.skip is not None:
             self.skips.append(
                 Skip(spec.name, "source", SkipKind.RULE, rule.skip, ref, source_shape=spec.shape, source_id=source_id)
@@ -350,7 +356,7 @@ class _Planner:
                 return
         for number, part in enumerate(parts):
             try:
-                key = rule.render(matched, number)
+                key = self.renderers[index][number](matched)
             except TemplateError as error:
                 self._problem(ProblemKind.BAD_TEMPLATE, f"source {spec.name!r}: {error}", ref, (spec.name,))
                 return
@@ -373,19 +379,23 @@ class _Planner:
     ) -> None:
         """Decide what one target gets from one source tensor (or one group of them)."""
         rule = self.rules.rules[index]
-        ref = self.rules.rule_ref(index)
+        ref = self.refs[index]
         spec = specs[0]
         names = tuple(member.name for member in specs)
-        label = f"source {spec.name!r}" if len(specs) == 1 else f"sources {', '.join(map(repr, names))}"
-        # With their shapes: a group's members may differ in shape (a GQA concat), so show each one's.
-        described = (
-            f"{label} {format_shape(spec.shape)}"
-            if len(specs) == 1
-            else "sources " + ", ".join(f"{member.name!r} {format_shape(member.shape)}" for member in specs)
-        )
+
+        # Messages are built only when a problem needs them: most names meet none, and this runs per name.
+        def label() -> str:
+            return f"source {spec.name!r}" if len(specs) == 1 else f"sources {', '.join(map(repr, names))}"
+
+        def described() -> str:
+            # With their shapes: a group's members may differ in shape (a GQA concat), so show each one's.
+            if len(specs) == 1:
+                return f"{label()} {format_shape(spec.shape)}"
+            return "sources " + ", ".join(f"{member.name!r} {format_shape(member.shape)}" for member in specs)
+
         target_spec = self.target.lookup(self.namespace, key)
         if target_spec is None:
-            self._missing_target(label, names, key, ref)
+            self._missing_target(label(), names, key, ref)
             return
         if target_spec.name in self.kept:
             keep_index = self.kept[target_spec.name]
@@ -434,7 +444,7 @@ class _Planner:
                 else:
                     self._problem(
                         ProblemKind.BAD_OPERATION,
-                        f"{described} {spec.dtype} -> target {target_spec.name!r}: {error}",
+                        f"{described()} {spec.dtype} -> target {target_spec.name!r}: {error}",
                         ref,
                         (*names, target_spec.name),
                     )
@@ -446,7 +456,7 @@ class _Planner:
                 hint = _shape_hint(shape, target_spec.shape)
                 self._problem(
                     ProblemKind.SHAPE_MISMATCH,
-                    described
+                    described()
                     + (f" {'become' if combine else 'becomes'} {format_shape(shape)}" if operations or combine else "")
                     + f" but target {target_spec.name!r} is {format_shape(target_spec.shape)}; {hint}",
                     ref,
@@ -460,7 +470,7 @@ class _Planner:
         if dtype != target_spec.dtype:
             self._problem(
                 ProblemKind.DTYPE_MISMATCH,
-                f"{label} {'are' if combine else 'is'} {dtype} but target {target_spec.name!r} is {target_spec.dtype}; "
+                f"{label()} {'are' if combine else 'is'} {dtype} but target {target_spec.name!r} is {target_spec.dtype}; "
                 f'add {{ cast = "{target_spec.dtype}" }} to the rule\'s ops',
                 ref,
                 (*names, target_spec.name),
@@ -491,7 +501,7 @@ class _Planner:
             spec = rule.combine
             if spec is None:  # pragma: no cover - only combine rules add to pending
                 continue
-            ref = self.rules.rule_ref(index)
+            ref = self.refs[index]
             expected = spec.expected
             by_member: dict[str, list[TensorSpec]] = {}
             for member, tensor in found:

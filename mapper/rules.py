@@ -6,7 +6,7 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -574,14 +574,39 @@ class Rule(_Frozen):
 
     def render(self, matched: Any, part: int = 0) -> str:
         """The target name (of split part ``part``) for a match; raises TemplateError for bad arithmetic."""
+        return self.renderers()[part](matched)
+
+    def renderers(self) -> tuple[Callable[[Any], str], ...]:
+        """One function per target template (one, or one per split part) from a match to the target name.
+
+        The planner takes these once per rule: they hold what they need, so rendering a name costs no
+        attribute look-ups on the model.
+        """
+        templates = (self.target,) if self.target is not None else (self.targets or ())
+        return tuple(
+            _renderer(pieces, self.values, template)
+            for pieces, template in zip(self._templates, templates, strict=True)
+        )
+
+    @property
+    def combine(self) -> CombineSpec | None:
+        """The concat or stack spec, if any."""
+        return self.concat or self.stack
+
+
+def _renderer(
+    pieces: tuple[_Piece, ...], values: Mapping[str, Mapping[str, str]], template: str
+) -> Callable[[Any], str]:
+    """A function rendering ``template`` (parsed into ``pieces``) for one match."""
+
+    def render(matched: Any) -> str:
         parts: list[str] = []
-        template = self.target if self.target is not None else (self.targets or ("",))[part]
-        for piece in self._templates[part]:
+        for piece in pieces:
             if piece.group is None:
                 parts.append(piece.text)
                 continue
             value = matched.group(piece.group)
-            table = self.values.get(piece.group) if isinstance(piece.group, str) else None
+            table = values.get(piece.group) if isinstance(piece.group, str) else None
             if table is not None and value is not None:
                 if value not in table:
                     raise TemplateError(
@@ -605,10 +630,7 @@ class Rule(_Frozen):
             parts.append(value or "")
         return "".join(parts)
 
-    @property
-    def combine(self) -> CombineSpec | None:
-        """The concat or stack spec, if any."""
-        return self.concat or self.stack
+    return render
 
 
 class Keep(_Frozen):
