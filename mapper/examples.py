@@ -71,6 +71,19 @@ def _check(rules: RuleSet, matcher: RuleMatcher, number: int, example: Example) 
     label = f"rule {ref.index}" + (f" ({rule.name!r})" if rule.name else "")
     if example.rule is not None and rule.name != example.rule:
         return ExampleResult(number, example.source, f"{expected} by rule {example.rule!r}", f"taken by {label}", None)
+    if example.groups:
+        captured = matched.groupdict()
+        missing = [group for group in example.groups if group not in captured]
+        if missing:
+            defined = ", ".join(sorted(captured)) or "none"
+            return ExampleResult(
+                number, example.source, expected, f"a rule without group {missing[0]!r} (it defines: {defined})", label
+            )
+        wrong = {group: captured[group] for group, value in example.groups.items() if captured[group] != value}
+        if wrong:
+            wanted = ", ".join(f"{group}={example.groups[group]!r}" for group in wrong)
+            got = ", ".join(f"{group}={value!r}" for group, value in wrong.items())
+            return ExampleResult(number, example.source, f"{expected} with {wanted}", f"groups {got}", label)
     if rule.skip is not None:
         return ExampleResult(number, example.source, expected, "skip", label)
     try:

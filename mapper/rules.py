@@ -682,6 +682,9 @@ class Example(_Frozen):
     targets: tuple[str, ...] | None = Field(None, description="For a split rule: the target name of every part.")
     skip: bool = Field(False, description="true: the rules must skip this name.")
     rule: str | None = Field(None, description="The name of the rule that must take it.")
+    groups: dict[str, str] | None = Field(
+        None, description="What named groups of that rule's pattern must capture: { i = '3', part = 'query' }."
+    )
 
     @model_validator(mode="after")
     def _one_expectation(self) -> Example:
@@ -730,6 +733,15 @@ class RuleSet(_Frozen):
                     f"example for {example.source!r} names rule {example.rule!r}, but no rule has that name"
                     + (_closest(example.rule, names) if names else "; no rule has a name")
                 )
+            if example.rule is not None and example.groups:
+                rule = next(rule for rule in self.rules if rule.name == example.rule)
+                defined = sorted(regex.compile(rule.match).groupindex)
+                for group in example.groups:
+                    if group not in defined:
+                        raise ValueError(
+                            f"example for {example.source!r} expects group {group!r}, which rule {example.rule!r} does "
+                            f"not define (it defines: {', '.join(defined) or 'none'})"
+                        )
         return self
 
     @field_validator("params", mode="before")

@@ -63,3 +63,26 @@ def test_bad_examples_are_rule_file_errors(example: str, message: str) -> None:
     with pytest.raises(RuleFileError) as caught:
         parse_rules(RULES + "[[examples]]\n" + example + "\n", file="ex.toml")
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("groups", "ok", "shown"),
+    [
+        ("{ i = '0', p = 'w' }", True, "example 1 ok"),
+        ("{ i = '1' }", False, "expected target 'layer_1/w' with i='1', got groups i='0'"),
+        ("{ layer = '0' }", False, "got a rule without group 'layer' (it defines: i, p)"),
+    ],
+    ids=["right", "wrong-value", "no-such-group"],
+)
+def test_examples_check_groups(groups: str, ok: bool, shown: str) -> None:
+    example = f'source = "h.0.w"\ntarget = "layer_1/w"\ngroups = {groups}'
+    (result,) = check_examples(parse_rules(RULES + "[[examples]]\n" + example + "\n", file="ex.toml"))
+    assert result.ok is ok
+    assert shown in str(result)
+
+
+def test_an_example_naming_a_group_its_rule_lacks_is_a_rule_file_error() -> None:
+    example = 'source = "h.0.w"\ntarget = "layer_1/w"\nrule = "layers"\ngroups = { layer = "0" }'
+    with pytest.raises(RuleFileError) as caught:
+        parse_rules(RULES + "[[examples]]\n" + example + "\n", file="ex.toml")
+    assert "expects group 'layer', which rule 'layers' does not define (it defines: i, p)" in str(caught.value)
