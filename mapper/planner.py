@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import gc
 import math
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +108,8 @@ def build_plan(
             f"names only in: {', '.join(target.namespaces)}; set [target] namespace to one of those"
         )
     state = _Planner(rules, source, target, namespace)
-    state.run()
+    with _collector_paused():
+        state.run()
     return Plan(
         rule_files=(rules.file,),
         source=source_description or str(getattr(source, "description", "") or "source"),
@@ -118,6 +121,22 @@ def build_plan(
         unfilled_targets=tuple(state.unfilled),
         problems=tuple(state.problems),
     )
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while planning, restoring its state after.
+
+    Planning allocates a few objects per name and frees none of them, which makes the collector walk the
+    whole heap again and again (a third of the time for 100,000 names, measured). Nothing here forms a cycle.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class RuleMatcher:
@@ -144,6 +163,8 @@ class RuleMatcher:
                 buckets.setdefault(literal_prefix(pattern.match), []).append(index)
         self._buckets = buckets
         self._lengths = sorted({len(prefix) for prefix in buckets})
+        self._longest = self._lengths[-1] if self._lengths else 0
+        self._memo: dict[str, list[int]] = {}
 
     def every(self, name: str) -> list[tuple[int, Any]]:
         """``(index, match)`` of every pattern matching all of ``name``, in order (for lints and explain)."""
@@ -154,26 +175,25 @@ class RuleMatcher:
         ]
 
     def _candidates(self, name: str) -> list[int]:
-        candidates: list[int] = []
-        for length in self._lengths:
-            if length > len(name):
-                break
-            bucket = self._buckets.get(name[:length])
-            if bucket:
-                candidates.extend(bucket)
-        return sorted(candidates)
+        # Which rules a name may match depends only on its first `longest prefix` characters, and names of
+        # one model share those (layer_0/attention/...), so the answer is remembered per such start.
+        start = name[: self._longest]
+        candidates = self._memo.get(start)
+        if candidates is None:
+            candidates = []
+            for length in self._lengths:
+                if length > len(name):
+                    break
+                bucket = self._buckets.get(name[:length])
+                if bucket:
+                    candidates.extend(bucket)
+            candidates.sort()
+            self._memo[start] = candidates
+        return candidates
 
     def first(self, name: str) -> tuple[int, Any] | None:
         """``(index, match)`` of the first pattern matching all of ``name``, or None."""
-        candidates: list[int] = []
-        for length in self._lengths:
-            if length > len(name):
-                break
-            bucket = self._buckets.get(name[:length])
-            if bucket:
-                candidates.extend(bucket)
-        if len(candidates) > 1:
-            candidates.sort()
+        candidates = self._candidates(name)
         for index in candidates:
             matched = self._fullmatch[index].fullmatch(name)
             if matched is not None:

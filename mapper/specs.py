@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass, field
+from typing import Any
 
 # Bytes per element of the dtypes we meet in checkpoints; strings and resources have no fixed size.
 DTYPE_SIZES: Mapping[str, int] = {
@@ -99,6 +100,26 @@ class VariableMap(Mapping[str, TensorSpec]):
     def __len__(self) -> int:
         return len(self._specs)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    # The dict's own views: the Mapping defaults go through __getitem__ per name, and the planner walks every name.
+    def items(self) -> ItemsView[str, TensorSpec]:
+        """``(name, spec)`` pairs, in order."""
+        return self._specs.items()
+
+    def values(self) -> ValuesView[TensorSpec]:
+        """The specs, in order."""
+        return self._specs.values()
+
+    def keys(self) -> KeysView[str]:
+        """The names, in order."""
+        return self._specs.keys()
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The spec of ``name``, or ``default``."""
+        return self._specs.get(name, default)
+
     def __repr__(self) -> str:
         return f"VariableMap({len(self)} variables, description={self.description!r})"
 
@@ -149,7 +170,8 @@ class TargetMap:
     def lookup(self, namespace: str, key: str) -> TensorSpec | None:
         """The spec of the variable called ``key`` in ``namespace``, or None."""
         if namespace == PATH_NAMESPACE:
-            return self.variables.get(key)
+            found: TensorSpec | None = self.variables.get(key)
+            return found
         name = self._reverse.get(namespace, {}).get(key)
         return None if name is None else self.variables[name]
 
