@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -406,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in _KERAS_COMMANDS:
+        _import_tensorflow_quietly()
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "inspect": _inspect,
         "validate": _validate,
@@ -789,6 +792,32 @@ def _render(plan: Any, args: argparse.Namespace, stream: TextIO) -> str:
         color = wants_color and not (to_file and args.color != "always")
         return render(plan, "text", color=color, verbose=args.verbose)
     return render(plan, args.format)
+
+
+# Commands that always build a Keras model, so import TensorFlow anyway.
+_KERAS_COMMANDS = frozenset({"plan", "apply", "demo"})
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with the process's standard error closed for the moment.
+
+    The full ``tensorflow`` wheel probes for CUDA as it loads and reports, before any logging is set up
+    (so TF_CPP_MIN_LOG_LEVEL cannot silence it), that it found no GPU driver: noise in front of every report.
+    Errors still surface: a failed import raises, and is reported, after standard error is back.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with Path(os.devnull).open("w", encoding="utf-8") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            # A missing TensorFlow is reported, with an install hint, where it is needed.
+            with contextlib.suppress(ImportError):
+                import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _interactive() -> bool:
