@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from mapper.errors import ApplyError, OperationError, PlanError, SourceError, TargetError
 from mapper.ops import NUMPY, ArrayBackend, apply_operations, combine_values, infer_all
 from mapper.plan import Assignment, Plan
@@ -799,16 +801,40 @@ def _transform(members: Sequence[Any], assignment: Assignment, where: str, tf: A
             _check_read(name, shape, found, assignment, where)
     if assignment.combine is None and not assignment.operations:
         only = members[0]
-        return only if isinstance(only, tf.Tensor) else tf.convert_to_tensor(only)
+        return only if isinstance(only, tf.Tensor) else _to_tensor(only, tf)
     if _nbytes(assignment) > NUMPY_OPS_MAX_BYTES:
         backend = _tf_backend()
-        tensors = [value if isinstance(value, tf.Tensor) else tf.convert_to_tensor(value) for value in members]
+        tensors = [value if isinstance(value, tf.Tensor) else _to_tensor(value, tf) for value in members]
         joined = tensors[0] if assignment.combine is None else combine_values(assignment.combine, tensors, backend)
         return apply_operations(assignment.operations, joined, backend)
     # No copy on CPU; NumPy is faster than TensorFlow ops on small tensors.
     arrays = [value.numpy() if isinstance(value, tf.Tensor) else value for value in members]
     joined = arrays[0] if assignment.combine is None else combine_values(assignment.combine, arrays, NUMPY)
     return tf.convert_to_tensor(apply_operations(assignment.operations, joined, NUMPY))
+
+
+def _to_tensor(value: Any, tf: Any) -> Any:
+    """A tf.Tensor holding a NumPy array's values, in one copy.
+
+    ``tf.convert_to_tensor`` copies a NumPy array twice (into a 16-byte-aligned buffer, then a 64-byte-aligned
+    one): measured here, 0.11 s and twice the memory for an 89 MiB embedding. One copy into a 64-byte-aligned
+    array handed over through DLPack takes 0.02 s, and the assign then adopts that buffer. Small tensors, and
+    dtypes DLPack does not carry (bfloat16 and float8 from ml_dtypes), take the ordinary path.
+    """
+    array = np.asarray(value)
+    if array.nbytes <= NUMPY_OPS_MAX_BYTES or array.dtype.kind not in "biuf" or array.dtype.type.__module__ != "numpy":
+        return tf.convert_to_tensor(array)
+    buffer = np.empty(array.nbytes + _ALIGNMENT, np.uint8)
+    start = -buffer.ctypes.data % _ALIGNMENT
+    aligned = buffer[start : start + array.nbytes].view(array.dtype).reshape(array.shape)
+    np.copyto(aligned, array)
+    try:
+        return tf.experimental.dlpack.from_dlpack(aligned.__dlpack__())
+    except (TypeError, ValueError, RuntimeError, BufferError, tf.errors.InvalidArgumentError):
+        return tf.convert_to_tensor(aligned)
+
+
+_ALIGNMENT = 64  # what TensorFlow's CPU allocator gives its own tensors
 
 
 @functools.cache

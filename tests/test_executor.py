@@ -1417,3 +1417,16 @@ def test_multi_source_failure_in_the_second_source_rolls_back_the_first(tmp_path
 
     assert len(sources["backbone"].calls) == 1
     assert_values(target, before)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int64", "bool"])
+def test_large_numpy_values_become_tensors_exactly(dtype: str) -> None:
+    from mapper.executor import _to_tensor
+
+    values = (np.random.default_rng(0).normal(size=(300, 257)) * 100).astype(dtype)  # > 64 KiB, odd row length
+    tensor = _to_tensor(values, tf)
+    assert tensor.dtype.name == dtype and tuple(tensor.shape) == values.shape
+    np.testing.assert_array_equal(tensor.numpy(), values)
+    variable = tf.Variable(tf.zeros_like(tensor))
+    variable.assign(tensor)
+    np.testing.assert_array_equal(variable.numpy(), values)
