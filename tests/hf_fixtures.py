@@ -19,6 +19,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from mapper.plan import Plan
+
 # keras-hub imports huggingface_hub, which reads these once at import time; the tests load local directories only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -244,3 +246,19 @@ def write_llama(directory: Path, variant: LlamaVariant = LlamaVariant(), seed: i
     """A tiny random Llama directory (grouped-query attention) in the given variant."""
     tensors, skipped = llama_tensors(variant, seed)
     return write_hf_model(directory, llama_config(variant), tensors, skipped)
+
+
+def weights_by_path(model: Any) -> dict[str, np.ndarray]:
+    """Every weight of a Keras model by its path, as NumPy arrays."""
+    return {weight.path: np.array(weight.numpy()) for weight in model.weights}
+
+
+@dataclass(frozen=True)
+class Ported:
+    """One checkpoint loaded twice: by keras-hub (the reference) and through the rule file."""
+
+    hf: HFModel
+    reference: dict[str, np.ndarray]
+    initial: dict[str, np.ndarray]
+    ported: dict[str, np.ndarray]
+    plan: Plan

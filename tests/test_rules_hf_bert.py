@@ -8,17 +8,16 @@ loaded through the rule file; the two must agree bit for bit on every weight.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from hf_fixtures import BertVariant, HFModel, bert_config, write_bert
+from hf_fixtures import BertVariant, Ported, bert_config, weights_by_path, write_bert
 
 import mapper
 from mapper.errors import PlanError
-from mapper.plan import Plan, SkipKind
+from mapper.plan import SkipKind
 from mapper.report import render_text
 
 keras_hub = pytest.importorskip("keras_hub")
@@ -47,21 +46,6 @@ def backbone_for(config: dict[str, Any], **overrides: Any) -> Any:
     from keras_hub.src.utils.transformers import convert_bert
 
     return keras_hub.models.BertBackbone(**{**convert_bert.convert_backbone_config(config), **overrides})
-
-
-def weights_by_path(model: Any) -> dict[str, np.ndarray]:
-    return {weight.path: np.array(weight.numpy()) for weight in model.weights}
-
-
-@dataclass(frozen=True)
-class Ported:
-    """One checkpoint loaded twice: by keras-hub (the reference) and through the rule file."""
-
-    hf: HFModel
-    reference: dict[str, np.ndarray]
-    initial: dict[str, np.ndarray]
-    ported: dict[str, np.ndarray]
-    plan: Plan
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS.values()), ids=list(VARIANTS))

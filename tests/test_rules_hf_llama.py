@@ -8,17 +8,26 @@ half the query kernel's heads. keras-hub loads each directory with ``Llama3Backb
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from hf_fixtures import HEAD_DIM, HEADS, HIDDEN, KV_HEADS, HFModel, LlamaVariant, llama_config, write_llama
+from hf_fixtures import (
+    HEAD_DIM,
+    HEADS,
+    HIDDEN,
+    KV_HEADS,
+    LlamaVariant,
+    Ported,
+    llama_config,
+    weights_by_path,
+    write_llama,
+)
 
 import mapper
 from mapper.errors import PlanError
-from mapper.plan import Plan, SkipKind
+from mapper.plan import SkipKind
 from mapper.report import render_text
 
 keras_hub = pytest.importorskip("keras_hub")
@@ -39,21 +48,6 @@ def backbone_for(config: dict[str, Any], **overrides: Any) -> Any:
     from keras_hub.src.utils.transformers import convert_llama3
 
     return keras_hub.models.Llama3Backbone(**{**convert_llama3.convert_backbone_config(config), **overrides})
-
-
-def weights_by_path(model: Any) -> dict[str, np.ndarray]:
-    return {weight.path: np.array(weight.numpy()) for weight in model.weights}
-
-
-@dataclass(frozen=True)
-class Ported:
-    """One checkpoint loaded twice: by keras-hub (the reference) and through the rule file."""
-
-    hf: HFModel
-    reference: dict[str, np.ndarray]
-    initial: dict[str, np.ndarray]
-    ported: dict[str, np.ndarray]
-    plan: Plan
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS.values()), ids=list(VARIANTS))
