@@ -8,7 +8,7 @@ import time
 from itertools import count
 from typing import Any
 
-from mapper.planner import build_plan
+from mapper.plan.planner import build_plan
 from mapper.rules import RuleSet, parse_rules
 from mapper.specs import TargetMap, TensorSpec, VariableMap
 
@@ -114,7 +114,7 @@ def synthetic_rules() -> str:
 
 def target_names(rule_set: RuleSet, names: list[str]) -> list[str]:
     """The target names the rules produce for ``names``: the target is made to fit exactly (untimed)."""
-    from mapper.planner import RuleMatcher
+    from mapper.plan.planner import RuleMatcher
 
     matcher = RuleMatcher(rule_set.rules)
     targets = []

@@ -216,12 +216,12 @@ def run_measurement(path: str, size: str, profile: str | None) -> dict[str, Any]
     import tensorflow as tf
 
     import mapper
-    import mapper.conversion
-    import mapper.executor
-    import mapper.planner
+    import mapper.outputs.writers
+    import mapper.plan.planner
+    import mapper.run.convert
+    import mapper.run.executor
     import mapper.sources.safetensors
     import mapper.targets.variables
-    import mapper.targets.writers
 
     extra["import_seconds"] = time.perf_counter() - started
     if path in CONVERT_PATHS:

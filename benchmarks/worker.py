@@ -196,9 +196,9 @@ def _tf_chunked_restore(model: Any, meta: dict[str, Any]) -> Callable[[], Any]:
 
 def _mapper(model: Any, meta: dict[str, Any], path: str, extra: dict[str, Any]) -> Callable[[], Any]:
     """Plan (timed step by step, outside the restore) and return the apply call."""
-    from mapper.executor import apply_plan
-    from mapper.planner import build_plan
+    from mapper.plan.planner import build_plan
     from mapper.rules import parse_rules
+    from mapper.run.executor import apply_plan
     from mapper.sources.tf_checkpoint import TFCheckpointSource
     from mapper.targets.variables import target_from
 
@@ -275,8 +275,8 @@ def run_measurement(name: str, path: str, profile: str | None, *, wait: bool = F
     model = models.build_model(name)
     build_seconds = time.perf_counter() - started
     if path in MAPPER_PATHS:  # imported now, so that planning times below do not include imports
-        import mapper.executor
-        import mapper.planner
+        import mapper.plan.planner
+        import mapper.run.executor
         import mapper.sources.tf_checkpoint
         import mapper.targets.variables  # noqa: F401
     if wait:

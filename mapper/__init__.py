@@ -1,6 +1,7 @@
 """weight-mapper: declarative rule files that move weights from checkpoints into Keras and TensorFlow models."""
 
 from mapper.api import apply, convert, make_plan, transfer
+from mapper.authoring.suggest import Suggestion, suggest_rules
 from mapper.errors import (
     ApplyError,
     CorruptSourceError,
@@ -14,10 +15,9 @@ from mapper.errors import (
     TargetError,
 )
 from mapper.plan import Assignment, Plan, Problem, ProblemKind, RuleRef, Severity, Skip, SkipKind, TensorEntry
-from mapper.planner import build_plan
+from mapper.plan.planner import build_plan
 from mapper.rules import RuleSet, load_rules, parse_rules
 from mapper.specs import SourceSet, TargetMap, TensorSpec, VariableMap
-from mapper.suggest import Suggestion, suggest_rules
 
 __version__ = "0.1.0"
 

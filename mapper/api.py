@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from mapper.errors import PlanError
 from mapper.plan import Plan
-from mapper.planner import build_plan
+from mapper.plan.planner import build_plan
 from mapper.rules import RuleSet, load_rules
 from mapper.sources.base import Source
 from mapper.specs import SourceSet, TargetMap, TensorSpec, VariableMap
 from mapper.targets.base import VariableTarget
 
 if TYPE_CHECKING:
-    from mapper.conversion import ConvertResult
-    from mapper.executor import ApplyResult
+    from mapper.run.convert import ConvertResult
+    from mapper.run.executor import ApplyResult
 
 RulesLike = RuleSet | str | os.PathLike[str]
 SourceLike = Source | str | os.PathLike[str]
@@ -104,7 +104,7 @@ def make_plan(
         source: a Source, a checkpoint path, or a plain ``{name: TensorSpec}`` map; for rule files that read
             several sources (``source = "name"``), ``{name: Source or path}`` or a SourceSet.
         target: a VariableTarget, a TargetMap, a Keras model, a ``tf.Module``, or a dict/list of variables.
-        lints: add the lint findings (``mapper.lint``: shadowed and overlapping rules, odd templates) to the
+        lints: add the lint findings (``mapper.authoring.lint``: shadowed and overlapping rules, odd templates) to the
             plan's problems, as warnings.
 
     Returns:
@@ -135,7 +135,7 @@ def make_plan(
     )
     if not lints:
         return plan
-    from mapper.lint import lint
+    from mapper.authoring.lint import lint
 
     return dataclasses.replace(plan, problems=(*plan.problems, *lint(rule_set, source_map)))
 
@@ -203,7 +203,7 @@ def apply(
             (TensorFlow checkpoints, plans without operations).
         checkpoint_root: for targets given as objects, the root keyword of the checkpoint namespace.
         progress: called as ``progress(done, total)`` after each batch.
-        **options: passed to ``mapper.executor.apply_plan`` (``batch_bytes``, ``rollback``).
+        **options: passed to ``mapper.run.executor.apply_plan`` (``batch_bytes``, ``rollback``).
 
     Returns:
         What was done: counts, bytes read, time taken.
@@ -215,7 +215,7 @@ def apply(
         >>> import mapper  # doctest: +SKIP
         >>> mapper.apply(plan, "pretrained/ckpt-1", model)  # doctest: +SKIP
     """
-    from mapper.executor import apply_plan
+    from mapper.run.executor import apply_plan
 
     return apply_plan(
         plan,
@@ -281,7 +281,7 @@ def convert(
         source_format: the format to open source paths in (or ``{name: format}``); None to detect.
         overwrite: replace an existing output.
         progress: called as ``progress(done, total)`` after each batch.
-        **options: passed to ``mapper.conversion.write_plan`` (``batch_bytes``).
+        **options: passed to ``mapper.run.convert.write_plan`` (``batch_bytes``).
 
     Returns:
         A ConvertResult; its ``plan`` is the plan that was carried out.
@@ -301,8 +301,8 @@ def convert(
         >>> result.written, result.plan.assignments[0].target_shape
         (1, (3, 2))
     """
-    from mapper.conversion import plan_conversion, write_plan
-    from mapper.targets.writers import check_output, output_format
+    from mapper.outputs.writers import check_output, output_format
+    from mapper.run.convert import plan_conversion, write_plan
 
     rule_set = as_rules(rules)
     chosen = output_format(output, format)

@@ -9,36 +9,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mapper.dtypes import castable, numpy_dtype
 from mapper.errors import OperationError
-from mapper.specs import DTYPE_SIZES, format_shape
-
-_FLOATS = frozenset({"float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2"})
-_INTS = frozenset({"int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"})
-_COMPLEX = frozenset({"complex64", "complex128"})
-KNOWN_DTYPES = frozenset(DTYPE_SIZES)
-
-
-def castable(source_dtype: str, target_dtype: str) -> bool:
-    """Whether a cast keeps the value's kind: bool to numbers, ints to ints or floats, floats to floats.
-
-    Float to int, anything to bool, complex to real and strings are refused: they lose meaning,
-    not just precision.
-
-    Example:
-        >>> castable("float32", "bfloat16"), castable("int64", "float32"), castable("float32", "int32")
-        (True, True, False)
-    """
-    if source_dtype == target_dtype:
-        return True
-    if source_dtype == "bool":
-        return target_dtype in _INTS | _FLOATS
-    if source_dtype in _INTS:
-        return target_dtype in _INTS | _FLOATS | _COMPLEX
-    if source_dtype in _FLOATS:
-        return target_dtype in _FLOATS | _COMPLEX
-    if source_dtype in _COMPLEX:
-        return target_dtype in _COMPLEX
-    return False
+from mapper.specs import format_shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -598,20 +571,6 @@ def apply_numpy(operations: Sequence[Operation], array: np.ndarray) -> np.ndarra
     """
     result: np.ndarray = apply_operations(operations, array, NUMPY)
     return result
-
-
-def numpy_dtype(name: str) -> np.dtype[Any]:
-    """The NumPy dtype for a dtype name, taking bfloat16 and float8 from ml_dtypes.
-
-    Example:
-        >>> str(numpy_dtype("bfloat16"))
-        'bfloat16'
-    """
-    if name in {"bfloat16", "float8_e4m3fn", "float8_e5m2"}:
-        import ml_dtypes
-
-        return np.dtype(getattr(ml_dtypes, name))  # type: ignore[no-any-return]
-    return np.dtype(name)
 
 
 NUMPY: ArrayBackend = _numpy_backend()

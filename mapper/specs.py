@@ -7,32 +7,15 @@ from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, Va
 from dataclasses import dataclass, field
 from typing import Any
 
-# Bytes per element of the dtypes we meet in checkpoints; strings and resources have no fixed size.
-DTYPE_SIZES: Mapping[str, int] = {
-    "bool": 1,
-    "int8": 1,
-    "uint8": 1,
-    "int16": 2,
-    "uint16": 2,
-    "int32": 4,
-    "uint32": 4,
-    "int64": 8,
-    "uint64": 8,
-    "float16": 2,
-    "bfloat16": 2,
-    "float32": 4,
-    "float64": 8,
-    "complex64": 8,
-    "complex128": 16,
-    "float8_e4m3fn": 1,
-    "float8_e5m2": 1,
-}
+from mapper.dtypes import DTYPE_SIZES
 
 # The name every target variable has: its Keras path (``d1/kernel``) or, outside Keras, its own name.
 PATH_NAMESPACE = "path"
 # The key the variable would have in a ``tf.train.Checkpoint`` written from the same object.
 CHECKPOINT_NAMESPACE = "checkpoint"
 NAMESPACES = (PATH_NAMESPACE, CHECKPOINT_NAMESPACE)
+# What TF2 object-based checkpoints append to a variable's object path to name its value.
+CHECKPOINT_VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 @dataclass(frozen=True, slots=True)

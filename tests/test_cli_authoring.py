@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from mapper import cli, demo
+from mapper.authoring.schema import rules_schema_json
 from mapper.rules import parse_rules
-from mapper.schema import rules_schema_json
 
 tf = pytest.importorskip("tensorflow")
 

@@ -1,4 +1,4 @@
-"""Tests for mapper.conversion, mapper.targets.writers and `mapper convert`: model-free conversion between formats."""
+"""Tests for mapper.run.convert, mapper.outputs.writers and `mapper convert`: model-free conversion between formats."""
 
 from __future__ import annotations
 
@@ -17,14 +17,8 @@ import tensorflow as tf
 from checkpoints import data_files, flip_bytes, snapshot
 
 from mapper import api, cli
-from mapper.conversion import OPEN_TARGET, ConvertResult, convert, open_target, plan_conversion, write_plan
 from mapper.errors import ApplyError, CorruptSourceError, PlanError, TargetError
-from mapper.plan import ProblemKind
-from mapper.rules import parse_rules
-from mapper.sources import open_source
-from mapper.sources.memory import MemorySource
-from mapper.specs import SourceSet, TargetMap, TensorSpec, VariableMap
-from mapper.targets.writers import (
+from mapper.outputs.writers import (
     CheckpointWriter,
     KerasH5Writer,
     SafetensorsWriter,
@@ -32,6 +26,12 @@ from mapper.targets.writers import (
     open_writer,
     output_format,
 )
+from mapper.plan import ProblemKind
+from mapper.rules import parse_rules
+from mapper.run.convert import OPEN_TARGET, ConvertResult, convert, open_target, plan_conversion, write_plan
+from mapper.sources import open_source
+from mapper.sources.memory import MemorySource
+from mapper.specs import SourceSet, TargetMap, TensorSpec, VariableMap
 
 pytestmark = pytest.mark.tf
 

@@ -8,9 +8,9 @@ import json
 import pytest
 from golden_files import assert_golden
 
-from mapper.diff import diff_plans, load_plan_for_diff, render_diff
+from mapper.authoring.diff import diff_plans, load_plan_for_diff, render_diff
 from mapper.errors import PlanError
-from mapper.planner import build_plan
+from mapper.plan.planner import build_plan
 from mapper.rules import parse_rules
 from mapper.specs import TargetMap, TensorSpec, VariableMap
 

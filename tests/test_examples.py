@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from mapper.authoring.examples import check_examples
 from mapper.errors import RuleFileError
-from mapper.examples import check_examples
 from mapper.rules import parse_rules
 
 RULES = """

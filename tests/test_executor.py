@@ -1,4 +1,4 @@
-"""Tests for mapper.executor: prechecks, batching, operations, rollback, init_from_checkpoint, distribution, graph mode."""
+"""Tests for mapper.run.executor: prechecks, batching, operations, rollback, init_from_checkpoint, distribution, graph mode."""
 
 from __future__ import annotations
 
@@ -13,10 +13,17 @@ import pytest
 import tensorflow as tf
 from checkpoints import data_files, distinct_values, flip_bytes, functional_model, weights_of, write_keras_checkpoint
 
+from mapper.dtypes import numpy_dtype
 from mapper.errors import ApplyError, CorruptSourceError, PlanError, SourceError, TargetError
-from mapper.executor import MAX_BATCH_TENSORS, NUMPY_OPS_MAX_BYTES, ApplyResult, apply_plan, init_from_checkpoint_map
-from mapper.ops import Cast, Operation, Reshape, Transpose, apply_numpy, infer_all, numpy_dtype
+from mapper.ops import Cast, Operation, Reshape, Transpose, apply_numpy, infer_all
 from mapper.plan import Assignment, Plan, Problem, ProblemKind, RuleRef, Severity
+from mapper.run.executor import (
+    MAX_BATCH_TENSORS,
+    NUMPY_OPS_MAX_BYTES,
+    ApplyResult,
+    apply_plan,
+    init_from_checkpoint_map,
+)
 from mapper.sources.memory import MemorySource
 from mapper.sources.tf_checkpoint import TFCheckpointSource
 from mapper.specs import TargetMap, TensorSpec, VariableMap
@@ -1020,7 +1027,7 @@ SIZES = {"small": 8, "large": 1024}
 
 def port_plan(rules_text: str, source: Any, expected: Mapping[str, np.ndarray]) -> tuple[Plan, VariableTarget]:
     """A plan made by the real planner from a rule file, for a target of zero variables shaped like ``expected``."""
-    from mapper.planner import build_plan
+    from mapper.plan.planner import build_plan
     from mapper.rules import parse_rules
 
     target = make_target({name: tf.Variable(np.zeros_like(value)) for name, value in expected.items()})
@@ -1110,7 +1117,7 @@ def test_concat_members_are_read_in_one_batch_even_over_budget() -> None:
 
 
 def test_batches_count_every_member_of_a_join() -> None:
-    from mapper.executor import plan_batches
+    from mapper.run.executor import plan_batches
 
     arrays_by_name = {**_concat_source(8), **{f"t{i}": np.ones(64, "float32") for i in range(3)}}
     rules_text = CONCAT_RULES + "[[rules]]\nmatch = '(?P<n>t\\d)'\ntarget = '{n}'\n"
@@ -1275,7 +1282,7 @@ def two_sources(tmp_path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], 
 
 
 def multi_plan(sources: Mapping[str, Any], expected: Mapping[str, np.ndarray]) -> tuple[Plan, VariableTarget]:
-    from mapper.planner import build_plan
+    from mapper.plan.planner import build_plan
     from mapper.rules import parse_rules
     from mapper.specs import SourceSet
 
@@ -1311,7 +1318,7 @@ def test_multi_source_init_from_checkpoint_reads_each_checkpoint(tmp_path: Path,
     }
     expected = {**backbone, "head/kernel": head["classifier.weight"], "head/bias": head["classifier.bias"]}
     rules_text = MULTI_RULES.replace("ops = [{ transpose = [1, 0] }]", "")
-    from mapper.planner import build_plan
+    from mapper.plan.planner import build_plan
     from mapper.rules import parse_rules
     from mapper.specs import SourceSet
 
@@ -1343,7 +1350,7 @@ def test_multi_source_init_from_checkpoint_reads_each_checkpoint(tmp_path: Path,
 def test_multi_source_init_from_checkpoint_refuses_a_source_that_is_no_checkpoint(tmp_path: Path) -> None:
     sources, _, expected = two_sources(tmp_path)
     expected["head/kernel"] = expected["head/kernel"].T.copy()
-    from mapper.planner import build_plan
+    from mapper.plan.planner import build_plan
     from mapper.rules import parse_rules
     from mapper.specs import SourceSet
 
@@ -1421,7 +1428,7 @@ def test_multi_source_failure_in_the_second_source_rolls_back_the_first(tmp_path
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int64", "bool"])
 def test_large_numpy_values_become_tensors_exactly(dtype: str) -> None:
-    from mapper.executor import _to_tensor
+    from mapper.run.executor import _to_tensor
 
     values = (np.random.default_rng(0).normal(size=(300, 257)) * 100).astype(dtype)  # > 64 KiB, odd row length
     tensor = _to_tensor(values, tf)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from golden_files import assert_golden
 
-from mapper.explain import explain_source, explain_target
-from mapper.planner import build_plan
+from mapper.authoring.explain import explain_source, explain_target
+from mapper.plan.planner import build_plan
 from mapper.rules import load_rules
 from mapper.specs import TargetMap, TensorSpec, VariableMap
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mapper.lint import lint, lint_codes
+from mapper.authoring.lint import lint, lint_codes
 from mapper.plan import ProblemKind, Severity
-from mapper.planner import build_plan
+from mapper.plan.planner import build_plan
 from mapper.rules import RuleSet, parse_rules
 from mapper.specs import TargetMap, TensorSpec, VariableMap
 
@@ -109,10 +109,10 @@ def test_silence_is_validated(silence: str, message: str) -> None:
 
 
 def test_codes_are_documented() -> None:
-    import mapper.lint
+    import mapper.authoring.lint
 
     for code in lint_codes():
-        assert code in (mapper.lint.__doc__ or "")
+        assert code in (mapper.authoring.lint.__doc__ or "")
 
 
 @pytest.mark.parametrize(

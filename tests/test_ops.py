@@ -11,19 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mapper.dtypes import DTYPE_SIZES, KNOWN_DTYPES, castable, numpy_dtype
 from mapper.errors import MapperError, OperationError
-from mapper.ops import (
-    KNOWN_DTYPES,
-    Cast,
-    Reshape,
-    Transpose,
-    apply_numpy,
-    castable,
-    infer_all,
-    numpy_dtype,
-    resolve_reshape,
-)
-from mapper.specs import DTYPE_SIZES
+from mapper.ops import Cast, Reshape, Transpose, apply_numpy, infer_all, resolve_reshape
 
 CASTS = [
     ("float32", "float32", True),

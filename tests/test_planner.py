@@ -1,4 +1,4 @@
-"""Tests for mapper.planner: build_plan over in-memory maps, RuleMatcher and literal_prefix."""
+"""Tests for mapper.plan.planner: build_plan over in-memory maps, RuleMatcher and literal_prefix."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from mapper.errors import TargetError
 from mapper.ops import Cast, Reshape, Transpose, infer_all
 from mapper.plan import Plan, Problem, ProblemKind, RuleRef, Severity, Skip, SkipKind, TensorEntry
-from mapper.planner import RuleMatcher, build_plan, literal_prefix
+from mapper.plan.planner import RuleMatcher, build_plan, literal_prefix
 from mapper.rules import Rule, RuleSet, parse_rules
 from mapper.specs import TargetMap, TensorSpec, VariableMap
 

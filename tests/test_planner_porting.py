@@ -1,4 +1,4 @@
-"""Tests for the porting additions to mapper.planner: split, concat/stack, slice, rearrange and named sources."""
+"""Tests for the porting additions to mapper.plan.planner: split, concat/stack, slice, rearrange and named sources."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mapper.dtypes import numpy_dtype
 from mapper.errors import OperationError
 from mapper.ops import (
     NUMPY,
@@ -25,10 +26,9 @@ from mapper.ops import (
     apply_operations,
     combine_values,
     infer_all,
-    numpy_dtype,
 )
 from mapper.plan import Assignment, Plan, Problem, ProblemKind, RuleRef, Severity, Skip, SkipKind
-from mapper.planner import build_plan
+from mapper.plan.planner import build_plan
 from mapper.rules import RuleSet, parse_rules
 from mapper.specs import SourceSet, TargetMap, TensorSpec, VariableMap
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from mapper.schema import SCHEMA_ID, rules_schema, rules_schema_json
+from mapper.authoring.schema import SCHEMA_ID, rules_schema, rules_schema_json
 
 if sys.version_info >= (3, 11):
     import tomllib

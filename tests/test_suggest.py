@@ -1,4 +1,4 @@
-"""mapper.suggest: drafted rule files for realistic model pairs, built here as plain TensorSpec maps (no TensorFlow).
+"""mapper.authoring.suggest: drafted rule files for realistic model pairs, built here as plain TensorSpec maps (no TensorFlow).
 
 Each case builds a source map, a target map and the known-true mapping (target -> source) side by side, from the
 names and shapes the real models have (tests/test_tf1_bert.py, keras-hub's BertBackbone and ResNetBackbone, timm,
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from mapper.authoring.suggest import CONFIDENT, Suggestion, suggest_rules
 from mapper.errors import TargetError
 from mapper.plan import ProblemKind
-from mapper.planner import build_plan
+from mapper.plan.planner import build_plan
 from mapper.rules import parse_rules
 from mapper.specs import TargetMap, TensorSpec, VariableMap
-from mapper.suggest import CONFIDENT, Suggestion, suggest_rules
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 

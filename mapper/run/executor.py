@@ -11,11 +11,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mapper.dtypes import DTYPE_SIZES
 from mapper.errors import ApplyError, OperationError, PlanError, SourceError, TargetError
 from mapper.ops import NUMPY, ArrayBackend, apply_operations, combine_values, infer_all
 from mapper.plan import Assignment, Plan
 from mapper.sources.base import Source
-from mapper.specs import DTYPE_SIZES
 from mapper.targets.base import VariableTarget
 
 Method = Literal["assign", "init_from_checkpoint"]

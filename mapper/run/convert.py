@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mapper.errors import ApplyError, OperationError, PlanError, SourceError, TargetError
-from mapper.executor import DEFAULT_BATCH_BYTES, Sources, ValueStream
 from mapper.ops import (
     Cast,
     Concat,
@@ -32,12 +31,13 @@ from mapper.ops import (
     resolve_reshape,
     split_parts,
 )
+from mapper.outputs.writers import OutputFormat, check_output, open_writer, output_files, output_format
 from mapper.plan import Plan, Problem, ProblemKind, Severity
-from mapper.planner import RuleMatcher, build_plan
+from mapper.plan.planner import RuleMatcher, build_plan
 from mapper.rules import CastSpec, RearrangeSpec, ReshapeSpec, RuleSet, SliceSpec, TemplateError, TransposeSpec
+from mapper.run.executor import DEFAULT_BATCH_BYTES, Sources, ValueStream
 from mapper.sources.base import Source
 from mapper.specs import CHECKPOINT_NAMESPACE, SourceSet, TargetMap, TensorSpec, VariableMap
-from mapper.targets.writers import OutputFormat, check_output, open_writer, output_files, output_format
 
 OPEN_TARGET = "the names the rules produce"
 _SHOWN = 5

@@ -58,7 +58,7 @@ from functools import lru_cache
 
 from mapper.errors import TargetError
 from mapper.plan import ProblemKind
-from mapper.planner import build_plan
+from mapper.plan.planner import build_plan
 from mapper.report import group_names
 from mapper.rules import parse_rules
 from mapper.specs import NAMESPACES, TargetMap, TensorSpec, format_shape

@@ -13,10 +13,11 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from mapper.dtypes import DTYPE_SIZES
 from mapper.errors import MapperError
 from mapper.ops import Operation, SplitPart
 from mapper.plan import Assignment, Plan, Problem, ProblemKind, RuleRef, Skip, SkipKind, TensorEntry
-from mapper.specs import DTYPE_SIZES, format_shape
+from mapper.specs import format_shape
 
 __all__ = [
     "REPORT_FORMAT",

@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mapper.dtypes import DTYPE_SIZES
 from mapper.errors import TargetError
-from mapper.specs import DTYPE_SIZES, TensorSpec, format_shape
+from mapper.specs import TensorSpec, format_shape
 
 OutputFormat = Literal["tf-checkpoint", "safetensors", "keras-h5"]
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("tf-checkpoint", "safetensors", "keras-h5")

@@ -23,8 +23,9 @@ from pydantic import (
     model_validator,
 )
 
+from mapper.dtypes import KNOWN_DTYPES
 from mapper.errors import OperationError, RuleFileError, RuleIssue
-from mapper.ops import KNOWN_DTYPES, Slice, parse_rearrange
+from mapper.ops import Slice, parse_rearrange
 from mapper.plan import RuleRef
 
 if sys.version_info >= (3, 11):
@@ -1076,7 +1077,7 @@ def _issue(file: str, data: Mapping[str, Any], item: Any) -> RuleIssue:
     )
 
 
-# The lint codes a rule can silence; mapper.lint documents each.
+# The lint codes a rule can silence; mapper.authoring.lint documents each.
 LINT_CODES: Mapping[str, str] = {
     "M101": "dead rule: it matched no name",
     "M102": "shadowed rule: earlier rules take every name it matches",

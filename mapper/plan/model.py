@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
+from mapper.dtypes import DTYPE_SIZES
 from mapper.ops import Combine, Operation
-from mapper.specs import DTYPE_SIZES
 
 if TYPE_CHECKING:
     from pydantic import TypeAdapter
@@ -129,7 +129,9 @@ class ProblemKind(str, enum.Enum):
     BAD_TEMPLATE = "bad_template"
     BAD_GROUP = "bad_group"  # a concat/stack group with a missing or duplicated member
     UNKNOWN_SOURCE = "unknown_source"  # a rule names a source the plan was not given
-    LINT = "lint"  # a rule that works but is probably not what was meant (see mapper.lint; ``code`` says which)
+    LINT = (
+        "lint"  # a rule that works but is probably not what was meant (see mapper.authoring.lint; ``code`` says which)
+    )
 
 
 @dataclass(frozen=True, slots=True)

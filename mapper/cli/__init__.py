@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_convert(verbs: Any) -> None:
-    from mapper.targets.writers import OUTPUT_FORMATS
+    from mapper.outputs.writers import OUTPUT_FORMATS
 
     convert = verbs.add_parser(
         "convert",
@@ -323,7 +323,7 @@ def _add_authoring(verbs: Any) -> None:
 
 def _explain(args: argparse.Namespace) -> int:
     from mapper.api import as_sources, as_target, make_plan, source_specs
-    from mapper.explain import explain_source, explain_target
+    from mapper.authoring.explain import explain_source, explain_target
 
     rules = _load_rules(args, args.rules)
     if args.target_name and not (args.source and args.target):
@@ -354,7 +354,7 @@ def _map_holding(source_map: Any, name: str) -> Any:
 
 def _suggest(args: argparse.Namespace) -> int:
     from mapper.api import as_source, as_target
-    from mapper.suggest import suggest_rules
+    from mapper.authoring.suggest import suggest_rules
 
     formats = _source_formats(args)
     source = as_source(args.source, format=formats if isinstance(formats, str) else None)
@@ -365,7 +365,7 @@ def _suggest(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from mapper.schema import rules_schema_json
+    from mapper.authoring.schema import rules_schema_json
 
     del args
     _out(rules_schema_json().rstrip("\n"))
@@ -373,7 +373,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from mapper.diff import diff_plans, load_plan_for_diff, render_diff
+    from mapper.authoring.diff import diff_plans, load_plan_for_diff, render_diff
 
     plans = []
     for path in (args.old, args.new):
@@ -487,8 +487,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from mapper.examples import check_examples
-    from mapper.lint import lint
+    from mapper.authoring.examples import check_examples
+    from mapper.authoring.lint import lint
 
     source_map = None
     if args.source:
@@ -566,7 +566,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _apply(args: argparse.Namespace) -> int:
     from mapper.api import apply, plan_error
-    from mapper.targets.save import check_output, save_target
+    from mapper.outputs.save import check_output, save_target
 
     output = Path(args.output)
     check_output(output, overwrite=args.overwrite)
@@ -645,8 +645,8 @@ def _run_demo(workdir: Path) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from mapper.api import as_sources, as_target, plan_error
-    from mapper.conversion import plan_conversion, write_plan
-    from mapper.targets.writers import check_output, output_format
+    from mapper.outputs.writers import check_output, output_format
+    from mapper.run.convert import plan_conversion, write_plan
 
     output = Path(args.output)
     chosen = output_format(output, args.to)
