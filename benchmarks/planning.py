@@ -114,7 +114,7 @@ def synthetic_rules() -> str:
 
 def target_names(rule_set: RuleSet, names: list[str]) -> list[str]:
     """The target names the rules produce for ``names``: the target is made to fit exactly (untimed)."""
-    from mapper.plan.planner import RuleMatcher
+    from mapper.plan.matching import RuleMatcher
 
     matcher = RuleMatcher(rule_set.rules)
     targets = []

@@ -5,14 +5,15 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from mapper.errors import PlanError
 from mapper.plan import Plan
 from mapper.plan.planner import build_plan
 from mapper.rules import RuleSet, load_rules
+from mapper.sources import SourceLike, SourcesLike, source_specs
 from mapper.sources.base import Source
-from mapper.specs import SourceSet, TargetMap, TensorSpec, VariableMap
+from mapper.specs import SourceSet, TargetMap, TensorSpec
 from mapper.targets.base import VariableTarget
 
 if TYPE_CHECKING:
@@ -20,9 +21,6 @@ if TYPE_CHECKING:
     from mapper.run.executor import ApplyResult
 
 RulesLike = RuleSet | str | os.PathLike[str]
-SourceLike = Source | str | os.PathLike[str]
-# One source, or several by name for rule files whose rules say ``source = "name"``.
-SourcesLike = SourceLike | Mapping[str, SourceLike]
 Method = Literal["assign", "init_from_checkpoint"]
 
 
@@ -140,48 +138,6 @@ def make_plan(
     return dataclasses.replace(plan, problems=(*plan.problems, *lint(rule_set, source_map)))
 
 
-def source_specs(
-    source: SourcesLike | Mapping[str, TensorSpec] | SourceSet,
-) -> tuple[Mapping[str, TensorSpec] | SourceSet, str]:
-    """What the planner needs of ``source``: its specs (a SourceSet for named sources) and a description.
-
-    A mapping whose values are TensorSpecs is one source's specs; one whose values are Sources, paths or
-    VariableMaps holds named sources.
-
-    Example:
-        >>> import numpy as np
-        >>> from mapper.sources.memory import MemorySource
-        >>> specs, described = source_specs({"head": MemorySource({"w": np.zeros(2)}, description="h.npz")})
-        >>> type(specs).__name__, described
-        ('SourceSet', 'head=h.npz')
-    """
-    if isinstance(source, SourceSet):
-        return source, source.description
-    if isinstance(source, Mapping):
-        values = list(source.values())
-        if not values or all(isinstance(value, TensorSpec) for value in values):
-            specs = cast("Mapping[str, TensorSpec]", source)  # every value is one
-            return specs, str(getattr(source, "description", None) or "source")
-        maps: dict[str, VariableMap] = {}
-        for name, value in source.items():
-            if isinstance(value, VariableMap):
-                maps[name] = value
-            elif isinstance(value, TensorSpec):
-                raise PlanError(
-                    f"the source mapping mixes tensor specs ({name!r}) with named sources; give either "
-                    "{name: TensorSpec} for one source or {source name: Source or path} for several",
-                    problems=(),
-                    plan=None,
-                )
-            else:
-                opened = as_source(value)
-                maps[name] = VariableMap(opened.specs().values(), description=opened.description)
-        named = SourceSet(maps)
-        return named, named.description
-    opened = as_source(source)
-    return opened.specs(), opened.description
-
-
 def apply(
     plan: Plan,
     source: SourcesLike,
@@ -247,7 +203,7 @@ def transfer(
     variable_target = as_target(target, checkpoint_root=rule_set.target.checkpoint_root)
     plan = make_plan(rule_set, opened, variable_target)
     if not plan.ok:
-        raise plan_error(plan)
+        raise PlanError.from_plan(plan)
     apply(plan, opened, variable_target, method=method, **options)
     return plan
 
@@ -302,7 +258,8 @@ def convert(
         (1, (3, 2))
     """
     from mapper.outputs.writers import check_output, output_format
-    from mapper.run.convert import plan_conversion, write_plan
+    from mapper.plan.conversion import plan_conversion
+    from mapper.run.convert import write_plan
 
     rule_set = as_rules(rules)
     chosen = output_format(output, format)
@@ -315,26 +272,8 @@ def convert(
         target_map = as_target(target, checkpoint_root=rule_set.target.checkpoint_root).map
     plan = plan_conversion(rule_set, opened, target_map, target_description=f"{output} ({chosen})")
     if not plan.ok:
-        raise plan_error(plan)
+        raise PlanError.from_plan(plan)
     return write_plan(plan, opened, output, format=chosen, overwrite=overwrite, progress=progress, **options)
-
-
-def plan_error(plan: Plan) -> PlanError:
-    """A PlanError listing a plan's first errors, for callers that refuse to go on.
-
-    Example:
-        >>> str(plan_error(Plan(rule_files=("r.toml",), source="s", target="t", namespace="path")))
-        'the plan from r.toml has 0 errors; nothing was changed'
-    """
-    errors = plan.errors
-    shown = "".join(f"\n  - {problem.message}" for problem in errors[:5])
-    more = f"\n  ... and {len(errors) - 5} more" if len(errors) > 5 else ""
-    return PlanError(
-        f"the plan from {', '.join(plan.rule_files)} has {len(errors)} error{'s' if len(errors) != 1 else ''}; "
-        f"nothing was changed{shown}{more}",
-        problems=errors,
-        plan=plan,
-    )
 
 
 __all__ = [
@@ -345,7 +284,6 @@ __all__ = [
     "as_target",
     "convert",
     "make_plan",
-    "plan_error",
     "source_specs",
     "transfer",
 ]

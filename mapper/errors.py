@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class MapperError(Exception):
@@ -105,6 +106,25 @@ class PlanError(MapperError, ValueError):
         super().__init__(message)
         self.problems = tuple(problems)
         self.plan = plan
+
+    @classmethod
+    def from_plan(cls, plan: Any, *, shown: int = 5) -> PlanError:
+        """The error for refusing to carry out ``plan`` (a ``mapper.plan.Plan``): its first errors, and how many.
+
+        Example:
+            >>> from mapper.plan import Plan
+            >>> str(PlanError.from_plan(Plan(rule_files=("r.toml",), source="s", target="t", namespace="path")))
+            'the plan from r.toml has 0 errors; nothing was changed'
+        """
+        errors = plan.errors
+        listed = "".join(f"\n  - {problem.message}" for problem in errors[:shown])
+        more = f"\n  ... and {len(errors) - shown} more" if len(errors) > shown else ""
+        return cls(
+            f"the plan from {', '.join(plan.rule_files)} has {len(errors)} error{'s' if len(errors) != 1 else ''}; "
+            f"nothing was changed{listed}{more}",
+            problems=errors,
+            plan=plan,
+        )
 
 
 class SourceError(MapperError, OSError):

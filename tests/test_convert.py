@@ -17,6 +17,7 @@ import tensorflow as tf
 from checkpoints import data_files, flip_bytes, snapshot
 
 from mapper import api, cli
+from mapper.api import convert
 from mapper.errors import ApplyError, CorruptSourceError, PlanError, TargetError
 from mapper.outputs.writers import (
     CheckpointWriter,
@@ -27,8 +28,9 @@ from mapper.outputs.writers import (
     output_format,
 )
 from mapper.plan import ProblemKind
+from mapper.plan.conversion import OPEN_TARGET, open_target, plan_conversion
 from mapper.rules import parse_rules
-from mapper.run.convert import OPEN_TARGET, ConvertResult, convert, open_target, plan_conversion, write_plan
+from mapper.run.convert import ConvertResult, write_plan
 from mapper.sources import open_source
 from mapper.sources.memory import MemorySource
 from mapper.specs import SourceSet, TargetMap, TensorSpec, VariableMap

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from mapper.errors import TargetError
 from mapper.ops import Cast, Reshape, Transpose, infer_all
 from mapper.plan import Plan, Problem, ProblemKind, RuleRef, Severity, Skip, SkipKind, TensorEntry
-from mapper.plan.planner import RuleMatcher, build_plan, literal_prefix
+from mapper.plan.matching import RuleMatcher, literal_prefix
+from mapper.plan.planner import build_plan
 from mapper.rules import Rule, RuleSet, parse_rules
 from mapper.specs import TargetMap, TensorSpec, VariableMap
 

@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 
 from mapper.errors import PlanError
+from mapper.naming import group_names
 from mapper.plan import Assignment, Plan
-from mapper.report import group_names
 from mapper.specs import format_shape
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mapper.plan.planner import RuleMatcher
+from mapper.plan.matching import RuleMatcher
 from mapper.rules import Example, RuleSet, TemplateError
 
 

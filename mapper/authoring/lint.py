@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mapper.plan import Problem, ProblemKind, RuleRef, Severity
-from mapper.plan.planner import RuleMatcher
+from mapper.plan.matching import RuleMatcher
 from mapper.rules import Rule, RuleSet, TemplateError
 from mapper.specs import CHECKPOINT_NAMESPACE, SourceSet, TensorSpec
 

@@ -57,9 +57,9 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from mapper.errors import TargetError
+from mapper.naming import group_names
 from mapper.plan import ProblemKind
 from mapper.plan.planner import build_plan
-from mapper.report import group_names
 from mapper.rules import parse_rules
 from mapper.specs import NAMESPACES, TargetMap, TensorSpec, format_shape
 

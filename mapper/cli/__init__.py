@@ -565,7 +565,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from mapper.api import apply, plan_error
+    from mapper.api import apply
     from mapper.outputs.save import check_output, save_target
 
     output = Path(args.output)
@@ -574,7 +574,7 @@ def _apply(args: argparse.Namespace) -> int:
     if not args.quiet or not plan.ok:
         _out(_render(plan, args, sys.stdout))
     if not plan.ok:
-        raise plan_error(plan)
+        raise PlanError.from_plan(plan)
     started = time.perf_counter()
     progress = _ProgressBar(sys.stderr) if _interactive() and not args.quiet else None
     result = apply(plan, source, target, method=args.method, progress=progress)
@@ -644,9 +644,10 @@ def _run_demo(workdir: Path) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from mapper.api import as_sources, as_target, plan_error
+    from mapper.api import as_sources, as_target
     from mapper.outputs.writers import check_output, output_format
-    from mapper.run.convert import plan_conversion, write_plan
+    from mapper.plan.conversion import plan_conversion
+    from mapper.run.convert import write_plan
 
     output = Path(args.output)
     chosen = output_format(output, args.to)
@@ -660,7 +661,7 @@ def _convert(args: argparse.Namespace) -> int:
     if not args.quiet or not plan.ok:
         _out(_render(plan, args, sys.stdout))
     if not plan.ok:
-        raise plan_error(plan)
+        raise PlanError.from_plan(plan)
     progress = _ProgressBar(sys.stderr, "converting") if _interactive() and not args.quiet else None
     try:
         result = write_plan(plan, sources, output, format=chosen, overwrite=args.overwrite, progress=progress)

@@ -6,12 +6,12 @@ from mapper.plan.model import (
     Plan,
     Problem,
     ProblemKind,
-    RuleRef,
     Severity,
     Skip,
     SkipKind,
     TensorEntry,
 )
+from mapper.rules.ref import RuleRef
 
 __all__ = [
     "PLAN_FORMAT",

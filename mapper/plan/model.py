@@ -12,30 +12,12 @@ from typing import TYPE_CHECKING, Literal
 
 from mapper.dtypes import DTYPE_SIZES
 from mapper.ops import Combine, Operation
+from mapper.rules.ref import RuleRef
 
 if TYPE_CHECKING:
     from pydantic import TypeAdapter
 
 PLAN_FORMAT = 1
-
-
-@dataclass(frozen=True, slots=True)
-class RuleRef:
-    """Where a rule came from: its file, its 1-based position there, and its name if it has one.
-
-    Example:
-        >>> str(RuleRef("rules/head.toml", 2, "head"))
-        "rules/head.toml rule 2 ('head')"
-    """
-
-    file: str
-    index: int
-    name: str | None = None
-    section: Literal["rules", "keep"] = "rules"
-
-    def __str__(self) -> str:
-        label = "rule" if self.section == "rules" else "keep rule"
-        return f"{self.file} {label} {self.index}" + (f" ({self.name!r})" if self.name else "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from pydantic import (
 from mapper.dtypes import KNOWN_DTYPES
 from mapper.errors import OperationError, RuleFileError, RuleIssue
 from mapper.ops import Slice, parse_rearrange
-from mapper.plan import RuleRef
+from mapper.rules.ref import RuleRef
 
 if sys.version_info >= (3, 11):
     import tomllib

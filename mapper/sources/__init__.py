@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from mapper.errors import CorruptSourceError, SourceError, SourceNotFoundError
 from mapper.sources import tf_checkpoint
@@ -16,6 +17,12 @@ from mapper.sources.npz import NpzSource, is_npz
 from mapper.sources.safetensors import SafetensorsSource, is_safetensors
 from mapper.sources.tf_checkpoint import TFCheckpointSource
 from mapper.sources.torch import TorchSource, is_torch_file
+from mapper.specs import SourceSet, TensorSpec, VariableMap
+from mapper.text import quoted
+
+SourceLike = Source | str | os.PathLike[str]
+# One source, or several by name for rule files whose rules say ``source = "name"``.
+SourcesLike = SourceLike | Mapping[str, SourceLike]
 
 __all__ = [
     "FORMATS",
@@ -27,8 +34,11 @@ __all__ = [
     "SourceFormat",
     "TFCheckpointSource",
     "TorchSource",
+    "SourceLike",
+    "SourcesLike",
     "detect_format",
     "open_source",
+    "source_specs",
 ]
 
 
@@ -178,6 +188,53 @@ def open_source(path: str | os.PathLike[str], *, format: str | None = None) -> S
         raise SourceNotFoundError(tf_checkpoint.not_found_message(text), path=text)
     kind = "directory" if Path(text).is_dir() else "file"
     raise SourceError(f"cannot tell the format of {kind} {text!r} from its contents; {_supported()}", path=text)
+
+
+def source_specs(
+    source: SourcesLike | Mapping[str, TensorSpec] | Mapping[str, VariableMap] | SourceSet,
+) -> tuple[Mapping[str, TensorSpec] | SourceSet, str]:
+    """What the planner needs of ``source``: its specs (a SourceSet for named sources) and a description.
+
+    ``source`` is a Source, a path, a SourceSet, a VariableMap, a plain ``{name: TensorSpec}`` map (one source's
+    specs), or ``{source name: Source, path or VariableMap}`` (named sources). Paths are opened, reading no tensor.
+
+    Raises:
+        SourceError: a mapping mixes tensor specs with named sources, or a path cannot be opened.
+
+    Example:
+        >>> import numpy as np
+        >>> specs, described = source_specs({"head": MemorySource({"w": np.zeros(2)}, description="h.npz")})
+        >>> type(specs).__name__, described
+        ('SourceSet', 'head=h.npz')
+        >>> source_specs({"w": TensorSpec("w", (2,), "float32"), "head": MemorySource({"w": np.zeros(2)})})
+        Traceback (most recent call last):
+        mapper.errors.SourceError: the sources mix tensor specs ('w') with named sources ('head'); ...
+    """
+    if isinstance(source, (SourceSet, VariableMap)):
+        return source, source.description
+    if isinstance(source, (str, os.PathLike)):
+        source = open_source(source)
+    if not isinstance(source, Mapping):
+        return source.specs(), source.description
+    specs = [name for name, value in source.items() if isinstance(value, TensorSpec)]
+    if len(specs) == len(source):  # every value is a spec (or there is none): one source's specs
+        return cast("Mapping[str, TensorSpec]", source), str(getattr(source, "description", None) or "source")
+    if specs:
+        named = [name for name in source if name not in specs]
+        raise SourceError(
+            f"the sources mix tensor specs ({quoted(specs)}) with named sources ({quoted(named)}); give either "
+            "{name: TensorSpec} for one source or {source name: Source or path} for several",
+            path="source",
+        )
+    maps: dict[str, VariableMap] = {}
+    for name, value in source.items():
+        if isinstance(value, VariableMap):
+            maps[name] = value
+        else:
+            opened = open_source(value) if isinstance(value, (str, os.PathLike)) else cast("Source", value)
+            maps[name] = VariableMap(opened.specs().values(), description=opened.description)
+    named_sources = SourceSet(maps)
+    return named_sources, named_sources.description
 
 
 def _supported() -> str:

@@ -1,0 +1,245 @@
+"""Planning a conversion without a model: the names the rules produce become the target, with the specs they get.
+
+Without a model there is no target to plan against, so ``open_target`` makes one from the rules themselves: every
+name a rule produces from a source tensor becomes a target variable whose shape and dtype are what the rule's
+join and operations make of that tensor. The ordinary planner then checks the plan against it (dead rules,
+unused sources, double fills, bad operations and groups), so a conversion is planned and reported exactly like a
+transfer into a model. With a model's TargetMap instead, the model's shapes are checked and unfilled variables
+reported, as for ``mapper apply``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from mapper.errors import OperationError
+from mapper.ops import (
+    Cast,
+    Concat,
+    Operation,
+    Rearrange,
+    Slice,
+    SplitPart,
+    Stack,
+    Transpose,
+    infer_all,
+    resolve_reshape,
+    split_parts,
+)
+from mapper.plan.matching import RuleMatcher
+from mapper.plan.model import Plan, Problem, ProblemKind, Severity
+from mapper.plan.planner import build_plan
+from mapper.rules import CastSpec, RearrangeSpec, ReshapeSpec, RuleSet, SliceSpec, TemplateError, TransposeSpec
+from mapper.sources import SourcesLike, source_specs
+from mapper.specs import CHECKPOINT_NAMESPACE, SourceSet, TargetMap, TensorSpec, VariableMap
+from mapper.text import quoted
+
+OPEN_TARGET = "the names the rules produce"
+
+
+def open_target(rules: RuleSet, source: Mapping[str, TensorSpec] | SourceSet) -> tuple[TargetMap, tuple[Problem, ...]]:
+    """The target of a conversion without a model: one variable per name the rules produce from ``source``.
+
+    Each variable's shape and dtype are what the rule's split part, join (concat/stack) and operations make of
+    its source tensors. The first rule to produce a name decides its spec; whatever else is wrong (two rules
+    producing one name, a group with a member missing, an operation that does not fit) is left to
+    ``build_plan`` to report. The only problems returned here are the ones a model would have solved:
+    ``reshape = "target"`` takes its shape from the target, which an open target does not have.
+
+    Args:
+        rules: the rule file.
+        source: the source's specs, or a SourceSet of named sources.
+
+    Returns:
+        The TargetMap (names in the rule file's namespace, which is also each variable's canonical name), and
+        the problems to add to the plan.
+
+    Example:
+        >>> from mapper.rules import parse_rules
+        >>> rules = parse_rules('''
+        ... format = 1
+        ... [[rules]]
+        ... match = "h.0.c_attn.weight"
+        ... split = { axis = -1, parts = 3 }
+        ... targets = ["q/kernel", "k/kernel", "v/kernel"]
+        ... ops = [{ transpose = [1, 0] }]
+        ... ''')
+        >>> target, problems = open_target(rules, VariableMap([TensorSpec("h.0.c_attn.weight", (4, 12), "float32")]))
+        >>> [(spec.name, spec.shape) for spec in target.variables.values()], problems
+        ([('q/kernel', (4, 4)), ('k/kernel', (4, 4)), ('v/kernel', (4, 4))], ())
+    """
+    found: dict[str, TensorSpec] = {}
+    needs_target: dict[int, list[str]] = {}
+    pending: dict[tuple[int, str | None, str], list[tuple[str, TensorSpec]]] = {}
+    maps: list[tuple[str | None, Mapping[str, TensorSpec]]] = (
+        list(source.items()) if isinstance(source, SourceSet) else [(None, source)]
+    )
+    for source_id, specs in maps:
+        only = {index for index, rule in enumerate(rules.rules) if rule.source in (None, source_id)}
+        matcher = RuleMatcher(rules.rules, only=only)
+        for name, spec in specs.items():
+            matched_rule = matcher.first(name)
+            if matched_rule is None:
+                continue
+            index, matched = matched_rule
+            rule = rules.rules[index]
+            if rule.skip is not None:
+                continue
+            parts: list[SplitPart | None] = [None]
+            if rule.split is not None:
+                try:
+                    parts = list(_split_parts(rule.split.axis, rule.split.parts, rule.split.sizes, spec.shape))
+                except OperationError:
+                    continue  # build_plan reports it
+            for number, part in enumerate(parts):
+                try:
+                    key = rule.render(matched, number)
+                except TemplateError:
+                    break  # build_plan reports it
+                if rule.combine is not None:
+                    pending.setdefault((index, source_id, key), []).append((matched.group(rule.combine.by) or "", spec))
+                    continue
+                if key not in found:
+                    found[key] = _result(
+                        rules, index, key, (spec,), prefix=(part,) if part else (), needs_target=needs_target
+                    )
+    for (index, _, key), members in pending.items():
+        combine_spec = rules.rules[index].combine
+        if combine_spec is None or key in found:  # pragma: no cover - only combine rules are pending
+            continue
+        by_member: dict[str, list[TensorSpec]] = {}
+        for member, spec in members:
+            by_member.setdefault(member, []).append(spec)
+        expected = combine_spec.expected
+        if sorted(by_member) != sorted(expected) or any(len(group) > 1 for group in by_member.values()):
+            continue  # build_plan reports the group
+        ordered = tuple(by_member[member][0] for member in expected)
+        combine = Concat(combine_spec.axis) if rules.rules[index].concat is not None else Stack(combine_spec.axis)
+        found[key] = _result(rules, index, key, ordered, combine=combine, needs_target=needs_target)
+    keys = {CHECKPOINT_NAMESPACE: {name: name for name in found}} if rules.namespace == CHECKPOINT_NAMESPACE else {}
+    target = TargetMap(VariableMap(found.values(), description=OPEN_TARGET), keys)
+    problems = []
+    for index, names in needs_target.items():
+        distinct = list(dict.fromkeys(names))  # a split's parts all name their one source
+        problems.append(
+            Problem(
+                ProblemKind.BAD_OPERATION,
+                Severity.ERROR,
+                f'{rules.rule_ref(index)} uses reshape = "target", which takes the shape from a target model, and '
+                f"this conversion has none (for {quoted(distinct)}); write the shape, e.g. reshape = [768, 12, -1], "
+                "or convert with a model (--target MODULE:FACTORY)",
+                rules.rule_ref(index),
+                tuple(distinct),
+            )
+        )
+    return target, tuple(problems)
+
+
+def plan_conversion(
+    rules: RuleSet,
+    source: SourcesLike | Mapping[str, TensorSpec] | SourceSet,
+    target: TargetMap | None = None,
+    *,
+    source_description: str | None = None,
+    target_description: str | None = None,
+) -> Plan:
+    """Plan a conversion: against a model's TargetMap if given, else against the names the rules produce.
+
+    Without a target, ``[[keep]]`` rules are left out (there is no model whose variables they would keep) and so
+    is the unfilled-target check (every target is a name a rule produced); everything else is checked as for a
+    model. Pure: reads no tensor.
+
+    Args:
+        rules: the rule file.
+        source: a Source, ``{name: Source}`` for named sources, specs, or a SourceSet.
+        target: a model's TargetMap (as ``mapper.api.as_target(model).map`` gives it), or None for an open target.
+        source_description: how reports name the source.
+        target_description: how reports name the target (for an open target, the output is a good choice).
+
+    Returns:
+        The Plan; an assignment's ``target_key`` is the name its tensor gets in the output.
+
+    Example:
+        >>> from mapper.rules import parse_rules
+        >>> rules = parse_rules('format = 1\\n[[rules]]\\nmatch = "bert/(?P<rest>.*)"\\ntarget = "{rest}"\\n'
+        ...                     'ops = [{ transpose = [1, 0] }]\\n[[keep]]\\nmatch = "head/.*"\\nreason = "new"\\n')
+        >>> plan = plan_conversion(rules, VariableMap([TensorSpec("bert/w", (2, 3), "float32")]))
+        >>> plan.ok, [(a.target_key, a.target_shape) for a in plan.assignments]
+        (True, [('w', (3, 2))])
+    """
+    specs, described = source_specs(source)
+    source_description = source_description or described
+    if target is not None:
+        return build_plan(
+            rules, specs, target, source_description=source_description, target_description=target_description
+        )
+    without_keeps = rules.model_copy(update={"keep": ()})
+    open_map, problems = open_target(without_keeps, specs)
+    plan = build_plan(
+        without_keeps,
+        specs,
+        open_map,
+        source_description=source_description,
+        target_description=target_description or OPEN_TARGET,
+    )
+    kept = tuple(problem for problem in plan.problems if problem.kind is not ProblemKind.UNFILLED_TARGET)
+    return dataclasses.replace(plan, unfilled_targets=(), problems=problems + kept)
+
+
+# --- open target: the spec each produced name gets --------------------------------------------------------------
+
+
+def _split_parts(
+    axis: int, parts: int | None, sizes: tuple[int, ...] | None, shape: tuple[int, ...]
+) -> list[SplitPart]:
+    if not -len(shape) <= axis < len(shape):
+        raise OperationError(f"split along axis {axis} of a rank-{len(shape)} tensor", operation="split")
+    return split_parts(shape[axis], axis, parts=parts, sizes=sizes)
+
+
+def _result(
+    rules: RuleSet,
+    index: int,
+    key: str,
+    members: tuple[TensorSpec, ...],
+    *,
+    prefix: tuple[Operation, ...] = (),
+    combine: Concat | Stack | None = None,
+    needs_target: dict[int, list[str]],
+) -> TensorSpec:
+    """The spec of target ``key``: what the rule's join and operations make of ``members``.
+
+    When they do not fit, the first member's spec stands in: ``build_plan`` then reports the operation with
+    its own message, as it would for a model.
+    """
+    first = members[0]
+    try:
+        shape, dtype = first.shape, first.dtype
+        if combine is not None:
+            shape, dtype = combine.infer([member.shape for member in members], dtype)
+        shape, dtype = infer_all(prefix, shape, dtype)
+        for spec in rules.rules[index].ops:
+            operation: Operation
+            if isinstance(spec, ReshapeSpec):
+                if spec.reshape == "target":
+                    needs_target.setdefault(index, []).extend(member.name for member in members)
+                    return TensorSpec(key, shape, dtype)
+                operation = resolve_reshape(spec.reshape, shape)
+            elif isinstance(spec, CastSpec):
+                operation = Cast(spec.cast)
+            elif isinstance(spec, SliceSpec):
+                operation = Slice.parse(spec.slice)
+            elif isinstance(spec, RearrangeSpec):
+                operation = Rearrange(spec.rearrange, spec.sizes)
+            elif isinstance(spec, TransposeSpec):
+                operation = Transpose(spec.transpose)
+            else:  # pragma: no cover - a new operation kind: build_plan will say what is wrong
+                return TensorSpec(key, first.shape, first.dtype)
+            shape, dtype = operation.infer(shape, dtype)
+    except OperationError:
+        return TensorSpec(key, first.shape, first.dtype)
+    return TensorSpec(key, shape, dtype)
+
+
+__all__ = ["OPEN_TARGET", "open_target", "plan_conversion"]

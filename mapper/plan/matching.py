@@ -1,0 +1,144 @@
+"""Matching names against a rule file's ordered full-match patterns, first match wins, in time linear in names."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from typing import Any
+
+
+class RuleMatcher:
+    """First-match lookup of names against an ordered list of full-match patterns.
+
+    Each pattern's literal prefix (the text every match must start with) buckets the rules, so a name is
+    tried only against rules whose prefix it starts with, in their original order. That keeps planning
+    linear in names even with hundreds of rules.
+
+    Example:
+        >>> from mapper.rules import Rule
+        >>> matcher = RuleMatcher([Rule(match="a/.*", skip="x"), Rule(match=".*", skip="y")])
+        >>> matcher.first("a/b")[0], matcher.first("c")[0], matcher.first("")[0]
+        (0, 1, 1)
+    """
+
+    def __init__(self, patterns: Sequence[Any], *, only: Collection[int] | None = None) -> None:
+        self._patterns = list(patterns)
+        # The compiled pattern's own fullmatch where there is one: it skips a method call per try.
+        self._fullmatch = [getattr(pattern, "_pattern", None) or pattern for pattern in self._patterns]
+        buckets: dict[str, list[int]] = {}
+        for index, pattern in enumerate(self._patterns):
+            if only is None or index in only:
+                buckets.setdefault(literal_prefix(pattern.match), []).append(index)
+        self._buckets = buckets
+        self._lengths = sorted({len(prefix) for prefix in buckets})
+        self._longest = self._lengths[-1] if self._lengths else 0
+        self._memo: dict[str, list[int]] = {}
+
+    def every(self, name: str) -> list[tuple[int, Any]]:
+        """``(index, match)`` of every pattern matching all of ``name``, in order (for lints and explain)."""
+        return [
+            (index, matched)
+            for index in self._candidates(name)
+            if (matched := self._fullmatch[index].fullmatch(name)) is not None
+        ]
+
+    def _candidates(self, name: str) -> list[int]:
+        # Which rules a name may match depends only on its first `longest prefix` characters, and names of
+        # one model share those (layer_0/attention/...), so the answer is remembered per such start.
+        start = name[: self._longest]
+        candidates = self._memo.get(start)
+        if candidates is None:
+            candidates = []
+            for length in self._lengths:
+                if length > len(name):
+                    break
+                bucket = self._buckets.get(name[:length])
+                if bucket:
+                    candidates.extend(bucket)
+            candidates.sort()
+            self._memo[start] = candidates
+        return candidates
+
+    def first(self, name: str) -> tuple[int, Any] | None:
+        """``(index, match)`` of the first pattern matching all of ``name``, or None."""
+        candidates = self._candidates(name)
+        for index in candidates:
+            matched = self._fullmatch[index].fullmatch(name)
+            if matched is not None:
+                return index, matched
+        return None
+
+
+_META = set(".^$*+?{}[]\\|()")
+_QUANTIFIERS = set("*+?{")
+
+
+def literal_prefix(pattern: str) -> str:
+    """The literal text every full match of ``pattern`` must start with ("" when unsure).
+
+    Example:
+        >>> literal_prefix(r"bert/encoder/layer_(?P<i>\\d+)/.*"), literal_prefix("ab*c"), literal_prefix("a|b")
+        ('bert/encoder/layer_', 'a', '')
+        >>> literal_prefix(r"model\\.layers\\.\\d+")
+        'model.layers.'
+    """
+    if _has_top_level_alternation(pattern):
+        return ""
+    prefix: list[str] = []
+    position = 0
+    while position < len(pattern):
+        char = pattern[position]
+        if char == "\\":
+            escaped = pattern[position + 1 : position + 2]
+            if not escaped or escaped.isalnum():
+                break  # a class such as \d, a backreference, or an escape we do not interpret
+            literal, width = escaped, 2
+        elif char in _META:
+            break
+        else:
+            literal, width = char, 1
+        following = pattern[position + width : position + width + 1]
+        if following and following in _QUANTIFIERS:
+            break  # the literal may repeat zero times
+        prefix.append(literal)
+        position += width
+    return "".join(prefix)
+
+
+# Constructs after which a plain scan cannot tell where groups and sets end: comments, and flags that switch
+# on verbose mode ('#' comments, ignored spaces) or version 1 (nested sets). Patterns with them get no prefix.
+_UNSURE = re.compile(r"\(\?#|\(\?[a-zA-Z0-9-]*[xV]")
+
+
+def _has_top_level_alternation(pattern: str) -> bool:
+    """Whether a ``|`` outside every group splits ``pattern``; True when the scan cannot be sure."""
+    if _UNSURE.search(pattern):
+        return True
+    depth = 0
+    position = 0
+    while position < len(pattern):
+        char = pattern[position]
+        if char == "\\":
+            position += 2
+            continue
+        if char == "[":
+            position += 1
+            if pattern[position : position + 1] == "^":
+                position += 1
+            if pattern[position : position + 1] == "]":
+                position += 1  # a ']' first in a set is a literal, also after '^'
+            while position < len(pattern) and pattern[position] != "]":
+                if pattern[position] == "[":
+                    return True  # a POSIX class or a nested set: not worth parsing
+                position += 2 if pattern[position] == "\\" else 1
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            return True
+        position += 1
+    return False
+
+
+__all__ = ["RuleMatcher", "literal_prefix"]
