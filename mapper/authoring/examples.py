@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mapper.authoring._outcome import rule_outcome
 from mapper.plan.matching import RuleMatcher
-from mapper.rules import Example, RuleSet, TemplateError
+from mapper.rules import Example, RuleSet
 
 
 @dataclass(frozen=True)
@@ -84,13 +85,13 @@ def _check(rules: RuleSet, matcher: RuleMatcher, number: int, example: Example) 
             wanted = ", ".join(f"{group}={example.groups[group]!r}" for group in wrong)
             got = ", ".join(f"{group}={value!r}" for group, value in wrong.items())
             return ExampleResult(number, example.source, f"{expected} with {wanted}", f"groups {got}", label)
-    if rule.skip is not None:
-        return ExampleResult(number, example.source, expected, "skip", label)
-    try:
-        names = [rule.render(matched, part) for part in range(len(rule.targets or (rule.target,)))]
-    except TemplateError as error:
-        return ExampleResult(number, example.source, expected, f"a template error: {error}", label)
-    got = f"targets {names}" if rule.targets is not None else f"target {names[0]!r}"
+    outcome = rule_outcome(rule, matched)
+    if outcome.skip is not None:
+        got = "skip"
+    elif outcome.error is not None:
+        got = f"a template error: {outcome.error}"
+    else:
+        got = f"targets {list(outcome.names)}" if outcome.split else f"target {outcome.names[0]!r}"
     return ExampleResult(number, example.source, expected, got, label)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mapper.plan import Plan
-from mapper.rules import Rule, RuleSet, TemplateError
+from mapper.authoring._outcome import rule_outcome
+from mapper.plan import Assignment, Plan
+from mapper.rules import Rule, RuleSet
 from mapper.specs import TensorSpec, format_shape
 
 
@@ -81,7 +82,7 @@ def explain_target(plan: Plan, target: str) -> str:
     lines = [target]
     found = [a for a in plan.assignments if target in (a.target, a.target_key)]
     for assignment in found:
-        operations = " ".join(operation.describe() for operation in assignment.operations)
+        operations = _operations(assignment)
         combine = f"{assignment.combine.describe()} of {list(assignment.members)} " if assignment.combine else ""
         origin = f"{assignment.source_id}:" if assignment.source_id else ""
         lines.append(
@@ -110,6 +111,11 @@ def explain_target(plan: Plan, target: str) -> str:
     return "\n".join(lines)
 
 
+def _operations(assignment: Assignment) -> str:
+    """The assignment's operations as the plan describes them, space-separated ("" when there are none)."""
+    return " ".join(operation.describe() for operation in assignment.operations)
+
+
 def _label(index: int, rule: Rule) -> str:
     return f"rule {index + 1}" + (f" {rule.name!r}" if rule.name else "")
 
@@ -130,22 +136,21 @@ def _groups(matched: Any) -> str:
 
 
 def _outcome(rule: Rule, matched: Any) -> str:
-    if rule.skip is not None:
-        return f"->  skip: {rule.skip}"
-    try:
-        names = [rule.render(matched, part) for part in range(len(rule.targets or (rule.target,)))]
-    except TemplateError as error:
-        return f"->  TEMPLATE ERROR: {error}"
-    if rule.targets is not None:
-        return " ->  split into " + ", ".join(repr(name) for name in names)
-    return f" ->  {names[0]!r}"
+    outcome = rule_outcome(rule, matched)
+    if outcome.skip is not None:
+        return f"->  skip: {outcome.skip}"
+    if outcome.error is not None:
+        return f"->  TEMPLATE ERROR: {outcome.error}"
+    if outcome.split:
+        return " ->  split into " + ", ".join(repr(name) for name in outcome.names)
+    return f" ->  {outcome.names[0]!r}"
 
 
 def _verdicts(plan: Plan, name: str) -> list[str]:
     verdicts: list[str] = []
     for assignment in plan.assignments:
         if name in assignment.source_names:
-            operations = " ".join(operation.describe() for operation in assignment.operations)
+            operations = _operations(assignment)
             verdicts.append(
                 f"assigned to {assignment.target!r} {format_shape(assignment.target_shape)} by {assignment.rule}"
                 + (f"; operations: {operations}" if operations else "")

@@ -17,12 +17,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mapper.authoring._outcome import rule_outcome
 from mapper.plan import Problem, ProblemKind, RuleRef, Severity
 from mapper.plan.matching import RuleMatcher
-from mapper.rules import Rule, RuleSet, TemplateError
-from mapper.specs import CHECKPOINT_NAMESPACE, SourceSet, TensorSpec
-
-_CHECKPOINT_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+from mapper.rules import Rule, RuleSet
+from mapper.specs import CHECKPOINT_NAMESPACE, CHECKPOINT_VALUE_SUFFIX, SourceSet, TensorSpec
 
 
 def lint(rules: RuleSet, source: Mapping[str, TensorSpec] | SourceSet | None = None) -> tuple[Problem, ...]:
@@ -85,8 +84,8 @@ def _template_trouble(template: str, namespace: str) -> str | None:
         return "contains '//', an empty path segment"
     if escaped.startswith("/") or escaped.endswith("/"):
         return "starts or ends with '/'"
-    if namespace == CHECKPOINT_NAMESPACE and not (escaped.endswith(_CHECKPOINT_SUFFIX) or escaped.endswith("}")):
-        return f"does not end in {_CHECKPOINT_SUFFIX!r}, as every variable key of a TF2 checkpoint does"
+    if namespace == CHECKPOINT_NAMESPACE and not (escaped.endswith(CHECKPOINT_VALUE_SUFFIX) or escaped.endswith("}")):
+        return f"does not end in {CHECKPOINT_VALUE_SUFFIX!r}, as every variable key of a TF2 checkpoint does"
     return None
 
 
@@ -159,12 +158,13 @@ def _tally(rules: RuleSet, matches: list[tuple[int, Any]], name: str, stats: _Ma
 
 
 def _outcome(rule: Rule, matched: Any) -> tuple[str, ...]:
-    if rule.skip is not None:
+    """What two rules must agree on for an overlap to be harmless: both skip, the same names, or the same error."""
+    outcome = rule_outcome(rule, matched)
+    if outcome.skip is not None:
         return ("skip",)
-    try:
-        return tuple(rule.render(matched, part) for part in range(len(rule.targets or (rule.target,))))
-    except TemplateError as error:
-        return ("error", str(error))
+    if outcome.error is not None:
+        return ("error", str(outcome.error))
+    return outcome.names
 
 
 def lint_codes() -> Mapping[str, str]:

@@ -10,21 +10,30 @@ from mapper.authoring.suggest._generalise import Draft, literal_draft, slot_valu
 from mapper.authoring.suggest._patterns import group_labels, render_pattern
 from mapper.authoring.suggest._toml import Sides, render_toml
 from mapper.plan import ProblemKind
+from mapper.plan.matching import RuleMatcher
 from mapper.plan.planner import build_plan
 from mapper.rules import parse_rules
 from mapper.specs import TargetMap, TensorSpec
 
 
+class _DraftPattern:
+    """A draft's pattern in the shape RuleMatcher takes: its text (for the literal prefix) and a full match."""
+
+    def __init__(self, match: str) -> None:
+        self.match = match
+        self.fullmatch = re.compile(match).fullmatch
+
+
 def narrow(drafts: list[Draft], names: Sequence[str]) -> list[Draft]:
     """Make sure no rule matches a source name it does not claim: narrow its groups, or split it into literals."""
     for _ in range(3):
-        compiled = [re.compile(render_pattern(draft, group_labels(draft))) for draft in drafts]
+        matcher = RuleMatcher([_DraftPattern(render_pattern(draft, group_labels(draft))) for draft in drafts])
         owner = {pair.source.key: number for number, draft in enumerate(drafts) for pair in draft.pairs}
         stray: set[int] = set()
         for name in names:
-            first = next((number for number, pattern in enumerate(compiled) if pattern.fullmatch(name)), None)
-            if first is not None and owner.get(name) != first:
-                stray.add(first)
+            found = matcher.first(name)
+            if found is not None and owner.get(name) != found[0]:
+                stray.add(found[0])
         if not stray:
             return drafts
         rebuilt: list[Draft] = []
