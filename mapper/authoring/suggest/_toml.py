@@ -153,28 +153,40 @@ def render_toml(drafts: Sequence[Draft], sides: Sides, notes: Sequence[str]) -> 
         lines.append(f"match = {_pattern_string(skip.match)}")
         lines.append(f"skip = {_string(skip.reason)}")
     if unplaced:
-        lines += [
-            "",
-            f"# --- no target found: {plural(len(unplaced), 'source tensor')} ---",
-            "# Nothing in the target fits these. Map them, or uncomment a skip and say why the target needs none.",
-        ]
-        by_name = {name.key: name.spec for name in sources}
-        for pattern, members in _cover(unplaced, [name.key for name in sources]):
-            lines += ["#", *_listing(members, by_name), "# [[rules]]", f"# match = {_pattern_string(pattern)}"]
-            lines.append('# skip = "DECIDE: no target found"')
+        lines += _left_over(
+            f"no target found: {plural(len(unplaced), 'source tensor')}",
+            "Nothing in the target fits these. Map them, or uncomment a skip and say why the target needs none.",
+            unplaced,
+            sources,
+            ("[[rules]]", 'skip = "DECIDE: no target found"'),
+        )
     if notes:
         lines += ["", "# --- given up: pairs the planner refused, left unplaced ---", *(f"# {note}" for note in notes)]
     if unfilled:
-        lines += [
-            "",
-            f"# --- nothing fills: {plural(len(unfilled), 'target variable')} ---",
-            "# No source tensor fits these. Map one, or uncomment a keep and say why they keep their initial values.",
-        ]
-        by_name = {name.key: name.spec for name in targets}
-        for pattern, members in _cover(unfilled, [name.key for name in targets]):
-            lines += ["#", *_listing(members, by_name), "# [[keep]]", f"# match = {_pattern_string(pattern)}"]
-            lines.append('# reason = "DECIDE: nothing in the source fits"')
+        lines += _left_over(
+            f"nothing fills: {plural(len(unfilled), 'target variable')}",
+            "No source tensor fits these. Map one, or uncomment a keep and say why they keep their initial values.",
+            unfilled,
+            targets,
+            ("[[keep]]", 'reason = "DECIDE: nothing in the source fits"'),
+        )
     return "\n".join(lines) + "\n"
+
+
+def _left_over(
+    heading: str, advice: str, left: Sequence[str], side: Sequence[Name], entry: tuple[str, str]
+) -> list[str]:
+    """A commented-out section for names of one side nothing was found for: each family listed, with an entry.
+
+    ``entry`` is the table header and the line that asks for a decision, as the commented-out entry spells them.
+    """
+    lines = ["", f"# --- {heading} ---", f"# {advice}"]
+    by_name = {name.key: name.spec for name in side}
+    table, decide = entry
+    for pattern, members in _cover(left, [name.key for name in side]):
+        lines += ["#", *_listing(members, by_name), f"# {table}", f"# match = {_pattern_string(pattern)}"]
+        lines.append(f"# {decide}")
+    return lines
 
 
 def _listing(members: Sequence[str], specs: Mapping[str, TensorSpec]) -> list[str]:
