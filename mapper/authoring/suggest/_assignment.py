@@ -1,4 +1,4 @@
-"""Stage 4: pairs chosen greedily by score, each name used once, and how clearly each beats its rivals."""
+"""Steps 3 and 4: pairs chosen greedily by score, each name used once, and how clearly each beats its rivals."""
 
 from __future__ import annotations
 

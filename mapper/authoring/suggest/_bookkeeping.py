@@ -1,4 +1,4 @@
-"""Stage 1: source tensors that are never weights (optimizer state, counters, buffers) become skip rules."""
+"""Step 1: source tensors that are never weights (optimizer state, counters, buffers) become skip rules."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 7: the draft planned against the same maps; rules that claim too much are narrowed or split."""
+"""Step 6: the draft planned against the same maps; rules that claim too much are narrowed or split."""
 
 from __future__ import annotations
 

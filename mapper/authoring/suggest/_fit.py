@@ -1,4 +1,4 @@
-"""Stage 3a: how a source tensor becomes a target's shape and dtype (equal, transposed, reshaped, cast)."""
+"""Step 3, shape fit: how a source tensor becomes a target's shape and dtype (equal, transposed, reshaped, cast)."""
 
 from __future__ import annotations
 

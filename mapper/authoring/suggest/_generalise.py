@@ -1,4 +1,4 @@
-"""Stage 5: placed pairs generalised into rule drafts: linked index groups, splits, merged alternations."""
+"""Step 5: placed pairs generalised into rule drafts: linked index groups, splits, merged alternations."""
 
 from __future__ import annotations
 

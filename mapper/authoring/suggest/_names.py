@@ -1,4 +1,4 @@
-"""Stage 2: each name cut into atoms (words, separators, index numbers), canonical words and a role."""
+"""Step 2: each name cut into atoms (words, separators, index numbers), canonical words and a role."""
 
 from __future__ import annotations
 

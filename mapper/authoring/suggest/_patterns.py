@@ -1,4 +1,4 @@
-"""Stage 6a: a draft's atoms rendered as the rule's regular expression and target template."""
+"""Rendering, patterns: a draft's atoms rendered as the rule's regular expression and target template."""
 
 from __future__ import annotations
 

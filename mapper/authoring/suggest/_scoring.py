@@ -1,4 +1,4 @@
-"""Stage 3b: every plausible source-target pair scored on names, shapes, roles, order, indices and layers."""
+"""Step 3, scores: every plausible source-target pair scored on names, shapes, roles, order, indices and layers."""
 
 from __future__ import annotations
 

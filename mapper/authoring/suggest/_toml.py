@@ -1,4 +1,4 @@
-"""Stage 6b: the drafts written as a commented TOML rule file, with what is left over at the end."""
+"""Rendering, TOML: the drafts written as a commented TOML rule file, with what is left over at the end."""
 
 from __future__ import annotations
 
