@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
+
+from mapper.specs import SourceSet, TensorSpec
 
 
 class RuleMatcher:
@@ -67,6 +69,26 @@ class RuleMatcher:
             if matched is not None:
                 return index, matched
         return None
+
+
+def matchers(
+    rules: Sequence[Any], source: Mapping[str, TensorSpec] | SourceSet
+) -> Iterator[tuple[str | None, Mapping[str, TensorSpec], RuleMatcher]]:
+    """Each source's id (None for a single unnamed source), its specs, and a matcher of the rules that read it.
+
+    A rule with ``source = "name"`` reads only that named source; a rule without one reads every source.
+
+    Example:
+        >>> from mapper.rules import Rule
+        >>> from mapper.specs import VariableMap
+        >>> rules = [Rule(match="a", skip="x", source="hf"), Rule(match="a", skip="y")]
+        >>> [(source_id, matcher.first("a")[0]) for source_id, _, matcher in matchers(rules, VariableMap([]))]
+        [(None, 1)]
+    """
+    maps = list(source.items()) if isinstance(source, SourceSet) else [(None, source)]
+    for source_id, specs in maps:
+        only = {index for index, rule in enumerate(rules) if rule.source in (None, source_id)}
+        yield source_id, specs, RuleMatcher(rules, only=only)
 
 
 _META = set(".^$*+?{}[]\\|()")
@@ -141,4 +163,4 @@ def _has_top_level_alternation(pattern: str) -> bool:
     return False
 
 
-__all__ = ["RuleMatcher", "literal_prefix"]
+__all__ = ["RuleMatcher", "literal_prefix", "matchers"]

@@ -28,12 +28,19 @@ from mapper.specs import TensorSpec, format_shape
 class NeedsTargetError(OperationError):
     """An operation takes what it needs from a target (``reshape = "target"``), and there is none.
 
-    A conversion without a model recognises it and says what to write instead.
+    A conversion without a model recognises it and says what to write instead; ``shape`` and ``dtype`` are what
+    the operations before it made, which is as far as the result can be known.
 
     Example:
-        >>> isinstance(NeedsTargetError("reshape needs a target", operation="reshape"), OperationError)
-        True
+        >>> error = NeedsTargetError("reshape needs a target", operation="reshape", shape=(4, 3), dtype="float32")
+        >>> isinstance(error, OperationError), error.shape
+        (True, (4, 3))
     """
+
+    def __init__(self, message: str, *, operation: str, shape: tuple[int, ...], dtype: str) -> None:
+        super().__init__(message, operation=operation)
+        self.shape = shape
+        self.dtype = dtype
 
 
 class OperationSpecBase(Frozen):
@@ -119,7 +126,7 @@ class ReshapeSpec(OperationSpecBase):
         if self.reshape != "target":
             return resolve_reshape(self.reshape, shape)
         if target is None:
-            raise NeedsTargetError('reshape = "target" needs a target', operation="reshape")
+            raise NeedsTargetError('reshape = "target" needs a target', operation="reshape", shape=shape, dtype=dtype)
         return resolve_reshape(target.shape, shape)
 
 
