@@ -144,15 +144,10 @@ def _has_top_level_alternation(pattern: str) -> bool:
             position += 2
             continue
         if char == "[":
-            position += 1
-            if pattern[position : position + 1] == "^":
-                position += 1
-            if pattern[position : position + 1] == "]":
-                position += 1  # a ']' first in a set is a literal, also after '^'
-            while position < len(pattern) and pattern[position] != "]":
-                if pattern[position] == "[":
-                    return True  # a POSIX class or a nested set: not worth parsing
-                position += 2 if pattern[position] == "\\" else 1
+            end = _set_end(pattern, position)
+            if end is None:
+                return True  # a POSIX class or a nested set: not worth parsing
+            position = end
         elif char == "(":
             depth += 1
         elif char == ")":
@@ -161,6 +156,20 @@ def _has_top_level_alternation(pattern: str) -> bool:
             return True
         position += 1
     return False
+
+
+def _set_end(pattern: str, start: int) -> int | None:
+    """Where the character set opening at ``start`` closes (its ``]``); None for a nested set or POSIX class."""
+    position = start + 1
+    if pattern[position : position + 1] == "^":
+        position += 1
+    if pattern[position : position + 1] == "]":
+        position += 1  # a ']' first in a set is a literal, also after '^'
+    while position < len(pattern) and pattern[position] != "]":
+        if pattern[position] == "[":
+            return None
+        position += 2 if pattern[position] == "\\" else 1
+    return position
 
 
 __all__ = ["RuleMatcher", "literal_prefix", "matchers"]
