@@ -58,6 +58,18 @@ def resolve_size(value: Size, params: Mapping[str, ParamValue], what: str) -> in
     )
 
 
+def resolve_sizes(value: object, params: Mapping[str, ParamValue], what: str) -> object:
+    """A list of sizes with parameter names resolved; anything else as it is, for pydantic to report its type.
+
+    Example:
+        >>> resolve_sizes([768, "heads", -1], {"heads": 12}, "reshape"), resolve_sizes("target", {}, "reshape")
+        ((768, 12, -1), 'target')
+    """
+    if isinstance(value, (list, tuple)):
+        return tuple(resolve_size(size, params, f"{what} {list(value)}") for size in value)
+    return value
+
+
 def closest(word: str, choices: Sequence[str] | Mapping[str, object]) -> str:
     """A hint to append to a message: the closest of ``choices``, or all of them when none is close.
 
@@ -98,5 +110,6 @@ __all__ = [
     "closest",
     "params_of",
     "resolve_size",
+    "resolve_sizes",
     "unknown_dtype_message",
 ]

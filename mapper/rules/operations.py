@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, get_args
 
 from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -21,7 +21,15 @@ from mapper.ops import (
     resolve_reshape,
     split_parts,
 )
-from mapper.rules.common import Frozen, clean_message, closest, params_of, resolve_size, unknown_dtype_message
+from mapper.rules.common import (
+    Frozen,
+    clean_message,
+    closest,
+    params_of,
+    resolve_size,
+    resolve_sizes,
+    unknown_dtype_message,
+)
 from mapper.specs import TensorSpec, format_shape
 
 
@@ -41,6 +49,15 @@ class NeedsTargetError(OperationError):
         super().__init__(message, operation=operation)
         self.shape = shape
         self.dtype = dtype
+
+
+def _parsed(value: str, parse: Callable[[str], object]) -> str:
+    """``value`` if ``parse`` accepts it; its OperationError becomes the ValueError pydantic reports."""
+    try:
+        parse(value)
+    except OperationError as error:
+        raise ValueError(str(error)) from None
+    return value
 
 
 class OperationSpecBase(Frozen):
@@ -98,9 +115,7 @@ class ReshapeSpec(OperationSpecBase):
     @field_validator("reshape", mode="before")
     @classmethod
     def _resolve(cls, value: object, info: ValidationInfo) -> object:
-        if isinstance(value, (list, tuple)):
-            return tuple(resolve_size(dim, params_of(info), f"reshape {list(value)}") for dim in value)
-        return value
+        return resolve_sizes(value, params_of(info), "reshape")
 
     @field_validator("reshape")
     @classmethod
@@ -166,11 +181,7 @@ class SliceSpec(OperationSpecBase):
     @field_validator("slice")
     @classmethod
     def _parses(cls, value: str) -> str:
-        try:
-            Slice.parse(value)
-        except OperationError as error:
-            raise ValueError(str(error)) from None
-        return value
+        return _parsed(value, Slice.parse)
 
     @override
     def resolve(self, shape: tuple[int, ...], dtype: str, target: TensorSpec | None) -> Operation:
@@ -196,11 +207,7 @@ class RearrangeSpec(OperationSpecBase):
     @field_validator("rearrange")
     @classmethod
     def _parses(cls, value: str) -> str:
-        try:
-            parse_rearrange(value)
-        except OperationError as error:
-            raise ValueError(str(error)) from None
-        return value
+        return _parsed(value, parse_rearrange)
 
     @model_validator(mode="after")
     def _sizes(self, info: ValidationInfo) -> RearrangeSpec:
@@ -330,9 +337,7 @@ class SplitSpec(Frozen):
     @field_validator("sizes", mode="before")
     @classmethod
     def _resolve_sizes(cls, value: object, info: ValidationInfo) -> object:
-        if isinstance(value, (list, tuple)):
-            return tuple(resolve_size(size, params_of(info), f"split sizes {list(value)}") for size in value)
-        return value
+        return resolve_sizes(value, params_of(info), "split sizes")
 
     @model_validator(mode="after")
     def _parts_or_sizes(self) -> SplitSpec:
