@@ -1,4 +1,4 @@
-"""Tensor operations of a plan: resolved at plan time from shapes alone, applied at run time."""
+"""Tensor operations of a plan: each infers its result from shapes alone, applies itself on a backend and describes itself."""
 
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ class Transpose:
             )
         return tuple(shape[axis] for axis in self.perm), dtype
 
+    def apply(self, value: Any, backend: ArrayBackend) -> Any:
+        """The operation applied to ``value`` with the backend's array functions."""
+        return backend.transpose(value, self.perm)
+
     def describe(self) -> str:
         """Short human form, as reports show it."""
         return f"transpose{list(self.perm)}"
@@ -63,6 +67,10 @@ class Reshape:
             )
         return self.shape, dtype
 
+    def apply(self, value: Any, backend: ArrayBackend) -> Any:
+        """The operation applied to ``value`` with the backend's array functions."""
+        return backend.reshape(value, self.shape)
+
     def describe(self) -> str:
         """Short human form, as reports show it."""
         return f"reshape{format_shape(self.shape)}"
@@ -88,6 +96,10 @@ class Cast:
                 operation="cast",
             )
         return shape, self.dtype
+
+    def apply(self, value: Any, backend: ArrayBackend) -> Any:
+        """The operation applied to ``value`` with the backend's array functions."""
+        return backend.cast(value, self.dtype)
 
     def describe(self) -> str:
         """Short human form, as reports show it."""
@@ -163,6 +175,10 @@ class Slice:
             result.append(len(range(*slice(*item).indices(size))))
         return (*result, *shape[len(self.items) :]), dtype
 
+    def apply(self, value: Any, backend: ArrayBackend) -> Any:  # noqa: ARG002 - indexing needs no backend function
+        """The operation applied to ``value``: basic indexing, which every backend's arrays support."""
+        return value[self.index()]
+
     def describe(self) -> str:
         """Short human form, as reports show it."""
         return f"slice[{', '.join(_item_text(item) for item in self.items)}]"
@@ -212,6 +228,10 @@ class SplitPart:
                 operation="split",
             )
         return (*shape[:axis], self.stop - self.start, *shape[axis + 1 :]), dtype
+
+    def apply(self, value: Any, backend: ArrayBackend) -> Any:  # noqa: ARG002 - indexing needs no backend function
+        """The operation applied to ``value``: basic indexing, which every backend's arrays support."""
+        return value[self.index(len(value.shape))]
 
     def describe(self) -> str:
         """Short human form, as reports show it."""
@@ -315,6 +335,11 @@ class Rearrange:
         """Shape and dtype after the operation; raises OperationError if it does not fit."""
         return self.plan(shape)[2], dtype
 
+    def apply(self, value: Any, backend: ArrayBackend) -> Any:
+        """The operation applied to ``value`` with the backend's array functions: reshape, transpose, reshape."""
+        split_shape, perm, merged = self.plan(tuple(int(dim) for dim in value.shape))
+        return backend.reshape(backend.transpose(backend.reshape(value, split_shape), perm), merged)
+
     def describe(self) -> str:
         """Short human form, as reports show it."""
         bound = ", ".join(f"{name}={size}" for name, size in self.sizes)
@@ -409,6 +434,10 @@ class Concat:
                 )
         return (*first[:axis], sum(shape[axis] for shape in shapes), *first[axis + 1 :]), dtype
 
+    def apply(self, values: Sequence[Any], backend: ArrayBackend) -> Any:
+        """The members joined with the backend's array functions."""
+        return backend.concat(list(values), self.axis)
+
     def describe(self) -> str:
         """Short human form, as reports show it."""
         return f"concat[axis {self.axis}]"
@@ -441,6 +470,10 @@ class Stack:
             )
         axis = self.axis % (len(first) + 1)
         return (*first[:axis], len(shapes), *first[axis:]), dtype
+
+    def apply(self, values: Sequence[Any], backend: ArrayBackend) -> Any:
+        """The members joined with the backend's array functions."""
+        return backend.stack(list(values), self.axis)
 
     def describe(self) -> str:
         """Short human form, as reports show it."""
@@ -532,19 +565,7 @@ def apply_operations(operations: Sequence[Operation], value: Any, backend: Array
         (3, 2, 2)
     """
     for operation in operations:
-        if isinstance(operation, Transpose):
-            value = backend.transpose(value, operation.perm)
-        elif isinstance(operation, Reshape):
-            value = backend.reshape(value, operation.shape)
-        elif isinstance(operation, Cast):
-            value = backend.cast(value, operation.dtype)
-        elif isinstance(operation, Slice):
-            value = value[operation.index()]
-        elif isinstance(operation, SplitPart):
-            value = value[operation.index(len(value.shape))]
-        else:
-            split_shape, perm, merged = operation.plan(tuple(int(dim) for dim in value.shape))
-            value = backend.reshape(backend.transpose(backend.reshape(value, split_shape), perm), merged)
+        value = operation.apply(value, backend)
     return value
 
 
@@ -556,9 +577,7 @@ def combine_values(combine: Combine, values: Sequence[Any], backend: ArrayBacken
         >>> combine_values(Stack(0), [np.zeros(2), np.ones(2)], NUMPY).shape
         (2, 2)
     """
-    if isinstance(combine, Concat):
-        return backend.concat(list(values), combine.axis)
-    return backend.stack(list(values), combine.axis)
+    return combine.apply(values, backend)
 
 
 def apply_numpy(operations: Sequence[Operation], array: np.ndarray) -> np.ndarray:

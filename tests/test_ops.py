@@ -1,8 +1,12 @@
-"""Tests for mapper.ops: castable, shape inference of each operation, resolve_reshape and apply_numpy."""
+"""Tests for mapper.ops: one table row per operation kind, castable, shape inference, resolve_reshape and apply_numpy."""
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ml_dtypes
@@ -14,6 +18,72 @@ from hypothesis import strategies as st
 from mapper.dtypes import DTYPE_SIZES, KNOWN_DTYPES, castable, numpy_dtype
 from mapper.errors import MapperError, OperationError
 from mapper.ops import Cast, Reshape, Transpose, apply_numpy, infer_all, resolve_reshape
+from mapper.rules import OPERATION_SPECS, NeedsTargetError, parse_rules, resolve_operations
+from mapper.specs import TensorSpec
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+Spec = tuple[tuple[int, ...], str]  # shape and dtype
+
+
+@dataclass(frozen=True)
+class Row:
+    """One operation kind: a rule file's spec for it, and what it makes of a small tensor."""
+
+    key: str  # the operation's key in a rule file's ``ops``
+    spec: str  # the TOML inline table, as a rule file writes it
+    given: Spec
+    expected: Spec
+    described: str  # describe(), as reports show it
+    numpy: Callable[[np.ndarray], np.ndarray]  # the same result, written in plain NumPy
+    target: TensorSpec | None = None  # what ``"target"`` refers to; None: no model
+
+
+F32 = "float32"
+# Adding an operation: its class in mapper.ops, its spec in mapper.rules.operations, and a row here.
+OPERATIONS = [
+    Row("transpose", "{ transpose = [1, 0] }", ((2, 3), F32), ((3, 2), F32), "transpose[1, 0]", lambda a: a.T),
+    Row("reshape", "{ reshape = [3, -1] }", ((2, 3), F32), ((3, 2), F32), "reshape[3, 2]", lambda a: a.reshape(3, 2)),
+    Row("reshape", '{ reshape = "target" }', ((2, 3), F32), ((6,), F32), "reshape[6]", lambda a: a.reshape(6),
+        target=TensorSpec("v", (6,), F32)),
+    Row("cast", '{ cast = "float16" }', ((2, 3), F32), ((2, 3), "float16"), "cast[float16]",
+        lambda a: a.astype("float16")),
+    Row("cast", '{ cast = "target" }', ((2, 3), "int32"), ((2, 3), "float64"), "cast[float64]",
+        lambda a: a.astype("float64"), target=TensorSpec("v", (2, 3), "float64")),
+    Row("slice", '{ slice = "1, ::2" }', ((2, 3, 4), F32), ((2, 4), F32), "slice[1, ::2]", lambda a: a[1, ::2]),
+    Row("rearrange", '{ rearrange = "(h d) c -> c h d", h = 2 }', ((4, 3), F32), ((3, 2, 2), F32),
+        "rearrange[(h d) c -> c h d; h=2]", lambda a: a.reshape(2, 2, 3).transpose(2, 0, 1)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("row", OPERATIONS, ids=[f"{row.key}-{row.spec}" for row in OPERATIONS])
+def test_each_operation_from_rule_file_to_result(row: Row) -> None:
+    rules = parse_rules(f'format = 1\n[[rules]]\nmatch = "w"\ntarget = "v"\nops = [{row.spec}]\n')
+    (spec,) = rules.rules[0].ops
+    assert isinstance(spec, OPERATION_SPECS[row.key])
+    shape, dtype = row.given
+    operations, *result_spec = resolve_operations([spec], shape, dtype, row.target)
+    assert tuple(result_spec) == row.expected
+    (operation,) = operations
+    assert operation.infer(shape, dtype) == row.expected
+    assert operation.describe() == row.described
+    array = np.arange(math.prod(shape)).astype(dtype).reshape(shape)
+    result = apply_numpy(operations, array)
+    np.testing.assert_array_equal(result, row.numpy(array))
+    assert (result.shape, str(result.dtype)) == row.expected
+
+
+def test_the_table_has_a_row_for_every_operation_the_rules_accept() -> None:
+    assert {row.key for row in OPERATIONS} == set(OPERATION_SPECS)
+
+
+def test_the_readme_lists_exactly_the_operations_the_rules_accept() -> None:
+    (bullet,) = re.findall(r"^- \*\*Operations\*\*.*?(?=^- |^$)", README, flags=re.MULTILINE | re.DOTALL)
+    listed = re.findall(r"`\{ (\w+) = ", bullet)
+    assert sorted(set(listed)) == sorted(OPERATION_SPECS)
+    assert list(dict.fromkeys(listed)) == list(OPERATION_SPECS), "list them in the order the rules name them"
+
 
 CASTS = [
     ("float32", "float32", True),
@@ -250,3 +320,13 @@ def test_inferred_shape_matches_numpy(case: tuple[tuple[int, ...], list[Transpos
     assert str(out.dtype) == dtype_after
     # No element is lost or invented along the way.
     assert sorted(out.astype("float64").ravel().tolist()) == sorted(array.astype("float64").ravel().tolist())
+
+
+def test_an_operation_that_needs_a_target_says_how_far_it_got() -> None:
+    rules = parse_rules(
+        'format = 1\n[[rules]]\nmatch = "w"\ntarget = "v"\nops = [{ transpose = [1, 0] }, { reshape = "target" }]\n'
+    )
+    with pytest.raises(NeedsTargetError) as caught:
+        resolve_operations(rules.rules[0].ops, (2, 3), "float32", None)
+    assert isinstance(caught.value, OperationError)
+    assert (caught.value.shape, caught.value.dtype, caught.value.operation) == ((3, 2), "float32", "reshape")

@@ -59,7 +59,7 @@ def test_package_re_exports_the_core() -> None:
     ):
         assert name in mapper.__all__
     assert mapper.build_plan.__module__ == "mapper.plan.planner"
-    assert mapper.load_rules.__module__ == "mapper.rules"
+    assert mapper.load_rules.__module__ == "mapper.rules.loading"
 
 
 @pytest.mark.parametrize("path", PUBLIC_MODULES, ids=[str(path) for path in PUBLIC_MODULES])

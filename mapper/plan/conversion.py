@@ -12,25 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 from mapper.errors import OperationError
-from mapper.ops import (
-    Cast,
-    Concat,
-    Operation,
-    Rearrange,
-    Slice,
-    SplitPart,
-    Stack,
-    Transpose,
-    infer_all,
-    resolve_reshape,
-    split_parts,
-)
-from mapper.plan.matching import RuleMatcher
+from mapper.ops import Combine, Operation, SplitPart
+from mapper.plan.groups import Groups
+from mapper.plan.matching import matchers
 from mapper.plan.model import Plan, Problem, ProblemKind, Severity
 from mapper.plan.planner import build_plan
-from mapper.rules import CastSpec, RearrangeSpec, ReshapeSpec, RuleSet, SliceSpec, TemplateError, TransposeSpec
+from mapper.plan.resolution import transformed
+from mapper.rules import NeedsTargetError, Rule, RuleSet, TemplateError
 from mapper.sources import SourcesLike, source_specs
 from mapper.specs import CHECKPOINT_NAMESPACE, SourceSet, TargetMap, TensorSpec, VariableMap
 from mapper.text import quoted
@@ -69,71 +60,70 @@ def open_target(rules: RuleSet, source: Mapping[str, TensorSpec] | SourceSet) ->
         >>> [(spec.name, spec.shape) for spec in target.variables.values()], problems
         ([('q/kernel', (4, 4)), ('k/kernel', (4, 4)), ('v/kernel', (4, 4))], ())
     """
-    found: dict[str, TensorSpec] = {}
     needs_target: dict[int, list[str]] = {}
-    pending: dict[tuple[int, str | None, str], list[tuple[str, TensorSpec]]] = {}
-    maps: list[tuple[str | None, Mapping[str, TensorSpec]]] = (
-        list(source.items()) if isinstance(source, SourceSet) else [(None, source)]
-    )
-    for source_id, specs in maps:
-        only = {index for index, rule in enumerate(rules.rules) if rule.source in (None, source_id)}
-        matcher = RuleMatcher(rules.rules, only=only)
+    found, groups = _produced(rules, source, needs_target)
+    for group in groups.checked(rules.rules):
+        if group.complete and group.key not in found:  # build_plan reports an incomplete group
+            found[group.key] = _result(
+                rules, group.index, group.key, group.members, combine=group.combine, needs_target=needs_target
+            )
+    keys = {CHECKPOINT_NAMESPACE: {name: name for name in found}} if rules.namespace == CHECKPOINT_NAMESPACE else {}
+    target = TargetMap(VariableMap(found.values(), description=OPEN_TARGET), keys)
+    return target, tuple(_needs_target_problem(rules, index, names) for index, names in needs_target.items())
+
+
+def _produced(
+    rules: RuleSet, source: Mapping[str, TensorSpec] | SourceSet, needs_target: dict[int, list[str]]
+) -> tuple[dict[str, TensorSpec], Groups]:
+    """The spec of every name a rule produces from one source tensor, and the members of every join group."""
+    found: dict[str, TensorSpec] = {}
+    groups = Groups()
+    for source_id, specs, matcher in matchers(rules.rules, source):
         for name, spec in specs.items():
             matched_rule = matcher.first(name)
-            if matched_rule is None:
+            if matched_rule is None or rules.rules[matched_rule[0]].skip is not None:
                 continue
             index, matched = matched_rule
             rule = rules.rules[index]
-            if rule.skip is not None:
-                continue
-            parts: list[SplitPart | None] = [None]
-            if rule.split is not None:
-                try:
-                    parts = list(_split_parts(rule.split.axis, rule.split.parts, rule.split.sizes, spec.shape))
-                except OperationError:
-                    continue  # build_plan reports it
-            for number, part in enumerate(parts):
-                try:
-                    key = rule.render(matched, number)
-                except TemplateError:
-                    break  # build_plan reports it
+            for key, part in _targets(rule, matched, spec):
                 if rule.combine is not None:
-                    pending.setdefault((index, source_id, key), []).append((matched.group(rule.combine.by) or "", spec))
-                    continue
-                if key not in found:
+                    groups.add(index, source_id, key, matched.group(rule.combine.by) or "", spec)
+                elif key not in found:
                     found[key] = _result(
                         rules, index, key, (spec,), prefix=(part,) if part else (), needs_target=needs_target
                     )
-    for (index, _, key), members in pending.items():
-        combine_spec = rules.rules[index].combine
-        if combine_spec is None or key in found:  # pragma: no cover - only combine rules are pending
-            continue
-        by_member: dict[str, list[TensorSpec]] = {}
-        for member, spec in members:
-            by_member.setdefault(member, []).append(spec)
-        expected = combine_spec.expected
-        if sorted(by_member) != sorted(expected) or any(len(group) > 1 for group in by_member.values()):
-            continue  # build_plan reports the group
-        ordered = tuple(by_member[member][0] for member in expected)
-        combine = Concat(combine_spec.axis) if rules.rules[index].concat is not None else Stack(combine_spec.axis)
-        found[key] = _result(rules, index, key, ordered, combine=combine, needs_target=needs_target)
-    keys = {CHECKPOINT_NAMESPACE: {name: name for name in found}} if rules.namespace == CHECKPOINT_NAMESPACE else {}
-    target = TargetMap(VariableMap(found.values(), description=OPEN_TARGET), keys)
-    problems = []
-    for index, names in needs_target.items():
-        distinct = list(dict.fromkeys(names))  # a split's parts all name their one source
-        problems.append(
-            Problem(
-                ProblemKind.BAD_OPERATION,
-                Severity.ERROR,
-                f'{rules.rule_ref(index)} uses reshape = "target", which takes the shape from a target model, and '
-                f"this conversion has none (for {quoted(distinct)}); write the shape, e.g. reshape = [768, 12, -1], "
-                "or convert with a model (--target MODULE:FACTORY)",
-                rules.rule_ref(index),
-                tuple(distinct),
-            )
-        )
-    return target, tuple(problems)
+    return found, groups
+
+
+def _targets(rule: Rule, matched: Any, spec: TensorSpec) -> list[tuple[str, SplitPart | None]]:
+    """The names (with the split part each gets) a rule gives one source tensor, up to the first it cannot render.
+
+    A split that does not fit and a template that cannot render are left to ``build_plan`` to report.
+    """
+    try:
+        parts: list[SplitPart | None] = list(rule.split.resolve(spec.shape)) if rule.split is not None else [None]
+    except OperationError:
+        return []
+    named: list[tuple[str, SplitPart | None]] = []
+    for number, part in enumerate(parts):
+        try:
+            named.append((rule.render(matched, number), part))
+        except TemplateError:
+            break
+    return named
+
+
+def _needs_target_problem(rules: RuleSet, index: int, names: list[str]) -> Problem:
+    distinct = list(dict.fromkeys(names))  # a split's parts all name their one source
+    return Problem(
+        ProblemKind.BAD_OPERATION,
+        Severity.ERROR,
+        f'{rules.rule_ref(index)} uses reshape = "target", which takes the shape from a target model, and '
+        f"this conversion has none (for {quoted(distinct)}); write the shape, e.g. reshape = [768, 12, -1], "
+        "or convert with a model (--target MODULE:FACTORY)",
+        rules.rule_ref(index),
+        tuple(distinct),
+    )
 
 
 def plan_conversion(
@@ -187,56 +177,27 @@ def plan_conversion(
     return dataclasses.replace(plan, unfilled_targets=(), problems=problems + kept)
 
 
-# --- open target: the spec each produced name gets --------------------------------------------------------------
-
-
-def _split_parts(
-    axis: int, parts: int | None, sizes: tuple[int, ...] | None, shape: tuple[int, ...]
-) -> list[SplitPart]:
-    if not -len(shape) <= axis < len(shape):
-        raise OperationError(f"split along axis {axis} of a rank-{len(shape)} tensor", operation="split")
-    return split_parts(shape[axis], axis, parts=parts, sizes=sizes)
-
-
 def _result(
     rules: RuleSet,
     index: int,
     key: str,
     members: tuple[TensorSpec, ...],
     *,
+    combine: Combine | None = None,
     prefix: tuple[Operation, ...] = (),
-    combine: Concat | Stack | None = None,
     needs_target: dict[int, list[str]],
 ) -> TensorSpec:
     """The spec of target ``key``: what the rule's join and operations make of ``members``.
 
     When they do not fit, the first member's spec stands in: ``build_plan`` then reports the operation with
-    its own message, as it would for a model.
+    its own message, as it would for a model. An operation that needs a target is recorded in ``needs_target``.
     """
     first = members[0]
     try:
-        shape, dtype = first.shape, first.dtype
-        if combine is not None:
-            shape, dtype = combine.infer([member.shape for member in members], dtype)
-        shape, dtype = infer_all(prefix, shape, dtype)
-        for spec in rules.rules[index].ops:
-            operation: Operation
-            if isinstance(spec, ReshapeSpec):
-                if spec.reshape == "target":
-                    needs_target.setdefault(index, []).extend(member.name for member in members)
-                    return TensorSpec(key, shape, dtype)
-                operation = resolve_reshape(spec.reshape, shape)
-            elif isinstance(spec, CastSpec):
-                operation = Cast(spec.cast)
-            elif isinstance(spec, SliceSpec):
-                operation = Slice.parse(spec.slice)
-            elif isinstance(spec, RearrangeSpec):
-                operation = Rearrange(spec.rearrange, spec.sizes)
-            elif isinstance(spec, TransposeSpec):
-                operation = Transpose(spec.transpose)
-            else:  # pragma: no cover - a new operation kind: build_plan will say what is wrong
-                return TensorSpec(key, first.shape, first.dtype)
-            shape, dtype = operation.infer(shape, dtype)
+        _, shape, dtype = transformed(rules.rules[index].ops, members, prefix, combine, None)
+    except NeedsTargetError as error:
+        needs_target.setdefault(index, []).extend(member.name for member in members)
+        return TensorSpec(key, error.shape, error.dtype)
     except OperationError:
         return TensorSpec(key, first.shape, first.dtype)
     return TensorSpec(key, shape, dtype)

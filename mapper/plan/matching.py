@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
+
+from mapper.specs import SourceSet, TensorSpec
 
 
 class RuleMatcher:
@@ -69,6 +71,26 @@ class RuleMatcher:
         return None
 
 
+def matchers(
+    rules: Sequence[Any], source: Mapping[str, TensorSpec] | SourceSet
+) -> Iterator[tuple[str | None, Mapping[str, TensorSpec], RuleMatcher]]:
+    """Each source's id (None for a single unnamed source), its specs, and a matcher of the rules that read it.
+
+    A rule with ``source = "name"`` reads only that named source; a rule without one reads every source.
+
+    Example:
+        >>> from mapper.rules import Rule
+        >>> from mapper.specs import VariableMap
+        >>> rules = [Rule(match="a", skip="x", source="hf"), Rule(match="a", skip="y")]
+        >>> [(source_id, matcher.first("a")[0]) for source_id, _, matcher in matchers(rules, VariableMap([]))]
+        [(None, 1)]
+    """
+    maps = list(source.items()) if isinstance(source, SourceSet) else [(None, source)]
+    for source_id, specs in maps:
+        only = {index for index, rule in enumerate(rules) if rule.source in (None, source_id)}
+        yield source_id, specs, RuleMatcher(rules, only=only)
+
+
 _META = set(".^$*+?{}[]\\|()")
 _QUANTIFIERS = set("*+?{")
 
@@ -122,15 +144,10 @@ def _has_top_level_alternation(pattern: str) -> bool:
             position += 2
             continue
         if char == "[":
-            position += 1
-            if pattern[position : position + 1] == "^":
-                position += 1
-            if pattern[position : position + 1] == "]":
-                position += 1  # a ']' first in a set is a literal, also after '^'
-            while position < len(pattern) and pattern[position] != "]":
-                if pattern[position] == "[":
-                    return True  # a POSIX class or a nested set: not worth parsing
-                position += 2 if pattern[position] == "\\" else 1
+            end = _set_end(pattern, position)
+            if end is None:
+                return True  # a POSIX class or a nested set: not worth parsing
+            position = end
         elif char == "(":
             depth += 1
         elif char == ")":
@@ -141,4 +158,18 @@ def _has_top_level_alternation(pattern: str) -> bool:
     return False
 
 
-__all__ = ["RuleMatcher", "literal_prefix"]
+def _set_end(pattern: str, start: int) -> int | None:
+    """Where the character set opening at ``start`` closes (its ``]``); None for a nested set or POSIX class."""
+    position = start + 1
+    if pattern[position : position + 1] == "^":
+        position += 1
+    if pattern[position : position + 1] == "]":
+        position += 1  # a ']' first in a set is a literal, also after '^'
+    while position < len(pattern) and pattern[position] != "]":
+        if pattern[position] == "[":
+            return None
+        position += 2 if pattern[position] == "\\" else 1
+    return position
+
+
+__all__ = ["RuleMatcher", "literal_prefix", "matchers"]

@@ -5,26 +5,12 @@ from __future__ import annotations
 import contextlib
 import difflib
 import gc
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from mapper.errors import OperationError, TargetError
-from mapper.ops import (
-    Cast,
-    Combine,
-    Concat,
-    Operation,
-    Rearrange,
-    Slice,
-    SplitPart,
-    Stack,
-    Transpose,
-    infer_all,
-    resolve_reshape,
-    split_parts,
-)
+from mapper.ops import Combine, Operation, SplitPart
 from mapper.plan import (
     Assignment,
     Plan,
@@ -36,22 +22,13 @@ from mapper.plan import (
     SkipKind,
     TensorEntry,
 )
-from mapper.plan.matching import RuleMatcher
-from mapper.rules import (
-    CastSpec,
-    Guard,
-    OperationSpec,
-    RearrangeSpec,
-    ReshapeSpec,
-    RuleSet,
-    SliceSpec,
-    SplitSpec,
-    TemplateError,
-)
+from mapper.plan.groups import Groups
+from mapper.plan.matching import RuleMatcher, matchers
+from mapper.plan.messages import leftovers, qualified, shape_hint, source_guard_failure
+from mapper.plan.resolution import check_member_dtypes, transformed
+from mapper.rules import Guard, RuleSet, TemplateError
 from mapper.specs import SourceSet, TargetMap, TensorSpec, format_shape
 
-# Names listed inside one problem message; the plan's fields keep them all.
-_SHOWN = 5
 # Missing-target problems that get a "closest names" hint: a search over every target name each time.
 _HINTED = 20
 
@@ -156,8 +133,7 @@ class _Planner:
     keep_hits: list[int] = field(default_factory=list)
     kept: dict[str, int] = field(default_factory=dict)
     left_by_guard: set[str] = field(default_factory=set)
-    # concat/stack members waiting for their group: (rule index, source id, target key) -> [(member value, spec)]
-    pending: dict[tuple[int, str | None, str], list[tuple[str, TensorSpec]]] = field(default_factory=dict)
+    groups: Groups = field(default_factory=Groups)  # concat/stack members waiting for the rest of their group
     hinted: int = 0
     refs: list[RuleRef] = field(default_factory=list)
     renderers: list[tuple[Callable[[Any], str], ...]] = field(default_factory=list)
@@ -169,15 +145,9 @@ class _Planner:
         self.rule_hits = [0] * len(self.rules.rules)
         self.keep_hits = [0] * len(self.rules.keep)
         self._find_kept_targets()
-        if isinstance(self.source, SourceSet):
-            self._check_source_names(set(self.source))
-            for source_id, specs in self.source.items():
-                only = {i for i, rule in enumerate(self.rules.rules) if rule.source in (None, source_id)}
-                self._match_all(specs, RuleMatcher(self.rules.rules, only=only), source_id)
-        else:
-            self._check_source_names(set())
-            only = {i for i, rule in enumerate(self.rules.rules) if rule.source is None}
-            self._match_all(self.source, RuleMatcher(self.rules.rules, only=only), None)
+        self._check_source_names(set(self.source) if isinstance(self.source, SourceSet) else set())
+        for source_id, specs, matcher in matchers(self.rules.rules, self.source):
+            self._match_all(specs, matcher, source_id)
         self._finish_groups()
         self._finish()
 
@@ -231,7 +201,7 @@ class _Planner:
         parts: list[SplitPart | None] = [None]
         if rule.split is not None:
             try:
-                parts = list(_split(rule.split, spec.shape))
+                parts = list(rule.split.resolve(spec.shape))
             except OperationError as error:
                 self._problem(
                     ProblemKind.BAD_OPERATION,
@@ -249,7 +219,7 @@ class _Planner:
             combine = rule.combine
             if combine is not None:
                 member = matched.group(combine.by) or ""
-                self.pending.setdefault((index, source_id, key), []).append((member, spec))
+                self.groups.add(index, source_id, key, member, spec)
                 continue
             self._resolve(index, key, (spec,), (part,) if part else (), None, source_id=source_id)
 
@@ -264,103 +234,24 @@ class _Planner:
         source_id: str | None,
     ) -> None:
         """Decide what one target gets from one source tensor (or one group of them)."""
-        rule = self.rules.rules[index]
         ref = self.refs[index]
         spec = specs[0]
         names = tuple(member.name for member in specs)
-
-        # Messages are built only when a problem needs them: most names meet none, and this runs per name.
-        def label() -> str:
-            return f"source {spec.name!r}" if len(specs) == 1 else f"sources {', '.join(map(repr, names))}"
-
-        def described() -> str:
-            # With their shapes: a group's members may differ in shape (a GQA concat), so show each one's.
-            if len(specs) == 1:
-                return f"{label()} {format_shape(spec.shape)}"
-            return "sources " + ", ".join(f"{member.name!r} {format_shape(member.shape)}" for member in specs)
-
         target_spec = self.target.lookup(self.namespace, key)
         if target_spec is None:
-            self._missing_target(label(), names, key, ref)
+            self._missing_target(_label(specs), names, key, ref)
             return
         if target_spec.name in self.kept:
-            keep_index = self.kept[target_spec.name]
-            keep_ref = self.rules.keep_ref(keep_index)
-            reason = f"target {target_spec.name!r} is kept at its initial value by {keep_ref}: {self.rules.keep[keep_index].reason}"
-            for member in specs:
-                self.skips.append(
-                    Skip(
-                        member.name,
-                        "source",
-                        SkipKind.RULE,
-                        reason,
-                        ref,
-                        member.shape,
-                        target_spec.shape,
-                        target_spec.name,
-                        source_id=source_id,
-                    )
-                )
+            self._kept_skips(index, specs, target_spec, source_id)
             return
-        guard = rule.guard
-        failure = (
-            next((found for member in specs if (found := _source_guard_failure(guard, member)) is not None), None)
-            if guard
-            else None
-        )
-        operations: tuple[Operation, ...] = ()
-        shape, dtype = spec.shape, spec.dtype
-        if failure is None:
-            try:
-                if combine is not None:
-                    if len({member.dtype for member in specs}) > 1:
-                        raise OperationError(
-                            f"cannot {combine.kind} members of different dtypes "
-                            f"({', '.join(f'{member.name!r} {member.dtype}' for member in specs)}): the members "
-                            "of a group must share one dtype",
-                            operation=combine.kind,
-                        )
-                    shape, dtype = combine.infer([member.shape for member in specs], spec.dtype)
-                shape, dtype = infer_all(prefix, shape, dtype)
-                operations = (*prefix, *_resolve_operations(rule.ops, shape, dtype, target_spec))
-                shape, dtype = infer_all(operations[len(prefix) :], shape, dtype)
-            except OperationError as error:
-                if guard is not None and guard.same_shape:
-                    failure = f"operations do not fit: {error}"
-                else:
-                    self._problem(
-                        ProblemKind.BAD_OPERATION,
-                        f"{described()} {spec.dtype} -> target {target_spec.name!r}: {error}",
-                        ref,
-                        (*names, target_spec.name),
-                    )
-                    return
-        if failure is None and shape != target_spec.shape:
-            if guard is not None and guard.same_shape:
-                failure = f"shape {format_shape(shape)} does not equal the target's {format_shape(target_spec.shape)}"
-            else:
-                hint = _shape_hint(shape, target_spec.shape)
-                self._problem(
-                    ProblemKind.SHAPE_MISMATCH,
-                    described()
-                    + (f" {'become' if combine else 'becomes'} {format_shape(shape)}" if operations or combine else "")
-                    + f" but target {target_spec.name!r} is {format_shape(target_spec.shape)}; {hint}",
-                    ref,
-                    (*names, target_spec.name),
-                )
-                return
+        outcome = self._outcome(index, specs, prefix, combine, target_spec)
+        if outcome is None:
+            return  # a problem says why
+        operations, failure = outcome
+        guard = self.rules.rules[index].guard
         if failure is not None and guard is not None:
             for member in specs:
                 self._guard_failed(guard, failure, member, target_spec, ref, source_id=source_id)
-            return
-        if dtype != target_spec.dtype:
-            self._problem(
-                ProblemKind.DTYPE_MISMATCH,
-                f"{label()} {'are' if combine else 'is'} {dtype} but target {target_spec.name!r} is {target_spec.dtype}; "
-                f'add {{ cast = "{target_spec.dtype}" }} to the rule\'s ops',
-                ref,
-                (*names, target_spec.name),
-            )
             return
         self._assign(
             Assignment(
@@ -380,41 +271,112 @@ class _Planner:
             )
         )
 
+    def _kept_skips(
+        self, index: int, specs: tuple[TensorSpec, ...], target_spec: TensorSpec, source_id: str | None
+    ) -> None:
+        """Skip the sources of a target a [[keep]] rule keeps."""
+        ref = self.refs[index]
+        keep_index = self.kept[target_spec.name]
+        keep_ref = self.rules.keep_ref(keep_index)
+        reason = f"target {target_spec.name!r} is kept at its initial value by {keep_ref}: {self.rules.keep[keep_index].reason}"
+        for member in specs:
+            self.skips.append(
+                Skip(
+                    member.name,
+                    "source",
+                    SkipKind.RULE,
+                    reason,
+                    ref,
+                    member.shape,
+                    target_spec.shape,
+                    target_spec.name,
+                    source_id=source_id,
+                )
+            )
+
+    def _outcome(
+        self,
+        index: int,
+        specs: tuple[TensorSpec, ...],
+        prefix: tuple[Operation, ...],
+        combine: Combine | None,
+        target_spec: TensorSpec,
+    ) -> tuple[tuple[Operation, ...], str | None] | None:
+        """The operations for one target and why its guard fails (None: it passes); None after a problem."""
+        rule = self.rules.rules[index]
+        same_shape = rule.guard is not None and rule.guard.same_shape
+        failure = source_guard_failure(rule.guard, specs)
+        if failure is not None:
+            return (), failure
+        try:
+            if combine is not None:
+                check_member_dtypes(combine, specs)
+            operations, shape, dtype = transformed(rule.ops, specs, prefix, combine, target_spec)
+        except OperationError as error:
+            if same_shape:
+                return (), f"operations do not fit: {error}"
+            self._misfit(
+                ProblemKind.BAD_OPERATION,
+                f"{specs[0].dtype} -> target {target_spec.name!r}: {error}",
+                index,
+                specs,
+                target_spec,
+            )
+            return None
+        if shape != target_spec.shape:
+            if same_shape:
+                return (
+                    operations,
+                    f"shape {format_shape(shape)} does not equal the target's {format_shape(target_spec.shape)}",
+                )
+            self._misfit(
+                ProblemKind.SHAPE_MISMATCH,
+                (f"{'become' if combine else 'becomes'} {format_shape(shape)} " if operations or combine else "")
+                + f"but target {target_spec.name!r} is {format_shape(target_spec.shape)}; "
+                + shape_hint(shape, target_spec.shape),
+                index,
+                specs,
+                target_spec,
+            )
+            return None
+        if dtype != target_spec.dtype:
+            self._problem(
+                ProblemKind.DTYPE_MISMATCH,
+                f"{_label(specs)} {'are' if combine else 'is'} {dtype} but target {target_spec.name!r} is "
+                f'{target_spec.dtype}; add {{ cast = "{target_spec.dtype}" }} to the rule\'s ops',
+                self.refs[index],
+                (*(member.name for member in specs), target_spec.name),
+            )
+            return None
+        return operations, None
+
+    def _misfit(
+        self, kind: ProblemKind, what: str, index: int, specs: tuple[TensorSpec, ...], target_spec: TensorSpec
+    ) -> None:
+        """A problem about what a rule makes of its sources, named with their shapes."""
+        self._problem(
+            kind,
+            f"{_described(specs)} {what}",
+            self.refs[index],
+            (*(member.name for member in specs), target_spec.name),
+        )
+
     def _finish_groups(self) -> None:
         """Check each concat/stack group has every expected member exactly once, then resolve it."""
-        for (index, source_id, key), found in self.pending.items():
-            rule = self.rules.rules[index]
-            spec = rule.combine
-            if spec is None:  # pragma: no cover - only combine rules add to pending
+        for group in self.groups.checked(self.rules.rules):
+            if group.complete:
+                self._resolve(group.index, group.key, group.members, (), group.combine, source_id=group.source_id)
                 continue
-            ref = self.refs[index]
-            expected = spec.expected
-            by_member: dict[str, list[TensorSpec]] = {}
-            for member, tensor in found:
-                by_member.setdefault(member, []).append(tensor)
-            missing = [member for member in expected if member not in by_member]
-            doubled = {member: tensors for member, tensors in by_member.items() if len(tensors) > 1}
-            unexpected = [member for member in by_member if member not in expected]
-            complaints = []
-            if missing:
-                complaints.append(f"missing {spec.by} = {', '.join(map(repr, missing))}")
-            for member, tensors in doubled.items():
-                complaints.append(f"{spec.by} = {member!r} given twice ({', '.join(t.name for t in tensors)})")
-            if unexpected:
-                complaints.append(f"unexpected {spec.by} = {', '.join(map(repr, unexpected))}")
-            names = tuple(tensor.name for _, tensor in found)
-            if complaints:
-                self._problem(
-                    ProblemKind.BAD_GROUP,
-                    f"the {'concat' if rule.concat else 'stack'} group for target {key!r} needs each of "
-                    f"{spec.by} = {', '.join(map(repr, expected))} exactly once: {'; '.join(complaints)}",
-                    ref,
-                    names,
-                )
-                continue
-            combine: Combine = Concat(spec.axis) if rule.concat is not None else Stack(spec.axis)
-            ordered = tuple(by_member[member][0] for member in expected)
-            self._resolve(index, key, ordered, (), combine, source_id=source_id)
+            spec = self.rules.rules[group.index].combine
+            expected = spec.expected if spec is not None else ()
+            by = spec.by if spec is not None else ""
+            self._problem(
+                ProblemKind.BAD_GROUP,
+                f"the {group.combine.kind} group for target {group.key!r} needs each of "
+                f"{by} = {', '.join(map(repr, expected))} exactly once: {'; '.join(group.complaints)}",
+                self.refs[group.index],
+                tuple(member.name for member in group.members),
+            )
 
     def _assign(self, assignment: Assignment) -> None:
         earlier = self.assignments.get(assignment.target)
@@ -425,8 +387,8 @@ class _Planner:
         if earlier.source_id != assignment.source_id:
             policy = "error"  # two sources claiming one target is never a matter of taste
         message = (
-            f"target {assignment.target!r} is filled twice: from {_qualified(earlier)} by {earlier.rule} and from "
-            f"{_qualified(assignment)} by {assignment.rule}; the first is kept"
+            f"target {assignment.target!r} is filled twice: from {qualified(earlier)} by {earlier.rule} and from "
+            f"{qualified(assignment)} by {assignment.rule}; the first is kept"
         )
         names = (*assignment.source_names, assignment.target)
         if policy == "error":
@@ -447,7 +409,7 @@ class _Planner:
                     shape,
                     assignment.target_shape,
                     assignment.target,
-                    detail=f"{assignment.target!r} already filled from {_qualified(earlier)} by {earlier.rule}",
+                    detail=f"{assignment.target!r} already filled from {qualified(earlier)} by {earlier.rule}",
                     source_id=assignment.source_id,
                 )
             )
@@ -564,14 +526,9 @@ class _Planner:
     def _policy_problem(self, policy: str, kind: ProblemKind, names: list[str], what: str, fix: str) -> None:
         if policy == "ignore" or not names:
             return
-        plural = len(names) != 1
-        words = {"s": "s" if plural else "", "their": "their" if plural else "its", "them": "them" if plural else "it"}
-        shown = ", ".join(repr(name) for name in names[:_SHOWN]) + (
-            f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
-        )
         self._problem(
             kind,
-            f"{len(names)} {what.format(**words)}: {shown}; {fix.format(**words)}",
+            leftovers(names, what, fix),
             None,
             tuple(names),
             Severity.ERROR if policy == "error" else Severity.WARNING,
@@ -588,82 +545,18 @@ class _Planner:
         self.problems.append(Problem(kind, severity, message, rule, names))
 
 
-def _source_guard_failure(guard: Guard, spec: TensorSpec) -> str | None:
-    if guard.rank is not None and len(spec.shape) != guard.rank:
-        return f"rank {len(spec.shape)} is not {guard.rank}"
-    if guard.shape is not None and (
-        len(guard.shape) != len(spec.shape)
-        or any(want not in (-1, have) for want, have in zip(guard.shape, spec.shape, strict=True))
-    ):
-        return f"shape {format_shape(spec.shape)} is not {format_shape(guard.shape)}"
-    if guard.dtype is not None and spec.dtype != guard.dtype:
-        return f"dtype {spec.dtype} is not {guard.dtype}"
-    return None
+def _label(specs: tuple[TensorSpec, ...]) -> str:
+    """How a problem names one source tensor or a group's members."""
+    if len(specs) == 1:
+        return f"source {specs[0].name!r}"
+    return f"sources {', '.join(repr(member.name) for member in specs)}"
 
 
-def _resolve_operations(
-    specs: Sequence[OperationSpec], shape: tuple[int, ...], dtype: str, target: TensorSpec
-) -> tuple[Operation, ...]:
-    """Turn a rule's operation specs into concrete operations for a tensor of ``shape`` and one target."""
-    operations: list[Operation] = []
-    for spec in specs:
-        operation: Operation
-        if isinstance(spec, ReshapeSpec):
-            requested = target.shape if spec.reshape == "target" else spec.reshape
-            operation = resolve_reshape(tuple(requested), shape)
-        elif isinstance(spec, CastSpec):
-            operation = Cast(target.dtype if spec.cast == "target" else spec.cast)
-        elif isinstance(spec, SliceSpec):
-            operation = Slice.parse(spec.slice)
-        elif isinstance(spec, RearrangeSpec):
-            operation = Rearrange(spec.rearrange, spec.sizes)
-        else:
-            operation = Transpose(spec.transpose)
-        shape, dtype = operation.infer(shape, dtype)
-        operations.append(operation)
-    return tuple(operations)
-
-
-def _split(spec: SplitSpec, shape: tuple[int, ...]) -> list[SplitPart]:
-    if not -len(shape) <= spec.axis < len(shape):
-        raise OperationError(
-            f"split along axis {spec.axis}: the tensor of shape {format_shape(shape)} has {len(shape)} axes",
-            operation="split",
-        )
-    return split_parts(shape[spec.axis], spec.axis, parts=spec.parts, sizes=spec.sizes)
-
-
-def _qualified(assignment: Assignment) -> str:
-    names = [
-        f"{assignment.source_id}:{name}" if assignment.source_id else repr(name) for name in assignment.source_names
-    ]
-    if assignment.combine is None:
-        return names[0]
-    return f"{assignment.combine.kind}({', '.join(names)})"
-
-
-def _shape_hint(shape: tuple[int, ...], target: tuple[int, ...]) -> str:
-    if sorted(shape) == sorted(target) and len(shape) == len(target):
-        perm = _permutation(shape, target)
-        if perm is not None:
-            return f'add {{ transpose = {list(perm)} }} to the rule\'s ops, or a guard with on_fail = "skip"'
-    if len(shape) != len(target) and math.prod(shape) == math.prod(target):
-        return f'add {{ reshape = {list(target)} }} to the rule\'s ops, or a guard with on_fail = "skip"'
-    return 'add a guard with same_shape = true and on_fail = "skip" to leave the target at its initial value'
-
-
-def _permutation(shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...] | None:
-    remaining = list(range(len(shape)))
-    perm: list[int] = []
-    for size in target:
-        for axis in remaining:
-            if shape[axis] == size:
-                perm.append(axis)
-                remaining.remove(axis)
-                break
-        else:
-            return None
-    return tuple(perm)
+def _described(specs: tuple[TensorSpec, ...]) -> str:
+    """The label with shapes: a group's members may differ in shape (a GQA concat), so show each one's."""
+    if len(specs) == 1:
+        return f"{_label(specs)} {format_shape(specs[0].shape)}"
+    return "sources " + ", ".join(f"{member.name!r} {format_shape(member.shape)}" for member in specs)
 
 
 __all__ = ["build_plan"]

@@ -1,0 +1,513 @@
+"""The rule-file schema, format version 1, as frozen pydantic models; parse_rules() and validate_rules() build it."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import regex
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
+
+from mapper.errors import RuleFileError
+from mapper.rules.common import TENSOR_DTYPES, Frozen, ParamValue, closest, params_of, unknown_dtype_message
+from mapper.rules.issues import RULES_FORMAT, pydantic_issue, toml_issue
+from mapper.rules.operations import OPERATION_SPECS, CombineSpec, OperationSpec, SplitSpec, parse_operations
+from mapper.rules.ref import RuleRef
+from mapper.rules.templates import Piece, compile_template, renderer
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+Policy = Literal["error", "warn", "ignore"]
+
+# The lint codes a rule can silence; mapper.authoring.lint documents each.
+LINT_CODES: Mapping[str, str] = {
+    "M101": "dead rule: it matched no name",
+    "M102": "shadowed rule: earlier rules take every name it matches",
+    "M103": "overlapping rules: another rule also matches some of its names, with a different target",
+    "M104": "template output is not a valid name in the target's namespace",
+}
+
+
+def check_silence(value: dict[str, str]) -> dict[str, str]:
+    """A ``silence`` table whose codes are lint codes, each with a reason; raises ValueError.
+
+    Example:
+        >>> check_silence({"M101": "optional layer"})
+        {'M101': 'optional layer'}
+    """
+    for code, reason in value.items():
+        if code not in LINT_CODES:
+            raise ValueError(f"unknown lint code {code!r}{closest(code, sorted(LINT_CODES))}")
+        if not reason.strip():
+            raise ValueError(f'silencing {code} needs a reason, e.g. {code} = "the catch-all is meant to overlap"')
+    return value
+
+
+class Policies(Frozen):
+    """What the planner does about leftovers; every policy is ``error`` unless the file says otherwise.
+
+    Example:
+        >>> Policies(unused_source="warn").dead_rule
+        'error'
+    """
+
+    unused_source: Policy = Field("error", description="A source tensor that no rule matched.")
+    unfilled_target: Policy = Field("error", description="A target variable that nothing fills or keeps.")
+    dead_rule: Policy = Field("error", description="A rule or keep rule that matched no name.")
+    double_fill: Policy = Field("error", description="A second rule filling a target already filled; the first wins.")
+
+
+class TargetSection(Frozen):
+    """Which of the target's name spaces the templates of this file produce.
+
+    Example:
+        >>> TargetSection().namespace
+        'path'
+    """
+
+    namespace: Literal["path", "checkpoint"] = Field(
+        "path",
+        description="'path': Keras variable paths such as 'd1/kernel'. 'checkpoint': the keys a "
+        "tf.train.Checkpoint written from the same model would have.",
+    )
+    checkpoint_root: str = Field("model", description="The keyword the checkpoint's root object was saved under.")
+
+
+class Guard(Frozen):
+    """Conditions a matched source tensor must meet; ``on_fail`` says whether a failure skips or errs.
+
+    ``shape``, ``rank`` and ``dtype`` test the source tensor as stored (``-1`` in ``shape`` accepts any
+    size); ``same_shape`` tests that the result of the rule's operations has the target's shape.
+
+    Example:
+        >>> Guard(same_shape=True, on_fail="skip", reason="new class count").on_fail
+        'skip'
+    """
+
+    same_shape: bool = False
+    shape: tuple[int, ...] | None = None
+    rank: int | None = Field(None, ge=0)
+    dtype: str | None = None
+    on_fail: Literal["skip", "error"] = "error"
+    reason: str | None = None
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str | None) -> str | None:
+        if value is not None and value not in TENSOR_DTYPES:
+            raise ValueError(unknown_dtype_message(value))
+        return value
+
+    @field_validator("shape")
+    @classmethod
+    def _valid_shape(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and any(dim < -1 for dim in value):
+            raise ValueError(f"shape {list(value)} has a negative size; use -1 for 'any size'")
+        return value
+
+    @model_validator(mode="after")
+    def _checks_something(self) -> Guard:
+        if not self.same_shape and self.shape is None and self.rank is None and self.dtype is None:
+            raise ValueError("a guard must check something: set same_shape = true, shape, rank or dtype")
+        return self
+
+
+class Rule(Frozen):
+    """One ``[[rules]]`` entry: a full-match pattern over source names and either a target template or a skip.
+
+    Example:
+        >>> rule = Rule(match=r"bert/encoder/layer_(?P<i>\\d+)/output/dense/kernel", target="layer_{i + 1}/ffn/kernel")
+        >>> rule.render(rule.fullmatch("bert/encoder/layer_0/output/dense/kernel"))
+        'layer_1/ffn/kernel'
+    """
+
+    name: str | None = Field(None, description="A label for reports and errors.")
+    match: str = Field(
+        description="A regular expression that must match the whole source name; named groups feed the template."
+    )
+    target: str | None = Field(
+        None, description="Template of the target name: '{group}', '{group + 1}', '{0}' for the whole name."
+    )
+    skip: str | None = Field(None, description="Instead of a target: the reason the matched source tensors go unused.")
+    targets: tuple[str, ...] | None = Field(None, description="With 'split': a target name template for each part.")
+    source: str | None = Field(None, description="In plans over several named sources: the one this rule reads.")
+    values: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Per named group, a table that renames what it captured in templates: "
+        "{ param = { weight = 'gamma', bias = 'beta' } }.",
+    )
+    guard: Guard | None = None
+    optional: bool = Field(False, description="The rule may match nothing without being reported as dead.")
+    silence: dict[str, str] = Field(
+        default_factory=dict, description="Lint codes this rule silences, each with the reason: { M103 = '...' }."
+    )
+    split: SplitSpec | None = None
+    concat: CombineSpec | None = None
+    stack: CombineSpec | None = None
+    ops: tuple[OperationSpec, ...] = Field(
+        (), description=f"Operations applied in order: {', '.join(OPERATION_SPECS)}."
+    )
+
+    _pattern: Any = PrivateAttr(None)
+    _templates: tuple[tuple[Piece, ...], ...] = PrivateAttr(())
+    _origin: tuple[str, int] | None = PrivateAttr(None)  # (file, 1-based index) once composed by ``extends``
+
+    @field_validator("match")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            regex.compile(value)
+        except regex.error as error:
+            position = error.pos if error.pos is not None else len(value)
+            raise ValueError(
+                f"invalid regular expression: {error.msg} at position {position}: "
+                f"{value[:position]}\u2192{value[position:]}"
+            ) from None
+        return value
+
+    @field_validator("silence")
+    @classmethod
+    def _known_codes(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_silence(value)
+
+    @field_validator("target")
+    @classmethod
+    def _template_fits(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A field validator (not the model one) so that the issue names 'target' and is reported
+        # together with problems in the rule's other fields; 'match' is validated first.
+        if value is not None and info.data.get("match") is not None:
+            compile_template(value, regex.compile(info.data["match"]), params_of(info))
+        return value
+
+    @field_validator("targets")
+    @classmethod
+    def _templates_fit(cls, value: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...] | None:
+        if value is not None and info.data.get("match") is not None:
+            for template in value:
+                compile_template(template, regex.compile(info.data["match"]), params_of(info))
+        return value
+
+    @field_validator("ops", mode="before")
+    @classmethod
+    def _dispatch_ops(cls, value: object, info: ValidationInfo) -> object:
+        return parse_operations(value, info.context)
+
+    @model_validator(mode="after")
+    def _target_or_skip(self, info: ValidationInfo) -> Rule:
+        self._check_destination()
+        self._check_split_and_join()
+        pattern = regex.compile(self.match)
+        self._check_groups(pattern)
+        templates = (self.target,) if self.target is not None else (self.targets or ())
+        compiled = tuple(compile_template(template, pattern, params_of(info)) for template in templates)
+        combine = self.combine
+        if combine is not None and any(piece.group == combine.by for pieces in compiled for piece in pieces):
+            raise ValueError(
+                f"the target template uses {{{combine.by}}}, the group that tells members apart; every member of a "
+                "group must give the same target name"
+            )
+        self._pattern = pattern
+        self._templates = compiled
+        return self
+
+    def _check_destination(self) -> None:
+        """Exactly one of target, targets and skip; a skip uses no tensor."""
+        given = [field for field in ("target", "targets", "skip") if getattr(self, field) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a rule needs exactly one of 'target' (a name template), 'targets' (with 'split') or 'skip' (a reason)"
+                + (f"; it has {' and '.join(given)}" if given else "")
+            )
+        if self.skip is not None and (self.guard is not None or self.ops or self.split or self.concat or self.stack):
+            raise ValueError("a skip rule takes no 'guard', 'ops', 'split', 'concat' or 'stack': it uses no tensor")
+
+    def _check_split_and_join(self) -> None:
+        """Check that split goes with targets, one name a part; a rule splits or joins, and joins one way."""
+        if (self.targets is None) != (self.split is None):
+            raise ValueError("'split' and 'targets' go together: split one source into a target for each part")
+        if self.split is not None and self.targets is not None and len(self.targets) != self.split.count:
+            raise ValueError(f"split makes {self.split.count} parts but 'targets' lists {len(self.targets)} names")
+        if self.concat is not None and self.stack is not None:
+            raise ValueError("a rule can 'concat' or 'stack', not both")
+        if self.split is not None and (self.concat is not None or self.stack is not None):
+            raise ValueError(
+                "a rule can 'split' one source or join several ('concat'/'stack'), not both; use two rules"
+            )
+
+    def _check_groups(self, pattern: Any) -> None:
+        """The groups ``by`` and ``values`` name are groups of the pattern."""
+        combine = self.combine
+        defined = ", ".join(sorted(pattern.groupindex)) or "none"
+        if combine is not None and combine.by not in pattern.groupindex:
+            raise ValueError(
+                f"'by' names group {combine.by!r}, which the pattern does not define (it defines: {defined})"
+            )
+        for group in self.values:
+            if group not in pattern.groupindex:
+                raise ValueError(
+                    f"values names group {group!r}, which the pattern does not define (it defines: {defined})"
+                )
+
+    def fullmatch(self, name: str) -> Any:
+        """The match object if the pattern matches all of ``name``, else None."""
+        return self._pattern.fullmatch(name)
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """Named groups the pattern defines."""
+        return tuple(self._pattern.groupindex)
+
+    def render(self, matched: Any, part: int = 0) -> str:
+        """The target name (of split part ``part``) for a match; raises TemplateError for bad arithmetic."""
+        return self.renderers()[part](matched)
+
+    def renderers(self) -> tuple[Callable[[Any], str], ...]:
+        """One function per target template (one, or one per split part) from a match to the target name.
+
+        The planner takes these once per rule: they hold what they need, so rendering a name costs no
+        attribute look-ups on the model.
+        """
+        templates = (self.target,) if self.target is not None else (self.targets or ())
+        return tuple(
+            renderer(pieces, self.values, template) for pieces, template in zip(self._templates, templates, strict=True)
+        )
+
+    @property
+    def combine(self) -> CombineSpec | None:
+        """The concat or stack spec, if any."""
+        return self.concat or self.stack
+
+
+class Keep(Frozen):
+    """One ``[[keep]]`` entry: target variables to leave at their initial values, with the reason.
+
+    Example:
+        >>> Keep(match="head/.*", reason="new head for 5 classes").reason
+        'new head for 5 classes'
+    """
+
+    name: str | None = None
+    match: str = Field(description="A regular expression that must match the whole target name.")
+    reason: str = Field(description="Why these variables keep their initial values; reports show it.")
+    namespace: Literal["path", "checkpoint"] | None = Field(
+        None, description="Namespace of the names 'match' sees; defaults to [target].namespace."
+    )
+    optional: bool = Field(False, description="The keep may match nothing without being reported as dead.")
+    silence: dict[str, str] = Field(
+        default_factory=dict, description="Lint codes this keep silences, each with the reason."
+    )
+
+    _pattern: Any = PrivateAttr(None)
+    _origin: tuple[str, int] | None = PrivateAttr(None)
+
+    _compiles = field_validator("match")(Rule._compiles.__func__)  # type: ignore[attr-defined]
+
+    _known_codes = field_validator("silence")(Rule._known_codes.__func__)  # type: ignore[attr-defined]
+
+    @model_validator(mode="after")
+    def _compile(self) -> Keep:
+        self._pattern = regex.compile(self.match)
+        return self
+
+    def fullmatch(self, name: str) -> Any:
+        """The match object if the pattern matches all of ``name``, else None."""
+        return self._pattern.fullmatch(name)
+
+
+class Example(Frozen):
+    """One ``[[examples]]`` entry: a source name and what the rules must do with it, checked without any checkpoint.
+
+    Example:
+        >>> Example(source="bert/embeddings/word_embeddings", target="embeddings/embeddings").skip
+        False
+    """
+
+    source: str = Field(description="A source tensor name.")
+    target: str | None = Field(None, description="The target name the rules must give it.")
+    targets: tuple[str, ...] | None = Field(None, description="For a split rule: the target name of every part.")
+    skip: bool = Field(False, description="true: the rules must skip this name.")
+    rule: str | None = Field(None, description="The name of the rule that must take it.")
+    groups: dict[str, str] | None = Field(
+        None, description="What named groups of that rule's pattern must capture: { i = '3', part = 'query' }."
+    )
+
+    @model_validator(mode="after")
+    def _one_expectation(self) -> Example:
+        given = [name for name, value in (("target", self.target), ("targets", self.targets)) if value is not None]
+        if self.skip:
+            given.append("skip")
+        if len(given) != 1:
+            raise ValueError(
+                "an example needs exactly one of 'target', 'targets' (for a split rule) or 'skip = true'"
+                + (f"; it has {' and '.join(given)}" if given else "")
+            )
+        return self
+
+
+class RuleSet(Frozen):
+    """A whole rule file: header, target namespace, policies, rules and keeps.
+
+    Example:
+        >>> rules = parse_rules('format = 1\\n[[rules]]\\nmatch = "(?P<n>.*)"\\ntarget = "{n}"\\n', file="inline.toml")
+        >>> len(rules.rules), rules.file, rules.rule_ref(0)
+        (1, 'inline.toml', RuleRef(file='inline.toml', index=1, name=None, section='rules'))
+    """
+
+    format: Literal[1] = Field(description="Rule file format version; this weight-mapper reads version 1.")
+    description: str = ""
+    params: dict[str, ParamValue] = Field(
+        default_factory=dict, description="Named values for templates ('{num_layers}') and operation sizes."
+    )
+    target: TargetSection = TargetSection()
+    policies: Policies = Policies()
+    extends: tuple[str, ...] = Field(
+        (), description="Base rule files, relative to this one: their rules and keeps come after this file's."
+    )
+    rules: tuple[Rule, ...] = ()
+    keep: tuple[Keep, ...] = ()
+    examples: tuple[Example, ...] = Field((), description="Source names and what the rules must do with them.")
+
+    _file: str = PrivateAttr("<string>")
+
+    @model_validator(mode="after")
+    def _examples_name_rules(self) -> RuleSet:
+        names = [rule.name for rule in self.rules if rule.name]
+        for example in self.examples:
+            if example.rule is not None and example.rule not in names:
+                raise ValueError(
+                    f"example for {example.source!r} names rule {example.rule!r}, but no rule has that name"
+                    + (closest(example.rule, names) if names else "; no rule has a name")
+                )
+            if example.rule is not None and example.groups:
+                rule = next(rule for rule in self.rules if rule.name == example.rule)
+                defined = sorted(regex.compile(rule.match).groupindex)
+                for group in example.groups:
+                    if group not in defined:
+                        raise ValueError(
+                            f"example for {example.source!r} expects group {group!r}, which rule {example.rule!r} does "
+                            f"not define (it defines: {', '.join(defined) or 'none'})"
+                        )
+        return self
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _scalars(cls, value: object) -> object:
+        # One clear issue per bad value, instead of one per member of the ParamValue union.
+        if isinstance(value, Mapping):
+            for name, item in value.items():
+                if not isinstance(item, (int, float, str, bool)):
+                    raise ValueError(
+                        f"parameter {name!r} is {item!r}; a parameter is a whole number, a number, a string or a "
+                        "boolean"
+                    )
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _identifiers(cls, value: dict[str, ParamValue]) -> dict[str, ParamValue]:
+        for name in value:
+            if not name.isidentifier():
+                raise ValueError(f"parameter name {name!r} must be an identifier (letters, digits, '_')")
+        return value
+
+    @property
+    def file(self) -> str:
+        """The path the rules were loaded from (as given), or ``<string>``."""
+        return self._file
+
+    @property
+    def namespace(self) -> str:
+        """The target namespace the templates produce."""
+        return self.target.namespace
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """This file and every file it extends, in precedence order."""
+        found = [self.file]
+        origins = [entry._origin for entry in self.rules] + [keep._origin for keep in self.keep]
+        for origin in origins:
+            if origin is not None and origin[0] not in found:
+                found.append(origin[0])
+        return tuple(found)
+
+    def rule_ref(self, index: int) -> RuleRef:
+        """The RuleRef for ``rules[index]`` (0-based in, 1-based out), in the file the rule came from."""
+        rule = self.rules[index]
+        file, number = rule._origin or (self.file, index + 1)
+        return RuleRef(file, number, rule.name, "rules")
+
+    def keep_ref(self, index: int) -> RuleRef:
+        """The RuleRef for ``keep[index]``, in the file the keep came from."""
+        keep = self.keep[index]
+        file, number = keep._origin or (self.file, index + 1)
+        return RuleRef(file, number, keep.name, "keep")
+
+
+def parse_rules(text: str, *, file: str = "<string>") -> RuleSet:
+    """Validate rule-file TOML given as a string; ``file`` names it in errors.
+
+    Example:
+        >>> parse_rules("format = 1\\n[policies]\\nunused_source = 'warn'\\n").policies.unused_source
+        'warn'
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise RuleFileError([toml_issue(file, error)]) from None
+    return validate_rules(data, file=file)
+
+
+def validate_rules(data: Mapping[str, Any], *, file: str = "<string>") -> RuleSet:
+    """Validate an already-parsed rule-file table.
+
+    Example:
+        >>> validate_rules({"format": 1}).rules
+        ()
+    """
+    params = data.get("params", {})
+    usable = (
+        {key: value for key, value in params.items() if isinstance(key, str) and key.isidentifier()}
+        if isinstance(params, Mapping)
+        else {}
+    )
+    try:
+        rules = RuleSet.model_validate(data, context={"params": usable})
+    except ValidationError as error:
+        raise RuleFileError([pydantic_issue(file, data, item, _FIELDS) for item in error.errors()]) from None
+    rules._file = file
+    return rules
+
+
+# The valid keys of each table, by the key the table stands under, for "did you mean" hints.
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "": tuple(RuleSet.model_fields),
+    "rules": tuple(Rule.model_fields),
+    "keep": tuple(Keep.model_fields),
+    "guard": tuple(Guard.model_fields),
+    "examples": tuple(Example.model_fields),
+    "split": tuple(SplitSpec.model_fields),
+    "concat": tuple(CombineSpec.model_fields),
+    "stack": tuple(CombineSpec.model_fields),
+    "policies": tuple(Policies.model_fields),
+    "target": tuple(TargetSection.model_fields),
+}
+
+
+__all__ = [
+    "LINT_CODES",
+    "RULES_FORMAT",
+    "Example",
+    "Guard",
+    "Keep",
+    "Policies",
+    "Rule",
+    "RuleSet",
+    "TargetSection",
+    "check_silence",
+    "parse_rules",
+    "validate_rules",
+]

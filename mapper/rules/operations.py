@@ -1,0 +1,416 @@
+"""The operations a rule file writes (``ops``, ``split``, ``concat``/``stack``): validated specs that resolve themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, get_args
+
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from typing_extensions import override
+
+from mapper.dtypes import KNOWN_DTYPES
+from mapper.errors import OperationError
+from mapper.ops import (
+    Cast,
+    Operation,
+    Rearrange,
+    Slice,
+    SplitPart,
+    Transpose,
+    parse_rearrange,
+    resolve_reshape,
+    split_parts,
+)
+from mapper.rules.common import (
+    Frozen,
+    clean_message,
+    closest,
+    params_of,
+    resolve_size,
+    resolve_sizes,
+    unknown_dtype_message,
+)
+from mapper.specs import TensorSpec, format_shape
+
+
+class NeedsTargetError(OperationError):
+    """An operation takes what it needs from a target (``reshape = "target"``), and there is none.
+
+    A conversion without a model recognises it and says what to write instead; ``shape`` and ``dtype`` are what
+    the operations before it made, which is as far as the result can be known.
+
+    Example:
+        >>> error = NeedsTargetError("reshape needs a target", operation="reshape", shape=(4, 3), dtype="float32")
+        >>> isinstance(error, OperationError), error.shape
+        (True, (4, 3))
+    """
+
+    def __init__(self, message: str, *, operation: str, shape: tuple[int, ...], dtype: str) -> None:
+        super().__init__(message, operation=operation)
+        self.shape = shape
+        self.dtype = dtype
+
+
+def _parsed(value: str, parse: Callable[[str], object]) -> str:
+    """``value`` if ``parse`` accepts it; its OperationError becomes the ValueError pydantic reports."""
+    try:
+        parse(value)
+    except OperationError as error:
+        raise ValueError(str(error)) from None
+    return value
+
+
+class OperationSpecBase(Frozen):
+    """One entry of a rule's ``ops``: a table whose one key names the operation; it resolves itself.
+
+    Example:
+        >>> OPERATION_SPECS["transpose"].__mro__[1].__name__
+        'OperationSpecBase'
+    """
+
+    def resolve(self, shape: tuple[int, ...], dtype: str, target: TensorSpec | None) -> Operation:
+        """The concrete operation for a tensor of ``shape`` and ``dtype`` going to ``target`` (None: no model).
+
+        Raises:
+            OperationError: the spec cannot be made concrete for this tensor (NeedsTargetError: it needs a target).
+
+        Example:
+            >>> OPERATION_SPECS["cast"](cast="float16").resolve((2,), "float32", None)
+            Cast(dtype='float16', kind='cast')
+        """
+        raise NotImplementedError  # pragma: no cover - every spec below overrides it
+
+
+class TransposeSpec(OperationSpecBase):
+    """``{ transpose = [1, 0] }``: output axis i is input axis perm[i]."""
+
+    transpose: tuple[int, ...]
+
+    @field_validator("transpose")
+    @classmethod
+    def _is_permutation(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if sorted(value) != list(range(len(value))):
+            raise ValueError(
+                f"transpose {list(value)} is not a permutation; list each axis 0..{len(value) - 1} once, "
+                f"e.g. {list(reversed(range(len(value))))}"
+            )
+        return value
+
+    @override
+    def resolve(self, shape: tuple[int, ...], dtype: str, target: TensorSpec | None) -> Operation:
+        """The Transpose of this permutation.
+
+        Example:
+            >>> TransposeSpec(transpose=(1, 0)).resolve((2, 3), "float32", None)
+            Transpose(perm=(1, 0), kind='transpose')
+        """
+        return Transpose(self.transpose)
+
+
+class ReshapeSpec(OperationSpecBase):
+    """``{ reshape = [768, "num_heads", -1] }`` (sizes, parameter names, at most one -1) or ``{ reshape = "target" }``."""
+
+    reshape: tuple[int, ...] | Literal["target"]
+
+    @field_validator("reshape", mode="before")
+    @classmethod
+    def _resolve(cls, value: object, info: ValidationInfo) -> object:
+        return resolve_sizes(value, params_of(info), "reshape")
+
+    @field_validator("reshape")
+    @classmethod
+    def _one_unknown(cls, value: tuple[int, ...] | str) -> tuple[int, ...] | str:
+        if isinstance(value, tuple):
+            if sum(1 for dim in value if dim == -1) > 1:
+                raise ValueError(f"reshape {list(value)} has more than one -1; at most one size can be inferred")
+            if any(dim < -1 or dim == 0 for dim in value):
+                raise ValueError(f"reshape {list(value)}: sizes must be positive (or a single -1)")
+        return value
+
+    @override
+    def resolve(self, shape: tuple[int, ...], dtype: str, target: TensorSpec | None) -> Operation:
+        """The concrete Reshape for ``shape``: ``-1`` worked out, ``"target"`` taken from the target.
+
+        Raises:
+            NeedsTargetError: ``reshape = "target"`` and there is no target.
+
+        Example:
+            >>> ReshapeSpec(reshape=(2, -1)).resolve((6,), "float32", None)
+            Reshape(shape=(2, 3), kind='reshape')
+        """
+        if self.reshape != "target":
+            return resolve_reshape(self.reshape, shape)
+        if target is None:
+            raise NeedsTargetError('reshape = "target" needs a target', operation="reshape", shape=shape, dtype=dtype)
+        return resolve_reshape(target.shape, shape)
+
+
+class CastSpec(OperationSpecBase):
+    """``{ cast = "float32" }`` or ``{ cast = "target" }`` (the target's dtype): change the dtype, keeping its kind."""
+
+    cast: str
+
+    @field_validator("cast")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        if value != "target" and value not in KNOWN_DTYPES:
+            raise ValueError(unknown_dtype_message(value))
+        return value
+
+    @override
+    def resolve(self, shape: tuple[int, ...], dtype: str, target: TensorSpec | None) -> Operation:
+        """The Cast to this dtype, or to the target's for ``"target"``.
+
+        Example:
+            >>> CastSpec(cast="target").resolve((2,), "float32", TensorSpec("v", (2,), "bfloat16"))
+            Cast(dtype='bfloat16', kind='cast')
+        """
+        if self.cast != "target":
+            return Cast(self.cast)
+        if target is None:
+            # Not a NeedsTargetError: a conversion has always let the planner report this cast.
+            raise OperationError(f"cannot cast {dtype} to the target's dtype: there is no target", operation="cast")
+        return Cast(target.dtype)
+
+
+class SliceSpec(OperationSpecBase):
+    """``{ slice = "0" }``: NumPy-style indexing of the leading axes; an index drops its axis, ``a:b`` keeps it."""
+
+    slice: str
+
+    @field_validator("slice")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        return _parsed(value, Slice.parse)
+
+    @override
+    def resolve(self, shape: tuple[int, ...], dtype: str, target: TensorSpec | None) -> Operation:
+        """The Slice this index text stands for.
+
+        Example:
+            >>> SliceSpec(slice="0").resolve((1, 4), "float32", None).describe()
+            'slice[0]'
+        """
+        return Slice.parse(self.slice)
+
+
+class RearrangeSpec(OperationSpecBase):
+    """``{ rearrange = "(heads dim) hidden -> hidden heads dim", heads = "num_heads" }``: einops-style axes.
+
+    Keys besides ``rearrange`` bind axis sizes, to whole numbers or parameter names.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    rearrange: str
+
+    @field_validator("rearrange")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        return _parsed(value, parse_rearrange)
+
+    @model_validator(mode="after")
+    def _sizes(self, info: ValidationInfo) -> RearrangeSpec:
+        left, right = parse_rearrange(self.rearrange)
+        names = {name for group in left + right for name in group}
+        sizes: dict[str, int] = {}
+        for name, value in (self.model_extra or {}).items():
+            if name not in names:
+                raise ValueError(
+                    f"rearrange binds {name!r}, which {self.rearrange!r} does not name{closest(name, sorted(names))}"
+                )
+            sizes[name] = resolve_size(value, params_of(info), f"rearrange size {name}")
+            if sizes[name] <= 0:
+                raise ValueError(f"rearrange size {name} = {sizes[name]} must be a positive whole number")
+        object.__setattr__(self, "__pydantic_private__", {"sizes": tuple(sorted(sizes.items()))})
+        return self
+
+    @property
+    def sizes(self) -> tuple[tuple[str, int], ...]:
+        """The bound sizes, resolved."""
+        private = self.__pydantic_private__ or {}
+        sizes: tuple[tuple[str, int], ...] = private.get("sizes", ())
+        return sizes
+
+    @override
+    def resolve(self, shape: tuple[int, ...], dtype: str, target: TensorSpec | None) -> Operation:
+        """The Rearrange of this pattern with the bound sizes.
+
+        Example:
+            >>> RearrangeSpec(rearrange="a b -> b a").resolve((2, 3), "float32", None).describe()
+            'rearrange[a b -> b a]'
+        """
+        return Rearrange(self.rearrange, self.sizes)
+
+
+# Adding an operation: its class in mapper.ops, its spec above, and the spec here; the key is its one field.
+OperationSpec = TransposeSpec | ReshapeSpec | CastSpec | SliceSpec | RearrangeSpec
+OPERATION_SPECS: Mapping[str, type[OperationSpecBase]] = {
+    next(iter(spec.model_fields)): spec for spec in get_args(OperationSpec)
+}
+"""The operation specs by their rule-file key, in the order messages list them."""
+# Specs whose table may hold more keys than the one naming the operation (rearrange's axis sizes).
+_OPEN_SPECS = frozenset(key for key, spec in OPERATION_SPECS.items() if spec.model_config.get("extra") == "allow")
+
+
+def parse_operations(value: object, context: Any) -> object:
+    """Turn the ``ops`` tables of a rule into specs, one message for all that are wrong; raises ValueError.
+
+    Anything but a list is returned as it is, for pydantic to report its type.
+
+    Example:
+        >>> parse_operations([{"transpose": [1, 0]}], None)
+        (TransposeSpec(transpose=(1, 0)),)
+    """
+    if not isinstance(value, (list, tuple)):
+        return value
+    typed: list[object] = []
+    failures: list[str] = []
+    for position, operation in enumerate(value, start=1):
+        try:
+            typed.append(_parse_operation(position, operation, context))
+        except ValueError as error:
+            failures.append(str(error))
+    if failures:
+        raise ValueError("; ".join(failures))
+    return tuple(typed)
+
+
+def _parse_operation(position: int, operation: object, context: Any) -> OperationSpecBase:
+    kinds = [key for key in operation if key in OPERATION_SPECS] if isinstance(operation, Mapping) else []
+    if not isinstance(operation, Mapping) or len(kinds) != 1 or (len(operation) > 1 and kinds[0] not in _OPEN_SPECS):
+        unknown = [key for key in operation if key not in OPERATION_SPECS] if isinstance(operation, Mapping) else []
+        if isinstance(operation, Mapping) and len(operation) == 1 and unknown:
+            raise ValueError(
+                f"operation {position}: unknown operation {unknown[0]!r}{closest(unknown[0], OPERATION_SPECS)}"
+            )
+        raise ValueError(
+            f"operation {position} must be a table with exactly one key of {', '.join(OPERATION_SPECS)} "
+            f"(rearrange may add axis sizes), such as {{ transpose = [1, 0] }}; got {operation!r}"
+        )
+    (key,) = kinds
+    try:
+        return OPERATION_SPECS[key].model_validate(operation, context=context)
+    except ValidationError as error:
+        detail = "; ".join(clean_message(item["msg"]) for item in error.errors())
+        raise ValueError(f"operation {position} ({key}): {detail}") from None
+
+
+def resolve_operations(
+    specs: Sequence[OperationSpecBase], shape: tuple[int, ...], dtype: str, target: TensorSpec | None
+) -> tuple[tuple[Operation, ...], tuple[int, ...], str]:
+    """A rule's operations made concrete in order for a tensor of ``shape``, with the shape and dtype they give.
+
+    Raises:
+        OperationError: an operation does not fit what the ones before it make (NeedsTargetError: it needs a
+            target and ``target`` is None).
+
+    Example:
+        >>> specs = [TransposeSpec(transpose=(1, 0)), ReshapeSpec(reshape="target")]
+        >>> operations, shape, dtype = resolve_operations(specs, (6, 2), "float32", TensorSpec("v", (3, 4), "float32"))
+        >>> [operation.describe() for operation in operations], shape
+        (['transpose[1, 0]', 'reshape[3, 4]'], (3, 4))
+    """
+    operations: list[Operation] = []
+    for spec in specs:
+        operation = spec.resolve(shape, dtype, target)
+        shape, dtype = operation.infer(shape, dtype)
+        operations.append(operation)
+    return tuple(operations), shape, dtype
+
+
+class SplitSpec(Frozen):
+    """``split = { axis = -1, parts = 3 }`` or ``{ axis = 0, sizes = [4096, 1024, 1024] }``: one source, several targets.
+
+    Part ``i`` goes to ``targets[i]``; the rule's ``ops`` then apply to each part.
+    """
+
+    axis: int
+    parts: int | None = Field(None, ge=1)
+    sizes: tuple[int, ...] | None = None
+
+    @field_validator("parts", mode="before")
+    @classmethod
+    def _resolve_parts(cls, value: object, info: ValidationInfo) -> object:
+        return resolve_size(value, params_of(info), "split parts") if isinstance(value, str) else value
+
+    @field_validator("sizes", mode="before")
+    @classmethod
+    def _resolve_sizes(cls, value: object, info: ValidationInfo) -> object:
+        return resolve_sizes(value, params_of(info), "split sizes")
+
+    @model_validator(mode="after")
+    def _parts_or_sizes(self) -> SplitSpec:
+        if (self.parts is None) == (self.sizes is None):
+            raise ValueError("split needs exactly one of 'parts' (equal parts) or 'sizes' (a size for each part)")
+        if self.sizes is not None and any(size <= 0 for size in self.sizes):
+            raise ValueError(f"split sizes {list(self.sizes)} must be positive")
+        return self
+
+    @property
+    def count(self) -> int:
+        """How many parts."""
+        return self.parts if self.parts is not None else len(self.sizes or ())
+
+    def resolve(self, shape: tuple[int, ...]) -> list[SplitPart]:
+        """The parts of a tensor of ``shape``; raises OperationError if the axis or the sizes do not fit.
+
+        Example:
+            >>> [part.describe() for part in SplitSpec(axis=-1, parts=2).resolve((3, 4))]
+            ['split[axis -1, part 1/2]', 'split[axis -1, part 2/2]']
+        """
+        if not -len(shape) <= self.axis < len(shape):
+            raise OperationError(
+                f"split along axis {self.axis}: the tensor of shape {format_shape(shape)} has {len(shape)} axes",
+                operation="split",
+            )
+        return split_parts(shape[self.axis], self.axis, parts=self.parts, sizes=self.sizes)
+
+
+class CombineSpec(Frozen):
+    """``concat``/``stack = { axis = 0, by = "part", members = ["query", "key", "value"] }``: several sources, one target.
+
+    Sources matching the rule are grouped by their target name; ``by`` names the pattern group that tells
+    members apart, and ``members`` (values in order) or ``count`` (0 to count - 1) says which must be present,
+    each exactly once.
+    """
+
+    axis: int
+    by: str
+    members: tuple[str, ...] | None = None
+    count: int | None = Field(None, ge=1)
+
+    @field_validator("count", mode="before")
+    @classmethod
+    def _resolve_count(cls, value: object, info: ValidationInfo) -> object:
+        return resolve_size(value, params_of(info), "count") if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _members_or_count(self) -> CombineSpec:
+        if (self.members is None) == (self.count is None):
+            raise ValueError("give exactly one of 'members' (the values of the 'by' group, in order) or 'count'")
+        if self.members is not None and len(set(self.members)) != len(self.members):
+            raise ValueError(f"members {list(self.members)} lists a value twice")
+        return self
+
+    @property
+    def expected(self) -> tuple[str, ...]:
+        """The member values, in order."""
+        return self.members if self.members is not None else tuple(str(i) for i in range(self.count or 0))
+
+
+__all__ = [
+    "OPERATION_SPECS",
+    "CastSpec",
+    "CombineSpec",
+    "NeedsTargetError",
+    "OperationSpec",
+    "OperationSpecBase",
+    "RearrangeSpec",
+    "ReshapeSpec",
+    "SliceSpec",
+    "SplitSpec",
+    "TransposeSpec",
+    "parse_operations",
+    "resolve_operations",
+]
