@@ -160,7 +160,7 @@ def apply_plan(
         for source_id, chosen in sources.items():
             mine = [a for a in plan.assignments if a.source_id == source_id]
             if mine:
-                tf.compat.v1.train.init_from_checkpoint(_prefix(chosen), _init_map(mine, slots))
+                tf.compat.v1.train.init_from_checkpoint(chosen.checkpoint_prefix, _init_map(mine, slots))
         if progress is not None:
             progress(len(plan.assignments), len(plan.assignments))
         read = sum(batch.nbytes for batch in batches)
@@ -295,7 +295,7 @@ def _check(
     if method == "init_from_checkpoint":
         _check_init_from_checkpoint_plan(plan)
         for chosen in sources.values():
-            if _prefix(chosen) is None:
+            if chosen.checkpoint_prefix is None:
                 raise ApplyError(
                     f"method='init_from_checkpoint' reads TensorFlow checkpoints only, and {chosen.description} is a "
                     f"{type(chosen).__name__} with no checkpoint prefix; use method='assign', which reads any source"
@@ -320,12 +320,6 @@ def check_batch_bytes(batch_bytes: int) -> None:
     """
     if isinstance(batch_bytes, bool) or not isinstance(batch_bytes, int) or batch_bytes <= 0:
         raise ApplyError(f"batch_bytes must be a positive number of bytes, not {batch_bytes!r}")
-
-
-def _prefix(source: Source) -> str | None:
-    """The checkpoint prefix of a TensorFlow checkpoint source, None for other sources."""
-    prefix = getattr(source, "prefix", None)
-    return prefix if isinstance(prefix, str) else None
 
 
 def check_plan(plan: Plan) -> None:
@@ -733,7 +727,7 @@ class _Run:
             f"({_names([a.source for a in batch.assignments])}) from {chosen.description}"
         )
         self.partial = True
-        tf.compat.v1.train.init_from_checkpoint(_prefix(chosen), _init_map(batch.assignments, self.slots))
+        tf.compat.v1.train.init_from_checkpoint(chosen.checkpoint_prefix, _init_map(batch.assignments, self.slots))
         self.partial = False
         self.touched += len(batch.assignments)
 

@@ -11,9 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from mapper.dtypes import ML_DTYPES
 from mapper.errors import CorruptSourceError, SourceError, SourceNotFoundError
-from mapper.sources._common import ML_DTYPES, check_names, head, numpy_dtype, optional_import, quoted
+from mapper.sources._common import check_names, head, numpy_dtype, optional_import
 from mapper.specs import TensorSpec, VariableMap
+from mapper.text import quoted
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # HDF5 looks for its superblock at 0 and, after a user block, at 512, 1024, 2048, ...
@@ -119,6 +121,12 @@ class KerasH5Source:
         self._datasets = {dataset.spec.name: dataset for dataset in datasets}
         self.description: str = f"{self.path} ({_LAYOUTS[self.layout]})"
         self._specs = VariableMap((dataset.spec for dataset in datasets), description=self.path)
+
+    checkpoint_prefix: str | None = None  # not a TF checkpoint
+
+    def input_files(self) -> tuple[Path, ...]:
+        """The HDF5 file."""
+        return (Path(self.path),)
 
     def __repr__(self) -> str:
         return f"KerasH5Source({self.path!r}, {self.layout}, {len(self._datasets)} tensors)"
