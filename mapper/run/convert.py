@@ -12,7 +12,7 @@ from mapper.errors import ApplyError, PlanError
 from mapper.outputs.files import OutputFormat, check_not_a_source, check_output, output_files
 from mapper.outputs.writers import open_writer, output_format
 from mapper.plan.model import Plan
-from mapper.run.executor import DEFAULT_BATCH_BYTES, Sources, ValueStream
+from mapper.run.batches import DEFAULT_BATCH_BYTES, Sources, ValueStream
 from mapper.specs import TensorSpec
 from mapper.text import first_line
 
