@@ -222,7 +222,12 @@ def _layout(path: str, file: Any) -> str:
 
 
 def _natural(key: str) -> list[Any]:
-    """Sort key that puts ``vars/2`` before ``vars/10`` and ``dense_2`` before ``dense_10``."""
+    """Sort key that puts ``vars/2`` before ``vars/10`` and ``dense_2`` before ``dense_10``.
+
+    Not ``mapper.text.natural_key``: that one breaks ties between ``02`` and ``2`` by the text and reads at most
+    18 ASCII digits as a number, so names such as ``x02b``/``x2a`` would come in another order, and with them
+    the specs of existing files.
+    """
     return [int(part) if part.isdigit() else part for part in _DIGITS.split(key)]
 
 
