@@ -168,8 +168,14 @@ def apply(
         PlanError: the plan has errors. ApplyError, SourceError, TargetError: see ``apply_plan``.
 
     Example:
-        >>> import mapper  # doctest: +SKIP
-        >>> mapper.apply(plan, "pretrained/ckpt-1", model)  # doctest: +SKIP
+        >>> import keras, numpy as np
+        >>> from mapper.rules import parse_rules
+        >>> from mapper.sources.memory import MemorySource
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="d")], name="m")
+        >>> source = MemorySource({"d/kernel": np.ones((2, 1), "float32"), "d/bias": np.full(1, 0.5, "float32")})
+        >>> plan = make_plan(parse_rules('format = 1\\n[[rules]]\\nmatch = "(?P<n>.+)"\\ntarget = "m/{n}"'), source, model)
+        >>> apply(plan, source, model).assigned, model.get_layer("d").bias.numpy().tolist()
+        (2, [0.5])
     """
     from mapper.run.executor import apply_plan
 
@@ -194,9 +200,15 @@ def transfer(
     """Plan and apply in one call; raises PlanError (changing nothing) when the plan has errors.
 
     Example:
-        >>> import mapper  # doctest: +SKIP
-        >>> plan = mapper.transfer("rules/keras-same-architecture.toml", "pretrained/ckpt-1", model)  # doctest: +SKIP
-        >>> print(mapper.render_text(plan))  # doctest: +SKIP
+        >>> import keras, numpy as np
+        >>> from mapper.report import render_text
+        >>> from mapper.rules import parse_rules
+        >>> from mapper.sources.memory import MemorySource
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="d")], name="m")
+        >>> source = MemorySource({"d/kernel": np.ones((2, 1), "float32"), "d/bias": np.full(1, 0.5, "float32")})
+        >>> plan = transfer(parse_rules('format = 1\\n[[rules]]\\nmatch = "(?P<n>.+)"\\ntarget = "m/{n}"'), source, model)
+        >>> plan.counts()["mapped"], model.get_layer("d").kernel.numpy().tolist(), render_text(plan).startswith("Plan")
+        (2, [[1.0], [1.0]], True)
     """
     rule_set = as_rules(rules)
     opened = as_sources(source)

@@ -1117,7 +1117,7 @@ def test_concat_members_are_read_in_one_batch_even_over_budget() -> None:
 
 
 def test_batches_count_every_member_of_a_join() -> None:
-    from mapper.run.executor import plan_batches
+    from mapper.run.batches import plan_batches
 
     arrays_by_name = {**_concat_source(8), **{f"t{i}": np.ones(64, "float32") for i in range(3)}}
     rules_text = CONCAT_RULES + "[[rules]]\nmatch = '(?P<n>t\\d)'\ntarget = '{n}'\n"
@@ -1428,10 +1428,10 @@ def test_multi_source_failure_in_the_second_source_rolls_back_the_first(tmp_path
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int64", "bool"])
 def test_large_numpy_values_become_tensors_exactly(dtype: str) -> None:
-    from mapper.run.executor import _to_tensor
+    from mapper.run.values import to_tensor
 
     values = (np.random.default_rng(0).normal(size=(300, 257)) * 100).astype(dtype)  # > 64 KiB, odd row length
-    tensor = _to_tensor(values, tf)
+    tensor = to_tensor(values, tf)
     assert tensor.dtype.name == dtype and tuple(tensor.shape) == values.shape
     np.testing.assert_array_equal(tensor.numpy(), values)
     variable = tf.Variable(tf.zeros_like(tensor))

@@ -2,71 +2,99 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from mapper.errors import TargetError
+from mapper.outputs import files
+from mapper.outputs.files import OutputFormat
+from mapper.sources.base import Source
 from mapper.targets.base import VariableTarget
 
 _KERAS_SUFFIX = ".weights.h5"
 
 
-def check_output(path: Path, *, overwrite: bool) -> None:
-    """Refuse an output before any work is done: missing directory, or an existing output without ``overwrite``.
+def save_format(path: Path) -> OutputFormat:
+    """What ``save_target`` writes at ``path``: Keras weights for a ``.weights.h5`` name, else a TF checkpoint.
+
+    Example:
+        >>> save_format(Path("out/model.weights.h5")), save_format(Path("out/ckpt[1]"))
+        ('keras-h5', 'tf-checkpoint')
+    """
+    return "keras-h5" if path.name.endswith(_KERAS_SUFFIX) else "tf-checkpoint"
+
+
+def check_output(path: Path, *, overwrite: bool, sources: Iterable[Source] = ()) -> None:
+    """Refuse an output before any work is done: a missing directory, a directory, an existing output, a source.
+
+    An existing output is refused without ``overwrite``; an output that is, or shares a file with, one of
+    ``sources`` always.
 
     Example:
         >>> check_output(Path("/no/such/dir/ckpt"), overwrite=False)
         Traceback (most recent call last):
         ...
-        mapper.errors.TargetError: cannot write /no/such/dir/ckpt: directory /no/such/dir does not exist
+        mapper.errors.TargetError: cannot write /no/such/dir/ckpt: directory /no/such/dir does not exist; ...
     """
-    if not path.parent.is_dir():
-        raise TargetError(f"cannot write {path}: directory {path.parent} does not exist")
-    if not overwrite and _existing_files(path):
-        raise TargetError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+    chosen = save_format(path)
+    files.check_output(path, chosen, overwrite=overwrite)
+    files.check_not_a_source(path, chosen, sources, action="apply")
 
 
-def save_target(target: VariableTarget, path: Path, *, checkpoint_root: str = "model", overwrite: bool = False) -> None:
+def save_target(
+    target: VariableTarget,
+    path: Path,
+    *,
+    checkpoint_root: str = "model",
+    overwrite: bool = False,
+    sources: Iterable[Source] = (),
+) -> None:
     """Save the target's weights, written under a temporary name and moved into place only when complete.
 
     A path ending in ``.weights.h5`` is written with Keras ``save_weights``; any other path is a TF checkpoint
     prefix written with ``tf.train.Checkpoint(**{checkpoint_root: model}).write``.
 
+    Args:
+        target: the target whose model or module is saved.
+        path: the ``.weights.h5`` file, or the TF checkpoint prefix (``out/ckpt`` writes ``out/ckpt.index`` and
+            ``out/ckpt.data-*``).
+        checkpoint_root: the keyword the model is saved under in the checkpoint.
+        overwrite: replace an existing output.
+        sources: the sources the weights came from: the output may not be, or share a file with, one of them.
+
     Raises:
         TargetError: the target has no model or module to save, or the output is refused (see ``check_output``).
 
     Example:
-        >>> save_target(target, Path("out/model.weights.h5"))  # doctest: +SKIP
+        >>> import tempfile, keras
+        >>> from mapper.targets import target_from
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     save_target(target_from(model), Path(tmp, "ckpt-1"))
+        ...     sorted(file.name for file in Path(tmp).iterdir())
+        ['ckpt-1.data-00000-of-00001', 'ckpt-1.index']
     """
-    check_output(path, overwrite=overwrite)
+    sources = tuple(sources)
+    check_output(path, overwrite=overwrite, sources=sources)
     obj = target.obj
     if obj is None:
         raise TargetError(
             f"cannot save {target.description}: saving needs a Keras model or a tf.Module, not bare variables"
         )
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch:
-        if path.name.endswith(_KERAS_SUFFIX):
+        partial = Path(scratch) / path.name
+        if save_format(path) == "keras-h5":
             save_weights = getattr(obj, "save_weights", None)
             if save_weights is None:
                 raise TargetError(f"cannot save {target.description} as {_KERAS_SUFFIX}: it is not a Keras model")
-            partial = Path(scratch) / path.name
             save_weights(str(partial))
             partial.replace(path)
             return
         import tensorflow as tf
 
-        prefix = Path(scratch) / path.name
-        tf.train.Checkpoint(**{checkpoint_root: obj}).write(str(prefix))
-        for stale in _existing_files(path):
-            stale.unlink()
-        # The index is moved last: until it exists, the checkpoint at ``path`` is not there to be read.
-        written = sorted(Path(scratch).glob(f"{path.name}.*"), key=lambda file: file.suffix == ".index")
-        for file in written:
-            shutil.move(str(file), path.parent / file.name)
+        tf.train.Checkpoint(**{checkpoint_root: obj}).write(str(partial))
+        files.replace_checkpoint(partial, path, files.checkpoint_files(path))
 
 
-def _existing_files(path: Path) -> list[Path]:
-    if path.exists():
-        return [path]
-    return sorted(path.parent.glob(f"{path.name}.index")) + sorted(path.parent.glob(f"{path.name}.data-*"))
+__all__ = ["check_output", "save_format", "save_target"]

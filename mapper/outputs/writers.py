@@ -18,16 +18,22 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from mapper.dtypes import DTYPE_SIZES
+from mapper.dtypes import DTYPE_SIZES, ML_DTYPES
 from mapper.errors import TargetError
+from mapper.outputs.files import (
+    OUTPUT_FORMATS,
+    OutputFormat,
+    check_output,
+    output_files,
+    replace_checkpoint,
+)
 from mapper.specs import TensorSpec, format_shape
+from mapper.text import quoted, s
 
-OutputFormat = Literal["tf-checkpoint", "safetensors", "keras-h5"]
-OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("tf-checkpoint", "safetensors", "keras-h5")
 _SUMMARIES = {
     "tf-checkpoint": "a TensorFlow checkpoint prefix (name-based: tf.train.load_checkpoint reads the names as written)",
     "safetensors": "a .safetensors file",
@@ -51,8 +57,6 @@ SAFETENSORS_CODES: dict[str, str] = {
     "float8_e4m3fn": "F8_E4M3",
     "float8_e5m2": "F8_E5M2",
 }
-_ML_DTYPES = frozenset({"bfloat16", "float8_e4m3fn", "float8_e5m2"})
-_SHOWN = 5
 
 
 def output_format(path: str | os.PathLike[str], format: str | None = None) -> OutputFormat:
@@ -84,49 +88,6 @@ def output_format(path: str | os.PathLike[str], format: str | None = None) -> Ou
     if name.endswith((".h5", ".hdf5")):
         return "keras-h5"
     return "tf-checkpoint"
-
-
-def output_files(path: str | os.PathLike[str], format: OutputFormat) -> list[Path]:
-    """The files an output of ``format`` at ``path`` consists of that exist now (for a TF checkpoint: index, data).
-
-    Example:
-        >>> output_files("/no/such/dir/ckpt", "tf-checkpoint")
-        []
-    """
-    target = Path(path)
-    if format != "tf-checkpoint":
-        return [target] if target.exists() else []
-    return sorted(target.parent.glob(f"{_glob_escape(target.name)}.index")) + sorted(
-        target.parent.glob(f"{_glob_escape(target.name)}.data-*")
-    )
-
-
-def check_output(path: str | os.PathLike[str], format: OutputFormat, *, overwrite: bool) -> None:
-    """Refuse an output before any work: a missing directory, a directory as the output, or an existing output.
-
-    Raises:
-        TargetError: naming the directory or the existing files, and what to do.
-
-    Example:
-        >>> check_output("/no/such/dir/model.safetensors", "safetensors", overwrite=False)
-        Traceback (most recent call last):
-        mapper.errors.TargetError: cannot write /no/such/dir/model.safetensors: directory /no/such/dir does not exist; ...
-    """
-    target = Path(path)
-    if not target.name:
-        raise TargetError(f"cannot write {str(path)!r}: give a file name (or a checkpoint prefix), not a directory")
-    if not target.parent.is_dir():
-        raise TargetError(
-            f"cannot write {target}: directory {target.parent} does not exist; create it first (mkdir -p {target.parent})"
-        )
-    if target.is_dir():
-        raise TargetError(
-            f"cannot write {target}: it is a directory; give a file name inside it, e.g. {target / 'model'}"
-        )
-    existing = output_files(target, format)
-    if existing and not overwrite:
-        files = f" ({', '.join(file.name for file in existing[:_SHOWN])})" if format == "tf-checkpoint" else ""
-        raise TargetError(f"{target} already exists{files}; pass --overwrite (overwrite=True) to replace it")
 
 
 def open_writer(
@@ -239,8 +200,8 @@ class TensorWriter(abc.ABC):
             missing = [name for name in self.specs if name not in self.written]
             if missing:
                 raise TargetError(
-                    f"cannot finish {self.path}: {len(missing)} declared tensor{_s(len(missing))} "
-                    f"{'was' if len(missing) == 1 else 'were'} never written ({_quoted(missing)})"
+                    f"cannot finish {self.path}: {len(missing)} declared tensor{s(len(missing))} "
+                    f"{'was' if len(missing) == 1 else 'were'} never written ({quoted(missing)})"
                 )
             self._finish()
             existing = output_files(self.path, self.format)
@@ -299,7 +260,7 @@ class TensorWriter(abc.ABC):
         if bad:
             first = bad[0]
             raise TargetError(
-                f"{self.format} cannot hold {first.dtype} tensors, and {len(bad)} tensor{_s(len(bad))} to write to "
+                f"{self.format} cannot hold {first.dtype} tensors, and {len(bad)} tensor{s(len(bad))} to write to "
                 f"{self.path} {'is' if len(bad) == 1 else 'are'} (first {first.name!r} {format_shape(first.shape)} "
                 f"{first.dtype}); {advice}"
             )
@@ -437,7 +398,7 @@ class KerasH5Writer(_FileWriter):
         bad = [name for name in self.specs if any(part in ("", ".", "..") for part in name.split("/"))]
         if bad:
             raise TargetError(
-                f"cannot write {_quoted(bad)} to {self.path}: an HDF5 dataset path needs non-empty parts other than "
+                f"cannot write {quoted(bad)} to {self.path}: an HDF5 dataset path needs non-empty parts other than "
                 "'.' and '..' between its '/'; rename the targets in the rule file"
             )
         groups: dict[str, str] = {}
@@ -450,7 +411,7 @@ class KerasH5Writer(_FileWriter):
             first = clashes[0]
             raise TargetError(
                 f"cannot write both {first!r} and {groups[first]!r} to {self.path}: in HDF5 {first!r} cannot be a "
-                f"dataset and a group at once ({len(clashes)} such name{_s(len(clashes))}); rename one of them "
+                f"dataset and a group at once ({len(clashes)} such name{s(len(clashes))}); rename one of them "
                 "in the rule file"
             )
 
@@ -469,7 +430,7 @@ class KerasH5Writer(_FileWriter):
         if spec.dtype.startswith("float8"):  # h5py knows no float8 (bfloat16 it stores as opaque, as Keras does)
             array = array.view(np.dtype(f"V{array.dtype.itemsize}"))
         dataset = self._file.create_dataset(spec.name, data=array)
-        if spec.dtype in _ML_DTYPES:
+        if spec.dtype in ML_DTYPES:
             dataset.attrs["dtype"] = spec.dtype
 
     def end_batch(self) -> None:
@@ -547,13 +508,7 @@ class CheckpointWriter(TensorWriter):
             )
 
     def _install(self, existing: list[Path]) -> None:
-        # An old checkpoint goes index first, so that it stops being readable before its data goes away;
-        # the new one comes data first, index last, so that it is readable only when complete.
-        for stale in sorted(existing, key=lambda file: file.suffix != ".index"):
-            stale.unlink()
-        written = sorted(self._directory.glob(f"{_glob_escape(self.path.name)}.*"), key=lambda f: f.suffix == ".index")
-        for file in written:
-            file.replace(self.path.parent / file.name)
+        replace_checkpoint(self._merged, self.path, existing)
         shutil.rmtree(self._directory, ignore_errors=True)
 
     def _discard(self) -> None:
@@ -587,19 +542,6 @@ def _raw_bytes(value: Any) -> memoryview:
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     return array.reshape(-1).view(np.uint8).data
-
-
-def _glob_escape(name: str) -> str:
-    return "".join(f"[{char}]" if char in "*?[" else char for char in name)
-
-
-def _quoted(names: Sequence[str]) -> str:
-    shown = ", ".join(repr(name) for name in names[:_SHOWN])
-    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
-
-
-def _s(count: int) -> str:
-    return "" if count == 1 else "s"
 
 
 __all__ = [

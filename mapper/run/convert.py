@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mapper.errors import ApplyError, PlanError, TargetError
-from mapper.outputs.writers import OutputFormat, check_output, open_writer, output_files, output_format
+from mapper.errors import ApplyError, PlanError
+from mapper.outputs.files import OutputFormat, check_not_a_source, check_output, output_files
+from mapper.outputs.writers import open_writer, output_format
 from mapper.plan.model import Plan
-from mapper.run.executor import DEFAULT_BATCH_BYTES, Sources, ValueStream
-from mapper.sources.base import Source
+from mapper.run.batches import DEFAULT_BATCH_BYTES, Sources, ValueStream
 from mapper.specs import TensorSpec
 from mapper.text import first_line
 
@@ -106,7 +106,7 @@ def write_plan(
             problems=(),
             plan=plan,
         )
-    _check_not_a_source(path, chosen, stream.sources.values())
+    check_not_a_source(path, chosen, stream.sources.values())
     specs = [TensorSpec(a.target_key, a.target_shape, a.target_dtype) for a in plan.assignments]
     existed = bool(output_files(path, chosen))
     writer = open_writer(path, specs, format=chosen, overwrite=overwrite)
@@ -149,41 +149,6 @@ def write_plan(
         len(stream.batches),
         time.perf_counter() - started,
     )
-
-
-def _check_not_a_source(path: Path, format: OutputFormat, sources: Iterable[Source]) -> None:
-    """TargetError if writing ``path`` would replace a file a source reads."""
-    written = {file.resolve() for file in _output_paths(path, format)}
-    for source in sources:
-        for file in _source_files(source):
-            if file.resolve() in written:
-                raise TargetError(
-                    f"cannot write {path}: it is {file}, which the source {source.description} reads; a conversion "
-                    "never touches its source, so write the output somewhere else"
-                )
-
-
-def _output_paths(path: Path, format: OutputFormat) -> list[Path]:
-    if format != "tf-checkpoint":
-        return [path]
-    return [path.with_name(f"{path.name}.index"), *path.parent.glob(f"{path.name}.data-*")]
-
-
-def _source_files(source: Source) -> list[Path]:
-    """The files a source reads, as far as its attributes tell (``prefix``, ``path``, ``files``, ``index``)."""
-    files: list[Path] = []
-    prefix = getattr(source, "prefix", None)
-    if isinstance(prefix, str):
-        files.append(Path(f"{prefix}.index"))
-        files.extend(Path(prefix).parent.glob(f"{Path(prefix).name}.data-*"))
-    for attribute in ("path", "index"):
-        value = getattr(source, attribute, None)
-        if isinstance(value, (str, os.PathLike)):
-            files.append(Path(value))
-    listed = getattr(source, "files", None)
-    if isinstance(listed, (list, tuple)):
-        files.extend(Path(file) for file in listed if isinstance(file, (str, os.PathLike)))
-    return files
 
 
 __all__ = ["ConvertResult", "write_plan"]

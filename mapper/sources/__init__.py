@@ -26,6 +26,7 @@ SourcesLike = SourceLike | Mapping[str, SourceLike]
 
 __all__ = [
     "FORMATS",
+    "SOURCE_CLASSES",
     "KerasH5Source",
     "MemorySource",
     "NpzSource",
@@ -97,6 +98,17 @@ FORMATS: dict[str, SourceFormat] = {
 }
 
 
+# Every Source class of the package, typed so that mypy flags one that lacks a member of the Source protocol.
+SOURCE_CLASSES: tuple[type[Source], ...] = (
+    TFCheckpointSource,
+    SafetensorsSource,
+    KerasH5Source,
+    NpzSource,
+    TorchSource,
+    MemorySource,
+)
+
+
 def detect_format(path: str | os.PathLike[str]) -> str | None:
     """The name of the first format in ``FORMATS`` that recognises ``path`` from its contents, or None.
 
@@ -149,23 +161,7 @@ def open_source(path: str | os.PathLike[str], *, format: str | None = None) -> S
     """
     text = os.fspath(path)
     if format is not None:
-        known = FORMATS.get(format)
-        if known is None:
-            raise SourceError(f"unknown source format {format!r} for {text!r}; {_supported()}", path=text)
-        try:
-            return known.open(text)
-        except SourceNotFoundError:
-            raise
-        except SourceError as error:
-            detected = detect_format(text)
-            if detected is None or detected == format:
-                raise
-            # Same class, same path: only the advice is added.
-            raise type(error)(
-                f"{error}; it looks like a {detected!r} source ({FORMATS[detected].summary}): "
-                f"pass format={detected!r}, or leave format out to detect it",
-                path=error.path,
-            ) from error
+        return _open_as(text, format)
     detected = detect_format(text)
     if detected is not None:
         return FORMATS[detected].open(text)
@@ -173,21 +169,47 @@ def open_source(path: str | os.PathLike[str], *, format: str | None = None) -> S
         # A damaged or missing ``model.safetensors`` gets the safetensors error, not a generic one.
         by_suffix = [known for known in FORMATS.values() if text.endswith(known.suffixes)]
         if by_suffix:
-            try:
-                return by_suffix[0].open(text)
-            except (SourceNotFoundError, CorruptSourceError):
-                raise
-            except SourceError as error:  # not that format after all: say what the name suggested, and why not
-                raise SourceError(
-                    f"cannot tell the format of file {text!r} from its contents (its name suggests "
-                    f"{by_suffix[0].name!r}, but: {error}); {_supported()}",
-                    path=text,
-                ) from error
+            return _open_by_suffix(text, by_suffix[0])
     if not Path(text).exists():
         # Most often a mistyped checkpoint prefix: name the nearest checkpoints beside it.
         raise SourceNotFoundError(tf_checkpoint.not_found_message(text), path=text)
     kind = "directory" if Path(text).is_dir() else "file"
     raise SourceError(f"cannot tell the format of {kind} {text!r} from its contents; {_supported()}", path=text)
+
+
+def _open_as(text: str, format: str) -> Source:
+    """Open ``text`` in the format forced; a SourceError gains advice when the contents look like another format."""
+    known = FORMATS.get(format)
+    if known is None:
+        raise SourceError(f"unknown source format {format!r} for {text!r}; {_supported()}", path=text)
+    try:
+        return known.open(text)
+    except SourceNotFoundError:
+        raise
+    except SourceError as error:
+        detected = detect_format(text)
+        if detected is None or detected == format:
+            raise
+        # Same class, same path: only the advice is added.
+        raise type(error)(
+            f"{error}; it looks like a {detected!r} source ({FORMATS[detected].summary}): "
+            f"pass format={detected!r}, or leave format out to detect it",
+            path=error.path,
+        ) from error
+
+
+def _open_by_suffix(text: str, known: SourceFormat) -> Source:
+    """Open a file no format recognised as the format its name suggests, saying why not if it is not that format."""
+    try:
+        return known.open(text)
+    except (SourceNotFoundError, CorruptSourceError):
+        raise
+    except SourceError as error:  # not that format after all: say what the name suggested, and why not
+        raise SourceError(
+            f"cannot tell the format of file {text!r} from its contents (its name suggests "
+            f"{known.name!r}, but: {error}); {_supported()}",
+            path=text,
+        ) from error
 
 
 def source_specs(

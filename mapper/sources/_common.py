@@ -14,26 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from mapper import dtypes
 from mapper.errors import CorruptSourceError, SourceError
+from mapper.text import quoted
 
-# How many names a message shows before it says "and N more".
-SHOWN = 5
 # Index files (``model.safetensors.index.json``) larger than this are not shard indexes.
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
-# Dtypes NumPy itself lacks; ml_dtypes provides them.
-ML_DTYPES = frozenset({"bfloat16", "float8_e4m3fn", "float8_e5m2"})
-
-
-def quoted(names: Sequence[str], shown: int = SHOWN) -> str:
-    """Up to ``shown`` quoted names, then how many more.
-
-    Example:
-        >>> quoted(["a", "b"]), quoted([str(i) for i in range(7)], shown=2)
-        ("'a', 'b'", "'0', '1' and 5 more")
-    """
-    text = ", ".join(repr(name) for name in names[:shown])
-    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def check_names(names: Sequence[str], known: Collection[str], *, what: str, path: str) -> list[str]:
@@ -219,11 +206,9 @@ def numpy_dtype(name: str, *, path: str) -> np.dtype[Any]:
         >>> numpy_dtype("float16", path="x"), numpy_dtype("bfloat16", path="x")
         (dtype('float16'), dtype(bfloat16))
     """
-    if name in ML_DTYPES:
-        ml_dtypes = optional_import("ml_dtypes", purpose=f"reading {name} tensors from {path!r}", path=path)
-        found: np.dtype[Any] = np.dtype(getattr(ml_dtypes, name))
-        return found
-    return np.dtype(name)
+    if name in dtypes.ML_DTYPES:  # checked first, so that a missing ml_dtypes is a SourceError naming the file
+        optional_import("ml_dtypes", purpose=f"reading {name} tensors from {path!r}", path=path)
+    return dtypes.numpy_dtype(name)
 
 
 def little_endian(dtype: np.dtype[Any]) -> np.dtype[Any]:

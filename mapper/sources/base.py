@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from mapper.specs import VariableMap
@@ -14,17 +15,26 @@ class Source(Protocol):
 
     ``specs()`` must not read tensor data. ``read(names)`` reads just those tensors, in as few
     operations as the format allows, and returns arrays (NumPy arrays or ``tf.Tensor``s) keyed by name.
+    ``input_files()`` lists every file the source reads (so that no output ever replaces one), and
+    ``checkpoint_prefix`` is the TensorFlow checkpoint prefix of a TF checkpoint source (what
+    ``init_from_checkpoint`` reads), None for every other source.
 
     Example:
         >>> from mapper.sources.memory import MemorySource
         >>> import numpy as np
-        >>> isinstance(MemorySource({"w": np.zeros(2)}), Source)
-        True
+        >>> source = MemorySource({"w": np.zeros(2)})
+        >>> isinstance(source, Source), source.input_files(), source.checkpoint_prefix
+        (True, (), None)
     """
 
     @property
     def description(self) -> str:
         """What the source is, for reports: usually its path."""
+        ...
+
+    @property
+    def checkpoint_prefix(self) -> str | None:
+        """The TensorFlow checkpoint prefix this source reads, or None if it is not a TF checkpoint."""
         ...
 
     def specs(self) -> VariableMap:
@@ -33,4 +43,8 @@ class Source(Protocol):
 
     def read(self, names: Sequence[str]) -> Mapping[str, Any]:
         """Read the named tensors; raises SourceError if the data cannot be read."""
+        ...
+
+    def input_files(self) -> tuple[Path, ...]:
+        """Every file the source reads (index files, shards, data files); () for a source held in memory."""
         ...

@@ -11,9 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from mapper.dtypes import ML_DTYPES
 from mapper.errors import CorruptSourceError, SourceError, SourceNotFoundError
-from mapper.sources._common import ML_DTYPES, check_names, head, numpy_dtype, optional_import, quoted
+from mapper.sources._common import check_names, head, numpy_dtype, optional_import
 from mapper.specs import TensorSpec, VariableMap
+from mapper.text import quoted
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # HDF5 looks for its superblock at 0 and, after a user block, at 512, 1024, 2048, ...
@@ -120,6 +122,12 @@ class KerasH5Source:
         self.description: str = f"{self.path} ({_LAYOUTS[self.layout]})"
         self._specs = VariableMap((dataset.spec for dataset in datasets), description=self.path)
 
+    checkpoint_prefix: str | None = None  # not a TF checkpoint
+
+    def input_files(self) -> tuple[Path, ...]:
+        """The HDF5 file."""
+        return (Path(self.path),)
+
     def __repr__(self) -> str:
         return f"KerasH5Source({self.path!r}, {self.layout}, {len(self._datasets)} tensors)"
 
@@ -214,7 +222,12 @@ def _layout(path: str, file: Any) -> str:
 
 
 def _natural(key: str) -> list[Any]:
-    """Sort key that puts ``vars/2`` before ``vars/10`` and ``dense_2`` before ``dense_10``."""
+    """Sort key that puts ``vars/2`` before ``vars/10`` and ``dense_2`` before ``dense_10``.
+
+    Not ``mapper.text.natural_key``: that one breaks ties between ``02`` and ``2`` by the text and reads at most
+    18 ASCII digits as a number, so names such as ``x02b``/``x2a`` would come in another order, and with them
+    the specs of existing files.
+    """
     return [int(part) if part.isdigit() else part for part in _DIGITS.split(key)]
 
 

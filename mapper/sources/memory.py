@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +20,8 @@ class MemorySource:
         ((2, 3), np.float32(6.0), ['a/w'])
     """
 
+    checkpoint_prefix: str | None = None  # not a TF checkpoint
+
     def __init__(self, arrays: Mapping[str, np.ndarray], *, description: str = "memory") -> None:
         self._arrays = dict(arrays)
         self.description = description
@@ -30,6 +33,10 @@ class MemorySource:
             (TensorSpec(name, tuple(array.shape), str(array.dtype)) for name, array in self._arrays.items()),
             description=self.description,
         )
+
+    def input_files(self) -> tuple[Path, ...]:
+        """No files: the arrays are in memory."""
+        return ()
 
     def read(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         """The named arrays (not copies: callers must not write to them)."""

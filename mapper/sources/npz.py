@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from mapper.errors import CorruptSourceError, SourceError, SourceNotFoundError
-from mapper.sources._common import ZIP_MAGICS, check_names, head, quoted, zip_members
+from mapper.sources._common import ZIP_MAGICS, check_names, head, zip_members
 from mapper.specs import TensorSpec, VariableMap
+from mapper.text import quoted
 
 NPY_SUFFIX = ".npy"
 # Errors that reading a damaged zip member can raise.
@@ -94,6 +95,12 @@ class NpzSource:
             for member in members:
                 specs.append(self._spec(archive, member))
         self._specs = VariableMap(specs, description=self.path)
+
+    checkpoint_prefix: str | None = None  # not a TF checkpoint
+
+    def input_files(self) -> tuple[Path, ...]:
+        """The archive."""
+        return (Path(self.path),)
 
     def __repr__(self) -> str:
         return f"NpzSource({self.path!r}, {len(self._specs)} arrays)"

@@ -22,11 +22,11 @@ from mapper.sources._common import (
     index_weight_map,
     little_endian,
     numpy_dtype,
-    quoted,
     shard_files,
     weight_map_suffixes,
 )
 from mapper.specs import TensorSpec, VariableMap
+from mapper.text import quoted
 
 # safetensors dtype codes and the dtype names specs use.
 DTYPES: dict[str, str] = {
@@ -151,6 +151,12 @@ class SafetensorsSource:
         self._entries = {name: entries[name] for name in sorted(entries)}
         self._specs = VariableMap((entry.spec for entry in self._entries.values()), description=resolved)
         self._path = resolved
+
+    checkpoint_prefix: str | None = None  # not a TF checkpoint
+
+    def input_files(self) -> tuple[Path, ...]:
+        """The shard index, if there is one, and every safetensors file."""
+        return tuple(Path(file) for file in (*((self.index,) if self.index else ()), *self.files))
 
     def __repr__(self) -> str:
         return f"SafetensorsSource({self._path!r}, {len(self._entries)} tensors in {len(self.files)} file(s))"

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from mapper.errors import CorruptSourceError, SourceError, SourceNotFoundError
 from mapper.specs import TensorSpec, VariableMap
+from mapper.text import quoted
 
 # The serialized object graph TF2 checkpoints carry next to the variables; it is not a variable.
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -22,8 +23,6 @@ STATE_FILE = "checkpoint"
 _DATA_SUFFIX = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
 _STATE_LINE = re.compile(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"', re.MULTILINE)
 _TF_NOISE = re.compile(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\](?: name: \S*)?$")
-# How many names an error message shows before it says "and N more".
-_SHOWN = 5
 
 
 def is_tf_checkpoint(path: str | os.PathLike[str]) -> bool:
@@ -98,9 +97,21 @@ class TFCheckpointSource:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         given = os.fspath(path)
         self.prefix: str = _resolve_prefix(given)
+        # A directory is resolved through its state file, which is then one of the files this source reads.
+        self._state = Path(given, STATE_FILE) if Path(given).is_dir() else None
         self.description: str = given if given == self.prefix else f"{given} -> {self.prefix}"
         self._specs = _open_specs(self.prefix)
         _check_data_files(self.prefix, self._specs)
+
+    @property
+    def checkpoint_prefix(self) -> str:
+        """The resolved checkpoint prefix (``prefix``), as ``tf.compat.v1.train.init_from_checkpoint`` wants it."""
+        return self.prefix
+
+    def input_files(self) -> tuple[Path, ...]:
+        """The state file (when opened through a directory), the index and every data file of the checkpoint."""
+        data = [Path(self.prefix).with_name(name) for name in sorted(_data_files(self.prefix))]
+        return (*((self._state,) if self._state else ()), Path(self.prefix + ".index"), *data)
 
     def __repr__(self) -> str:
         return f"TFCheckpointSource({self.prefix!r}, {len(self._specs)} tensors)"
@@ -157,7 +168,7 @@ class TFCheckpointSource:
         except tf.errors.OpError as error:
             failing = self._failing(tf, wanted, dtypes) or wanted
             raise CorruptSourceError(
-                f"cannot read {_names(failing)} from checkpoint {self.prefix!r}: {_tf_message(error)}; the data "
+                f"cannot read {quoted(failing)} from checkpoint {self.prefix!r}: {_tf_message(error)}; the data "
                 "files are damaged or were changed after the index was written: write or copy the checkpoint again",
                 path=self.prefix,
             ) from error
@@ -174,7 +185,7 @@ class TFCheckpointSource:
         return failing
 
     def _unknown_message(self, unknown: list[str]) -> str:
-        message = f"checkpoint {self.prefix!r} has no tensor {_names(unknown)}"
+        message = f"checkpoint {self.prefix!r} has no tensor {quoted(unknown)}"
         close = difflib.get_close_matches(unknown[0], list(self._specs), n=3)
         if close:
             message += f"; did you mean {' or '.join(map(repr, close))}?"
@@ -308,8 +319,14 @@ def _open_specs(prefix: str) -> VariableMap:
     if not Path(index).is_file():
         data = sorted(_data_files(prefix))
         raise CorruptSourceError(
-            f"checkpoint {prefix!r} has data files ({_names(data)}) but its index file {index!r} is missing; "
+            f"checkpoint {prefix!r} has data files ({quoted(data)}) but its index file {index!r} is missing; "
             "it was copied or written incompletely: copy the .index file next to the data files",
+            path=prefix,
+        )
+    if "[" in str(Path(prefix).absolute()):
+        raise SourceError(
+            f"cannot read checkpoint {prefix!r}: TensorFlow reads a checkpoint's path as a file pattern, so it "
+            "cannot read one whose path holds '['; rename the checkpoint's files (or its directory) without '['",
             path=prefix,
         )
     import tensorflow as tf
@@ -349,7 +366,7 @@ def _check_data_files(prefix: str, specs: VariableMap) -> None:
     missing = [name for name in expected if name not in found]
     if missing:
         raise CorruptSourceError(
-            f"checkpoint {prefix!r} is missing {len(missing)} of its {shard_count} data file(s): {_names(missing)}; "
+            f"checkpoint {prefix!r} is missing {len(missing)} of its {shard_count} data file(s): {quoted(missing)}; "
             "copy every .data-* file of the checkpoint",
             path=prefix,
         )
@@ -360,7 +377,7 @@ def _check_data_files(prefix: str, specs: VariableMap) -> None:
             shard = short[0].shard
             raise CorruptSourceError(
                 f"checkpoint {prefix!r} is truncated: data file {expected[shard]!r} has {sizes[shard]} bytes but "
-                f"the index places {_names(list(dict.fromkeys(entry.key for entry in short)))} up to byte "
+                f"the index places {quoted(list(dict.fromkeys(entry.key for entry in short)))} up to byte "
                 f"{max(entry.offset + entry.size for entry in short if entry.shard == shard)}; "
                 "copy or write the checkpoint again",
                 path=prefix,
@@ -370,7 +387,7 @@ def _check_data_files(prefix: str, specs: VariableMap) -> None:
     needed = sum(spec.nbytes for spec in specs.values())
     if needed > sum(sizes):
         raise CorruptSourceError(
-            f"checkpoint {prefix!r} is truncated: its data files ({_names(expected)}) hold {sum(sizes)} bytes but "
+            f"checkpoint {prefix!r} is truncated: its data files ({quoted(expected)}) hold {sum(sizes)} bytes but "
             f"its tensors need at least {needed}; copy or write the checkpoint again",
             path=prefix,
         )
@@ -456,12 +473,6 @@ def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
         position += unshared
         yield key, block[position : position + length]
         position += length
-
-
-def _names(names: Sequence[str]) -> str:
-    """Up to a few quoted names, then how many more."""
-    shown = ", ".join(repr(name) for name in names[:_SHOWN])
-    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
 
 
 def _tf_message(error: BaseException) -> str:

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from mapper.dtypes import ML_DTYPES
 from mapper.errors import CorruptSourceError, SourceError, SourceNotFoundError
 from mapper.sources._common import (
-    ML_DTYPES,
     ZIP_MAGICS,
     check_names,
     files_with_suffix,
@@ -20,12 +20,12 @@ from mapper.sources._common import (
     index_weight_map,
     numpy_dtype,
     optional_import,
-    quoted,
     shard_files,
     weight_map_suffixes,
     zip_members,
 )
 from mapper.specs import TensorSpec, VariableMap
+from mapper.text import first_line, quoted
 
 SUFFIXES = (".bin", ".pt", ".pth")
 INDEX_SUFFIXES = tuple(suffix + ".index.json" for suffix in SUFFIXES)
@@ -180,6 +180,12 @@ class TorchSource:
             description=resolved,
         )
 
+    checkpoint_prefix: str | None = None  # not a TF checkpoint
+
+    def input_files(self) -> tuple[Path, ...]:
+        """The shard index, if there is one, and every PyTorch file."""
+        return tuple(Path(file) for file in (*((self.index,) if self.index else ()), *self.files))
+
     def __repr__(self) -> str:
         return f"TorchSource({self._path!r}, {len(self._tensors)} tensors in {len(self.files)} file(s))"
 
@@ -301,7 +307,7 @@ def _load(torch: Any, file: str) -> Any:
         reason = next((line.strip() for line in str(error).splitlines() if "Unsupported" in line), "")
         if "Unsupported global" not in reason:  # e.g. "Unsupported operand 174": the pickle itself is damaged
             raise CorruptSourceError(
-                f"cannot load PyTorch file {file!r}: its pickle is damaged ({reason or _first_line(error)}); "
+                f"cannot load PyTorch file {file!r}: its pickle is damaged ({reason or first_line(error)}); "
                 "download or save it again",
                 path=file,
             ) from error
@@ -317,15 +323,10 @@ def _load(torch: Any, file: str) -> Any:
         if not Path(file).is_file():
             raise SourceNotFoundError(f"no PyTorch file at {file!r}", path=file) from error
         raise CorruptSourceError(
-            f"cannot load PyTorch file {file!r}: {type(error).__name__}: {_first_line(error)}; it is truncated or "
+            f"cannot load PyTorch file {file!r}: {type(error).__name__}: {first_line(error)}; it is truncated or "
             "damaged: download or save it again",
             path=file,
         ) from error
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

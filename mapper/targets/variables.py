@@ -9,17 +9,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mapper.errors import TargetError
-from mapper.specs import CHECKPOINT_NAMESPACE, TargetMap, TensorSpec, VariableMap
+from mapper.specs import CHECKPOINT_NAMESPACE, CHECKPOINT_VALUE_SUFFIX, TargetMap, TensorSpec, VariableMap
 from mapper.targets.base import VariableTarget
+from mapper.text import SHOWN
 
 _ACCEPTED = (
     "a built Keras model or layer, a tf.Module, a dict {name: variable}, or a list or tuple of variables "
     "(keras.Variable or tf.Variable)"
 )
 _SLOT_SUFFIX = re.compile(r":\d+$")
-# What ``tf.train.Checkpoint`` appends to an object's path for a variable's value.
-_VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
-_SHOWN = 5
 
 
 def target_from(obj: object, *, checkpoint_root: str = "model") -> VariableTarget:
@@ -105,7 +103,7 @@ def _from_module(module: Any, checkpoint_root: str) -> VariableTarget:
     for index, variable in enumerate(variables):
         if counts[names[index]] > 1 and id(variable) in found:
             # Names clash (every unnamed tf.Variable is 'Variable'): use the object path in the checkpoint.
-            names[index] = found[id(variable)].removesuffix(_VALUE_SUFFIX).removeprefix(checkpoint_root + "/")
+            names[index] = found[id(variable)].removesuffix(CHECKPOINT_VALUE_SUFFIX).removeprefix(checkpoint_root + "/")
     _raise_on_duplicates(names, label)
     keys = {name: found[id(variable)] for name, variable in zip(names, variables, strict=True) if id(variable) in found}
     return _target(f"{label} ({len(variables)} variables)", names, variables, keys, module)
@@ -117,7 +115,7 @@ def _from_dict(variables: Mapping[Any, Any]) -> VariableTarget:
         raise TargetError(f"the dict given as target is empty; expected {_ACCEPTED} with at least one variable")
     bad = [f"{key!r}: {_kind(value)}" for key, value in variables.items() if not isinstance(key, str)]
     if bad:
-        raise TargetError(f"the dict given as target has keys that are not strings ({', '.join(bad[:_SHOWN])})")
+        raise TargetError(f"the dict given as target has keys that are not strings ({', '.join(bad[:SHOWN])})")
     _check_variables(list(variables.values()), [repr(key) for key in variables], "dict")
     return _target(f"dict of {len(variables)} variables", list(variables), list(variables.values()), {}, None)
 
@@ -176,7 +174,7 @@ def _checkpoint_keys(obj: Any, checkpoint_root: str, variables: Sequence[Any]) -
     while queue:
         node, path = queue.popleft()
         if id(node) in wanted:
-            keys[id(node)] = "/".join(path) + _VALUE_SUFFIX
+            keys[id(node)] = "/".join(path) + CHECKPOINT_VALUE_SUFFIX
             if len(keys) == len(wanted):
                 break
             continue  # a variable's own children (its handle, a distributed variable's parts) are not weights
@@ -206,10 +204,10 @@ def _check_variables(values: list[Any], labels: list[str], kind: str) -> None:
         f"{label}: {_kind(value)}" for label, value in zip(labels, values, strict=True) if not isinstance(value, kinds)
     ]
     if bad:
-        more = f" and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
+        more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
         raise TargetError(
             f"the {kind} given as target holds {len(bad)} value(s) that are not variables "
-            f"({', '.join(bad[:_SHOWN])}{more}); expected keras.Variable or tf.Variable values"
+            f"({', '.join(bad[:SHOWN])}{more}); expected keras.Variable or tf.Variable values"
         )
 
 
@@ -218,8 +216,8 @@ def _raise_on_duplicates(names: list[str], label: str) -> None:
     counts = Counter(names)
     duplicates = [name for name, count in counts.items() if count > 1]
     if duplicates:
-        shown = ", ".join(f"{name!r} ({counts[name]} variables)" for name in duplicates[:_SHOWN])
-        more = f" and {len(duplicates) - _SHOWN} more" if len(duplicates) > _SHOWN else ""
+        shown = ", ".join(f"{name!r} ({counts[name]} variables)" for name in duplicates[:SHOWN])
+        more = f" and {len(duplicates) - SHOWN} more" if len(duplicates) > SHOWN else ""
         raise TargetError(
             f"{label} has {len(duplicates)} variable name(s) shared by several variables: {shown}{more}; "
             "give the layers or variables unique names, or pass a dict {name: variable}"

@@ -1,0 +1,347 @@
+"""Outputs: the files an output path stands for (names with glob characters too), never an overwritten source."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from formats import snapshot, write_safetensors, write_sharded_safetensors, write_torch
+
+from mapper import cli, demo
+from mapper.api import convert
+from mapper.errors import TargetError
+from mapper.outputs.files import checkpoint_files, output_files
+from mapper.outputs.save import check_output, save_target
+from mapper.rules import parse_rules
+from mapper.sources import SOURCE_CLASSES, KerasH5Source, NpzSource, SafetensorsSource, Source, TorchSource, open_source
+from mapper.sources.memory import MemorySource
+from mapper.targets import target_from
+
+pytestmark = pytest.mark.tf
+
+IDENTITY = "format = 1\n[[rules]]\nmatch = '(?P<name>.+)'\ntarget = '{name}'\n"
+# Output names with each glob character in them, and an ordinary one.
+NAMES = ["c[1]", "c*", "c?", "c[*?]", "plain"]
+# TensorFlow globs checkpoint paths when it reads them: a checkpoint with '[' in its path cannot be read back.
+TF_NAMES = [name for name in NAMES if "[" not in name]
+# The file name an output of each convert format gets from a stem.
+CONVERT_OUTPUTS = {"tf-checkpoint": "{}", "safetensors": "{}.safetensors", "keras-h5": "{}.weights.h5"}
+APPLY_OUTPUTS = {"tf-checkpoint": "{}", "keras-h5": "{}.weights.h5"}
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
+
+
+def read_all(path: Path) -> dict[str, np.ndarray]:
+    source = open_source(path)
+    return {name: np.asarray(value) for name, value in source.read(list(source.specs())).items()}
+
+
+def write_checkpoint(prefix: Path, arrays: dict[str, np.ndarray]) -> Path:
+    names = list(arrays)
+    tf.raw_ops.SaveV2(
+        prefix=str(prefix),
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tf.constant(arrays[name]) for name in names],
+    )
+    return prefix
+
+
+def write_keras3_h5(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    with h5py.File(path, "w") as file:
+        for name, array in arrays.items():
+            file.create_dataset(name, data=array)
+    return path
+
+
+# --- the files an output stands for ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_files_take_the_prefix_literally(tmp_path: Path, name: str) -> None:
+    mine = [f"{name}.index", f"{name}.data-00000-of-00001"]
+    for file in [*mine, "c1.index", "c1.data-00000-of-00001", "cx.index", "c.index"]:
+        (tmp_path / file).write_bytes(b"")
+
+    assert [file.name for file in checkpoint_files(tmp_path / name)] == mine
+    assert [file.name for file in output_files(tmp_path / name, "tf-checkpoint")] == mine
+
+
+# --- convert: written, refused the second time, never over another checkpoint ---------------------------------------
+
+
+def convert_cases() -> list[tuple[str, str]]:
+    return [(kind, name) for kind in CONVERT_OUTPUTS for name in (TF_NAMES if kind == "tf-checkpoint" else NAMES)]
+
+
+@pytest.mark.parametrize(("output_format", "name"), convert_cases())
+def test_convert_writes_names_with_glob_characters_and_refuses_them_the_second_time(
+    tmp_path: Path, name: str, output_format: str
+) -> None:
+    output = tmp_path / CONVERT_OUTPUTS[output_format].format(name)
+    arrays = {"layers/a/vars/0": np.arange(3, dtype=np.float32)}
+    convert(parse_rules(IDENTITY), MemorySource(arrays), output)
+
+    np.testing.assert_array_equal(read_all(output)["layers/a/vars/0"], arrays["layers/a/vars/0"])
+    before = snapshot(tmp_path)
+    with pytest.raises(TargetError, match=r"already exists.*pass --overwrite"):
+        convert(parse_rules(IDENTITY), MemorySource(arrays), output)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_checkpoint_path_with_a_bracket_is_refused_before_any_work(tmp_path: Path) -> None:
+    source = MemorySource({"w": np.zeros(2, np.float32)})
+
+    with pytest.raises(TargetError, match=r"with '\[' in it the checkpoint could never be read back"):
+        convert(parse_rules(IDENTITY), source, tmp_path / "c[1]")
+
+    assert source.reads == []
+    assert listing(tmp_path) == []
+
+
+def test_a_checkpoint_source_with_a_bracket_is_refused_by_name(tmp_path: Path) -> None:
+    from mapper.errors import SourceError
+
+    tf.raw_ops.SaveV2(prefix=str(tmp_path / "c[1]"), tensor_names=["w"], shape_and_slices=[""], tensors=[[1.0]])
+
+    with pytest.raises(SourceError, match=r"cannot read one whose path holds '\['"):
+        open_source(tmp_path / "c[1]")
+
+
+def test_convert_overwrite_of_a_glob_name_leaves_the_checkpoints_it_would_match(tmp_path: Path) -> None:
+    rules = parse_rules(IDENTITY)
+    convert(rules, MemorySource({"w": np.zeros(2, np.float32)}), tmp_path / "c1")
+    convert(rules, MemorySource({"w": np.ones(2, np.float32)}), tmp_path / "c*")
+    others = snapshot(tmp_path)
+
+    convert(rules, MemorySource({"w": np.full(2, 2, np.float32)}), tmp_path / "c*", overwrite=True)
+
+    assert listing(tmp_path) == sorted(others)
+    np.testing.assert_array_equal(read_all(tmp_path / "c1")["w"], np.zeros(2, np.float32))
+    np.testing.assert_array_equal(read_all(tmp_path / "c*")["w"], np.full(2, 2, np.float32))
+
+
+def _source_files(output_format: str, path: Path) -> Path:
+    """A source in ``output_format``'s format at ``path``: what a conversion to the same path would replace."""
+    arrays = {"layers/a/vars/0": np.arange(4, dtype=np.float32)}
+    if output_format == "tf-checkpoint":
+        return write_checkpoint(path, arrays)
+    if output_format == "safetensors":
+        return write_safetensors(path, arrays)
+    return write_keras3_h5(path, arrays)
+
+
+@pytest.mark.parametrize(("output_format", "name"), convert_cases())
+def test_convert_never_overwrites_a_source_with_glob_characters_in_its_name(
+    tmp_path: Path, name: str, output_format: str
+) -> None:
+    path = _source_files(output_format, tmp_path / CONVERT_OUTPUTS[output_format].format(name))
+    before = snapshot(tmp_path)
+
+    with pytest.raises(TargetError, match=r"which the source .* reads; a conversion never touches its source"):
+        convert(parse_rules(IDENTITY), open_source(path), path, overwrite=True)
+
+    assert snapshot(tmp_path) == before
+
+
+# --- apply --output: the CLI and save_target -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    return demo.write_pretrained_checkpoint(tmp_path_factory.mktemp("pretrained"))
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def apply_cases(names: list[str]) -> list[tuple[str, str]]:
+    return [(kind, name) for kind in APPLY_OUTPUTS for name in names if kind == "keras-h5" or "[" not in name]
+
+
+APPLY_ARGV = ["apply", str(demo.RULES), "--target", "mapper.demo:new_model", "-q"]
+
+
+@pytest.mark.parametrize(("output_format", "name"), apply_cases(["ckpt[1]", "c*", "c?"]))
+def test_cli_apply_writes_names_with_glob_characters_and_refuses_them_the_second_time(
+    capsys: pytest.CaptureFixture[str], pretrained: tuple[Any, Path], tmp_path: Path, name: str, output_format: str
+) -> None:
+    model, prefix = pretrained
+    (tmp_path / "out").mkdir()
+    output = tmp_path / "out" / APPLY_OUTPUTS[output_format].format(name)
+    argv = [*APPLY_ARGV, "--source", str(prefix), "--output", str(output)]
+
+    code, out, err = run(capsys, *argv)
+
+    assert code == cli.EXIT_OK, err
+    assert out.strip().endswith(f"weights saved to {output}")
+    restored = demo.new_model()
+    if output_format == "keras-h5":
+        assert listing(tmp_path / "out") == [output.name]
+        restored.load_weights(str(output))
+    else:
+        assert listing(tmp_path / "out") == [f"{name}.data-00000-of-00001", f"{name}.index"]
+        tf.train.Checkpoint(model=restored).read(str(output)).expect_partial()
+    np.testing.assert_array_equal(restored.get_layer("d1").kernel, model.get_layer("d1").kernel)
+    before = snapshot(tmp_path)
+
+    code, _, err = run(capsys, *argv)
+
+    assert code == cli.EXIT_INPUT
+    assert "already exists" in err and "--overwrite" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_cli_apply_to_a_checkpoint_path_with_a_bracket_is_refused(
+    capsys: pytest.CaptureFixture[str], pretrained: tuple[Any, Path], tmp_path: Path
+) -> None:
+    _, prefix = pretrained
+
+    code, out, err = run(capsys, *APPLY_ARGV, "--source", str(prefix), "--output", str(tmp_path / "ckpt[1]"))
+
+    assert code == cli.EXIT_INPUT
+    assert "could never be read back" in err and "weights saved" not in out
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize(("output_format", "name"), apply_cases(["w[0]", "w*"]))
+def test_save_target_writes_and_refuses_an_existing_output(tmp_path: Path, output_format: str, name: str) -> None:
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    output = tmp_path / APPLY_OUTPUTS[output_format].format(name)
+    save_target(target_from(model), output)
+    before = snapshot(tmp_path)
+
+    with pytest.raises(TargetError, match=r"already exists.*pass --overwrite"):
+        save_target(target_from(model), output)
+    with pytest.raises(TargetError, match=r"already exists.*pass --overwrite"):
+        check_output(output, overwrite=False)
+
+    assert snapshot(tmp_path) == before
+    save_target(target_from(model), output, overwrite=True)
+    assert listing(tmp_path) == sorted(before)
+
+
+def test_save_target_overwrite_of_a_glob_name_leaves_the_checkpoints_it_would_match(tmp_path: Path) -> None:
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    save_target(target_from(model), tmp_path / "c1")
+    save_target(target_from(model), tmp_path / "c*")
+    before = snapshot(tmp_path)
+
+    save_target(target_from(model), tmp_path / "c*", overwrite=True)
+
+    assert listing(tmp_path) == sorted(before)
+    assert snapshot(tmp_path)["c1.index"] == before["c1.index"]
+
+
+@pytest.mark.parametrize(("output_format", "name"), apply_cases(["c[1]", "c*", "plain"]))
+def test_save_target_never_overwrites_a_source(tmp_path: Path, name: str, output_format: str) -> None:
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    output = tmp_path / APPLY_OUTPUTS[output_format].format(name)
+    save_target(target_from(model), output)
+    source = open_source(output)
+    before = snapshot(tmp_path)
+
+    for call in (
+        lambda: save_target(target_from(model), output, overwrite=True, sources=[source]),
+        lambda: check_output(output, overwrite=True, sources=[source]),
+    ):
+        with pytest.raises(TargetError, match=r"which the source .* reads; apply never touches its source"):
+            call()
+
+    assert snapshot(tmp_path) == before
+
+
+# --- the Source contract: every file a source reads is listed ------------------------------------------------------
+
+
+@pytest.fixture
+def opened_files() -> Iterator[list[str]]:
+    """The paths Python opens while the test records them (native libraries such as HDF5 and TF are not seen)."""
+    opened: list[str] = []
+    recording.append(opened)
+    yield opened
+    recording.remove(opened)
+
+
+recording: list[list[str]] = []
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and recording and isinstance(args[0], (str, bytes, Path)):
+        recording[-1].append(str(Path(args[0].decode() if isinstance(args[0], bytes) else args[0]).resolve()))
+
+
+sys.addaudithook(_audit)
+
+
+def _tf_directory(directory: Path) -> Path:
+    tf.train.CheckpointManager(tf.train.Checkpoint(w=tf.Variable([1.0])), str(directory), max_to_keep=1).save()
+    return directory
+
+
+def _torch_index(directory: Path) -> Path:
+    import json
+
+    import torch
+
+    write_torch(directory / "a.bin", {"a": torch.zeros(2)})
+    write_torch(directory / "b.bin", {"b": torch.ones(2)})
+    index = directory / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "a.bin", "b": "b.bin"}}))
+    return index
+
+
+SOURCES: dict[str, Callable[[Path], Path]] = {
+    "tf-checkpoint": lambda d: write_checkpoint(d / "c*", {"w": np.zeros(2, np.float32)}),
+    "tf-checkpoint-directory": _tf_directory,
+    "safetensors": lambda d: write_safetensors(d / "m[1].safetensors", {"w": np.zeros(2, np.float32)}),
+    "safetensors-index": lambda d: write_sharded_safetensors(d, [{"a": np.zeros(2)}, {"b": np.ones(2)}])[0],
+    "keras-h5": lambda d: write_keras3_h5(d / "m[1].weights.h5", {"layers/d/vars/0": np.zeros(2)}),
+    "npz": lambda d: (np.savez(d / "w[1].npz", w=np.zeros(2)), d / "w[1].npz")[1],
+    "torch": lambda d: write_torch(d / "w[1].pt", {"w": __import__("torch").zeros(2)}),
+    "torch-index": _torch_index,
+}
+
+
+@pytest.mark.parametrize("kind", list(SOURCES))
+def test_a_source_lists_every_file_it_reads(tmp_path: Path, kind: str, opened_files: list[str]) -> None:
+    directory = tmp_path / "src"
+    directory.mkdir()
+    path = SOURCES[kind](directory)
+    expected = {str(file.resolve()) for file in directory.rglob("*") if file.is_file()}
+    opened_files.clear()
+
+    source = open_source(path)
+    source.read(list(source.specs()))
+
+    listed = {str(file.resolve()) for file in source.input_files()}
+    assert listed == expected
+    assert {file for file in opened_files if file.startswith(str(tmp_path.resolve()))} <= listed  # not imports
+    assert isinstance(source, Source)
+    assert (source.checkpoint_prefix is not None) == kind.startswith("tf-checkpoint")
+
+
+def test_every_source_class_implements_the_contract() -> None:
+    assert {cls.__name__ for cls in SOURCE_CLASSES} == {
+        "TFCheckpointSource",
+        "SafetensorsSource",
+        "KerasH5Source",
+        "NpzSource",
+        "TorchSource",
+        "MemorySource",
+    }
+    for cls in (KerasH5Source, NpzSource, SafetensorsSource, TorchSource, MemorySource):
+        assert cls.checkpoint_prefix is None
+    assert MemorySource({"w": np.zeros(1)}).input_files() == ()
