@@ -34,11 +34,14 @@ if NO_TF:
     _block_tensorflow()
 
 
-@functools.cache
-def _imports_tensorflow(path: Path) -> bool:
-    """Whether the module at ``path`` imports a blocked package anywhere (most do it inside the function needing it)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
+# Doctests whose examples need TensorFlow only through what they call: converting a MemorySource streams its values
+# through mapper.run.executor.ValueStream, which imports TensorFlow.
+_DOCTESTS_NEEDING_TF = frozenset({"mapper.api.convert", "mapper.run.convert.write_plan"})
+
+
+def _imports_blocked(source: str) -> bool:
+    """Whether Python ``source`` imports a blocked package anywhere (most modules do it inside the function)."""
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -48,6 +51,21 @@ def _imports_tensorflow(path: Path) -> bool:
         if any(name.split(".")[0] in BLOCKED for name in names):
             return True
     return False
+
+
+@functools.cache
+def _imports_tensorflow(path: Path) -> bool:
+    """Whether the module at ``path`` imports a blocked package anywhere."""
+    return _imports_blocked(path.read_text(encoding="utf-8"))
+
+
+def _doctest_needs_tf(item: pytest.Item) -> bool:
+    """A doctest needs TensorFlow if its module imports it, one of its examples does, or it is listed above."""
+    if not isinstance(item, pytest.DoctestItem) or item.dtest is None:
+        return False
+    if item.name in _DOCTESTS_NEEDING_TF or (item.path.suffix == ".py" and _imports_tensorflow(item.path)):
+        return True
+    return any(_imports_blocked(example.source) for example in item.dtest.examples)
 
 
 def _marked_tf(path: Path) -> bool:
@@ -60,11 +78,11 @@ def _marked_tf(path: Path) -> bool:
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """Under MAPPER_TEST_NO_TF, do not even import test modules marked ``tf``, nor modules whose doctests need TF.
+    """Under MAPPER_TEST_NO_TF, do not import test modules marked ``tf``, nor helper modules that import TensorFlow.
 
-    Test modules marked ``tf`` as a whole may import TensorFlow at the top. Any other module is collected only for its
-    doctests, and a module that imports TensorFlow anywhere (mostly inside the function the doctest calls) is skipped.
-    None, not False, for everything else: False would override ``--ignore``.
+    Test modules marked ``tf`` as a whole may import TensorFlow at the top; so may the helpers in tests/ (collected
+    only for their doctests). A conftest's collection hooks see only its own directory: ``mapper/`` is handled in
+    ``pytest_collection_modifyitems``. None, not False, for everything else: False would override ``--ignore``.
     """
     del config
     if not NO_TF or collection_path.suffix != ".py" or collection_path.name == "conftest.py":
@@ -75,13 +93,18 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under MAPPER_TEST_NO_TF, deselect the tests marked ``tf`` in modules that also hold TensorFlow-free tests."""
+    """Under MAPPER_TEST_NO_TF, deselect the tests marked ``tf``, and the doctests that need TensorFlow.
+
+    Test modules marked as a whole were not collected at all (``pytest_ignore_collect``); this hook sees every item,
+    the doctests of ``mapper/`` included (they import without TensorFlow: the package imports it lazily).
+    """
     if not NO_TF:
         return
-    deselected = [item for item in items if item.get_closest_marker("tf")]
+    deselected = [item for item in items if item.get_closest_marker("tf") or _doctest_needs_tf(item)]
     if deselected:
+        chosen = set(deselected)
         config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if not item.get_closest_marker("tf")]
+        items[:] = [item for item in items if item not in chosen]
 
 
 # --- two logical CPU devices, for the tf.distribute.MirroredStrategy tests (tests/test_executor.py) ---
