@@ -204,11 +204,7 @@ def _add_plan_or_apply(verbs: Any, verb: str) -> None:
     sub.add_argument("--source", required=True, action="append", metavar="PATH | NAME=PATH", help=_SOURCE_HELP)
     sub.add_argument("--source-format", action="append", metavar="FORMAT | NAME=FORMAT", help=_SOURCE_FORMAT_HELP)
     sub.add_argument("--target", required=True, metavar="MODULE:FACTORY", help=_TARGET_HELP)
-    sub.add_argument(
-        "--format", choices=("text", "markdown", "json"), default="text", help="report format (default: text)"
-    )
-    sub.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="colour the text report")
-    sub.add_argument("-v", "--verbose", action="store_true", help="list every assignment instead of grouping them")
+    _add_report_options(sub, "report")
     if is_apply:
         sub.add_argument(
             "--output",
@@ -226,6 +222,15 @@ def _add_plan_or_apply(verbs: Any, verb: str) -> None:
     else:
         sub.add_argument("--output", metavar="FILE", help="write the report to FILE instead of standard output")
         sub.add_argument("-q", "--quiet", action="store_true", help="print only the verdict line and problems")
+
+
+def _add_report_options(sub: Any, report: str) -> None:
+    """--format, --color and --verbose: how the plan report of plan, apply and convert is shown."""
+    sub.add_argument(
+        "--format", choices=("text", "markdown", "json"), default="text", help=f"{report} format (default: text)"
+    )
+    sub.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="colour the text report")
+    sub.add_argument("-v", "--verbose", action="store_true", help="list every assignment instead of grouping them")
 
 
 def _add_convert(verbs: Any) -> None:
@@ -283,11 +288,7 @@ def _add_convert(verbs: Any) -> None:
     convert.add_argument(
         "--target", metavar="MODULE:FACTORY", help=_TARGET_HELP + "; optional: check the output covers this model"
     )
-    convert.add_argument(
-        "--format", choices=("text", "markdown", "json"), default="text", help="plan report format (default: text)"
-    )
-    convert.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="colour the text report")
-    convert.add_argument("-v", "--verbose", action="store_true", help="list every assignment instead of grouping them")
+    _add_report_options(convert, "plan report")
     convert.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     convert.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final line")
 
