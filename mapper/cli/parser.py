@@ -56,7 +56,7 @@ def _source_formats_section() -> str:
 
     Example:
         >>> print(_source_formats_section())  # doctest: +ELLIPSIS
-        source formats (detected from the files; --source-format chooses one):
+        source formats (detected from the files themselves):
           tf-checkpoint  TensorFlow checkpoint: a prefix such as ckpt-1, its .index file, or a directory with a
                          checkpoint file
         ...
@@ -76,7 +76,7 @@ def _source_formats_section() -> str:
         )
         for name, known in FORMATS.items()
     ]
-    return "source formats (detected from the files; --source-format chooses one):\n" + "\n".join(entries)
+    return "source formats (detected from the files themselves):\n" + "\n".join(entries)
 
 
 def build_parser() -> argparse.ArgumentParser:
