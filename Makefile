@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.weight-mapper-$(shell $(PYTHON) -c "import hashlib,os;print(hashlib.sha256(open('pyproject.toml','rb').read()+os.getcwd().encode()).hexdigest()[:16])")
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: env demo test lint bench clean
+.PHONY: env demo test test-quick lint bench clean
 
 env: $(STAMP)
 
@@ -25,6 +25,11 @@ test: env
 	$(BIN)/python -m ruff format --check mapper tests benchmarks
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q
+
+# The TensorFlow-free part of the suite, with TensorFlow made unimportable (tests/conftest.py): a quick check
+# while working on rules, plans and reports, and proof that they need no TensorFlow. CI runs `make test`.
+test-quick: env
+	MAPPER_TEST_NO_TF=1 $(BIN)/python -m pytest -q
 
 bench: env
 	$(BIN)/python benchmarks/run.py

@@ -1,10 +1,110 @@
-"""Shared pytest setup: quiet TensorFlow logs, two logical CPU devices for the distribution tests."""
+"""Shared pytest setup: quiet TensorFlow logs, two logical CPU devices, and the TensorFlow-free quick run.
+
+``MAPPER_TEST_NO_TF=1`` (``make test-quick``) runs the suite as if TensorFlow were not installed: importing
+``tensorflow``, ``tf_keras``, ``keras`` or ``keras_hub`` raises ImportError, tests marked ``tf`` are deselected, and
+so are the doctests of modules that import one of them (their examples build models or read TF checkpoints).
+"""
 
 from __future__ import annotations
 
+import ast
+import functools
 import os
+import sys
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+NO_TF = os.environ.get("MAPPER_TEST_NO_TF", "") not in ("", "0")
+BLOCKED = ("tensorflow", "tf_keras", "keras", "keras_hub")
+
+
+def _block_tensorflow() -> None:
+    """Make every import of a blocked package fail as if it were not installed (None in sys.modules does that)."""
+    loaded = [name for name in sys.modules if name.split(".")[0] in BLOCKED]
+    if loaded:
+        raise pytest.UsageError(f"MAPPER_TEST_NO_TF=1, but {', '.join(sorted(loaded)[:3])} was imported already")
+    for name in BLOCKED:
+        sys.modules[name] = None  # type: ignore[assignment]
+
+
+if NO_TF:
+    _block_tensorflow()
+
+
+# Doctests whose examples need TensorFlow only through what they call: converting a MemorySource streams its values
+# through mapper.run.executor.ValueStream, which imports TensorFlow.
+_DOCTESTS_NEEDING_TF = frozenset({"mapper.api.convert", "mapper.run.convert.write_plan"})
+
+
+def _imports_blocked(source: str) -> bool:
+    """Whether Python ``source`` imports a blocked package anywhere (most modules do it inside the function)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        if any(name.split(".")[0] in BLOCKED for name in names):
+            return True
+    return False
+
+
+@functools.cache
+def _imports_tensorflow(path: Path) -> bool:
+    """Whether the module at ``path`` imports a blocked package anywhere."""
+    return _imports_blocked(path.read_text(encoding="utf-8"))
+
+
+def _doctest_needs_tf(item: pytest.Item) -> bool:
+    """A doctest needs TensorFlow if its module imports it, one of its examples does, or it is listed above."""
+    if not isinstance(item, pytest.DoctestItem) or item.dtest is None:
+        return False
+    if item.name in _DOCTESTS_NEEDING_TF or (item.path.suffix == ".py" and _imports_tensorflow(item.path)):
+        return True
+    return any(_imports_blocked(example.source) for example in item.dtest.examples)
+
+
+def _marked_tf(path: Path) -> bool:
+    """Whether the test module at ``path`` is marked ``tf`` as a whole (``pytestmark = pytest.mark.tf``, or a list)."""
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "pytestmark" for target in node.targets):
+            marks = node.value.elts if isinstance(node.value, (ast.List, ast.Tuple)) else [node.value]
+            return any(ast.unparse(mark) == "pytest.mark.tf" for mark in marks)
+    return False
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under MAPPER_TEST_NO_TF, do not import test modules marked ``tf``, nor helper modules that import TensorFlow.
+
+    Test modules marked ``tf`` as a whole may import TensorFlow at the top; so may the helpers in tests/ (collected
+    only for their doctests). A conftest's collection hooks see only its own directory: ``mapper/`` is handled in
+    ``pytest_collection_modifyitems``. None, not False, for everything else: False would override ``--ignore``.
+    """
+    del config
+    if not NO_TF or collection_path.suffix != ".py" or collection_path.name == "conftest.py":
+        return None
+    if collection_path.name.startswith("test_"):
+        return True if _marked_tf(collection_path) else None
+    return True if _imports_tensorflow(collection_path) else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under MAPPER_TEST_NO_TF, deselect the tests marked ``tf``, and the doctests that need TensorFlow.
+
+    Test modules marked as a whole were not collected at all (``pytest_ignore_collect``); this hook sees every item,
+    the doctests of ``mapper/`` included (they import without TensorFlow: the package imports it lazily).
+    """
+    if not NO_TF:
+        return
+    deselected = [item for item in items if item.get_closest_marker("tf") or _doctest_needs_tf(item)]
+    if deselected:
+        chosen = set(deselected)
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item not in chosen]
 
 
 # --- two logical CPU devices, for the tf.distribute.MirroredStrategy tests (tests/test_executor.py) ---
@@ -15,7 +115,6 @@ def pytest_collection_finish(session: object) -> None:
     doing it here costs nothing when no collected test imported TensorFlow.
     """
     import contextlib
-    import sys
 
     tf = sys.modules.get("tensorflow")
     if tf is None:

@@ -12,6 +12,7 @@ from mapper import demo
 from mapper.plan import ProblemKind
 from mapper.report import render_text
 
+pytestmark = pytest.mark.tf
 tf = pytest.importorskip("tensorflow")
 
 SHIPPED = demo.RULES.read_text()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import subprocess
+import re
 import sys
 from pathlib import Path
 
@@ -12,11 +12,18 @@ import numpy as np
 import pytest
 
 from mapper import cli, demo
-
-tf = pytest.importorskip("tensorflow")
+from mapper.outputs.writers import OUTPUT_FORMATS
+from mapper.sources import FORMATS
 
 RULES = str(demo.RULES)
 TARGET = "mapper.demo:new_model"
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal, as a person's would."""
+
+    def isatty(self) -> bool:
+        return True
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +56,7 @@ def test_top_level_help_lists_verbs_and_exit_codes(capsys: pytest.CaptureFixture
     assert "exit codes:" in out
 
 
+@pytest.mark.tf
 def test_inspect_lists_names_shapes_dtypes_sizes(
     capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path]
 ) -> None:
@@ -63,6 +71,7 @@ def test_inspect_lists_names_shapes_dtypes_sizes(
     assert "_CHECKPOINTABLE_OBJECT_GRAPH" not in out
 
 
+@pytest.mark.tf
 def test_inspect_json_and_match(capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path]) -> None:
     _, prefix = pretrained
     code, out, _ = run(capsys, "inspect", str(prefix), "--format", "json", "--match", "moving")
@@ -85,6 +94,7 @@ def test_validate_reports_each_file(capsys: pytest.CaptureFixture[str], tmp_path
     assert "1 of 2 rule files invalid" in err
 
 
+@pytest.mark.tf
 def test_plan_seed_scenario_names_the_head_skip(
     capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path]
 ) -> None:
@@ -96,6 +106,7 @@ def test_plan_seed_scenario_names_the_head_skip(
     assert "\x1b[" not in out
 
 
+@pytest.mark.tf
 @pytest.mark.parametrize("report_format", ["markdown", "json"])
 def test_plan_formats_to_file(
     capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path], tmp_path: Path, report_format: str
@@ -124,6 +135,7 @@ def test_plan_formats_to_file(
         assert text.lstrip().startswith("#") or "|" in text
 
 
+@pytest.mark.tf
 def test_plan_with_errors_exits_1(
     capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path], tmp_path: Path
 ) -> None:
@@ -137,6 +149,7 @@ def test_plan_with_errors_exits_1(
     assert "shape_mismatch" in out or "shape" in out
 
 
+@pytest.mark.tf
 def test_apply_saves_weights_and_refuses_to_overwrite(
     capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path], tmp_path: Path
 ) -> None:
@@ -159,6 +172,7 @@ def test_apply_saves_weights_and_refuses_to_overwrite(
     assert sorted(path.name for path in tmp_path.iterdir()) == ["finetuned.weights.h5"]
 
 
+@pytest.mark.tf
 def test_apply_to_checkpoint_prefix(
     capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path], tmp_path: Path
 ) -> None:
@@ -167,6 +181,8 @@ def test_apply_to_checkpoint_prefix(
     output.parent.mkdir()
     code, _, _ = run(capsys, "apply", RULES, "--source", str(prefix), "--target", TARGET, "--output", str(output), "-q")
     assert code == 0
+    import tensorflow as tf
+
     reader = tf.train.load_checkpoint(str(output))
     original = tf.train.load_checkpoint(str(prefix))
     key = "model/_operations/1/_kernel/.ATTRIBUTES/VARIABLE_VALUE"
@@ -175,47 +191,54 @@ def test_apply_to_checkpoint_prefix(
     assert reader.get_tensor(head).shape == (32, 5)
 
 
+def _needs_tf(argv: list[str], code: int, message: str, case: str) -> object:
+    return pytest.param(argv, code, message, id=case, marks=pytest.mark.tf)
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
-        (["inspect", "/no/such/ckpt"], cli.EXIT_INPUT, "/no/such/ckpt"),
-        (["validate", "/no/such/rules.toml"], cli.EXIT_PROBLEMS, "no such rule file"),
-        (
+        pytest.param(["inspect", "/no/such/ckpt"], cli.EXIT_INPUT, "/no/such/ckpt", id="missing-source"),
+        pytest.param(["validate", "/no/such/rules.toml"], cli.EXIT_PROBLEMS, "no such rule file", id="missing-rules"),
+        _needs_tf(
             ["plan", RULES, "--source", "{prefix}", "--target", "mapper.demo:no_such_factory"],
             cli.EXIT_INPUT,
             "has no 'no_such_factory'",
+            "missing-factory",
         ),
-        (
+        _needs_tf(
             ["plan", RULES, "--source", "{prefix}", "--target", "no_such_module_xyz:build"],
             cli.EXIT_INPUT,
             "cannot import 'no_such_module_xyz'",
+            "missing-module",
         ),
-        (["plan", RULES, "--source", "{prefix}", "--target", "not-a-spec"], cli.EXIT_INPUT, "is not MODULE:FACTORY"),
-        (
+        _needs_tf(
+            ["plan", RULES, "--source", "{prefix}", "--target", "not-a-spec"],
+            cli.EXIT_INPUT,
+            "is not MODULE:FACTORY",
+            "bad-target-spec",
+        ),
+        _needs_tf(
             ["apply", RULES, "--source", "{prefix}", "--target", TARGET, "--output", "/no/such/dir/ckpt"],
             cli.EXIT_INPUT,
             "does not exist",
+            "missing-output-dir",
         ),
-    ],
-    ids=[
-        "missing-source",
-        "missing-rules",
-        "missing-factory",
-        "missing-module",
-        "bad-target-spec",
-        "missing-output-dir",
     ],
 )
 def test_bad_input_exit_codes(
-    capsys: pytest.CaptureFixture[str], pretrained: tuple[object, Path], argv: list[str], code: int, message: str
+    capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest, argv: list[str], code: int, message: str
 ) -> None:
-    _, prefix = pretrained
-    result, _, err = run(capsys, *(arg.replace("{prefix}", str(prefix)) for arg in argv))
+    if "{prefix}" in argv:
+        _, prefix = request.getfixturevalue("pretrained")
+        argv = [arg.replace("{prefix}", str(prefix)) for arg in argv]
+    result, _, err = run(capsys, *argv)
     assert result == code
     assert message in err
     assert err.startswith("mapper: error:")
 
 
+@pytest.mark.tf
 def test_demo_passes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, _ = run(capsys, "demo", "--workdir", str(tmp_path))
     assert code == 0, out
@@ -224,27 +247,74 @@ def test_demo_passes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
     assert "BAD" not in out
 
 
-def test_console_script_runs_in_a_fresh_process(pretrained: tuple[object, Path]) -> None:
+@pytest.mark.parametrize(
+    ("verb", "formats"),
+    [
+        ("inspect", list(FORMATS)),
+        ("plan", list(FORMATS)),
+        ("apply", list(FORMATS)),
+        ("suggest", list(FORMATS)),
+        ("convert", [*FORMATS, *OUTPUT_FORMATS]),
+    ],
+)
+def test_help_lists_every_registered_format(capsys: pytest.CaptureFixture[str], verb: str, formats: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main([verb, "--help"])
+    out = capsys.readouterr().out
+    for name in formats:
+        assert f" {name} " in out.replace(",", " ").replace("{", " ").replace("}", " "), name
+    for known in FORMATS.values():  # each summary, whole, in the formats section
+        assert " ".join(known.summary.split()) in " ".join(out.split())
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize(
+    ("color", "terminal", "no_color", "coloured"),
+    [
+        ("auto", True, False, True),
+        ("auto", False, False, False),
+        ("auto", True, True, False),
+        ("always", False, True, True),
+        ("never", True, False, False),
+    ],
+    ids=["auto-terminal", "auto-piped", "auto-NO_COLOR", "always", "never"],
+)
+def test_plan_colours_only_a_terminal(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    pretrained: tuple[object, Path],
+    color: str,
+    terminal: bool,
+    no_color: bool,
+    coloured: bool,
+) -> None:
     _, prefix = pretrained
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "NO_COLOR": "1"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mapper",
-            "plan",
-            RULES,
-            "--source",
-            str(prefix),
-            "--target",
-            TARGET,
-            "--format",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        env=environment,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    json.loads(done.stdout)
+    stdout = Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", "1")
+    else:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+    code = cli.main(["plan", RULES, "--source", str(prefix), "--target", TARGET, "--color", color])
+    assert code == cli.EXIT_OK
+    shown = stdout.getvalue()
+    assert ("\x1b[" in shown) == coloured
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", shown)
+    assert plain.splitlines()[0] == "Plan OK: 8 mapped, 2 skipped"
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "piped"])
+def test_apply_draws_progress_only_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, pretrained: tuple[object, Path], tmp_path: Path, terminal: bool
+) -> None:
+    _, prefix = pretrained
+    stdout, stderr = (Terminal(), Terminal()) if terminal else (io.StringIO(), io.StringIO())
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    output = tmp_path / "out.weights.h5"
+    code = cli.main(["apply", RULES, "--source", str(prefix), "--target", TARGET, "--output", str(output)])
+    assert code == cli.EXIT_OK
+    assert ("\r  applying [" in stderr.getvalue()) == terminal
+    assert ("] 8/8 " in stderr.getvalue()) == terminal
+    assert stdout.getvalue().splitlines()[-1].startswith("applied: 8 variables")

@@ -32,6 +32,7 @@ def test_rule_file_example_validates() -> None:
     assert [rule.name for rule in rules.rules][:2] == ["attention", "head"]
 
 
+@pytest.mark.tf
 def test_python_example_runs_as_written() -> None:
     pytest.importorskip("tensorflow")
     (example,) = _blocks("python")

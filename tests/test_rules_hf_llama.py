@@ -30,6 +30,7 @@ from mapper.errors import PlanError
 from mapper.plan import SkipKind
 from mapper.report import render_text
 
+pytestmark = pytest.mark.tf
 keras_hub = pytest.importorskip("keras_hub")
 pytest.importorskip("safetensors")
 

@@ -34,6 +34,7 @@ from tests.vision_fixtures import (
     variable_bytes,
 )
 
+pytestmark = pytest.mark.tf
 pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 tf_keras = pytest.importorskip("tf_keras")

@@ -29,6 +29,7 @@ from tests.vision_fixtures import (
     write_timm_resnet,
 )
 
+pytestmark = pytest.mark.tf
 pytest.importorskip("tensorflow")
 pytest.importorskip("safetensors")
 keras_hub = pytest.importorskip("keras_hub")

@@ -15,6 +15,7 @@ import pytest
 import mapper
 from mapper.report import render_text
 
+pytestmark = pytest.mark.tf
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
