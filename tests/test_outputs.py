@@ -216,6 +216,20 @@ def test_cli_apply_to_a_checkpoint_path_with_a_bracket_is_refused(
     assert listing(tmp_path) == []
 
 
+def test_cli_apply_with_its_source_as_output_is_refused_before_the_model_changes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    _, prefix = demo.write_pretrained_checkpoint(tmp_path)
+    before = snapshot(tmp_path)
+
+    code, out, err = run(capsys, *APPLY_ARGV, "--source", str(prefix), "--output", str(prefix), "--overwrite")
+
+    assert code == cli.EXIT_INPUT
+    assert "which the source" in err and "reads" in err and "weights saved" not in out
+    assert "applied:" not in out
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize(("output_format", "name"), apply_cases(["w[0]", "w*"]))
 def test_save_target_writes_and_refuses_an_existing_output(tmp_path: Path, output_format: str, name: str) -> None:
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])

@@ -45,6 +45,9 @@ def apply(args: argparse.Namespace) -> int:
     output = Path(args.output)
     check_output(output, overwrite=args.overwrite)
     planned, source, target = plan_from_args(args)
+    # Refused before the model changes: an output that is, or shares files with, a source (even with --overwrite).
+    opened = tuple(source.values()) if isinstance(source, dict) else (source,)
+    check_output(output, overwrite=args.overwrite, sources=opened)
     if not args.quiet or not planned.ok:
         out(render_plan(planned, args, sys.stdout))
     if not planned.ok:
@@ -55,7 +58,7 @@ def apply(args: argparse.Namespace) -> int:
     if progress is not None:
         progress.close()
     root = load_rule_file(args, args.rules).target.checkpoint_root
-    save_target(target, output, checkpoint_root=root, overwrite=args.overwrite)
+    save_target(target, output, checkpoint_root=root, overwrite=args.overwrite, sources=opened)
     seconds = time.perf_counter() - started
     out(
         f"applied: {plural(result.assigned, 'variable')} ({human_bytes(result.bytes_read)} read) in {seconds:.2f}s; "

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from mapper import dtypes
+from mapper.dtypes import ML_DTYPES
+from mapper.dtypes import numpy_dtype as _numpy_dtype
 from mapper.errors import CorruptSourceError, SourceError
 from mapper.text import quoted
 
@@ -206,9 +207,9 @@ def numpy_dtype(name: str, *, path: str) -> np.dtype[Any]:
         >>> numpy_dtype("float16", path="x"), numpy_dtype("bfloat16", path="x")
         (dtype('float16'), dtype(bfloat16))
     """
-    if name in dtypes.ML_DTYPES:  # checked first, so that a missing ml_dtypes is a SourceError naming the file
+    if name in ML_DTYPES:  # checked first, so that a missing ml_dtypes is a SourceError naming the file
         optional_import("ml_dtypes", purpose=f"reading {name} tensors from {path!r}", path=path)
-    return dtypes.numpy_dtype(name)
+    return _numpy_dtype(name)
 
 
 def little_endian(dtype: np.dtype[Any]) -> np.dtype[Any]:
