@@ -725,7 +725,7 @@ def test_keep_rules_against_split_targets() -> None:
     assert (source_skip.name, source_skip.target, source_skip.rule) == ("c_attn", "key", ref(1, "c_attn"))
     assert "target 'key' is kept at its initial value by porting.toml keep rule 1 ('fresh key')" in source_skip.reason
     assert by_side["target", SkipKind.KEEP] == Skip(
-        "key", "target", SkipKind.KEEP, "trained from scratch", ref(1, "fresh key", "keep"), target_shape=(2, 2)
+        "key", SkipKind.KEEP, "trained from scratch", ref(1, "fresh key", "keep"), target_shape=(2, 2)
     )
 
 

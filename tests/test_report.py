@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,9 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mapper.errors import MapperError
-from mapper.ops import Cast, Concat, Rearrange, Reshape, Slice, SplitPart, Stack, Transpose
+from mapper.naming import PairGroup, expand_pattern, group_names, group_pairs
+from mapper.ops import Cast, Combine, Concat, Rearrange, Reshape, Slice, SplitPart, Stack, Transpose
 from mapper.plan import (
     Assignment,
+    Join,
+    JoinMember,
+    NamedSource,
     Plan,
     Problem,
     ProblemKind,
@@ -25,16 +30,8 @@ from mapper.plan import (
     SkipKind,
     TensorEntry,
 )
-from mapper.report import (
-    PairGroup,
-    expand_pattern,
-    group_names,
-    group_pairs,
-    render,
-    render_json,
-    render_markdown,
-    render_text,
-)
+from mapper.report import render, render_json, render_markdown, render_text
+from mapper.report.assignments import assignment_blocks
 from mapper.specs import format_shape
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -44,6 +41,11 @@ LAYERS = range(12)
 # ---------------------------------------------------------------------------------------------------------------------
 # Plans, built by hand from the plan dataclasses
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def joined(combine: Combine, members: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> Join:
+    """The join of ``members`` (the first is the assignment's source) with their ``shapes``."""
+    return Join(combine, tuple(JoinMember(name, shape) for name, shape in zip(members[1:], shapes[1:], strict=True)))
 
 
 def copy(target: str, source: str, rule: RuleRef, shape: tuple[int, ...], dtype: str = "float32") -> Assignment:
@@ -161,13 +163,13 @@ def bert_plan() -> Plan:
         ("cls/seq_relationship/output_weights", (2, 768)),
         ("cls/seq_relationship/output_bias", (2,)),
     ):
-        skips.append(Skip(name, "source", SkipKind.RULE, "pretraining heads are not part of the encoder", heads, shape))
+        skips.append(Skip(name, SkipKind.RULE, "pretraining heads are not part of the encoder", heads, shape))
     optimizer = rule(9, "optimizer state")
-    skips.append(Skip("global_step", "source", SkipKind.RULE, "optimizer state", optimizer, ()))
+    skips.append(Skip("global_step", SkipKind.RULE, "optimizer state", optimizer, ()))
     for assignment in assignments:
         for slot in ("adam_m", "adam_v"):
             name = f"{assignment.source}/{slot}"
-            skips.append(Skip(name, "source", SkipKind.RULE, "optimizer state", optimizer, assignment.source_shape))
+            skips.append(Skip(name, SkipKind.RULE, "optimizer state", optimizer, assignment.source_shape))
     problems = (
         Problem(
             ProblemKind.DEAD_RULE,
@@ -218,7 +220,6 @@ def head_plan() -> Plan:
     skips = (
         Skip(
             "head/kernel",
-            "source",
             SkipKind.GUARD,
             "new class count",
             head,
@@ -229,7 +230,6 @@ def head_plan() -> Plan:
         ),
         Skip(
             "head/bias",
-            "source",
             SkipKind.GUARD,
             "new class count",
             head,
@@ -240,7 +240,6 @@ def head_plan() -> Plan:
         ),
         Skip(
             "adapter/kernel",
-            "source",
             SkipKind.GUARD,
             "new class count",
             head,
@@ -251,7 +250,6 @@ def head_plan() -> Plan:
         ),
         Skip(
             "optimizer/iterations",
-            "source",
             SkipKind.RULE,
             "optimizer state: fine-tuning starts its own",
             RuleRef(file, 4, "optimizer"),
@@ -259,7 +257,6 @@ def head_plan() -> Plan:
         ),
         Skip(
             "normalization/mean",
-            "target",
             SkipKind.KEEP,
             "adapted to the new data set before training",
             RuleRef(file, 1, "normalization", "keep"),
@@ -267,7 +264,6 @@ def head_plan() -> Plan:
         ),
         Skip(
             "normalization/variance",
-            "target",
             SkipKind.KEEP,
             "adapted to the new data set before training",
             RuleRef(file, 1, "normalization", "keep"),
@@ -412,9 +408,7 @@ def problems_plan() -> Plan:
             copy("out/bias", "out/b", RuleRef(file, 3), (10,)),
             copy("out/kernel", "out/w", RuleRef(file, 3), (64, 10)),
         ),
-        skips=(
-            Skip("step", "source", SkipKind.RULE, "bookkeeping", RuleRef("rules/common.toml", 1, "bookkeeping"), ()),
-        ),
+        skips=(Skip("step", SkipKind.RULE, "bookkeeping", RuleRef("rules/common.toml", 1, "bookkeeping"), ()),),
         unused_sources=(
             TensorEntry("global_step", (), "int64"),
             TensorEntry("weird|name", (3,), "float32"),
@@ -454,17 +448,14 @@ def checkpoint_plan() -> Plan:
     for attribute, name, old, new in (("_kernel", "kernel", (16, 10), (16, 5)), ("bias", "bias", (10,), (5,))):
         key = f"model/_operations/4/{attribute}/.ATTRIBUTES/VARIABLE_VALUE"
         failure = f"shape {format_shape(old)} does not equal the target's {format_shape(new)}"
-        skips.append(Skip(key, "source", SkipKind.GUARD, reason, same, old, new, f"head/{name}", failure))
+        skips.append(Skip(key, SkipKind.GUARD, reason, same, old, new, f"head/{name}", failure))
     optimizer = RuleRef(file, 2, "optimizer")
     for slot in range(1, 21):
         key = f"optimizer/_variables/{slot}/.ATTRIBUTES/VARIABLE_VALUE"
-        skips.append(
-            Skip(key, "source", SkipKind.RULE, "optimizer state: a fine-tuning run starts its own", optimizer, (16,))
-        )
+        skips.append(Skip(key, SkipKind.RULE, "optimizer state: a fine-tuning run starts its own", optimizer, (16,)))
     skips.append(
         Skip(
             "save_counter/.ATTRIBUTES/VARIABLE_VALUE",
-            "source",
             SkipKind.RULE,
             "checkpoint bookkeeping, not a weight",
             RuleRef(file, 3, "bookkeeping"),
@@ -562,9 +553,7 @@ def porting_plan() -> Plan:
                 "float32",
                 (hidden, hidden + 2 * kv),
                 "float32",
-                members=members,
-                member_shapes=((hidden, hidden), (kv, hidden), (kv, hidden)),
-                combine=Concat(0),
+                join=joined(Concat(0), members, ((hidden, hidden), (kv, hidden), (kv, hidden))),
                 source_id="backbone",
             ),
             from_backbone(f"layer_{i}/attention_norm/gamma", f"h.{i}.ln_1.weight", 7, "norms", (hidden,)),
@@ -582,9 +571,7 @@ def porting_plan() -> Plan:
             "float32",
             (len(gates), hidden),
             "float32",
-            members=gates,
-            member_shapes=((hidden,),) * len(gates),
-            combine=Stack(0),
+            join=joined(Stack(0), gates, ((hidden,),) * len(gates)),
             source_id="backbone",
         ),
         Assignment(
@@ -597,9 +584,7 @@ def porting_plan() -> Plan:
             "float32",
             (hidden, 192),
             "float32",
-            members=("q", "k", "v"),
-            member_shapes=((hidden, 64),) * 3,
-            combine=Concat(-1),
+            join=joined(Concat(-1), ("q", "k", "v"), ((hidden, 64),) * 3),
             source_id="classifier",
         ),
         Assignment(
@@ -618,7 +603,6 @@ def porting_plan() -> Plan:
     skips = [
         Skip(
             f"h.{i}.attn.bias",
-            "source",
             SkipKind.RULE,
             "causal-mask buffers, not weights",
             rule(11, "masks"),
@@ -630,7 +614,6 @@ def porting_plan() -> Plan:
     skips += [
         Skip(
             "score.bias",
-            "source",
             SkipKind.GUARD,
             "new class count",
             rule(10, "head"),
@@ -642,7 +625,6 @@ def porting_plan() -> Plan:
         ),
         Skip(
             "head/bias",
-            "target",
             SkipKind.KEEP,
             "trained from scratch for the new classes",
             rule(1, "new head", "keep"),
@@ -693,8 +675,10 @@ def porting_plan() -> Plan:
     )
     return Plan(
         rule_files=(file,),
-        source="backbone=PyTorch file gpt2/pytorch_model.bin (174 tensors, 523.8 MiB), "
-        "classifier=safetensors file classifier/model.safetensors (6 tensors)",
+        source=(
+            NamedSource("backbone", "PyTorch file gpt2/pytorch_model.bin (174 tensors, 523.8 MiB)"),
+            NamedSource("classifier", "safetensors file classifier/model.safetensors (6 tensors)"),
+        ),
         target="Keras model 'gpt2_classifier' (139 weights)",
         namespace="path",
         assignments=tuple(assignments),
@@ -1189,9 +1173,7 @@ def combined(target: str, members: tuple[str, ...], *, shapes: tuple[tuple[int, 
         "float32",
         (*shapes[0][:-1], total),
         "float32",
-        members=members,
-        member_shapes=shapes,
-        combine=Concat(-1),
+        join=joined(Concat(-1), members, shapes),
     )
 
 
@@ -1355,7 +1337,7 @@ def test_a_stack_shows_its_member_count() -> None:
     members = tuple(f"h.{i}.gate" for i in LAYERS)
     row = Assignment(
         "gates", "gates", members[0], RuleRef("r.toml", 1), (), (8,), "float32", (12, 8), "float32",
-        members=members, member_shapes=((8,),) * 12, combine=Stack(0),
+        join=joined(Stack(0), members, ((8,),) * 12),
     )  # fmt: skip
     plan = Plan(("r.toml",), "src", "model", "path", assignments=(row,))
     assert assignment_lines(plan) == ["gates  <-  stack[axis 0] h.{0..11}.gate  12 x [8] -> [12, 8]"]
@@ -1368,7 +1350,10 @@ def named_plan() -> Plan:
     rule = RuleRef("r.toml", 1, "copy")
     return Plan(
         ("r.toml",),
-        "backbone=TensorFlow checkpoint a/ckpt-1, head=NumPy file b.npz (2 tensors)",
+        (
+            NamedSource("backbone", "TensorFlow checkpoint a/ckpt-1"),
+            NamedSource("head", "NumPy file b.npz (2 tensors)"),
+        ),
         "model",
         "path",
         assignments=(
@@ -1377,8 +1362,8 @@ def named_plan() -> Plan:
             Assignment("head/w", "head/w", "w", rule, (), (3,), "float32", (3,), "float32", source_id="head"),
         ),
         skips=(
-            Skip("global_step", "source", SkipKind.RULE, "counter", RuleRef("r.toml", 2), (), source_id="backbone"),
-            Skip("global_step", "source", SkipKind.RULE, "counter", RuleRef("r.toml", 2), (), source_id="head"),
+            Skip("global_step", SkipKind.RULE, "counter", RuleRef("r.toml", 2), (), source_id="backbone"),
+            Skip("global_step", SkipKind.RULE, "counter", RuleRef("r.toml", 2), (), source_id="head"),
         ),
         unused_sources=(TensorEntry("extra", (1,), "int8", "head"),),
     )
@@ -1408,8 +1393,8 @@ def test_named_sources_are_listed_in_the_header_and_prefix_every_name() -> None:
     assert "*same names in backbone*" in markdown
 
 
-def test_a_source_description_that_cannot_be_split_still_lists_the_ids() -> None:
-    plan = replace(named_plan(), source="two sources")
+def test_named_sources_without_descriptions_still_list_the_ids() -> None:
+    plan = replace(named_plan(), source=(NamedSource("backbone", ""), NamedSource("head", "")))
     text = render_text(plan)
     assert "  sources     backbone\n              head\n" in text
     assert "- **sources:**\n  - `backbone`: ?\n  - `head`: ?" in render_markdown(plan)
@@ -1455,12 +1440,10 @@ def _row_names(source: str) -> tuple[str, list[str]]:
 @given(porting_assignments())
 @settings(max_examples=150, deadline=None)
 def test_grouped_porting_rows_stand_for_exactly_their_assignments(rows: list[Assignment]) -> None:
-    from mapper.report import _assignment_blocks
-
     plan = Plan(("r.toml",), "src", "model", "path", assignments=tuple(rows))
     by_target = {row.target: row for row in rows}
     covered: list[str] = []
-    for _, block in _assignment_blocks(plan, verbose=False, arrow="->"):
+    for _, block in assignment_blocks(plan, verbose=False, arrow="->"):
         for row in block:
             targets = expand_pattern(row.target)
             assert len(targets) == row.count
@@ -1472,7 +1455,7 @@ def test_grouped_porting_rows_stand_for_exactly_their_assignments(rows: list[Ass
                 assert sorted(names) == sorted(name for member in members for name in member.members)
                 continue
             assert sorted(set(names)) == sorted({member.source for member in members})
-            found = re.search(r"part (\S+)/(\d+)", row.operations)
+            found = re.search(r"part (\S+)/(\d+)", row.operations[0])
             assert found is not None
             parts = sorted(int(number) - 1 for number in expand_pattern(found.group(1)))
             assert parts == sorted({member.operations[0].part for member in members})  # type: ignore[union-attr]

@@ -27,6 +27,9 @@ from mapper.ops import (
 )
 from mapper.plan import (
     Assignment,
+    Join,
+    JoinMember,
+    NamedSource,
     Plan,
     Problem,
     ProblemKind,
@@ -112,7 +115,9 @@ def build_plan(
         state.run()
     return Plan(
         rule_files=(rules.file,),
-        source=source_description or str(getattr(source, "description", "") or "source"),
+        source=tuple(NamedSource(source_id, specs.description) for source_id, specs in source.items())
+        if isinstance(source, SourceSet)
+        else source_description or str(getattr(source, "description", "") or "source"),
         target=target_description or str(getattr(target.variables, "description", "") or "target"),
         namespace=namespace,
         assignments=tuple(state.assignments.values()),
@@ -225,7 +230,7 @@ class _Planner:
         ref = self.refs[index]
         if rule.skip is not None:
             self.skips.append(
-                Skip(spec.name, "source", SkipKind.RULE, rule.skip, ref, source_shape=spec.shape, source_id=source_id)
+                Skip(spec.name, SkipKind.RULE, rule.skip, ref, source_shape=spec.shape, source_id=source_id)
             )
             return
         parts: list[SplitPart | None] = [None]
@@ -291,7 +296,6 @@ class _Planner:
                 self.skips.append(
                     Skip(
                         member.name,
-                        "source",
                         SkipKind.RULE,
                         reason,
                         ref,
@@ -373,9 +377,7 @@ class _Planner:
                 source_dtype=spec.dtype,
                 target_shape=target_spec.shape,
                 target_dtype=target_spec.dtype,
-                members=names if combine is not None else (),
-                member_shapes=tuple(member.shape for member in specs) if combine is not None else (),
-                combine=combine,
+                join=None if combine is None else Join(combine, tuple(JoinMember(m.name, m.shape) for m in specs[1:])),
                 source_id=source_id,
             )
         )
@@ -440,7 +442,6 @@ class _Planner:
             self.skips.append(
                 Skip(
                     name,
-                    "source",
                     SkipKind.RULE,
                     "its target is already filled by an earlier rule",
                     assignment.rule,
@@ -466,7 +467,6 @@ class _Planner:
             self.skips.append(
                 Skip(
                     spec.name,
-                    "source",
                     SkipKind.GUARD,
                     guard.reason or failure,
                     ref,
@@ -511,7 +511,6 @@ class _Planner:
             self.skips.append(
                 Skip(
                     canonical,
-                    "target",
                     SkipKind.KEEP,
                     self.rules.keep[index].reason,
                     self.rules.keep_ref(index),
