@@ -12,6 +12,7 @@ from mapper.report.rows import (
     NameRow,
     clean,
     entry_rows,
+    name_shapes,
     problem_rows,
     prose,
     rule_label,
@@ -80,16 +81,7 @@ def _md_count(count: int) -> str:
 
 
 def _md_shapes(row: NameRow) -> str:
-    parts = []
-    if row.source_shape is not None:
-        parts.append(format_shape(row.source_shape))
-    if row.target_shape is not None:
-        target = f"{_md_code(row.other)} " if row.other else ("target " if parts else "")
-        parts.append(f"{target}{format_shape(row.target_shape)}")
-    elif row.other:
-        parts.append(_md_code(row.other))
-    text = " → ".join(parts) + (f" {row.dtype}" if row.dtype else "")
-    return f"{text}: {_md_text(row.detail)}" if row.detail else text
+    return name_shapes(row, arrow="→", code=_md_code, text=_md_text)
 
 
 def render_markdown(plan: Plan) -> str:

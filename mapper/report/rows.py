@@ -99,6 +99,23 @@ class ProblemRow:
     names: tuple[str, ...]  # grouped names the message does not already show
 
 
+def name_shapes(row: NameRow, *, arrow: str, code: Callable[[str], str], text: Callable[[str], str]) -> str:
+    """A name row's shapes column: ``[10] -> head/w [5]``, the dtype, and what a guard found.
+
+    ``code`` formats a name and ``text`` the guard's finding, as the report's format needs; ``arrow`` is "becomes".
+    """
+    parts = []
+    if row.source_shape is not None:
+        parts.append(format_shape(row.source_shape))
+    if row.target_shape is not None:
+        target = f"{code(row.other)} " if row.other else ("target " if parts else "")
+        parts.append(f"{target}{format_shape(row.target_shape)}")
+    elif row.other:
+        parts.append(code(row.other))
+    shown = f" {arrow} ".join(parts) + (f" {row.dtype}" if row.dtype else "")
+    return f"{shown}: {text(row.detail)}" if row.detail else shown
+
+
 def source_prefix(source_id: str | None) -> str:
     """``backbone:`` before a name (or pattern) of a named source; nothing for single-source plans."""
     return "" if source_id is None else escape(source_id) + ":"
@@ -257,6 +274,7 @@ __all__ = [
     "clean",
     "entry_rows",
     "name_rows",
+    "name_shapes",
     "problem_rows",
     "prose",
     "rule_label",

@@ -13,6 +13,7 @@ from mapper.report.rows import (
     NameRow,
     clean,
     entry_rows,
+    name_shapes,
     problem_rows,
     prose,
     rule_label,
@@ -20,7 +21,6 @@ from mapper.report.rows import (
     summary_parts,
     verdict,
 )
-from mapper.specs import format_shape
 from mapper.text import human_bytes, plural
 
 # Narrowest text report we lay out; narrower requests are widened to this.
@@ -337,16 +337,7 @@ class _TextReport:
 
     @staticmethod
     def shapes(row: NameRow) -> str:
-        parts = []
-        if row.source_shape is not None:
-            parts.append(format_shape(row.source_shape))
-        if row.target_shape is not None:
-            target = f"{clean(row.other)} " if row.other else ("target " if parts else "")
-            parts.append(f"{target}{format_shape(row.target_shape)}")
-        elif row.other:
-            parts.append(clean(row.other))
-        text = " -> ".join(parts) + (f" {row.dtype}" if row.dtype else "")
-        return f"{text}: {prose(row.detail)}" if row.detail else text
+        return name_shapes(row, arrow="->", code=clean, text=prose)
 
 
 def render_text(plan: Plan, *, color: bool = False, width: int = 100, verbose: bool = False) -> str:
