@@ -27,7 +27,7 @@ from mapper.outputs.writers import (
     open_writer,
     output_format,
 )
-from mapper.plan import ProblemKind
+from mapper.plan import NamedSource, ProblemKind
 from mapper.plan.conversion import OPEN_TARGET, open_target, plan_conversion
 from mapper.rules import parse_rules
 from mapper.run.convert import ConvertResult, write_plan
@@ -705,7 +705,7 @@ def test_plan_conversion_accepts_named_specs() -> None:
 
     plan = plan_conversion(rules, specs)
 
-    assert plan.ok and plan.source == "backbone=b.ckpt"
+    assert plan.ok and plan.source == (NamedSource("backbone", "b.ckpt"),)
     assert [(a.source_id, a.target_key) for a in plan.assignments] == [("backbone", "backbone/w")]
 
 

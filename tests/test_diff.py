@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 import pytest
-from golden_files import assert_golden
+from golden_files import GOLDEN, assert_golden
 
 from mapper.authoring.diff import diff_plans, load_plan_for_diff, render_diff
 from mapper.errors import PlanError
@@ -69,12 +69,12 @@ def test_identical_plans_have_no_diff() -> None:
 
 def test_diff_refuses_other_format_versions() -> None:
     text = json.loads(_plan(2).to_json())  # type: ignore[attr-defined]
-    text["format"] = 2
+    text["format"] = 3
     with pytest.raises(PlanError) as caught:
         load_plan_for_diff(json.dumps(text), "new.json")
-    assert "new.json: plan format 2 is not supported" in str(caught.value)
+    assert "new.json: plan format 3 is not supported" in str(caught.value)
     old = _plan(2)
-    with pytest.raises(PlanError, match="cannot diff a plan of format 1 with one of format 7"):
+    with pytest.raises(PlanError, match="cannot diff a plan of format 2 with one of format 7"):
         diff_plans(old, dataclasses.replace(old, format=7))  # type: ignore[type-var]
 
 
@@ -83,3 +83,19 @@ def test_a_json_report_can_be_diffed() -> None:
 
     plan = _plan(2)
     assert load_plan_for_diff(render_json(plan), "report.json") == plan  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fixture", ["plan_v1_named_sources.json", "report_v1_named_sources.json"])
+def test_a_format_1_plan_or_report_diffs_against_format_2(fixture: str) -> None:
+    # Written by the format-1 code from the plan test_plan.named_sources_plan() builds today.
+    from test_plan import named_sources_plan
+
+    from mapper.report import render_json
+
+    old = load_plan_for_diff((GOLDEN / fixture).read_text(encoding="utf-8"), fixture)
+    plan = named_sources_plan()
+    assert old == plan
+    for new in (plan.to_json(), render_json(plan)):
+        assert diff_plans(old, load_plan_for_diff(new, "new.json")).empty
+    changed = dataclasses.replace(plan, assignments=plan.assignments[1:])
+    assert [a.target for a in diff_plans(old, changed).removed] == [plan.assignments[0].target]

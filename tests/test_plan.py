@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import get_args
 
 import pytest
+from golden_files import GOLDEN
 
 from mapper.errors import MapperError, PlanError
 from mapper.ops import Cast, Combine, Concat, Operation, Rearrange, Reshape, Slice, SplitPart, Stack, Transpose
 from mapper.plan import (
     PLAN_FORMAT,
     Assignment,
+    Join,
+    JoinMember,
+    NamedSource,
     Plan,
     Problem,
     ProblemKind,
@@ -61,9 +66,7 @@ def full_plan() -> Plan:
                 "float32",
                 (6, 2, 1),
                 "float32",
-                members=("experts.0.w", "experts.1.w"),
-                member_shapes=((1, 4, 12), (1, 4, 12)),
-                combine=Stack(0),
+                join=Join(Stack(0), (JoinMember("experts.1.w", (1, 4, 12)),)),
                 source_id="backbone",
             ),
             Assignment(
@@ -76,16 +79,13 @@ def full_plan() -> Plan:
                 "float32",
                 (8,),
                 "float32",
-                members=("q", "k"),
-                member_shapes=((4,), (4,)),
-                combine=Concat(0),
+                join=Join(Concat(0), (JoinMember("k", (4,)),)),
             ),
         ),
         skips=(
-            Skip("global_step", "source", SkipKind.RULE, "step counter", RuleRef("rules/a.toml", 2), source_shape=()),
+            Skip("global_step", SkipKind.RULE, "step counter", RuleRef("rules/a.toml", 2), source_shape=()),
             Skip(
                 "cls/w",
-                "source",
                 SkipKind.GUARD,
                 "new class count",
                 RULE,
@@ -94,8 +94,8 @@ def full_plan() -> Plan:
                 target="head/w",
                 detail="shape [10, 4] does not equal the target's [5, 4]",
             ),
-            Skip("head/b", "target", SkipKind.KEEP, "fresh head", KEEP, target_shape=(5,)),
-            Skip("opt/m", "source", SkipKind.RULE, "optimizer", RULE, source_shape=(2,), source_id="head"),
+            Skip("head/b", SkipKind.KEEP, "fresh head", KEEP, target_shape=(5,)),
+            Skip("opt/m", SkipKind.RULE, "optimizer", RULE, source_shape=(2,), source_id="head"),
         ),
         unused_sources=(TensorEntry("extra/w", (3, 3), "float16"), TensorEntry("x", (1,), "int8", "head")),
         unfilled_targets=(TensorEntry("new/scale", (7,), "bfloat16"),),
@@ -118,6 +118,61 @@ def full_plan() -> Plan:
             ]
         ),
     )
+
+
+def named_sources_plan() -> Plan:
+    """A real planner plan over two named sources: a copy, a concat group, a split, a guard skip, a skip and a keep."""
+    from mapper.plan.planner import build_plan
+    from mapper.rules import parse_rules
+    from mapper.specs import SourceSet, TargetMap, TensorSpec, VariableMap
+
+    rules = parse_rules(
+        "format = 1\n"
+        '[[rules]]\nname = "encoder"\nsource = "backbone"\nmatch = "enc/(?P<rest>.*)"\ntarget = "encoder/{rest}"\n'
+        '[[rules]]\nname = "qkv"\nsource = "backbone"\nmatch = "attn/(?P<p>[qkv])"\ntarget = "attn/qkv"\n'
+        'concat = { axis = 0, by = "p", members = ["q", "k", "v"] }\n'
+        '[[rules]]\nname = "fused"\nsource = "head"\nmatch = "fused"\ntargets = ["head/a", "head/b"]\n'
+        "split = { axis = 0, parts = 2 }\n"
+        '[[rules]]\nname = "classes"\nsource = "head"\nmatch = "cls/(?P<rest>.*)"\ntarget = "classes/{rest}"\n'
+        'guard = { same_shape = true, on_fail = "skip", reason = "new class count" }\n'
+        '[[rules]]\nmatch = "global_step"\nskip = "training counter"\n'
+        '[[keep]]\nmatch = "head/b"\nreason = "fresh"\n',
+        file="rules/named.toml",
+    )
+
+    def specs(*items: tuple[str, tuple[int, ...]], description: str) -> VariableMap:
+        return VariableMap((TensorSpec(name, shape, "float32") for name, shape in items), description=description)
+
+    sources = SourceSet(
+        {
+            "backbone": specs(
+                ("enc/w", (2, 3)),
+                ("attn/q", (2, 4)),
+                ("attn/k", (1, 4)),
+                ("attn/v", (1, 4)),
+                ("global_step", ()),
+                description="TensorFlow checkpoint bb/ckpt-1",
+            ),
+            "head": specs(
+                ("fused", (4,)),
+                ("cls/w", (10,)),
+                ("global_step", ()),
+                ("extra", (1,)),
+                description="safetensors file head.safetensors (4 tensors)",
+            ),
+        }
+    )
+    target = TargetMap(
+        specs(
+            ("encoder/w", (2, 3)),
+            ("attn/qkv", (4, 4)),
+            ("head/a", (2,)),
+            ("head/b", (2,)),
+            ("classes/w", (5,)),
+            description="model",
+        )
+    )
+    return build_plan(rules, sources, target)
 
 
 def test_full_plan_covers_every_kind() -> None:
@@ -190,9 +245,10 @@ def test_empty_plan_round_trips() -> None:
 @pytest.mark.parametrize(
     ("text", "shown"),
     [
-        pytest.param(lambda data: {**data, "format": 2}, "2", id="newer-version"),
+        pytest.param(lambda data: {**data, "format": 3}, "3", id="newer-version"),
         pytest.param(lambda data: {**data, "format": 0}, "0", id="older-version"),
         pytest.param(lambda data: {**data, "format": "1"}, "'1'", id="version-as-string"),
+        pytest.param(lambda data: {**data, "format": True}, "True", id="version-as-boolean"),
         pytest.param(
             lambda data: {key: value for key, value in data.items() if key != "format"}, "None", id="no-version"
         ),
@@ -207,7 +263,7 @@ def test_from_json_of_another_format_is_a_plan_error(text, shown: str) -> None: 
     assert isinstance(caught.value, ValueError)
     message = str(caught.value)
     assert f"plan format {shown} is not supported" in message
-    assert f"reads format {PLAN_FORMAT}" in message
+    assert "reads formats 1 and 2" in message
     assert "re-create the plan" in message
     assert caught.value.problems == ()
     assert caught.value.plan is None
@@ -309,3 +365,106 @@ def test_from_json_of_garbage_is_a_plan_error(text: str, shown: str) -> None:
     with pytest.raises(PlanError) as caught:
         Plan.from_json(text)
     assert shown in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Format 2: named sources, joins and skips as data; format 1 still read
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fixture", "make"),
+    [("plan_v1_full.json", full_plan), ("plan_v1_named_sources.json", named_sources_plan)],
+    ids=["full", "named-sources"],
+)
+def test_a_format_1_plan_reads_as_the_plan_it_was_written_from(fixture: str, make: Callable[[], Plan]) -> None:
+    # The fixtures were written by the format-1 code (commit 9b38209) from these same plans.
+    old = Plan.from_json((GOLDEN / fixture).read_text(encoding="utf-8"))
+    plan = make()
+    assert old == plan
+    assert old == Plan.from_json(plan.to_json())
+    assert old.format == PLAN_FORMAT == 2
+    assert old.to_json() == plan.to_json()
+
+
+def test_named_sources_are_records() -> None:
+    plan = named_sources_plan()
+    assert plan.source == (
+        NamedSource("backbone", "TensorFlow checkpoint bb/ckpt-1"),
+        NamedSource("head", "safetensors file head.safetensors (4 tensors)"),
+    )
+    assert plan.named_sources == plan.source
+    assert full_plan().named_sources == ()
+    assert json.loads(plan.to_json())["source"] == [
+        {"id": "backbone", "description": "TensorFlow checkpoint bb/ckpt-1"},
+        {"id": "head", "description": "safetensors file head.safetensors (4 tensors)"},
+    ]
+
+
+def test_a_skip_side_follows_from_its_kind() -> None:
+    sides = {(skip.kind, skip.side) for plan in (full_plan(), named_sources_plan()) for skip in plan.skips}
+    assert sides == {(SkipKind.RULE, "source"), (SkipKind.GUARD, "source"), (SkipKind.KEEP, "target")}
+    assert all("side" not in skip for skip in json.loads(full_plan().to_json())["skips"])
+
+
+def test_a_join_is_described_once() -> None:
+    (joined,) = [a for a in named_sources_plan().assignments if a.join is not None]
+    assert (joined.source, joined.source_shape) == ("attn/q", (2, 4))
+    assert joined.join == Join(Concat(0), (JoinMember("attn/k", (1, 4)), JoinMember("attn/v", (1, 4))))
+    assert joined.source_names == joined.members == ("attn/q", "attn/k", "attn/v")
+    assert joined.source_shapes == joined.member_shapes == ((2, 4), (1, 4), (1, 4))
+    assert joined.combine == Concat(0)
+    data = json.loads(named_sources_plan().to_json())["assignments"]
+    assert [item["join"] for item in data if item["join"]] == [
+        {
+            "combine": {"axis": 0, "kind": "concat"},
+            "others": [{"name": "attn/k", "shape": [1, 4]}, {"name": "attn/v", "shape": [1, 4]}],
+        }
+    ]
+    assert not {"members", "member_shapes", "combine"} & {key for item in data for key in item}
+    plain = full_plan().assignments[1]
+    assert (plain.join, plain.combine, plain.members, plain.member_shapes) == (None, None, (), ())
+    assert (plain.source_names, plain.source_shapes) == (("old/w",), ((),))
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        pytest.param(
+            "backbone=a.ckpt, head=b, c.npz",
+            (NamedSource("backbone", "a.ckpt"), NamedSource("head", "b, c.npz")),
+            id="comma-in-a-description",
+        ),
+        pytest.param(
+            "backbone=a.ckpt, two more",
+            (NamedSource("backbone", "a.ckpt, two more"), NamedSource("head", "")),
+            id="one-not-named",
+        ),
+        pytest.param("two sources", "two sources", id="no-id-named"),
+    ],
+)
+def test_format_1_named_sources_are_read_from_their_text(source: str, expected: object) -> None:
+    data = json.loads((GOLDEN / "plan_v1_named_sources.json").read_text(encoding="utf-8"))
+    assert Plan.from_json(json.dumps({**data, "source": source})).source == expected
+
+
+def test_a_format_1_plan_over_one_source_keeps_its_description() -> None:
+    data = json.loads((GOLDEN / "plan_v1_full.json").read_text(encoding="utf-8"))
+    # Its records carry source ids (a hand-made plan), but its description names none: it stays a description.
+    assert Plan.from_json(json.dumps(data)).source == "ckpt/model.ckpt-100"
+    bare = {**data, "assignments": [], "skips": [], "unused_sources": []}
+    assert Plan.from_json(json.dumps(bare)).source == "ckpt/model.ckpt-100"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"assignments": [3]}, id="assignment-not-an-object"),
+        pytest.param({"skips": ["x"]}, id="skip-not-an-object"),
+        pytest.param({"assignments": [{"combine": {"kind": "concat", "axis": 0}, "members": 3}]}, id="bad-members"),
+    ],
+)
+def test_a_broken_format_1_plan_is_a_plan_error(change: dict[str, object]) -> None:
+    data = json.loads((GOLDEN / "plan_v1_full.json").read_text(encoding="utf-8"))
+    with pytest.raises(PlanError, match="not a valid plan"):
+        Plan.from_json(json.dumps({**data, **change}))

@@ -128,8 +128,8 @@ def test_skip_rules_record_their_reason_and_shape() -> None:
     plan = build_plan(rules, source, targets(("d/w", (2, 2))))
     assert plan.ok, plan.problems
     assert plan.skips == (
-        Skip("global_step", "source", SkipKind.RULE, "training counter", ref(1, "step"), source_shape=()),
-        Skip("d/w/adam_m", "source", SkipKind.RULE, "optimizer slot", ref(2), source_shape=(2, 2)),
+        Skip("global_step", SkipKind.RULE, "training counter", ref(1, "step"), source_shape=()),
+        Skip("d/w/adam_m", SkipKind.RULE, "optimizer slot", ref(2), source_shape=(2, 2)),
     )
     assert plan.counts()["skipped_by_rule"] == 2
     assert [a.source for a in plan.assignments] == ["d/w"]
@@ -579,13 +579,12 @@ def test_keep_rules_leave_targets_at_their_initial_value() -> None:
     assert plan.skips == (
         Skip(
             "head/kernel",
-            "target",
             SkipKind.KEEP,
             "new head for 5 classes",
             ref(1, "head", "keep"),
             target_shape=(2, 5),
         ),
-        Skip("head/bias", "target", SkipKind.KEEP, "new head for 5 classes", ref(1, "head", "keep"), target_shape=(5,)),
+        Skip("head/bias", SkipKind.KEEP, "new head for 5 classes", ref(1, "head", "keep"), target_shape=(5,)),
     )
     assert plan.counts()["kept_by_rule"] == 2
 

@@ -27,7 +27,7 @@ from mapper.ops import (
     combine_values,
     infer_all,
 )
-from mapper.plan import Assignment, Plan, Problem, ProblemKind, RuleRef, Severity, Skip, SkipKind
+from mapper.plan import Assignment, NamedSource, Plan, Problem, ProblemKind, RuleRef, Severity, Skip, SkipKind
 from mapper.plan.planner import build_plan
 from mapper.rules import RuleSet, parse_rules
 from mapper.specs import SourceSet, TargetMap, TensorSpec, VariableMap
@@ -725,7 +725,7 @@ def test_keep_rules_against_split_targets() -> None:
     assert (source_skip.name, source_skip.target, source_skip.rule) == ("c_attn", "key", ref(1, "c_attn"))
     assert "target 'key' is kept at its initial value by porting.toml keep rule 1 ('fresh key')" in source_skip.reason
     assert by_side["target", SkipKind.KEEP] == Skip(
-        "key", "target", SkipKind.KEEP, "trained from scratch", ref(1, "fresh key", "keep"), target_shape=(2, 2)
+        "key", SkipKind.KEEP, "trained from scratch", ref(1, "fresh key", "keep"), target_shape=(2, 2)
     )
 
 
@@ -806,7 +806,7 @@ def test_rules_read_their_own_source_and_rules_without_one_read_every_source() -
     plan = build_plan(ruleset(NAMED, {"unused_source": "warn"}), sources, target)
     assert snapshot(sources["backbone"], sources["head"], target) == before
     assert plan.ok, plan.problems
-    assert plan.source == "backbone=bb.ckpt, head=head.safetensors"
+    assert plan.source == (NamedSource("backbone", "bb.ckpt"), NamedSource("head", "head.safetensors"))
     assert [(a.source_id, a.source, a.target) for a in plan.assignments] == [
         ("backbone", "enc/w", "encoder/w"),
         ("head", "dense/kernel", "head/dense/kernel"),

@@ -74,7 +74,7 @@ def load_plan_for_diff(text: str, label: str) -> Plan:
         >>> load_plan_for_diff('{"format": 9}', "old.json")
         Traceback (most recent call last):
         ...
-        mapper.errors.PlanError: old.json: plan format 9 is not supported (this weight-mapper reads format 1); re-create the plan with this version
+        mapper.errors.PlanError: old.json: plan format 9 is not supported (this weight-mapper reads formats 1 and 2); re-create the plan with this version
     """
     try:
         data = json.loads(text)

@@ -3,6 +3,9 @@
 from mapper.plan.model import (
     PLAN_FORMAT,
     Assignment,
+    Join,
+    JoinMember,
+    NamedSource,
     Plan,
     Problem,
     ProblemKind,
@@ -15,6 +18,9 @@ from mapper.rules.ref import RuleRef
 
 __all__ = [
     "PLAN_FORMAT",
+    "Join",
+    "JoinMember",
+    "NamedSource",
     "Assignment",
     "Plan",
     "Problem",

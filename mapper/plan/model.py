@@ -8,7 +8,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mapper.dtypes import DTYPE_SIZES
 from mapper.ops import Combine, Operation
@@ -17,7 +17,51 @@ from mapper.rules.ref import RuleRef
 if TYPE_CHECKING:
     from pydantic import TypeAdapter
 
-PLAN_FORMAT = 1
+# Format 2 (this one) describes named sources and joins as records and drops Skip.side; format 1 is still read.
+PLAN_FORMAT = 2
+READS_FORMATS = (1, 2)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinMember:
+    """A source tensor a concat or stack joins after the assignment's own source.
+
+    Example:
+        >>> JoinMember("attn.k.weight", (256, 768)).shape
+        (256, 768)
+    """
+
+    name: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """How an assignment joins its source with further tensors (same dtype), before its operations run.
+
+    The assignment's ``source`` and ``source_shape`` are the first member; ``others`` are the rest, in order.
+
+    Example:
+        >>> from mapper.ops import Concat
+        >>> Join(Concat(0), (JoinMember("k", (1, 4)), JoinMember("v", (1, 4)))).combine.describe()
+        'concat[axis 0]'
+    """
+
+    combine: Combine
+    others: tuple[JoinMember, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NamedSource:
+    """One source of a plan over several named sources: the id rules choose it by, and how reports name it.
+
+    Example:
+        >>> NamedSource("backbone", "TensorFlow checkpoint runs/ckpt-1").id
+        'backbone'
+    """
+
+    id: str
+    description: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,22 +86,42 @@ class Assignment:
     source_dtype: str
     target_shape: tuple[int, ...]
     target_dtype: str
-    # Concat/stack: every source tensor joined, in order (``source`` is the first), and their shapes.
-    members: tuple[str, ...] = ()
-    member_shapes: tuple[tuple[int, ...], ...] = ()
-    combine: Combine | None = None
-    # Plans over several named sources: which one ``source`` (and ``members``) belong to.
+    # Concat/stack: the tensors joined after ``source``, and how.
+    join: Join | None = None
+    # Plans over several named sources: which one ``source`` (and the join's members) belong to.
     source_id: str | None = None
 
     @property
     def transformed(self) -> bool:
         """Whether any operation runs on the way."""
-        return bool(self.operations) or self.combine is not None
+        return bool(self.operations) or self.join is not None
+
+    @property
+    def combine(self) -> Combine | None:
+        """The join's concat or stack, None for an assignment from one tensor."""
+        return None if self.join is None else self.join.combine
 
     @property
     def source_names(self) -> tuple[str, ...]:
         """Every source tensor this assignment reads, in order."""
-        return self.members or (self.source,)
+        others = () if self.join is None else tuple(member.name for member in self.join.others)
+        return (self.source, *others)
+
+    @property
+    def source_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The shape of each of ``source_names``."""
+        others = () if self.join is None else tuple(member.shape for member in self.join.others)
+        return (self.source_shape, *others)
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """A join's members in order (``source`` first); () for an assignment from one tensor."""
+        return () if self.join is None else self.source_names
+
+    @property
+    def member_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The shape of each of ``members``; () for an assignment from one tensor."""
+        return () if self.join is None else self.source_shapes
 
 
 class SkipKind(str, enum.Enum):
@@ -72,13 +136,14 @@ class SkipKind(str, enum.Enum):
 class Skip:
     """A source tensor or target variable deliberately not used, with the reason a report shows.
 
+    A keep leaves a target variable; the other kinds leave a source tensor (``side`` says which).
+
     Example:
-        >>> Skip("global_step", "source", SkipKind.RULE, "optimizer state", RuleRef("r.toml", 3)).side
+        >>> Skip("global_step", SkipKind.RULE, "optimizer state", RuleRef("r.toml", 3)).side
         'source'
     """
 
     name: str
-    side: Literal["source", "target"]
     kind: SkipKind
     reason: str
     rule: RuleRef
@@ -87,6 +152,11 @@ class Skip:
     target: str | None = None  # for a guard skip: the target the rule named
     detail: str | None = None  # for a guard skip: what the guard found, e.g. "shape [10] is not [5]"
     source_id: str | None = None  # plans over several named sources: which one ``name`` belongs to
+
+    @property
+    def side(self) -> Literal["source", "target"]:
+        """Whether ``name`` is a source tensor or a target variable."""
+        return "target" if self.kind is SkipKind.KEEP else "source"
 
 
 class Severity(str, enum.Enum):
@@ -158,6 +228,8 @@ class TensorEntry:
 class Plan:
     """Everything an executor will do and everything it will leave, decided before any tensor is read.
 
+    ``source`` describes the one source, or lists the named sources of a plan over several.
+
     Example:
         >>> plan = Plan(rule_files=("r.toml",), source="ckpt", target="model", namespace="path")
         >>> plan.ok, plan.counts()["mapped"]
@@ -165,7 +237,7 @@ class Plan:
     """
 
     rule_files: tuple[str, ...]
-    source: str
+    source: str | tuple[NamedSource, ...]
     target: str
     namespace: str
     assignments: tuple[Assignment, ...] = ()
@@ -225,7 +297,7 @@ class Plan:
         sizes = {
             (a.source_id, name): math.prod(shape) * DTYPE_SIZES.get(a.source_dtype, 0)
             for a in self.assignments
-            for name, shape in zip(a.source_names, a.member_shapes or (a.source_shape,), strict=True)
+            for name, shape in zip(a.source_names, a.source_shapes, strict=True)
         }
         return sum(sizes.values())
 
@@ -241,7 +313,13 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Plan:
-        """Read a plan written by ``to_json``; raises PlanError on another format version."""
+        """Read a plan written by ``to_json`` (this format or format 1); raises PlanError on any other.
+
+        Example:
+            >>> old = '{"format": 1, "rule_files": [], "source": "s", "target": "t", "namespace": "path"}'
+            >>> Plan.from_json(old) == Plan(rule_files=(), source="s", target="t", namespace="path")
+            True
+        """
         import json
 
         from pydantic import ValidationError
@@ -253,13 +331,16 @@ class Plan:
         except json.JSONDecodeError as error:
             raise PlanError(f"not a plan: invalid JSON: {error}", problems=(), plan=None) from None
         version = data.get("format") if isinstance(data, dict) else None
-        if version != PLAN_FORMAT:
+        if type(version) is not int or version not in READS_FORMATS:
             raise PlanError(
-                f"plan format {version!r} is not supported (this weight-mapper reads format {PLAN_FORMAT}); "
+                f"plan format {version!r} is not supported (this weight-mapper reads formats "
+                f"{' and '.join(map(str, READS_FORMATS))}); "
                 "re-create the plan with this version",
                 problems=(),
                 plan=None,
             )
+        if version == 1:
+            data = _from_format_1(data)
         try:
             return _adapter().validate_python(data)
         except ValidationError as error:
@@ -269,9 +350,93 @@ class Plan:
                 f"not a valid plan: {where}: {first['msg']} ({error.error_count()} problems)", problems=(), plan=None
             ) from None
 
+    @property
+    def named_sources(self) -> tuple[NamedSource, ...]:
+        """The named sources of a plan over several; () for a plan over one source."""
+        return () if isinstance(self.source, str) else self.source
+
 
 @functools.cache
 def _adapter() -> TypeAdapter[Plan]:
     from pydantic import TypeAdapter
 
     return TypeAdapter(Plan)
+
+
+# --- format 1 ------------------------------------------------------------------------------------------------------
+# Format 1 held named sources as "id=description, id=description", each join in three fields (its first member
+# also being the assignment's source) and each skip's side beside the kind that decides it.
+
+
+def _from_format_1(data: dict[str, Any]) -> dict[str, Any]:
+    """Format-1 plan data rewritten as format 2; anything unexpected is left for validation to report."""
+    result = {**data, "format": PLAN_FORMAT}
+    assignments = data.get("assignments")
+    if isinstance(assignments, list):
+        result["assignments"] = [_assignment_from_format_1(item) for item in assignments]
+    skips = data.get("skips")
+    if isinstance(skips, list):
+        result["skips"] = [
+            {key: value for key, value in item.items() if key != "side"} if isinstance(item, dict) else item
+            for item in skips
+        ]
+    if isinstance(data.get("source"), str):
+        named = _named_sources_from_format_1(data["source"], _source_ids(data))
+        if named:
+            result["source"] = named
+    return result
+
+
+def _assignment_from_format_1(item: object) -> object:
+    if not isinstance(item, dict):
+        return item
+    result = {key: value for key, value in item.items() if key not in ("members", "member_shapes", "combine")}
+    members, shapes, combine = item.get("members") or [], item.get("member_shapes") or [], item.get("combine")
+    if combine is None:
+        result["join"] = None
+    elif isinstance(members, list) and isinstance(shapes, list):
+        others = [{"name": name, "shape": shape} for name, shape in zip(members[1:], shapes[1:], strict=False)]
+        result["join"] = {"combine": combine, "others": others}
+    return result
+
+
+def _source_ids(data: dict[str, Any]) -> set[str]:
+    """The source ids format-1 records carry (a plan over one source carries none)."""
+    records = [
+        record
+        for key in ("assignments", "skips", "unused_sources")
+        if isinstance(data.get(key), list)
+        for record in data[key]
+        if isinstance(record, dict)
+    ]
+    return {record["source_id"] for record in records if isinstance(record.get("source_id"), str)}
+
+
+def _named_sources_from_format_1(text: str, ids: set[str]) -> list[dict[str, str]]:
+    """``[{id, description}]`` from format 1's ``id=description, id=description``.
+
+    An id the text does not name gets ""; a text that names no id is a plain description (a hand-made plan), so
+    the result is empty.
+
+    Example:
+        >>> _named_sources_from_format_1("a=x.ckpt, b=y, z.npz", {"a", "b"})
+        [{'id': 'a', 'description': 'x.ckpt'}, {'id': 'b', 'description': 'y, z.npz'}]
+        >>> _named_sources_from_format_1("two sources", {"a", "b"})
+        []
+    """
+    import re
+
+    starts = sorted(
+        (found.start(), found.end(), source_id)
+        for source_id in ids
+        for found in [re.search(rf"(?:^|(?<=, )){re.escape(source_id)}=", text)]
+        if found is not None
+    )
+    if not starts:
+        return []
+    described: dict[str, str] = {}
+    for position, (_, end, source_id) in enumerate(starts):
+        stop = starts[position + 1][0] - len(", ") if position + 1 < len(starts) else len(text)
+        described[source_id] = text[end:stop]
+    order = [source_id for _, _, source_id in starts] + sorted(ids - set(described))
+    return [{"id": source_id, "description": described.get(source_id, "")} for source_id in order]

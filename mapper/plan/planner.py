@@ -13,6 +13,9 @@ from mapper.errors import OperationError, TargetError
 from mapper.ops import Combine, Operation, SplitPart
 from mapper.plan import (
     Assignment,
+    Join,
+    JoinMember,
+    NamedSource,
     Plan,
     Problem,
     ProblemKind,
@@ -89,7 +92,9 @@ def build_plan(
         state.run()
     return Plan(
         rule_files=(rules.file,),
-        source=source_description or str(getattr(source, "description", "") or "source"),
+        source=tuple(NamedSource(source_id, specs.description) for source_id, specs in source.items())
+        if isinstance(source, SourceSet)
+        else source_description or str(getattr(source, "description", "") or "source"),
         target=target_description or str(getattr(target.variables, "description", "") or "target"),
         namespace=namespace,
         assignments=tuple(state.assignments.values()),
@@ -195,7 +200,7 @@ class _Planner:
         ref = self.refs[index]
         if rule.skip is not None:
             self.skips.append(
-                Skip(spec.name, "source", SkipKind.RULE, rule.skip, ref, source_shape=spec.shape, source_id=source_id)
+                Skip(spec.name, SkipKind.RULE, rule.skip, ref, source_shape=spec.shape, source_id=source_id)
             )
             return
         parts: list[SplitPart | None] = [None]
@@ -264,9 +269,7 @@ class _Planner:
                 source_dtype=spec.dtype,
                 target_shape=target_spec.shape,
                 target_dtype=target_spec.dtype,
-                members=names if combine is not None else (),
-                member_shapes=tuple(member.shape for member in specs) if combine is not None else (),
-                combine=combine,
+                join=None if combine is None else Join(combine, tuple(JoinMember(m.name, m.shape) for m in specs[1:])),
                 source_id=source_id,
             )
         )
@@ -283,7 +286,6 @@ class _Planner:
             self.skips.append(
                 Skip(
                     member.name,
-                    "source",
                     SkipKind.RULE,
                     reason,
                     ref,
@@ -402,7 +404,6 @@ class _Planner:
             self.skips.append(
                 Skip(
                     name,
-                    "source",
                     SkipKind.RULE,
                     "its target is already filled by an earlier rule",
                     assignment.rule,
@@ -428,7 +429,6 @@ class _Planner:
             self.skips.append(
                 Skip(
                     spec.name,
-                    "source",
                     SkipKind.GUARD,
                     guard.reason or failure,
                     ref,
@@ -473,7 +473,6 @@ class _Planner:
             self.skips.append(
                 Skip(
                     canonical,
-                    "target",
                     SkipKind.KEEP,
                     self.rules.keep[index].reason,
                     self.rules.keep_ref(index),
