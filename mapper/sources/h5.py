@@ -230,7 +230,7 @@ def member(path: str, group: Any, key: str) -> Any:
         >>> file.close(); tmp.cleanup()
     """
     item = group
-    walked = []
+    walked = [part for part in str(group.name).split("/") if part]  # named from the file's root in messages
     for step in key.split("/"):
         walked.append(step)
         link = item.get(step, getlink=True) if hasattr(item, "keys") else None

@@ -235,7 +235,7 @@ def _read_entry(handle: io.RawIOBase, entry: _Entry) -> np.ndarray:
     storage = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
     start = -storage.ctypes.data % ALIGNMENT
     buffer = storage[start : start + nbytes]
-    view = memoryview(buffer)
+    view = memoryview(buffer.data)
     handle.seek(entry.begin)
     done = 0
     while done < nbytes:
