@@ -87,7 +87,7 @@ def test_safetensors_every_dtype(tmp_path: Path) -> None:
     assert source.description == str(path)
     assert source.files == (str(path),) and source.index is None
     read = source.read(["dense/kernel", "embed/bf16"])
-    assert not read["dense/kernel"].flags.writeable  # zero-copy views of a read-only map
+    assert not read["dense/kernel"].flags.writeable  # read-only arrays, as the views of a map were
     assert read["embed/bf16"].dtype == ml_dtypes.bfloat16
     assert detect_format(path) == "safetensors"
     assert isinstance(open_source(path), SafetensorsSource)

@@ -6,10 +6,11 @@ import difflib
 import importlib
 import json
 import os
+import reprlib
 import sys
 import zipfile
-from collections.abc import Collection, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,10 @@ from mapper.text import quoted
 # Index files (``model.safetensors.index.json``) larger than this are not shard indexes.
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+# Header entries in messages: enough to recognise one, never a whole (possibly huge or deeply nested) value.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple = 3, 8, 8, 8
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 80, 80, 40
 
 
 def check_names(names: Sequence[str], known: Collection[str], *, what: str, path: str) -> list[str]:
@@ -83,6 +88,34 @@ def zip_members(path: str) -> list[str] | None:
         return None
 
 
+def parse_json(text: str | bytes, *, object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None) -> Any:
+    """``json.loads`` that reports nesting too deep to parse (RecursionError) as a ValueError.
+
+    Example:
+        >>> parse_json('{"a": [1]}')
+        {'a': [1]}
+        >>> parse_json("[" * 100_000 + "]" * 100_000)
+        Traceback (most recent call last):
+        ValueError: it nests arrays or objects too deeply to parse
+    """
+    try:
+        return json.loads(text, object_pairs_hook=object_pairs_hook)
+    except RecursionError:
+        raise ValueError("it nests arrays or objects too deeply to parse") from None
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)``, shortened where it is long or deeply nested, for messages about damaged files.
+
+    Example:
+        >>> short_repr({"dtype": "F32", "shape": [2, 3]})
+        "{'dtype': 'F32', 'shape': [2, 3]}"
+        >>> short_repr([[[[[1]]]]])
+        '[[[[...]]]]'
+    """
+    return _SHORT.repr(value)
+
+
 def index_weight_map(path: str, *, what: str) -> dict[str, str]:
     """The ``weight_map`` of a Hugging Face shard index (``*.index.json``): ``{tensor name: shard file name}``.
 
@@ -104,7 +137,7 @@ def index_weight_map(path: str, *, what: str) -> dict[str, str]:
     try:
         if Path(path).stat().st_size > MAX_INDEX_BYTES:
             raise ValueError(f"it has more than {MAX_INDEX_BYTES} bytes")
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        document = parse_json(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise CorruptSourceError(
             f"cannot read {what} shard index {path!r}: {error}; it should be the JSON file that names each "
@@ -138,25 +171,85 @@ def weight_map_suffixes(path: str) -> set[str] | None:
 
 
 def shard_files(index: str, weight_map: Mapping[str, str], *, what: str) -> list[str]:
-    """The shard files an index names, in first-use order, resolved beside it; CorruptSourceError if one is missing.
+    """The shard files an index names, in first-use order, beside it; every name is checked before any is opened.
+
+    A shard name must be a plain relative name inside the index's directory (see ``shard_path``).
+
+    Raises:
+        SourceError: a shard name leaves the index's directory; nothing has been opened.
+        CorruptSourceError: a shard is missing (or is a symbolic link to nothing).
 
     Example:
         >>> shard_files("/no/such/x.index.json", {}, what="safetensors")
         []
+        >>> shard_files("/models/x.index.json", {"w": "../../etc/passwd"}, what="safetensors")
+        Traceback (most recent call last):
+        mapper.errors.SourceError: safetensors shard index '/models/x.index.json' names shard '../../etc/passwd', which ...
     """
     directory = Path(index).parent
-    shards = [str(directory / name) for name in dict.fromkeys(weight_map.values())]
+    shards = [shard_path(index, name, what=what) for name in dict.fromkeys(weight_map.values())]
     missing = [shard for shard in shards if not Path(shard).is_file()]
     if missing:
         first = Path(missing[0]).name
         inside = [name for name, file in weight_map.items() if file == first]
+        dangling = [Path(shard).name for shard in missing if Path(shard).is_symlink()]
         raise CorruptSourceError(
             f"{what} shard index {index!r} names {len(missing)} shard file(s) that do not exist: "
             f"{quoted([Path(shard).name for shard in missing])} (in {str(directory)!r}; {first!r} should hold "
-            f"{quoted(inside, 3)}); download or copy every shard next to the index",
+            f"{quoted(inside, 3)})"
+            + (f"; {quoted(dangling)} are symbolic links to files that do not exist" if dangling else "")
+            + "; download or copy every shard next to the index",
             path=index,
         )
     return shards
+
+
+def shard_path(index: str, name: str, *, what: str) -> str:
+    """The path of the shard ``name`` of ``index``; SourceError unless it stays inside the index's directory.
+
+    ``name`` must be relative, without ``..`` or a drive, and after resolving symbolic links the file must still
+    lie inside the index's directory, so that an index can never make a source read a file the user did not name.
+    One layout is allowed to leave it: the Hugging Face hub cache, whose ``snapshots/<revision>/`` files are
+    links into the same repository's ``blobs/`` directory (the hub writes those links, not the repository).
+
+    Example:
+        >>> shard_path("/models/bert/model.safetensors.index.json", "model-1.safetensors", what="safetensors")
+        '/models/bert/model-1.safetensors'
+        >>> shard_path("/models/bert/model.safetensors.index.json", "/tmp/x.safetensors", what="safetensors")
+        Traceback (most recent call last):
+        mapper.errors.SourceError: safetensors shard index '/models/bert/model.safetensors.index.json' names shard ...
+    """
+    directory = Path(index).parent
+    windows = PureWindowsPath(name)
+    if (
+        PurePosixPath(name).is_absolute()
+        or windows.is_absolute()
+        or windows.drive
+        or ".." in windows.parts
+        or "\0" in name
+    ):
+        raise _outside(index, name, what, "it is not a plain relative file name inside the index's directory")
+    path = directory / name
+    try:
+        real, inside = path.resolve(), directory.resolve()
+    except (OSError, RuntimeError) as error:  # a symbolic link loop
+        raise _outside(index, name, what, f"its symbolic links cannot be resolved ({error})") from error
+    if not (real.is_relative_to(inside) or _in_hub_blobs(inside, real)):
+        raise _outside(index, name, what, f"it is a symbolic link to {str(real)!r}, outside {str(inside)!r}")
+    return str(path)
+
+
+def _in_hub_blobs(directory: Path, real: Path) -> bool:
+    """Whether ``real`` is a blob of the Hugging Face cache repository whose snapshot ``directory`` is."""
+    return directory.parent.name == "snapshots" and real.parent == directory.parent.parent / "blobs"
+
+
+def _outside(index: str, name: str, what: str, why: str) -> SourceError:
+    return SourceError(
+        f"{what} shard index {index!r} names shard {name!r}, which weight-mapper refuses to read: {why}; "
+        "every shard must be a file in the index's own directory (nothing was opened)",
+        path=index,
+    )
 
 
 def files_with_suffix(directory: str, *suffixes: str) -> list[str]:

@@ -117,7 +117,9 @@ class KerasH5Source:
             )
         with self._open() as file:
             self.layout: str = _layout(self.path, file)
-            datasets = list(_keras3(file) if self.layout == KERAS3 else _keras2(self.path, file, self.layout))
+            datasets = list(
+                _keras3(self.path, file) if self.layout == KERAS3 else _keras2(self.path, file, self.layout)
+            )
         self._datasets = {dataset.spec.name: dataset for dataset in datasets}
         self.description: str = f"{self.path} ({_LAYOUTS[self.layout]})"
         self._specs = VariableMap((dataset.spec for dataset in datasets), description=self.path)
@@ -176,8 +178,14 @@ class KerasH5Source:
         with self._open() as file:
             for name in wanted:
                 dataset = self._datasets[name]
+                # Checked again: the file may have changed since it was opened, and HDF5 follows links natively.
+                stored = member(self.path, file, dataset.path)
+                if stored is not None and hasattr(stored, "shape"):
+                    check_storage(self.path, dataset.path, stored)
                 try:
-                    array = np.asarray(file[dataset.path][()])
+                    if stored is None or not hasattr(stored, "shape"):
+                        raise KeyError(f"there is no dataset {dataset.path!r} any more")
+                    array = np.asarray(stored[()])
                 except (OSError, KeyError, ValueError, RuntimeError) as error:
                     raise CorruptSourceError(
                         f"cannot read weight {name!r} (dataset {dataset.path!r}) from Keras .h5 file {self.path!r}: "
@@ -201,16 +209,81 @@ class KerasH5Source:
             ) from error
 
 
+def member(path: str, group: Any, key: str) -> Any:
+    """The object at ``key`` (``a/b/c``) under ``group``, or None; SourceError for a link to another file.
+
+    Each step is checked before it is followed: HDF5 opens the file an external link names by itself, so an
+    external link is refused without following it. Datasets are checked by ``check_storage``.
+
+    Example:
+        >>> import tempfile
+        >>> import h5py
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> file = h5py.File(f"{tmp.name}/x.h5", "w")
+        >>> file["vars/0"] = np.zeros(2)
+        >>> file["vars/1"] = h5py.ExternalLink("/etc/elsewhere.h5", "w")
+        >>> member(file.filename, file, "vars/0").shape, member(file.filename, file, "none")
+        ((2,), None)
+        >>> member(file.filename, file, "vars/1")
+        Traceback (most recent call last):
+        mapper.errors.SourceError: HDF5 file '.../x.h5': 'vars/1' is an external link to '/etc/elsewhere.h5' ...
+        >>> file.close(); tmp.cleanup()
+    """
+    item = group
+    walked = [part for part in str(group.name).split("/") if part]  # named from the file's root in messages
+    for step in key.split("/"):
+        walked.append(step)
+        link = item.get(step, getlink=True) if hasattr(item, "keys") else None
+        if link is None:
+            return None
+        if type(link).__name__ == "ExternalLink":
+            raise SourceError(
+                f"HDF5 file {path!r}: {'/'.join(walked)!r} is an external link to {link.filename!r} (object "
+                f"{link.path!r} there); weight-mapper reads only the file it is given and does not follow links to "
+                "other files: copy the data into this file",
+                path=path,
+            )
+        item = item.get(step)
+    return item
+
+
+def check_storage(path: str, name: str, dataset: Any) -> None:
+    """SourceError if ``dataset``'s data lies in other files: a virtual dataset, or external raw storage.
+
+    Example:
+        >>> import tempfile
+        >>> import h5py
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     with h5py.File(f"{tmp}/x.h5", "w") as file:
+        ...         dataset = file.create_dataset("w", (2,), "f4", external=[("/etc/raw.bin", 0, 8)])
+        ...         check_storage(f"{tmp}/x.h5", "w", dataset)
+        Traceback (most recent call last):
+        mapper.errors.SourceError: HDF5 file '.../x.h5': dataset 'w' keeps its data in other files ('/etc/raw.bin'); ...
+    """
+    if dataset.is_virtual:
+        sources = sorted({source.file_name for source in dataset.virtual_sources()})
+        where, kind = sources, "is a virtual dataset whose data lies in"
+    elif dataset.external:
+        where, kind = sorted({str(entry[0]) for entry in dataset.external}), "keeps its data in other files"
+    else:
+        return
+    raise SourceError(
+        f"HDF5 file {path!r}: dataset {name!r} {kind} ({quoted(where)}); weight-mapper reads only the file it is "
+        "given: write the values (dataset[()]) into a file of their own, and pass that",
+        path=path,
+    )
+
+
 def _layout(path: str, file: Any) -> str:
     """Which Keras layout ``file`` has; SourceError saying what its top level holds if none."""
-    weights = file.get("model_weights")
+    weights = member(path, file, "model_weights")
     if weights is not None and hasattr(weights, "keys") and "layer_names" in weights.attrs:
         return KERAS2_MODEL
     if "layer_names" in file.attrs:
         return KERAS2
-    if any(hasattr(file.get(group), "keys") for group in KERAS3_GROUPS):
+    if any(hasattr(member(path, file, group), "keys") for group in KERAS3_GROUPS):
         return KERAS3
-    groups = [key for key in file if hasattr(file.get(key), "keys")]
+    groups = [key for key in file if hasattr(member(path, file, key), "keys")]
     datasets = [key for key in file if key not in groups]
     raise SourceError(
         f"HDF5 file {path!r} is not Keras weights: its top level holds groups [{quoted(sorted(groups))}], datasets "
@@ -231,28 +304,35 @@ def _natural(key: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in _DIGITS.split(key)]
 
 
-def _keras3(file: Any) -> Iterator[_Dataset]:
+def _keras3(path: str, file: Any) -> Iterator[_Dataset]:
     """Every dataset of a Keras 3 weights file, named by its path; a layer's own variables before its sublayers'."""
 
-    def walk(group: Any, prefix: str) -> Iterator[_Dataset]:
+    def walk(group: Any, prefix: str, above: frozenset[Any]) -> Iterator[_Dataset]:
         keys = sorted(group, key=_natural)
         # A layer's own variables (its ``vars`` group) come before those of the layers it holds, as in ``weights``.
         for key in [key for key in keys if key == "vars"] + [key for key in keys if key != "vars"]:
-            item = group.get(key)
+            item = member(path, group, key)
             if hasattr(item, "keys"):
-                yield from walk(item, f"{prefix}{key}/")
+                if item.id in above:  # a link back to a group that holds it: the walk would never end
+                    raise CorruptSourceError(
+                        f"HDF5 file {path!r}: group {prefix + key!r} links back to a group that holds it; "
+                        "Keras weights files have no such links: save the weights again",
+                        path=path,
+                    )
+                yield from walk(item, f"{prefix}{key}/", above | {item.id})
             elif item is not None and hasattr(item, "shape"):
+                check_storage(path, f"{prefix}{key}", item)
                 yield _dataset(f"{prefix}{key}", f"{prefix}{key}", item)
 
-    return walk(file, "")
+    return walk(file, "", frozenset({file.id}))
 
 
 def _keras2(path: str, file: Any, layout: str) -> Iterator[_Dataset]:
     """Every weight of a Keras 2 file, in ``layer_names`` and ``weight_names`` order."""
-    root = file["model_weights"] if layout == KERAS2_MODEL else file
+    root = member(path, file, "model_weights") if layout == KERAS2_MODEL else file
     prefix = "model_weights/" if layout == KERAS2_MODEL else ""
     for layer in _strings(root.attrs["layer_names"]):
-        group = root.get(layer)
+        group = member(path, root, layer)
         if group is None or not hasattr(group, "keys"):
             raise CorruptSourceError(
                 f"Keras .h5 file {path!r} lists layer {layer!r} in 'layer_names' but has no group for it; "
@@ -260,13 +340,14 @@ def _keras2(path: str, file: Any, layout: str) -> Iterator[_Dataset]:
                 path=path,
             )
         for weight in _strings(group.attrs.get("weight_names", [])):
-            dataset = group.get(weight)
+            dataset = member(path, group, weight)
             if dataset is None or not hasattr(dataset, "shape"):
                 raise CorruptSourceError(
                     f"Keras .h5 file {path!r}: layer {layer!r} lists weight {weight!r} but there is no dataset "
                     f"{prefix + layer + '/' + weight!r}; the file is damaged: save the weights again",
                     path=path,
                 )
+            check_storage(path, f"{prefix}{layer}/{weight}", dataset)
             name = weight.removesuffix(":0")
             if not name.startswith(layer + "/"):
                 name = f"{layer}/{name}"

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import io
 import math
-import mmap
 import os
 import struct
 from collections.abc import Sequence
@@ -22,7 +21,9 @@ from mapper.sources._common import (
     index_weight_map,
     little_endian,
     numpy_dtype,
+    parse_json,
     shard_files,
+    short_repr,
     weight_map_suffixes,
 )
 from mapper.specs import TensorSpec, VariableMap
@@ -48,6 +49,8 @@ DTYPES: dict[str, str] = {
 }
 _ITEMSIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4}
 _ITEMSIZES |= {"U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+# Tensors are read into buffers aligned like this, as a memory map's pages would be (SIMD loads, zero-copy handoff).
+ALIGNMENT = 64
 # The safetensors library refuses headers above 100 MB; so do we.
 MAX_HEADER_BYTES = 100_000_000
 SUFFIX = ".safetensors"
@@ -94,15 +97,16 @@ def is_safetensors(path: str | os.PathLike[str]) -> bool:
 
 
 class SafetensorsSource:
-    """The tensors of a safetensors file or of a sharded set, described from the headers and read by memory map.
+    """The tensors of a safetensors file or of a sharded set, described from the headers and read by positional reads.
 
     ``path`` may be a ``.safetensors`` file, a ``*.safetensors.index.json`` shard index (its ``weight_map``
     names the shard of each tensor), or a directory holding exactly one such index or, without one, exactly one
     ``.safetensors`` file (a Hugging Face model directory). Opening reads and checks every header, and no tensor
     data: offsets lie inside the file, ranges do not overlap, and each range holds exactly shape times item size bytes.
 
-    ``read`` returns read-only NumPy arrays that view the memory-mapped file (no copy): copy an array before
-    changing it, and do not truncate or rewrite the file while its arrays are in use.
+    ``read`` reads each tensor's bytes with positional reads into a new 64-byte aligned buffer and returns it as a
+    read-only NumPy array (copy an array before changing it). Files are not memory-mapped: a file that becomes
+    shorter after opening gives a CorruptSourceError naming the file and the tensor, never a crash (SIGBUS).
 
     Attributes:
         files: the safetensors files, shards in index order.
@@ -175,9 +179,9 @@ class SafetensorsSource:
         return self._specs
 
     def read(self, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """Read the named tensors as read-only NumPy arrays viewing the memory-mapped files (bfloat16 via ml_dtypes).
+        """Read the named tensors as read-only NumPy arrays (bfloat16 via ml_dtypes), one positional read each.
 
-        Only the files holding the named tensors are mapped, and only their pages are touched.
+        Only the files holding the named tensors are opened, and only the bytes of the named tensors are read.
 
         Args:
             names: tensor names as ``specs()`` lists them; repeats are read once.
@@ -209,28 +213,50 @@ class SafetensorsSource:
         return {name: arrays[name] for name in wanted}
 
     def _read_file(self, file: str, entries: list[_Entry]) -> dict[str, np.ndarray]:
-        """The arrays of ``entries``, all in ``file``, viewing one memory map of it."""
+        """The arrays of ``entries``, all in ``file``, each read with positional reads into its own buffer."""
         try:
-            with Path(file).open("rb") as handle:
+            with Path(file).open("rb", buffering=0) as handle:
                 size = os.fstat(handle.fileno()).st_size
                 short = [entry for entry in entries if entry.end > size]
-                if short:  # touching pages past the end of a mapped file would kill the process (SIGBUS)
-                    raise CorruptSourceError(
-                        f"safetensors file {file!r} changed since it was opened: it now has {size} bytes but "
-                        f"{quoted([entry.spec.name for entry in short])} ends at byte {max(e.end for e in short)}; "
-                        "open it again",
-                        path=file,
-                    )
-                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                if short:
+                    raise _changed(file, size, short)
+                return {entry.spec.name: _read_entry(handle, entry) for entry in entries}
         except OSError as error:
             raise CorruptSourceError(f"cannot read safetensors file {file!r}: {error}", path=file) from error
-        return {entry.spec.name: self._array(mapped, entry) for entry in entries}
 
-    def _array(self, mapped: mmap.mmap, entry: _Entry) -> np.ndarray:
-        """One tensor as a read-only array viewing ``mapped``."""
-        dtype = little_endian(numpy_dtype(entry.spec.dtype, path=entry.file))
-        array = np.frombuffer(mapped, dtype=dtype, count=entry.spec.size, offset=entry.begin)
-        return array.reshape(entry.spec.shape)
+
+def _read_entry(handle: io.RawIOBase, entry: _Entry) -> np.ndarray:
+    """One tensor read from ``handle`` into an aligned buffer, as a read-only array.
+
+    The length is checked read by read: the file may become shorter at any moment, and a short read is then a
+    CorruptSourceError naming the tensor (with a memory map, the same thing would kill the process with SIGBUS).
+    """
+    nbytes = entry.end - entry.begin
+    storage = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    start = -storage.ctypes.data % ALIGNMENT
+    buffer = storage[start : start + nbytes]
+    view = memoryview(buffer.data)
+    handle.seek(entry.begin)
+    done = 0
+    while done < nbytes:
+        count = handle.readinto(view[done:])  # unbuffered: one read(2) at the position, possibly fewer bytes
+        if not count:
+            raise _changed(entry.file, entry.begin + done, [entry])
+        done += count
+    dtype = little_endian(numpy_dtype(entry.spec.dtype, path=entry.file))
+    array = buffer.view(dtype).reshape(entry.spec.shape)
+    array.flags.writeable = False
+    return array
+
+
+def _changed(file: str, size: int, short: list[_Entry]) -> CorruptSourceError:
+    """The error for tensors that end past the end of a file that became shorter since it was opened."""
+    return CorruptSourceError(
+        f"safetensors file {file!r} changed since it was opened: it now has {size} bytes but "
+        f"{quoted([entry.spec.name for entry in short])} ends at byte {max(e.end for e in short)}; "
+        "open it again",
+        path=file,
+    )
 
 
 # --- finding the files ----------------------------------------------------------------------------------------------
@@ -270,7 +296,10 @@ def _names(paths: Sequence[str]) -> list[str]:
 
 def _check_weight_map(index: str, weight_map: dict[str, str], entries: dict[str, _Entry]) -> None:
     """CorruptSourceError if the index places a tensor in a shard that does not hold it."""
-    wrong = [name for name, file in weight_map.items() if name not in entries or Path(entries[name].file).name != file]
+    directory = Path(index).parent
+    wrong = [
+        name for name, file in weight_map.items() if name not in entries or entries[name].file != str(directory / file)
+    ]
     if wrong:
         name = wrong[0]
         found = f"it is in {Path(entries[name].file).name!r}" if name in entries else "no shard holds it"
@@ -342,7 +371,7 @@ def _parse_header(file: str, text: bytes) -> dict[str, Any]:
         return seen
 
     try:
-        header = json.loads(text.decode("utf-8"), object_pairs_hook=no_repeats)
+        header = parse_json(text.decode("utf-8"), object_pairs_hook=no_repeats)
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CorruptSourceError(
             f"safetensors file {file!r} has a damaged header: {error}; download or write it again", path=file
@@ -357,7 +386,8 @@ def _entry(file: str, name: str, fields: Any, data_start: int) -> _Entry:
 
     def bad(what: str) -> CorruptSourceError:
         return CorruptSourceError(
-            f"safetensors file {file!r} has a damaged header: tensor {name!r} {what} (entry {fields!r})", path=file
+            f"safetensors file {file!r} has a damaged header: tensor {name!r} {what} (entry {short_repr(fields)})",
+            path=file,
         )
 
     if not isinstance(fields, dict):

@@ -264,22 +264,47 @@ def _prefix_from_state(directory: str) -> str:
             + (f", e.g. {_nearest_list(checkpoint_prefixes(directory))}" if checkpoint_prefixes(directory) else ""),
             path=str(state),
         )
-    latest = codecs.escape_decode(match[1].encode("utf-8"))[0].decode("utf-8")
+    latest = _unescape(state, match[1])
     # A relative path is relative to the directory. An absolute one (TF1 Saver's default) may point where the
-    # directory was before it was moved or copied: the checkpoint of that name in the directory given comes first.
-    if Path(latest).is_absolute():
-        candidates = [str(Path(directory, Path(latest).name)), latest]
-    else:
-        candidates = [str(Path(directory, latest))]
-    for candidate in candidates:
-        if _prefix_exists(candidate):
-            return candidate
+    # directory was before it was moved or copied: the checkpoint of that name in the directory given is used.
+    # Either way only a checkpoint inside the directory is read: the state file does not choose other files.
+    named = Path(latest) if Path(latest).is_absolute() else Path(directory, latest)
+    candidate = str(Path(directory, Path(latest).name)) if Path(latest).is_absolute() else str(named)
+    if _inside(directory, candidate) and _prefix_exists(candidate):
+        return candidate
+    if _prefix_exists(str(named)) and not _inside(directory, str(named)):
+        raise SourceError(
+            f"checkpoint state file {str(state)!r} names {latest!r}, which is outside {directory!r}; weight-mapper "
+            "reads only the checkpoint files inside the directory it is given: pass that checkpoint prefix itself "
+            "if you mean it",
+            path=directory,
+        )
     prefixes = checkpoint_prefixes(directory)
     raise SourceNotFoundError(
         f"checkpoint state file {str(state)!r} names {latest!r}, which is neither there nor in {directory!r}"
         + (f"; did you mean {_nearest_list(prefixes, Path(latest).name)}?" if prefixes else ""),
         path=directory,
     )
+
+
+def _unescape(state: Path, quoted_path: str) -> str:
+    """The path a state file's ``model_checkpoint_path`` holds, C escapes undone; CorruptSourceError if it is not text."""
+    try:
+        return codecs.escape_decode(quoted_path.encode("utf-8"))[0].decode("utf-8")
+    except (ValueError, UnicodeDecodeError) as error:  # a bad escape, or escapes that make bytes that are not UTF-8
+        raise CorruptSourceError(
+            f"checkpoint state file {str(state)!r} names a model_checkpoint_path that is not a valid path ({error}); "
+            "pass a checkpoint prefix instead",
+            path=str(state),
+        ) from error
+
+
+def _inside(directory: str, path: str) -> bool:
+    """Whether ``path`` lies inside ``directory`` once symbolic links and ``..`` are resolved."""
+    try:
+        return Path(path).resolve().is_relative_to(Path(directory).resolve())
+    except (OSError, RuntimeError):  # a symbolic link loop
+        return False
 
 
 def not_found_message(given: str) -> str:
@@ -370,7 +395,7 @@ def _check_data_files(prefix: str, specs: VariableMap) -> None:
             "copy every .data-* file of the checkpoint",
             path=prefix,
         )
-    sizes = [Path(prefix).with_name(name).stat().st_size for name in expected]
+    sizes = [_size(prefix, name) for name in expected]
     if layout is not None:
         short = [entry for entry in layout[1] if entry.offset + entry.size > sizes[entry.shard]]
         if short:
@@ -391,6 +416,19 @@ def _check_data_files(prefix: str, specs: VariableMap) -> None:
             f"its tensors need at least {needed}; copy or write the checkpoint again",
             path=prefix,
         )
+
+
+def _size(prefix: str, name: str) -> int:
+    """The size of the data file ``name`` of ``prefix``; CorruptSourceError if it cannot be read (a dangling link)."""
+    path = Path(prefix).with_name(name)
+    try:
+        return path.stat().st_size
+    except OSError as error:
+        what = "is a symbolic link to a file that does not exist" if path.is_symlink() else f"cannot be read ({error})"
+        raise CorruptSourceError(
+            f"checkpoint {prefix!r}: data file {name!r} {what}; copy every .data-* file of the checkpoint",
+            path=prefix,
+        ) from error
 
 
 # The index is a TensorFlow table (tsl/lib/io/table): uncompressed blocks of prefix-compressed entries, an index

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from mapper.sources._common import (
     zip_members,
 )
 from mapper.specs import TensorSpec, VariableMap
-from mapper.text import first_line, quoted
+from mapper.text import quoted
 
 SUFFIXES = (".bin", ".pt", ".pth")
 INDEX_SUFFIXES = tuple(suffix + ".index.json" for suffix in SUFFIXES)
@@ -91,8 +92,9 @@ class TorchSource:
     with ``.`` (``state_dict.encoder.weight``) and lists by index; values that are not tensors (an ``epoch``
     number, a config string) are left out and listed in ``skipped``.
 
-    ``read`` returns NumPy arrays that share memory with the mapped file (private, copy-on-write: writing to them
-    never changes the file); bfloat16 and float8 come as ml_dtypes arrays.
+    ``read`` returns NumPy arrays copied out of the mapped file (bfloat16 and float8 as ml_dtypes arrays), after
+    checking that the file is still the one opened (same size, modification time and inode): a file changed or
+    truncated since opening is a CorruptSourceError naming the file and the tensor, not a crash (SIGBUS).
 
     Attributes:
         files: the files loaded, shards in index order.
@@ -139,17 +141,19 @@ class TorchSource:
         tensors: dict[str, Any] = {}
         origin: dict[str, str] = {}
         skipped: list[str] = []
+        identities: dict[str, tuple[int, ...]] = {}
         for file in self.files:
             if file != resolved:
                 _check_contents(file)
             loaded = _load(torch, file)
+            identities[file] = _identity(file)
             if not isinstance(loaded, Mapping):
                 raise SourceError(
                     f"PyTorch file {file!r} holds a {type(loaded).__name__}, not a state dict of named tensors; "
                     "save model.state_dict() (or a dict of tensors) instead",
                     path=file,
                 )
-            for name, value in _flatten(loaded):
+            for name, value in _flatten(loaded, file=file):
                 if not isinstance(value, torch.Tensor):
                     skipped.append(name)
                     continue
@@ -171,6 +175,8 @@ class TorchSource:
         self.skipped: tuple[str, ...] = tuple(skipped)
         self._torch = torch
         self._tensors = tensors
+        self._origin = origin
+        self._identities = identities
         self._path = resolved
         self._specs = VariableMap(
             (
@@ -203,7 +209,7 @@ class TorchSource:
         return self._specs
 
     def read(self, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """The named tensors as NumPy arrays sharing memory with the mapped file (bfloat16 via ml_dtypes).
+        """The named tensors as NumPy arrays (bfloat16 via ml_dtypes), copied out after checking each file is unchanged.
 
         Args:
             names: names as ``specs()`` lists them; repeats are read once.
@@ -214,6 +220,7 @@ class TorchSource:
         Raises:
             SourceError: a name is not in the state dict, or its tensor cannot become a NumPy array (a sparse or
                 quantized tensor); the message names it.
+            CorruptSourceError: the file holding a named tensor changed since the source was opened.
 
         Example:
             >>> import tempfile
@@ -224,10 +231,36 @@ class TorchSource:
             {'w': array([0, 1, 2])}
         """
         wanted = check_names(names, self._tensors, what=f"PyTorch source {self._path!r}", path=self._path)
-        return {name: self._to_numpy(name) for name in wanted}
+        arrays = {}
+        for name in wanted:
+            self._check_unchanged(name)
+            arrays[name] = self._to_numpy(name)
+        return arrays
+
+    def _check_unchanged(self, name: str) -> None:
+        """CorruptSourceError if the file holding ``name`` is not the file opened (size, mtime, inode, device).
+
+        Zip-format files are memory-mapped by torch, and touching a page past the end of a file that has shrunk
+        kills the process with SIGBUS, which no handler can turn into an error. Loading without a map would hold
+        the whole checkpoint in memory. So the file is checked right before each tensor is touched, and the tensor
+        is copied out of the map at once (``_to_numpy``), so that no array handed out depends on the map later.
+        What this cannot close is a truncation that races the copy of that one tensor itself.
+        """
+        file = self._origin[name]
+        try:
+            now: tuple[int, ...] | None = _identity(file)
+        except OSError:
+            now = None
+        if now != self._identities[file]:
+            raise CorruptSourceError(
+                f"PyTorch file {file!r} changed since it was opened ("
+                + _change(self._identities[file], now)
+                + f"), so tensor {name!r} is not read from it; open it again",
+                path=file,
+            )
 
     def _to_numpy(self, name: str) -> np.ndarray:
-        """One tensor as a NumPy array, without copying where NumPy can view it."""
+        """One tensor as a NumPy array of its own, copied out of the file's memory map."""
         tensor = self._tensors[name].detach()
         dtype = self._specs[name].dtype
         try:
@@ -235,8 +268,8 @@ class TorchSource:
                 raise TypeError(f"its layout is {tensor.layout}, not dense")
             if dtype in ML_DTYPES:
                 raw = tensor.view(getattr(self._torch, _VIEW_AS[dtype])).numpy()
-                return np.asarray(raw.view(numpy_dtype(dtype, path=self._path)))
-            return np.asarray(tensor.numpy())
+                return np.array(raw.view(numpy_dtype(dtype, path=self._path)))
+            return np.array(tensor.numpy())
         except (TypeError, RuntimeError) as error:
             raise SourceError(
                 f"tensor {name!r} ({dtype}) in PyTorch source {self._path!r} cannot be read as a NumPy array: "
@@ -273,6 +306,21 @@ def _resolve(given: str) -> str:
     )
 
 
+def _identity(file: str) -> tuple[int, ...]:
+    """What tells a file from a changed one: its size, modification time, inode and device."""
+    stat = Path(file).stat()
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev
+
+
+def _change(before: tuple[int, ...], now: tuple[int, ...] | None) -> str:
+    """How a file's identity changed, for messages."""
+    if now is None:
+        return "it can no longer be found"
+    if now[0] != before[0]:
+        return f"it had {before[0]} bytes and now has {now[0]}"
+    return "it was rewritten or replaced"
+
+
 def _check_contents(file: str) -> None:
     """SourceError unless ``file`` is a ``torch.save`` zip archive or legacy pickle; CorruptSourceError if damaged."""
     if is_torch_file(file):
@@ -304,42 +352,103 @@ def _load(torch: Any, file: str) -> Any:
     try:
         return torch.load(file, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as error:
-        reason = next((line.strip() for line in str(error).splitlines() if "Unsupported" in line), "")
-        if "Unsupported global" not in reason:  # e.g. "Unsupported operand 174": the pickle itself is damaged
+        reason = _torch_reason(error)
+        if not _NEEDS_CODE.search(reason):  # e.g. "Unsupported operand 174": the pickle itself is damaged
             raise CorruptSourceError(
-                f"cannot load PyTorch file {file!r}: its pickle is damaged ({reason or first_line(error)}); "
-                "download or save it again",
+                f"cannot load PyTorch file {file!r}: its pickle is damaged ({reason}); download or save it again",
                 path=file,
             ) from error
+        # Not damaged: well formed, but it asks for objects only code can build. torch's own advice (retry with
+        # weights_only=False, or allowlist the global) is exactly what must not be done with a file from elsewhere.
         raise SourceError(
-            f"PyTorch file {file!r} holds more than tensors: torch.load(weights_only=True) rejects it"
-            + f" ({reason})"
-            + "; weight-mapper refuses to unpickle arbitrary objects, which could run code. If you trust the "
-            "file, save just its tensors where it was made: torch.save(model.state_dict(), 'weights.pt'), or "
-            "safetensors.torch.save_file(state_dict, 'model.safetensors')",
+            f"PyTorch file {file!r} needs code execution to load: torch.load(weights_only=True) rejects it "
+            f"({reason}). weight-mapper never runs code from a file (it refuses to unpickle arbitrary objects). "
+            "To convert it safely, load it in an environment you trust and save only its tensors: "
+            "torch.save(model.state_dict(), 'weights.pt'), or safetensors.torch.save_file(state_dict, "
+            "'model.safetensors')",
             path=file,
         ) from error
     except Exception as error:  # torch reports damaged files with RuntimeError, EOFError, ValueError and more
         if not Path(file).is_file():
             raise SourceNotFoundError(f"no PyTorch file at {file!r}", path=file) from error
         raise CorruptSourceError(
-            f"cannot load PyTorch file {file!r}: {type(error).__name__}: {first_line(error)}; it is truncated or "
-            "damaged: download or save it again",
+            f"cannot load PyTorch file {file!r}: {type(error).__name__}: {_torch_reason(error)}; it is truncated "
+            "or damaged: download or save it again",
             path=file,
         ) from error
 
 
-def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """``(name, leaf)`` pairs of nested mappings and lists, names joined with ``.``."""
+# What torch's weights-only unpickler says when a well-formed pickle asks for more than tensors and containers.
+_NEEDS_CODE = re.compile(
+    r"unsupported GLOBAL|Unsupported global|Can only (?:create new object|build)|Trying to call reduce|"
+    r"must be imported to load",
+    re.IGNORECASE,
+)
+# torch's boilerplate around the reason, which advises weights_only=False or allowlisting the global.
+_TORCH_ADVICE = re.compile(r"Weights only load failed|Check the documentation of torch\.load|weights_only\s*=\s*False")
+
+
+def _torch_reason(error: BaseException) -> str:
+    """The line of a torch error that says what is wrong, without torch's advice to load it unsafely."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    useful = [line for line in lines if line and not _TORCH_ADVICE.search(line)]
+    reason = next((line for line in useful if _NEEDS_CODE.search(line)), useful[0] if useful else "")
+    return reason.split(" Please use ", 1)[0] or type(error).__name__
+
+
+# More names than this in one file is a hostile pickle (shared lists nested to blow up), not a state dict.
+MAX_NAMES = 10_000_000
+_END = object()
+
+
+def _children(value: Any) -> Iterator[tuple[Any, Any]] | None:
+    """The ``(key, item)`` pairs of a mapping or a list; None for a leaf."""
     if isinstance(value, Mapping):
-        items: Iterator[tuple[Any, Any]] = iter(value.items())
-    elif isinstance(value, (list, tuple)):
-        items = enumerate(value)
-    else:
-        yield prefix, value
+        return iter(value.items())
+    if isinstance(value, (list, tuple)):
+        return enumerate(value)
+    return None
+
+
+def _flatten(value: Any, *, file: str) -> Iterator[tuple[str, Any]]:
+    """``(name, leaf)`` pairs of nested mappings and lists, names joined with ``.``, depth first.
+
+    Iterative, so that deep nesting cannot exhaust the stack; a list or dict that holds itself is a SourceError.
+    """
+    top = _children(value)
+    if top is None:
+        yield "", value
         return
-    for key, item in items:
-        yield from _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+    stack: list[tuple[str, Iterator[tuple[Any, Any]], int]] = [("", top, id(value))]
+    open_ids = {id(value)}
+    for _ in range(MAX_NAMES):
+        if not stack:
+            return
+        prefix, items, ident = stack[-1]
+        item = next(items, _END)
+        if item is _END:
+            stack.pop()
+            open_ids.discard(ident)
+            continue
+        key, child = cast("tuple[Any, Any]", item)
+        name = f"{prefix}.{key}" if prefix else str(key)
+        children = _children(child)
+        if children is None:
+            yield name, child
+        elif id(child) in open_ids:
+            raise SourceError(
+                f"PyTorch file {file!r} is not a state dict: {name!r} is a container that holds itself; save a "
+                "plain dict of tensors (model.state_dict())",
+                path=file,
+            )
+        else:
+            stack.append((name, children, id(child)))
+            open_ids.add(id(child))
+    raise SourceError(
+        f"PyTorch file {file!r} is not a state dict: it nests more than {MAX_NAMES} values; save a plain dict of "
+        "tensors (model.state_dict())",
+        path=file,
+    )
 
 
 def _dtype_name(tensor: Any) -> str:
