@@ -61,7 +61,7 @@ def own_files(output: Path, kind: str) -> set[str]:
     """Names in the output's directory that belong to the output (a TF checkpoint: its index and data files)."""
     if KINDS[kind][1]:
         return {output.name}
-    return {name for name in os.listdir(output.parent) if name.startswith(f"{output.name}.")}
+    return {file.name for file in output.parent.iterdir() if file.name.startswith(f"{output.name}.")}
 
 
 # --- one case, performed ----------------------------------------------------------------------------------------
@@ -182,12 +182,15 @@ def outcome_of(completed: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def tmpfs(directory: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted at ``directory`` for the block; None-skip reasons are raised as RuntimeError."""
+    """A tmpfs of ``size`` mounted at ``directory`` for the block; RuntimeError says why one cannot be mounted."""
     directory.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         raise RuntimeError("mounting a tmpfs needs root")
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if mounted.returncode != 0:
         raise RuntimeError(f"mount -t tmpfs failed: {mounted.stderr.strip()}")
