@@ -8,11 +8,13 @@ MapperError
 │   ├── SourceNotFoundError (FileNotFoundError)   no file or checkpoint at the path
 │   └── CorruptSourceError                        missing index, truncated data, bad header
 ├── TargetError (LookupError)         a target object or variable cannot be used
+│   └── OutputError                   the output cannot be written: exists, no directory, read-only, disk full
 └── ApplyError (RuntimeError)         applying a plan failed; the target was left unchanged
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -180,3 +182,23 @@ class ApplyError(MapperError, RuntimeError):
         >>> str(ApplyError("read failed"))
         'read failed'
     """
+
+
+class OutputError(TargetError):
+    """The output cannot be written; ``path`` is the output, ``errno`` the system's error number when one caused it.
+
+    Raised for an output that exists (without overwrite), a missing directory, a directory given as the output, a
+    path that could not be read back, and for write faults: a read-only directory, a full disk, a file-size limit.
+    Nothing is left at the output when it is raised: an existing output keeps its contents.
+
+    Example:
+        >>> import errno
+        >>> error = OutputError("cannot write out/ckpt: no space left on device", path="out/ckpt", errno=errno.ENOSPC)
+        >>> error.path, error.errno == errno.ENOSPC, isinstance(error, TargetError)
+        ('out/ckpt', True, True)
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str], errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path = os.fspath(path)
+        self.errno = errno

@@ -18,7 +18,7 @@ from checkpoints import data_files, flip_bytes, snapshot
 
 from mapper import api, cli
 from mapper.api import convert
-from mapper.errors import ApplyError, CorruptSourceError, PlanError, TargetError
+from mapper.errors import ApplyError, CorruptSourceError, OutputError, PlanError, TargetError
 from mapper.outputs.writers import (
     CheckpointWriter,
     KerasH5Writer,
@@ -595,6 +595,36 @@ def test_failure_part_way_leaves_no_output_and_no_temporary_files(
     assert "temporary files were removed" in message
     assert isinstance(raised.value.__cause__, CorruptSourceError)
     assert snapshot(tmp_path) == before  # no partial output, no temporary file, the source untouched
+
+
+@pytest.mark.parametrize("output_kind", list(SUFFIXES))
+def test_a_write_fault_is_an_output_error_and_leaves_the_old_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output_kind: str
+) -> None:
+    from mapper.outputs.base import TensorWriter
+
+    output = tmp_path / SUFFIXES[output_kind]
+    arrays = {f"layers/l{index}/vars/0": np.full(64, index, np.float32) for index in range(3)}
+    convert(parse_rules(IDENTITY), MemorySource(arrays), output)
+    before = snapshot(tmp_path)
+    end_batch = TensorWriter.end_batch
+    batches: list[int] = []
+
+    def full_after_one_batch(self: TensorWriter) -> None:
+        batches.append(1)
+        if len(batches) > 1:
+            raise OutputError(f"cannot write {self.path}: no space left on device", path=self.path, errno=28)
+        end_batch(self)
+
+    monkeypatch.setattr(TensorWriter, "end_batch", full_after_one_batch)
+    with pytest.raises(OutputError) as raised:
+        convert(parse_rules(IDENTITY), MemorySource(arrays), output, overwrite=True, batch_bytes=256)
+
+    message = str(raised.value)
+    assert f"failed while writing batch 2 of 3 to {output}: cannot write {output}: no space left on device" in message
+    assert "keeps its previous contents, and the temporary files were removed" in message
+    assert raised.value.errno == 28 and raised.value.path == str(output)
+    assert snapshot(tmp_path) == before
 
 
 def test_interrupt_cleans_up_and_stops(tmp_path: Path) -> None:

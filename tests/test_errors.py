@@ -10,6 +10,7 @@ from mapper.errors import (
     CorruptSourceError,
     MapperError,
     OperationError,
+    OutputError,
     PlanError,
     RuleFileError,
     RuleIssue,
@@ -26,6 +27,7 @@ TREE = [
     pytest.param(SourceNotFoundError, (SourceError, MapperError, FileNotFoundError, OSError), id="SourceNotFoundError"),
     pytest.param(CorruptSourceError, (SourceError, MapperError, OSError), id="CorruptSourceError"),
     pytest.param(TargetError, (MapperError, LookupError), id="TargetError"),
+    pytest.param(OutputError, (TargetError, MapperError, LookupError), id="OutputError"),
     pytest.param(ApplyError, (MapperError, RuntimeError), id="ApplyError"),
 ]
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +21,15 @@ from formats import snapshot, write_safetensors, write_sharded_safetensors, writ
 
 from mapper import cli, demo
 from mapper.api import convert
-from mapper.errors import TargetError
+from mapper.errors import OutputError, TargetError
+from mapper.outputs.faults import faults_named
 from mapper.outputs.files import checkpoint_files, output_files
+from mapper.outputs.interrupts import EXIT_TERMINATED, Terminated, sigterm_raises
 from mapper.outputs.save import check_output, save_target
 from mapper.rules import parse_rules
 from mapper.sources import SOURCE_CLASSES, KerasH5Source, NpzSource, SafetensorsSource, Source, TorchSource, open_source
 from mapper.sources.memory import MemorySource
+from mapper.specs import TensorSpec
 from mapper.targets import target_from
 
 pytestmark = pytest.mark.tf
@@ -359,3 +367,123 @@ def test_every_source_class_implements_the_contract() -> None:
     for cls in (KerasH5Source, NpzSource, SafetensorsSource, TorchSource, MemorySource):
         assert cls.checkpoint_prefix is None
     assert MemorySource({"w": np.zeros(1)}).input_files() == ()
+
+
+# --- write faults: named as OutputError, nothing left behind ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        pytest.param(OSError(errno.ENOSPC, "No space left on device"), "no space left on device", id="ENOSPC"),
+        pytest.param(OSError(errno.EFBIG, "File too large"), "file size limit", id="EFBIG"),
+        pytest.param(OSError(errno.EACCES, "Permission denied"), "permission denied", id="EACCES"),
+        pytest.param(OSError(errno.EROFS, "Read-only file system"), "read-only file system", id="EROFS"),
+        pytest.param(RuntimeError("x; No space left on device [Op:SaveV2]"), "no space left on device", id="tf-text"),
+        pytest.param(RuntimeError("errno = 27, error message = 'File too large'"), "file size limit", id="h5py-text"),
+    ],
+)
+def test_write_faults_are_output_errors_naming_output_and_cause(error: Exception, cause: str) -> None:
+    with pytest.raises(OutputError) as raised, faults_named("out/model.safetensors"):
+        raise error
+
+    assert str(raised.value).startswith("cannot write out/model.safetensors: ")
+    assert cause in str(raised.value)
+    assert raised.value.path == "out/model.safetensors"
+    assert raised.value.__cause__ is error
+
+
+def test_other_errors_pass_through_faults_named() -> None:
+    with pytest.raises(ValueError, match="bad shape"), faults_named("out/ckpt"):
+        raise ValueError("bad shape")
+
+
+def test_a_directory_without_write_permission_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.access", lambda *args, **kwargs: False)  # root writes anywhere: pretend it may not
+
+    with pytest.raises(OutputError, match=r"permission denied in directory .*; make its directory writable") as raised:
+        check_output(tmp_path / "ckpt", overwrite=True)
+    assert raised.value.errno == errno.EACCES
+
+
+@pytest.mark.parametrize("output_format", ["safetensors", "keras-h5", "tf-checkpoint"])
+def test_a_fault_while_writing_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output_format: str
+) -> None:
+    from mapper.outputs.writers import open_writer
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = open_writer(tmp_path / "out", [TensorSpec("a/w", (2,), "float32")], format=output_format)
+    monkeypatch.setattr(type(writer), "_write", full)
+    with pytest.raises(OutputError, match="no space left on device"), writer:
+        writer.write("a/w", np.ones(2, np.float32))
+
+    assert listing(tmp_path) == []
+
+
+def test_an_h5_file_that_does_not_read_back_is_not_moved_into_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mapper.outputs.writers import KerasH5Writer
+
+    writer = KerasH5Writer(tmp_path / "m.weights.h5", [TensorSpec("a/w", (2,), "float32")])
+    writer.write("a/w", np.ones(2, np.float32))
+    monkeypatch.setattr(writer, "specs", {**writer.specs, "a/lost": TensorSpec("a/lost", (1,), "float32")})
+    writer.written.add("a/lost")
+
+    with pytest.raises(OutputError, match=r"does not read back \(1 dataset missing or misshapen, first 'a/lost'\)"):
+        writer.commit()
+    assert listing(tmp_path) == []
+
+
+def test_an_h5_output_that_does_not_fit_is_refused_before_h5py_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mapper.outputs import faults
+    from mapper.outputs.writers import KerasH5Writer
+
+    monkeypatch.setattr(faults, "free_bytes", lambda directory: faults.H5_MARGIN_BYTES)  # just the margin free
+
+    with pytest.raises(OutputError, match=r"no space left on device: it needs about .* free") as raised:
+        KerasH5Writer(tmp_path / "m.weights.h5", [TensorSpec("a/w", (2,), "float32")])
+    assert raised.value.errno == errno.ENOSPC
+    assert listing(tmp_path) == []
+
+
+# --- SIGTERM, like SIGINT ------------------------------------------------------------------------------------------
+
+
+def test_sigterm_raises_terminated_and_restores_the_default() -> None:
+    with pytest.raises(Terminated) as raised, sigterm_raises():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs at the next bytecode: this never completes
+
+    assert raised.value.code == EXIT_TERMINATED == 143
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_sigterm_raises_leaves_a_handler_someone_installed() -> None:
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        with sigterm_raises():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_raises_does_nothing_outside_the_main_thread() -> None:
+    seen: list[object] = []
+
+    def in_thread() -> None:
+        with sigterm_raises():
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join()
+    assert seen == [signal.SIG_DFL]

@@ -8,7 +8,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
-from mapper.errors import TargetError
+from mapper.errors import OutputError
+from mapper.outputs.faults import check_writable
 from mapper.sources.base import Source
 from mapper.text import SHOWN
 
@@ -48,40 +49,48 @@ def output_files(path: str | os.PathLike[str], format: OutputFormat) -> list[Pat
 
 
 def check_output(path: str | os.PathLike[str], format: OutputFormat, *, overwrite: bool) -> None:
-    """Refuse an output before any work: a missing directory, a directory, an existing output, an unreadable name.
+    """Refuse an output before any work: a missing or read-only directory, a directory, an existing output, a bad name.
 
     A TF checkpoint whose path holds ``[`` is refused: TensorFlow globs checkpoint paths when it reads them, so
     it could not read that checkpoint back (``*`` and ``?`` match themselves, and work).
 
     Raises:
-        TargetError: naming the directory or the existing files, and what to do.
+        OutputError: naming the directory or the existing files, and what to do.
 
     Example:
         >>> check_output("/no/such/dir/model.safetensors", "safetensors", overwrite=False)
         Traceback (most recent call last):
-        mapper.errors.TargetError: cannot write /no/such/dir/model.safetensors: directory /no/such/dir does not exist; ...
+        mapper.errors.OutputError: cannot write /no/such/dir/model.safetensors: directory /no/such/dir does not exist; ...
     """
     target = Path(path)
     if not target.name:
-        raise TargetError(f"cannot write {str(path)!r}: give a file name (or a checkpoint prefix), not a directory")
+        raise OutputError(
+            f"cannot write {str(path)!r}: give a file name (or a checkpoint prefix), not a directory", path=path
+        )
     if not target.parent.is_dir():
-        raise TargetError(
-            f"cannot write {target}: directory {target.parent} does not exist; create it first (mkdir -p {target.parent})"
+        raise OutputError(
+            f"cannot write {target}: directory {target.parent} does not exist; create it first (mkdir -p {target.parent})",
+            path=target,
         )
     if target.is_dir():
-        raise TargetError(
-            f"cannot write {target}: it is a directory; give a file name inside it, e.g. {target / 'model'}"
+        raise OutputError(
+            f"cannot write {target}: it is a directory; give a file name inside it, e.g. {target / 'model'}",
+            path=target,
         )
     if format == "tf-checkpoint" and "[" in str(target.absolute()):
-        raise TargetError(
+        raise OutputError(
             f"cannot write {target} as a TensorFlow checkpoint: TensorFlow reads a checkpoint's path as a file "
             "pattern, and with '[' in it the checkpoint could never be read back; choose a path without '[', "
-            "or another output format"
+            "or another output format",
+            path=target,
         )
     existing = output_files(target, format)
     if existing and not overwrite:
         files = f" ({', '.join(file.name for file in existing[:SHOWN])})" if format == "tf-checkpoint" else ""
-        raise TargetError(f"{target} already exists{files}; pass --overwrite (overwrite=True) to replace it")
+        raise OutputError(
+            f"{target} already exists{files}; pass --overwrite (overwrite=True) to replace it", path=target
+        )
+    check_writable(target)
 
 
 def check_not_a_source(
@@ -96,7 +105,7 @@ def check_not_a_source(
         action: what is writing, for the message (``"a conversion"``, ``"apply"``).
 
     Raises:
-        TargetError: naming the file and the source that reads it.
+        OutputError: naming the file and the source that reads it.
 
     Example:
         >>> import tempfile
@@ -106,16 +115,17 @@ def check_not_a_source(
         ...     np.savez(f"{tmp}/w[1].npz", w=np.zeros(2))
         ...     check_not_a_source(f"{tmp}/w[1].npz", "safetensors", [NpzSource(f"{tmp}/w[1].npz")])
         Traceback (most recent call last):
-        mapper.errors.TargetError: cannot write .../w[1].npz: it is .../w[1].npz, which the source .../w[1].npz reads; ...
+        mapper.errors.OutputError: cannot write .../w[1].npz: it is .../w[1].npz, which the source .../w[1].npz reads; ...
     """
     target = Path(path)
     written = {file.resolve() for file in _replaced_files(target, format)}
     for source in sources:
         for file in source.input_files():
             if file.resolve() in written:
-                raise TargetError(
+                raise OutputError(
                     f"cannot write {target}: it is {file}, which the source {source.description} reads; {action} "
-                    "never touches its source, so write the output somewhere else"
+                    "never touches its source, so write the output somewhere else",
+                    path=target,
                 )
 
 

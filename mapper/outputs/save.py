@@ -6,9 +6,11 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from mapper.errors import TargetError
+from mapper.errors import OutputError, TargetError
 from mapper.outputs import files
+from mapper.outputs.faults import check_room, faults_named, h5_size
 from mapper.outputs.files import OutputFormat
+from mapper.outputs.interrupts import sigterm_raises
 from mapper.sources.base import Source
 from mapper.targets.base import VariableTarget
 
@@ -26,7 +28,7 @@ def save_format(path: Path) -> OutputFormat:
 
 
 def check_output(path: Path, *, overwrite: bool, sources: Iterable[Source] = ()) -> None:
-    """Refuse an output before any work is done: a missing directory, a directory, an existing output, a source.
+    """Refuse an output before any work: a missing or read-only directory, a directory, an existing output, a source.
 
     An existing output is refused without ``overwrite``; an output that is, or shares a file with, one of
     ``sources`` always.
@@ -35,7 +37,7 @@ def check_output(path: Path, *, overwrite: bool, sources: Iterable[Source] = ())
         >>> check_output(Path("/no/such/dir/ckpt"), overwrite=False)
         Traceback (most recent call last):
         ...
-        mapper.errors.TargetError: cannot write /no/such/dir/ckpt: directory /no/such/dir does not exist; ...
+        mapper.errors.OutputError: cannot write /no/such/dir/ckpt: directory /no/such/dir does not exist; ...
     """
     chosen = save_format(path)
     files.check_output(path, chosen, overwrite=overwrite)
@@ -64,7 +66,11 @@ def save_target(
         sources: the sources the weights came from: the output may not be, or share a file with, one of them.
 
     Raises:
-        TargetError: the target has no model or module to save, or the output is refused (see ``check_output``).
+        TargetError: the target has no model or module to save.
+        OutputError: the output is refused (see ``check_output``), does not fit (the free space, with a margin
+            for HDF5, or the file size limit), or writing it failed (a full disk, a read-only directory). Nothing
+            is left at the output then: an existing one keeps its contents, and no temporary file remains (after
+            SIGTERM, ``Terminated``, neither).
 
     Example:
         >>> import tempfile, keras
@@ -82,19 +88,49 @@ def save_target(
         raise TargetError(
             f"cannot save {target.description}: saving needs a Keras model or a tf.Module, not bare variables"
         )
-    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch:
+    chosen = save_format(path)
+    if chosen == "keras-h5" and getattr(obj, "save_weights", None) is None:
+        raise TargetError(f"cannot save {target.description} as {_KERAS_SUFFIX}: it is not a Keras model")
+    _check_room(target, path, chosen)
+    with (
+        sigterm_raises(),
+        faults_named(path),
+        tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch,
+    ):
         partial = Path(scratch) / path.name
-        if save_format(path) == "keras-h5":
-            save_weights = getattr(obj, "save_weights", None)
-            if save_weights is None:
-                raise TargetError(f"cannot save {target.description} as {_KERAS_SUFFIX}: it is not a Keras model")
-            save_weights(str(partial))
+        if chosen == "keras-h5":
+            obj.save_weights(str(partial))  # type: ignore[attr-defined]
+            _verify_h5(partial, path)
             partial.replace(path)
             return
         import tensorflow as tf
 
         tf.train.Checkpoint(**{checkpoint_root: obj}).write(str(partial))
+        tf.train.load_checkpoint(str(partial))  # the index reads back before anything is moved into place
         files.replace_checkpoint(partial, path, files.checkpoint_files(path))
+
+
+def _check_room(target: VariableTarget, path: Path, chosen: OutputFormat) -> None:
+    """OutputError unless the saved weights fit: in the free space (HDF5 with a margin), under the file size limit."""
+    variables = target.map.variables
+    total = variables.nbytes
+    if chosen == "keras-h5":  # h5py can crash when the disk fills under it: refuse before it starts
+        total = h5_size(total, len(variables))
+    check_room(path, total=total, largest_file=total)  # tf.train.Checkpoint writes one data file
+
+
+def _verify_h5(partial: Path, path: Path) -> None:
+    """OutputError unless the .weights.h5 just written opens and lists its datasets."""
+    import h5py
+
+    try:
+        with h5py.File(partial, "r") as file:
+            file.visit(lambda _name: None)  # reads every object header
+    except (OSError, RuntimeError) as error:
+        raise OutputError(
+            f"cannot write {path}: the file written does not read back ({error}); nothing was moved into place",
+            path=path,
+        ) from error
 
 
 __all__ = ["check_output", "save_format", "save_target"]

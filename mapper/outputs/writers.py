@@ -8,30 +8,23 @@ wrote. Used as a context manager, a writer commits when the block ends and abort
 
 from __future__ import annotations
 
-import abc
 import json
 import os
-import secrets
 import shutil
 import struct
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from mapper.dtypes import DTYPE_SIZES, ML_DTYPES
-from mapper.errors import TargetError
-from mapper.outputs.files import (
-    OUTPUT_FORMATS,
-    OutputFormat,
-    check_output,
-    output_files,
-    replace_checkpoint,
-)
-from mapper.specs import TensorSpec, format_shape
+from mapper.errors import OutputError, TargetError
+from mapper.outputs.base import FileWriter, TensorWriter, as_numpy
+from mapper.outputs.faults import h5_size
+from mapper.outputs.files import OUTPUT_FORMATS, OutputFormat, check_output, output_files, replace_checkpoint
+from mapper.specs import TensorSpec
 from mapper.text import quoted, s
 
 _SUMMARIES = {
@@ -131,174 +124,7 @@ def open_writer(
     return writers[chosen](path, specs, overwrite=overwrite)
 
 
-class TensorWriter(abc.ABC):
-    """Base of the writers: checks the specs, tracks what was written, commits or aborts.
-
-    Subclasses implement ``_start``, ``_write``, ``_finish`` (make the temporary output complete),
-    ``_install`` (move it into place) and ``_discard``.
-
-    Example:
-        >>> issubclass(SafetensorsWriter, TensorWriter)
-        True
-    """
-
-    format: OutputFormat = "tf-checkpoint"
-
-    def __init__(self, path: str | os.PathLike[str], specs: Sequence[TensorSpec], *, overwrite: bool = False) -> None:
-        self.path = Path(path)
-        self.overwrite = overwrite
-        check_output(self.path, self.format, overwrite=overwrite)
-        self.specs: dict[str, TensorSpec] = {}
-        for spec in specs:
-            if not spec.name:
-                raise TargetError(f"cannot write a tensor with an empty name to {self.path}")
-            if spec.name in self.specs:
-                raise TargetError(f"cannot write {spec.name!r} twice to {self.path}; each name is written once")
-            self.specs[spec.name] = spec
-        self._check_specs()
-        self.written: set[str] = set()
-        self.bytes_written = 0
-        self._open = True
-        self._start()
-
-    # --- the public protocol -------------------------------------------------------------------------------------
-
-    def write(self, name: str, value: Any) -> None:
-        """Write one tensor (a NumPy array or a ``tf.Tensor``) declared in the specs.
-
-        Raises:
-            TargetError: the name was not declared or was written already, or the value's shape or dtype is not
-                the declared one.
-        """
-        spec = self.specs.get(name)
-        if spec is None:
-            raise TargetError(f"{name!r} is not one of the {len(self.specs)} tensors declared for {self.path}")
-        if name in self.written:
-            raise TargetError(f"{name!r} was already written to {self.path}; each name is written once")
-        shape = tuple(int(dim) for dim in value.shape)
-        dtype = _dtype_name(value)
-        if shape != spec.shape or dtype != spec.dtype:
-            raise TargetError(
-                f"the value for {name!r} is {format_shape(shape)} {dtype}, not the {format_shape(spec.shape)} "
-                f"{spec.dtype} declared for {self.path}"
-            )
-        self._write(spec, value)
-        self.written.add(name)
-        self.bytes_written += spec.nbytes
-
-    def end_batch(self) -> None:  # noqa: B027 - a hook: only writers that buffer (TF checkpoints) override it
-        """Say that a batch is complete: writers that buffer (TF checkpoints) write it out now."""
-
-    def commit(self) -> None:
-        """Finish the file and move it into place, replacing an old output only if ``overwrite`` was given.
-
-        Raises:
-            TargetError: a declared tensor was never written, or the output appeared meanwhile without overwrite.
-                The temporary files are removed and nothing is moved into place.
-        """
-        try:
-            missing = [name for name in self.specs if name not in self.written]
-            if missing:
-                raise TargetError(
-                    f"cannot finish {self.path}: {len(missing)} declared tensor{s(len(missing))} "
-                    f"{'was' if len(missing) == 1 else 'were'} never written ({quoted(missing)})"
-                )
-            self._finish()
-            existing = output_files(self.path, self.format)
-            if existing and not self.overwrite:
-                raise TargetError(f"{self.path} appeared while writing it; pass --overwrite to replace it")
-            self._install(existing)
-        except BaseException:
-            self.abort()
-            raise
-        self._open = False
-
-    def abort(self) -> None:
-        """Remove every temporary file; the output (and any old output) is left as it was. Safe to call twice."""
-        if self._open:
-            self._open = False
-            self._discard()
-
-    def __enter__(self) -> TensorWriter:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        if kind is None:
-            self.commit()
-        else:
-            self.abort()
-
-    # --- for subclasses ------------------------------------------------------------------------------------------
-
-    def _check_specs(self) -> None:  # noqa: B027 - a hook: formats that limit names or dtypes override it
-        """TargetError for a name or dtype the format cannot hold."""
-
-    @abc.abstractmethod
-    def _start(self) -> None:
-        """Implemented by each format."""
-
-    @abc.abstractmethod
-    def _write(self, spec: TensorSpec, value: Any) -> None:
-        """Implemented by each format."""
-
-    @abc.abstractmethod
-    def _finish(self) -> None:
-        """Implemented by each format."""
-
-    @abc.abstractmethod
-    def _install(self, existing: list[Path]) -> None:
-        """Implemented by each format."""
-
-    @abc.abstractmethod
-    def _discard(self) -> None:
-        """Implemented by each format."""
-
-    def _refuse_dtypes(self, allowed: frozenset[str], advice: str) -> None:
-        bad = [spec for spec in self.specs.values() if spec.dtype not in allowed]
-        if bad:
-            first = bad[0]
-            raise TargetError(
-                f"{self.format} cannot hold {first.dtype} tensors, and {len(bad)} tensor{s(len(bad))} to write to "
-                f"{self.path} {'is' if len(bad) == 1 else 'are'} (first {first.name!r} {format_shape(first.shape)} "
-                f"{first.dtype}); {advice}"
-            )
-
-
-class _FileWriter(TensorWriter):
-    """A writer of one file, written as a temporary file beside the output and renamed into place."""
-
-    _temporary: Path
-
-    def _new_temporary(self) -> Path:
-        # Not tempfile.mkstemp: its files are private (0600); this one gets the permissions any new file gets.
-        for _ in range(100):
-            candidate = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.partial")
-            try:
-                handle = os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-            except FileExistsError:
-                continue
-            os.close(handle)
-            return candidate
-        raise TargetError(
-            f"cannot create a temporary file beside {self.path}: every name tried exists"
-        )  # pragma: no cover
-
-    def _install(self, existing: list[Path]) -> None:
-        del existing  # os.replace swaps the file in one step
-        self._temporary.replace(self.path)
-
-    def _discard(self) -> None:
-        self._close()
-        self._temporary.unlink(missing_ok=True)
-
-    @abc.abstractmethod
-    def _close(self) -> None:
-        """Implemented by each format."""
-
-
-class SafetensorsWriter(_FileWriter):
+class SafetensorsWriter(FileWriter):
     """A ``.safetensors`` file: the header is laid out from the specs first, then each tensor written in its place.
 
     Tensors may be written in any order; the file lists them in the order of the specs, contiguously, as the
@@ -369,7 +195,7 @@ class SafetensorsWriter(_FileWriter):
             file.close()
 
 
-class KerasH5Writer(_FileWriter):
+class KerasH5Writer(FileWriter):
     """An HDF5 file with one dataset per name, the name being the dataset's path (``layers/dense/vars/0``).
 
     This is the layout of Keras 3 ``.weights.h5`` files, so the file loads with ``model.load_weights`` when the
@@ -426,14 +252,19 @@ class KerasH5Writer(_FileWriter):
             raise
 
     def _write(self, spec: TensorSpec, value: Any) -> None:
-        array = _numpy(value)
+        array = as_numpy(value)
         if spec.dtype.startswith("float8"):  # h5py knows no float8 (bfloat16 it stores as opaque, as Keras does)
             array = array.view(np.dtype(f"V{array.dtype.itemsize}"))
         dataset = self._file.create_dataset(spec.name, data=array)
         if spec.dtype in ML_DTYPES:
             dataset.attrs["dtype"] = spec.dtype
 
-    def end_batch(self) -> None:
+    def _room(self) -> tuple[int, int]:
+        # h5py can crash when the disk fills under it: ask for the tensors' bytes and a margin before starting.
+        total = h5_size(sum(spec.nbytes for spec in self.specs.values()), len(self.specs))
+        return total, total
+
+    def _end_batch(self) -> None:
         """Flush the batch's datasets to the temporary file."""
         self._file.flush()
 
@@ -441,6 +272,24 @@ class KerasH5Writer(_FileWriter):
         self._file.close()
         with self._temporary.open("rb") as file:
             os.fsync(file.fileno())
+        self._verify()
+
+    def _verify(self) -> None:
+        """OutputError unless the temporary file reads back with every dataset in its declared shape."""
+        import h5py
+
+        with h5py.File(self._temporary, "r") as file:
+            wrong = [
+                name
+                for name, spec in self.specs.items()
+                if not isinstance(file.get(name), h5py.Dataset) or file[name].shape != spec.shape
+            ]
+        if wrong:
+            raise OutputError(
+                f"cannot write {self.path}: the file written does not read back ({len(wrong)} "
+                f"dataset{s(len(wrong))} missing or misshapen, first {wrong[0]!r}); nothing was moved into place",
+                path=self.path,
+            )
 
     def _close(self) -> None:
         file = getattr(self, "_file", None)
@@ -483,7 +332,11 @@ class CheckpointWriter(TensorWriter):
     def _write(self, spec: TensorSpec, value: Any) -> None:
         self._pending.append((spec.name, value))
 
-    def end_batch(self) -> None:
+    def _room(self) -> tuple[int, int]:
+        # A data shard per batch: the largest file holds at least the largest tensor.
+        return sum(spec.nbytes for spec in self.specs.values()), max(spec.nbytes for spec in self.specs.values())
+
+    def _end_batch(self) -> None:
         """Save the tensors written since the last batch as one part, and let go of them."""
         if not self._pending:
             return
@@ -500,7 +353,7 @@ class CheckpointWriter(TensorWriter):
     def _finish(self) -> None:
         import tensorflow as tf
 
-        self.end_batch()
+        self._end_batch()
         self._merged = str(self._directory / self.path.name)
         with tf.device("/cpu:0"):
             tf.raw_ops.MergeV2Checkpoints(
@@ -513,32 +366,16 @@ class CheckpointWriter(TensorWriter):
 
     def _discard(self) -> None:
         self._pending = []
-        shutil.rmtree(self._directory, ignore_errors=True)
+        if hasattr(self, "_directory"):
+            shutil.rmtree(self._directory, ignore_errors=True)
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------
 
 
-def _numpy(value: Any) -> np.ndarray:
-    """A NumPy array of ``value`` (a ``tf.Tensor``'s on the CPU is not copied)."""
-    array = value.numpy() if hasattr(value, "numpy") else value
-    return np.asarray(array)
-
-
-def _dtype_name(value: Any) -> str:
-    dtype = value.dtype
-    name = getattr(dtype, "name", None)
-    if hasattr(value, "numpy") and isinstance(name, str):  # a tf.Tensor: tf.string, tf.bfloat16, ...
-        return name
-    numpy_dtype = np.dtype(dtype)
-    if numpy_dtype.kind in "OSU":
-        return "string"
-    return str(numpy_dtype)
-
-
 def _raw_bytes(value: Any) -> memoryview:
     """The tensor's bytes, C order, little-endian, without a copy when they already are."""
-    array = np.ascontiguousarray(_numpy(value))
+    array = np.ascontiguousarray(as_numpy(value))
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     return array.reshape(-1).view(np.uint8).data

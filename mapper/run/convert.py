@@ -8,8 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mapper.errors import ApplyError, PlanError
+from mapper.errors import ApplyError, OutputError, PlanError
+from mapper.outputs.base import TensorWriter
 from mapper.outputs.files import OutputFormat, check_not_a_source, check_output, output_files
+from mapper.outputs.interrupts import sigterm_raises
 from mapper.outputs.writers import open_writer, output_format
 from mapper.plan.model import Plan
 from mapper.run.batches import DEFAULT_BATCH_BYTES, Sources, ValueStream
@@ -75,11 +77,15 @@ def write_plan(
         A ConvertResult.
 
     Raises:
-        TargetError: the output is refused, or its format cannot hold a name or dtype.
+        TargetError: the output's format cannot hold a name or dtype.
+        OutputError: the output is refused (it exists, its directory is missing or read-only, it does not fit the
+            free space or the file size limit), or writing it failed part-way (a full disk): the message names
+            the output and the cause; nothing was left at the output.
         PlanError: the plan has errors, writes nothing, or is inconsistent.
         SourceError: a planned source tensor is missing or has another shape or dtype.
         ApplyError: reading, transforming or writing failed part-way (the cause is chained); nothing was left
             at the output.
+        Terminated: SIGTERM arrived while writing (a SystemExit with code 143); the temporary files were removed.
 
     Example:
         >>> import tempfile, numpy as np
@@ -109,10 +115,35 @@ def write_plan(
     check_not_a_source(path, chosen, stream.sources.values())
     specs = [TensorSpec(a.target_key, a.target_shape, a.target_dtype) for a in plan.assignments]
     existed = bool(output_files(path, chosen))
-    writer = open_writer(path, specs, format=chosen, overwrite=overwrite)
+    with sigterm_raises():
+        writer = open_writer(path, specs, format=chosen, overwrite=overwrite)
+        bytes_read = _write_batches(plan, stream, writer, path=path, existed=existed, progress=progress)
+    return ConvertResult(
+        plan,
+        str(path),
+        chosen,
+        len(plan.assignments),
+        bytes_read,
+        writer.bytes_written,
+        len(stream.batches),
+        time.perf_counter() - started,
+    )
+
+
+def _write_batches(
+    plan: Plan,
+    stream: ValueStream,
+    writer: TensorWriter,
+    *,
+    path: Path,
+    existed: bool,
+    progress: Callable[[int, int], None] | None,
+) -> int:
+    """Write every batch of ``stream`` and commit; abort on any failure (SIGTERM too). Returns the bytes read."""
     total = len(plan.assignments)
     done = bytes_read = 0
     phase: str | None = None  # what is being done outside the stream; None while the stream reads or transforms
+    left = f"{path} keeps its previous contents" if existed else f"{path} was not created"
     try:
         for number, (batch, items) in enumerate(stream, 1):
             phase = f"writing batch {number} of {len(stream.batches)} to {path}"
@@ -128,27 +159,25 @@ def write_plan(
             phase = None
         phase = f"finishing {path}"
         writer.commit()
+    except OutputError as error:  # the output's own fault (a full disk, a read-only directory): named as such
+        writer.abort()
+        raise OutputError(
+            f"converting {plan.source} to {path} failed while {phase or stream.step}: {error}\nnothing was "
+            f"written: {left}, and the temporary files were removed",
+            path=path,
+            errno=error.errno,
+        ) from error
     except Exception as error:
         writer.abort()
-        left = f"{path} keeps its previous contents" if existed else f"{path} was not created"
         raise ApplyError(
             f"converting {plan.source} to {path} failed while {phase or stream.step}: {type(error).__name__}: "
             f"{first_line(error)}\nnothing was written: {left}, and the temporary files were removed; fix the cause "
             "and convert again"
         ) from error
-    except BaseException:  # KeyboardInterrupt: clean up, then let it stop the program
+    except BaseException:  # KeyboardInterrupt, Terminated (SIGTERM): clean up, then let it stop the program
         writer.abort()
         raise
-    return ConvertResult(
-        plan,
-        str(path),
-        chosen,
-        total,
-        bytes_read,
-        writer.bytes_written,
-        len(stream.batches),
-        time.perf_counter() - started,
-    )
+    return bytes_read
 
 
 __all__ = ["ConvertResult", "write_plan"]
