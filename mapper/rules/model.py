@@ -10,8 +10,10 @@ import regex
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mapper.errors import RuleFileError
+from mapper.rules.bound import bounded_fullmatch, place
+from mapper.rules.bound import match_timeout as bound_of
 from mapper.rules.common import TENSOR_DTYPES, Frozen, ParamValue, closest, params_of, unknown_dtype_message
-from mapper.rules.issues import RULES_FORMAT, pydantic_issue, toml_issue
+from mapper.rules.issues import RULES_FORMAT, nesting_issue, pydantic_issue, toml_issue
 from mapper.rules.operations import OPERATION_SPECS, CombineSpec, OperationSpec, SplitSpec, parse_operations
 from mapper.rules.ref import RuleRef
 from mapper.rules.templates import Piece, compile_template, renderer
@@ -252,9 +254,13 @@ class Rule(Frozen):
                     f"values names group {group!r}, which the pattern does not define (it defines: {defined})"
                 )
 
-    def fullmatch(self, name: str) -> Any:
-        """The match object if the pattern matches all of ``name``, else None."""
-        return self._pattern.fullmatch(name)
+    def fullmatch(self, name: str, *, partial: bool = False) -> Any:
+        """The match object if the pattern matches all of ``name`` (or, ``partial``, could with more), else None.
+
+        Raises:
+            MatchTimeoutError: the match ran past the time bound (``mapper.rules.bound.match_timeout``).
+        """
+        return bounded_fullmatch(self, name, partial=partial, section="rules")
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -314,8 +320,8 @@ class Keep(Frozen):
         return self
 
     def fullmatch(self, name: str) -> Any:
-        """The match object if the pattern matches all of ``name``, else None."""
-        return self._pattern.fullmatch(name)
+        """The match object if the pattern matches all of ``name``, else None; raises MatchTimeoutError."""
+        return bounded_fullmatch(self, name, section="keep")
 
 
 class Example(Frozen):
@@ -447,8 +453,11 @@ class RuleSet(Frozen):
         return RuleRef(file, number, keep.name, "keep")
 
 
-def parse_rules(text: str, *, file: str = "<string>") -> RuleSet:
+def parse_rules(text: str, *, file: str = "<string>", match_timeout: float | None = None) -> RuleSet:
     """Validate rule-file TOML given as a string; ``file`` names it in errors.
+
+    ``match_timeout`` bounds every match of the file's patterns, in seconds (default: ``$MAPPER_MATCH_TIMEOUT``,
+    else one second); a match that runs past it raises ``MatchTimeoutError``.
 
     Example:
         >>> parse_rules("format = 1\\n[policies]\\nunused_source = 'warn'\\n").policies.unused_source
@@ -458,11 +467,13 @@ def parse_rules(text: str, *, file: str = "<string>") -> RuleSet:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise RuleFileError([toml_issue(file, error)]) from None
-    return validate_rules(data, file=file)
+    except RecursionError:
+        raise RuleFileError([nesting_issue(file)]) from None
+    return validate_rules(data, file=file, match_timeout=match_timeout)
 
 
-def validate_rules(data: Mapping[str, Any], *, file: str = "<string>") -> RuleSet:
-    """Validate an already-parsed rule-file table.
+def validate_rules(data: Mapping[str, Any], *, file: str = "<string>", match_timeout: float | None = None) -> RuleSet:
+    """Validate an already-parsed rule-file table; ``match_timeout`` as for :func:`parse_rules`.
 
     Example:
         >>> validate_rules({"format": 1}).rules
@@ -478,7 +489,13 @@ def validate_rules(data: Mapping[str, Any], *, file: str = "<string>") -> RuleSe
         rules = RuleSet.model_validate(data, context={"params": usable})
     except ValidationError as error:
         raise RuleFileError([pydantic_issue(file, data, item, _FIELDS) for item in error.errors()]) from None
+    except RecursionError:
+        raise RuleFileError([nesting_issue(file)]) from None
     rules._file = file
+    timeout = None if match_timeout is None else bound_of(match_timeout)
+    for entries in (rules.rules, rules.keep):
+        for index, entry in enumerate(entries):
+            place(entry, file, index + 1, timeout)
     return rules
 
 
