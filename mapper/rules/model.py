@@ -91,7 +91,7 @@ class Guard(Frozen):
     """
 
     same_shape: bool = False
-    shape: tuple[int, ...] | None = None
+    shape: tuple[int, ...] | None = Field(None, strict=False)
     rank: int | None = Field(None, ge=0)
     dtype: str | None = None
     on_fail: Literal["skip", "error"] = "error"
@@ -135,7 +135,9 @@ class Rule(Frozen):
         None, description="Template of the target name: '{group}', '{group + 1}', '{0}' for the whole name."
     )
     skip: str | None = Field(None, description="Instead of a target: the reason the matched source tensors go unused.")
-    targets: tuple[str, ...] | None = Field(None, description="With 'split': a target name template for each part.")
+    targets: tuple[str, ...] | None = Field(
+        None, strict=False, description="With 'split': a target name template for each part."
+    )
     source: str | None = Field(None, description="In plans over several named sources: the one this rule reads.")
     values: dict[str, dict[str, str]] = Field(
         default_factory=dict,
@@ -151,7 +153,7 @@ class Rule(Frozen):
     concat: CombineSpec | None = None
     stack: CombineSpec | None = None
     ops: tuple[OperationSpec, ...] = Field(
-        (), description=f"Operations applied in order: {', '.join(OPERATION_SPECS)}."
+        (), strict=False, description=f"Operations applied in order: {', '.join(OPERATION_SPECS)}."
     )
 
     _pattern: Any = PrivateAttr(None)
@@ -334,7 +336,9 @@ class Example(Frozen):
 
     source: str = Field(description="A source tensor name.")
     target: str | None = Field(None, description="The target name the rules must give it.")
-    targets: tuple[str, ...] | None = Field(None, description="For a split rule: the target name of every part.")
+    targets: tuple[str, ...] | None = Field(
+        None, strict=False, description="For a split rule: the target name of every part."
+    )
     skip: bool = Field(False, description="true: the rules must skip this name.")
     rule: str | None = Field(None, description="The name of the rule that must take it.")
     groups: dict[str, str] | None = Field(
@@ -371,13 +375,25 @@ class RuleSet(Frozen):
     target: TargetSection = TargetSection()
     policies: Policies = Policies()
     extends: tuple[str, ...] = Field(
-        (), description="Base rule files, relative to this one: their rules and keeps come after this file's."
+        (),
+        strict=False,
+        description="Base rule files, relative to this one: their rules and keeps come after this file's.",
     )
-    rules: tuple[Rule, ...] = ()
-    keep: tuple[Keep, ...] = ()
-    examples: tuple[Example, ...] = Field((), description="Source names and what the rules must do with them.")
+    rules: tuple[Rule, ...] = Field((), strict=False)
+    keep: tuple[Keep, ...] = Field((), strict=False)
+    examples: tuple[Example, ...] = Field(
+        (), strict=False, description="Source names and what the rules must do with them."
+    )
 
     _file: str = PrivateAttr("<string>")
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: object) -> object:
+        # true == 1 in Python, so the literal alone would take `format = true`.
+        if isinstance(value, bool):
+            raise ValueError(f"format {str(value).lower()} is not supported (this weight-mapper reads format = 1)")
+        return value
 
     @model_validator(mode="after")
     def _examples_name_rules(self) -> RuleSet:
