@@ -103,7 +103,7 @@ def timed_out(
         rule_name=label,
         field="match",
         hint=_ADVICE,
-        section="keep" if section == "keep" else "rule",
+        section="keep rule" if section == "keep" else "rule",
     )
     ref = RuleRef(file, number, label, section) if number is not None else None
     return MatchTimeoutError(issue, rule=ref, name=name, timeout=timeout)
