@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+from functools import lru_cache
 from typing import Any, Literal
+
+import regex
 
 from mapper.errors import MatchTimeoutError, RuleFileError, RuleIssue
 from mapper.rules.ref import RuleRef
@@ -109,6 +112,131 @@ def timed_out(
     return MatchTimeoutError(issue, rule=ref, name=name, timeout=timeout)
 
 
+# Steps per second the regex engine is assumed to manage at the least (it does several times more): a match proven
+# to need at most bound * this many steps finishes within the bound, so it runs without the clock.
+_STEPS_PER_SECOND = 10_000_000
+_CLASS_ESCAPES = frozenset("dwsDWS")
+
+
+@lru_cache(maxsize=4096)
+def proven_length(pattern: str, timeout: float) -> int:
+    """The longest name on which ``pattern`` provably matches (or fails) within ``timeout``; -1 without a proof.
+
+    Reading the clock costs more than matching a short name against an ordinary pattern, so a match that cannot
+    run long is not timed. The proof: a pattern whose quantifiers apply only to single characters (a literal,
+    ``.``, a set, ``\\d``, ...) and whose groups are at most optional (``(...)?``) has at most
+    ``2**alternatives * (n + 1)**quantifiers`` ways to try a name of length n, each of at most
+    ``len(pattern) + n`` steps. Anything the scan does not know (flags, lookarounds, backreferences, repeated
+    groups such as ``(a|aa)+``) gets no proof, and every one of its matches is timed.
+
+    Example:
+        >>> proven_length(r"bert/layer_(?P<i>\\d+)/(?P<part>query|key)/kernel", 1.0) > 1000
+        True
+        >>> proven_length("(a|aa)+", 1.0), proven_length("(?i)a", 1.0)
+        (-1, -1)
+    """
+    shape = _choices(pattern)
+    if shape is None:
+        return -1
+    branches, repeats = shape
+    budget = timeout * _STEPS_PER_SECOND
+    low, high = -1, 1_000_000  # the largest n within the budget, by bisection: the cost grows with n
+    while low < high:
+        middle = (low + high + 1) // 2
+        if branches * (middle + 1) ** repeats * (len(pattern) + middle) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _choices(pattern: str) -> tuple[int, int] | None:
+    """``(2**alternations, unbounded or counted quantifiers)`` of a pattern the proof covers, else None."""
+    branches, repeats = 1, 0
+    position = 0
+    quantifiable: str | None = None  # what a quantifier here would repeat: "atom", "group" or nothing
+    while position < len(pattern):
+        step = _token(pattern, position)
+        if step is None:
+            return None
+        kind, width = step
+        position += width
+        if kind == "quantifier":
+            if quantifiable is None or (quantifiable == "group" and pattern[position - width] != "?"):
+                return None  # a repeated group, or a quantifier of nothing the scan understands
+            if pattern[position - width] == "?":
+                branches *= 2
+            else:
+                repeats += 1
+            if pattern[position : position + 1] in ("?", "+"):
+                position += 1  # lazy or possessive: the same choices
+            quantifiable = None
+            continue
+        if kind == "alternation":
+            branches *= 2
+        quantifiable = kind if kind in ("atom", "group") else None
+    return branches, repeats
+
+
+def _token(pattern: str, position: int) -> tuple[str, int] | None:
+    """The kind and width of the token at ``position``; None for syntax the proof does not cover."""
+    char = pattern[position]
+    if char == "\\":
+        escaped = pattern[position + 1 : position + 2]
+        if not escaped or (escaped.isalnum() and escaped not in _CLASS_ESCAPES):
+            return None  # a backreference, an anchor such as \b, or a property: not covered
+        return "atom", 2
+    if char == "[":
+        end = set_end(pattern, position)
+        return None if end is None or end >= len(pattern) else ("atom", end + 1 - position)
+    if char == "(":
+        return _group_opening(pattern, position)
+    if char == ")":
+        return "group", 1
+    if char == "|":
+        return "alternation", 1
+    if char in "*+?":
+        return "quantifier", 1
+    if char == "{":
+        counted = _COUNTED.match(pattern, position)
+        return None if counted is None else ("quantifier", counted.end() - position)
+    if char in "^$":
+        return "anchor", 1
+    return "atom", 1
+
+
+def _group_opening(pattern: str, position: int) -> tuple[str, int] | None:
+    """A plain, non-capturing or named group's opening; None for flags, lookarounds and the rest."""
+    if pattern.startswith("(?:", position):
+        return "open", 3
+    if pattern.startswith("(?P<", position):
+        close = pattern.find(">", position)
+        return None if close < 0 else ("open", close + 1 - position)
+    return None if pattern.startswith("(?", position) else ("open", 1)
+
+
+_COUNTED = regex.compile(r"\{[0-9]*(?:,[0-9]*)?\}")
+
+
+def set_end(pattern: str, start: int) -> int | None:
+    """Where the character set opening at ``start`` closes (its ``]``); None for a nested set or POSIX class.
+
+    Example:
+        >>> set_end("a[^]b]c", 1), set_end("[[:alpha:]]", 0)
+        (5, None)
+    """
+    position = start + 1
+    if pattern[position : position + 1] == "^":
+        position += 1
+    if pattern[position : position + 1] == "]":
+        position += 1  # a ']' first in a set is a literal, also after '^'
+    while position < len(pattern) and pattern[position] != "]":
+        if pattern[position] == "[":
+            return None
+        position += 2 if pattern[position] == "\\" else 1
+    return position
+
+
 def bounded_fullmatch(
     owner: Any, name: str, *, partial: bool = False, section: Literal["rules", "keep"] = "rules"
 ) -> Any:
@@ -125,6 +253,8 @@ def bounded_fullmatch(
         (0, 3)
     """
     timeout = match_timeout(placement(owner)[2])
+    if len(name) <= proven_length(owner.match, timeout):
+        return owner._pattern.fullmatch(name, partial=partial)
     try:
         return owner._pattern.fullmatch(name, partial=partial, timeout=timeout)
     except TimeoutError:
@@ -138,5 +268,7 @@ __all__ = [
     "match_timeout",
     "place",
     "placement",
+    "proven_length",
+    "set_end",
     "timed_out",
 ]

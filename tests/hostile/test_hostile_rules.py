@@ -15,7 +15,7 @@ from mapper.authoring.lint import lint
 from mapper.errors import MatchTimeoutError, RuleFileError
 from mapper.plan.planner import build_plan
 from mapper.rules import RuleRef, load_rules, parse_rules
-from mapper.rules.bound import DEFAULT_MATCH_TIMEOUT, MATCH_TIMEOUT_VARIABLE, match_timeout
+from mapper.rules.bound import DEFAULT_MATCH_TIMEOUT, MATCH_TIMEOUT_VARIABLE, match_timeout, proven_length
 from mapper.specs import TargetMap, TensorSpec, VariableMap
 
 BOUND = 0.05  # seconds: small, so that every case stays well under a second
@@ -255,3 +255,74 @@ def test_the_bound_leaves_rules_equal_to_rules_written_in_python() -> None:
 
     rules = parse_rules(RULE, match_timeout=BOUND)
     assert rules.rules[0] == Rule(name="r", match="a", target="b")
+
+
+# Matches that provably finish within the bound skip the clock (reading it costs more than the match): the proof
+# must refuse every pattern that can backtrack without end, and hold on the worst names it admits.
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "(a|aa)+",
+        "(?:a|aa)*",
+        "(a+)+",
+        "(a*)*",
+        "(?:ab){3}",
+        "(a)\\1",
+        "a{e<=1}",
+        "(?i)a",
+        "(?=a)a",
+        "[[:alpha:]]+",
+        "a?" * 20,
+    ],
+)
+def test_no_proof_for_patterns_that_may_backtrack(pattern: str) -> None:
+    assert proven_length(pattern, 1.0) == -1
+
+
+@pytest.mark.parametrize(
+    ("pattern", "filler"),
+    [
+        ("(?P<x>.*)/(?P<y>.*)/(?P<z>.*)/x", "/"),
+        (".*.*.*.*.*y", "a"),
+        ("(?:.+\\.)?(?:.+\\.)?.+\\.z", "."),
+        ("(?:bert\\.)?encoder\\.layer\\.(?P<i>\\d+)\\.(?P<part>query|key|value)\\.weight", "1"),
+    ],
+)
+def test_proven_patterns_finish_on_their_worst_names(pattern: str, filler: str) -> None:
+    length = proven_length(pattern, BOUND)
+    assert length >= 0
+    name = filler * length + "#"  # fails only at the very end, after every way of splitting the filler
+    started = time.perf_counter()
+    assert parse_rules(f"format = 1\n[[rules]]\nmatch = '{pattern}'\nskip = 'x'\n").rules[0].fullmatch(name) is None
+    assert time.perf_counter() - started < BOUND
+
+
+class _Spy:
+    """A compiled pattern that records whether each match was given a time bound."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float | None] = []
+
+    def fullmatch(self, name: str, *, partial: bool = False, timeout: float | None = None) -> None:
+        self.timeouts.append(timeout)
+
+
+def test_names_past_the_proven_length_are_timed() -> None:
+    from mapper.plan.matching import RuleMatcher
+
+    rule = parse_rules(
+        "format = 1\n[[rules]]\nmatch = '(?P<x>.*)/(?P<y>.*)/x'\nskip = 'x'\n", match_timeout=BOUND
+    ).rules[0]
+    length = proven_length(rule.match, BOUND)
+    spy = _Spy()
+    rule._pattern = spy
+    names = ["/" * length, "/" * (length + 1)]
+    for name in names:
+        rule.fullmatch(name)
+    matcher = RuleMatcher([rule])
+    for name in names:
+        matcher.first(name)
+        matcher.every(name)
+    assert spy.timeouts == [None, BOUND, None, None, BOUND, BOUND]
