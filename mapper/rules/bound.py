@@ -124,10 +124,12 @@ def proven_length(pattern: str, timeout: float) -> int:
 
     Reading the clock costs more than matching a short name against an ordinary pattern, so a match that cannot
     run long is not timed. The proof: a pattern whose quantifiers apply only to single characters (a literal,
-    ``.``, a set, ``\\d``, ...) and whose groups are at most optional (``(...)?``) has at most
-    ``2**alternatives * (n + 1)**quantifiers`` ways to try a name of length n, each of at most
-    ``len(pattern) + n`` steps. Anything the scan does not know (flags, lookarounds, backreferences, repeated
-    groups such as ``(a|aa)+``) gets no proof, and every one of its matches is timed.
+    ``.``, a set, ``\\d``, ...) and whose groups are at most optional (``(...)?``) uses each quantifier at most
+    once on a way through the pattern, each repeat taking one character of the name; so a name of length n is
+    tried in at most ``2**alternatives * comb(n + quantifiers, quantifiers)`` ways (the counts of the
+    quantifiers add up to at most n), each of at most ``len(pattern) + n`` steps. Anything the scan does not
+    know (flags, lookarounds, backreferences, repeated groups such as ``(a|aa)+``) gets no proof, and every one
+    of its matches is timed.
 
     Example:
         >>> proven_length(r"bert/layer_(?P<i>\\d+)/(?P<part>query|key)/kernel", 1.0) > 1000
@@ -143,7 +145,7 @@ def proven_length(pattern: str, timeout: float) -> int:
     low, high = -1, 1_000_000  # the largest n within the budget, by bisection: the cost grows with n
     while low < high:
         middle = (low + high + 1) // 2
-        if branches * (middle + 1) ** repeats * (len(pattern) + middle) <= budget:
+        if branches * math.comb(middle + repeats, repeats) * (len(pattern) + middle) <= budget:
             low = middle
         else:
             high = middle - 1
