@@ -2,6 +2,7 @@
 
 MapperError
 ├── RuleFileError (ValueError)        a rule file is malformed; lists every issue at once
+│   └── MatchTimeoutError             a rule's pattern ran past the match time bound on a name
 ├── OperationError (ValueError)       a tensor operation cannot apply to a shape or dtype
 ├── PlanError (ValueError)            a plan has error-level problems; carries them
 ├── SourceError (OSError)
@@ -81,6 +82,26 @@ class RuleFileError(MapperError, ValueError):
         count = len(self.issues)
         head = f"{count} problem{'s' if count != 1 else ''} in rule file {', '.join(files)}:"
         super().__init__("\n".join([head, *(f"  {issue}" for issue in self.issues)]))
+
+
+class MatchTimeoutError(RuleFileError):
+    """A rule's pattern took longer than the match time bound on one name: a pattern that backtracks without end.
+
+    ``rule`` is the rule or keep it came from (a ``RuleRef``, or None for a pattern outside a rule file),
+    ``name`` the name it was matching and ``timeout`` the bound in seconds.
+
+    Example:
+        >>> issue = RuleIssue("r.toml", "pattern '(a|aa)+' ran past 0.1 s", rule=1, field="match")
+        >>> error = MatchTimeoutError(issue, rule=None, name="aaab", timeout=0.1)
+        >>> isinstance(error, RuleFileError), error.timeout
+        (True, 0.1)
+    """
+
+    def __init__(self, issue: RuleIssue, *, rule: object, name: str, timeout: float) -> None:
+        super().__init__([issue])
+        self.rule = rule
+        self.name = name
+        self.timeout = timeout
 
 
 class OperationError(MapperError, ValueError):

@@ -9,6 +9,7 @@ from mapper.errors import (
     ApplyError,
     CorruptSourceError,
     MapperError,
+    MatchTimeoutError,
     OperationError,
     OutputError,
     PlanError,
@@ -21,6 +22,7 @@ from mapper.errors import (
 
 TREE = [
     pytest.param(RuleFileError, (MapperError, ValueError), id="RuleFileError"),
+    pytest.param(MatchTimeoutError, (RuleFileError, MapperError, ValueError), id="MatchTimeoutError"),
     pytest.param(OperationError, (MapperError, ValueError), id="OperationError"),
     pytest.param(PlanError, (MapperError, ValueError), id="PlanError"),
     pytest.param(SourceError, (MapperError, OSError), id="SourceError"),

@@ -121,9 +121,8 @@ def _label(index: int, rule: Rule) -> str:
 
 
 def _no_match(rule: Rule, name: str) -> str:
-    pattern = rule._pattern
     longest = next(
-        (length for length in range(len(name), -1, -1) if pattern.fullmatch(name[:length], partial=True) is not None), 0
+        (length for length in range(len(name), -1, -1) if rule.fullmatch(name[:length], partial=True) is not None), 0
     )
     if longest == len(name):
         return f"no match: {name}|  (the pattern wants more after the end)"

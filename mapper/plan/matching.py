@@ -6,6 +6,7 @@ import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
+from mapper.rules.bound import match_timeout, placement, proven_length, set_end, timed_out
 from mapper.specs import SourceSet, TensorSpec
 
 
@@ -14,7 +15,8 @@ class RuleMatcher:
 
     Each pattern's literal prefix (the text every match must start with) buckets the rules, so a name is
     tried only against rules whose prefix it starts with, in their original order. That keeps planning
-    linear in names even with hundreds of rules.
+    linear in names even with hundreds of rules. Every match runs under the rules' time bound
+    (:func:`mapper.rules.bound.match_timeout`); one that runs past it raises ``MatchTimeoutError``.
 
     Example:
         >>> from mapper.rules import Rule
@@ -26,7 +28,13 @@ class RuleMatcher:
     def __init__(self, patterns: Sequence[Any], *, only: Collection[int] | None = None) -> None:
         self._patterns = list(patterns)
         # The compiled pattern's own fullmatch where there is one: it skips a method call per try.
-        self._fullmatch = [getattr(pattern, "_pattern", None) or pattern for pattern in self._patterns]
+        self._fullmatch = [(getattr(pattern, "_pattern", None) or pattern).fullmatch for pattern in self._patterns]
+        self._timeouts = [match_timeout(placement(pattern)[2]) for pattern in self._patterns]
+        # Names up to this long are matched without the clock: the pattern provably finishes within the bound.
+        self._proven = [
+            proven_length(pattern.match, timeout)
+            for pattern, timeout in zip(self._patterns, self._timeouts, strict=True)
+        ]
         buckets: dict[str, list[int]] = {}
         for index, pattern in enumerate(self._patterns):
             if only is None or index in only:
@@ -38,11 +46,16 @@ class RuleMatcher:
 
     def every(self, name: str) -> list[tuple[int, Any]]:
         """``(index, match)`` of every pattern matching all of ``name``, in order (for lints and explain)."""
-        return [
-            (index, matched)
-            for index in self._candidates(name)
-            if (matched := self._fullmatch[index].fullmatch(name)) is not None
-        ]
+        return [(index, matched) for index in self._candidates(name) if (matched := self._try(index, name)) is not None]
+
+    def _try(self, index: int, name: str) -> Any:
+        if len(name) <= self._proven[index]:
+            return self._fullmatch[index](name)
+        timeout = self._timeouts[index]
+        try:
+            return self._fullmatch[index](name, timeout=timeout)
+        except TimeoutError:
+            raise timed_out(self._patterns[index], name, timeout, index=index + 1) from None
 
     def _candidates(self, name: str) -> list[int]:
         # Which rules a name may match depends only on its first `longest prefix` characters, and names of
@@ -64,10 +77,18 @@ class RuleMatcher:
     def first(self, name: str) -> tuple[int, Any] | None:
         """``(index, match)`` of the first pattern matching all of ``name``, or None."""
         candidates = self._candidates(name)
-        for index in candidates:
-            matched = self._fullmatch[index].fullmatch(name)
-            if matched is not None:
-                return index, matched
+        fullmatch, timeouts, proven, length = self._fullmatch, self._timeouts, self._proven, len(name)
+        try:
+            for index in candidates:
+                if length <= proven[index]:
+                    matched = fullmatch[index](name)
+                else:
+                    matched = fullmatch[index](name, timeout=timeouts[index])
+                if matched is not None:
+                    return index, matched
+        except TimeoutError:
+            # The loop stays free of a call per try (planning runs it for every name); the error names the rule.
+            raise timed_out(self._patterns[index], name, timeouts[index], index=index + 1) from None
         return None
 
 
@@ -144,7 +165,7 @@ def _has_top_level_alternation(pattern: str) -> bool:
             position += 2
             continue
         if char == "[":
-            end = _set_end(pattern, position)
+            end = set_end(pattern, position)
             if end is None:
                 return True  # a POSIX class or a nested set: not worth parsing
             position = end
@@ -156,20 +177,6 @@ def _has_top_level_alternation(pattern: str) -> bool:
             return True
         position += 1
     return False
-
-
-def _set_end(pattern: str, start: int) -> int | None:
-    """Where the character set opening at ``start`` closes (its ``]``); None for a nested set or POSIX class."""
-    position = start + 1
-    if pattern[position : position + 1] == "^":
-        position += 1
-    if pattern[position : position + 1] == "]":
-        position += 1  # a ']' first in a set is a literal, also after '^'
-    while position < len(pattern) and pattern[position] != "]":
-        if pattern[position] == "[":
-            return None
-        position += 2 if pattern[position] == "\\" else 1
-    return position
 
 
 __all__ = ["RuleMatcher", "literal_prefix", "matchers"]

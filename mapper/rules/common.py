@@ -16,14 +16,18 @@ TENSOR_DTYPES = KNOWN_DTYPES | {"string"}
 
 
 class Frozen(BaseModel):
-    """The base of every rule-file model: immutable, and an unknown key is an error.
+    """The base of every rule-file model: immutable, an unknown key is an error, and types are strict.
+
+    Strict: ``optional = "no"`` or ``rank = "2"`` is an error naming the field, not a value pydantic converts
+    (an integer still stands for a float). Tuple fields take TOML's lists with ``Field(strict=False)``; their
+    items stay strict.
 
     Example:
-        >>> Frozen.model_config["extra"]
-        'forbid'
+        >>> Frozen.model_config["extra"], Frozen.model_config["strict"]
+        ('forbid', True)
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 def params_of(info: ValidationInfo | None) -> Mapping[str, ParamValue]:

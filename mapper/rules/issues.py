@@ -38,6 +38,18 @@ def toml_issue(file: str, error: tomllib.TOMLDecodeError) -> RuleIssue:
     return RuleIssue(file, f"invalid TOML: {message}", line=line, column=column)
 
 
+def nesting_issue(file: str) -> RuleIssue:
+    """The issue for a rule file nested too deeply to read (arrays or tables inside each other hundreds deep).
+
+    Example:
+        >>> print(nesting_issue("r.toml"))
+        r.toml: the rule file nests arrays or tables too deeply to read (no rule file needs more than a few levels)
+    """
+    return RuleIssue(
+        file, "the rule file nests arrays or tables too deeply to read (no rule file needs more than a few levels)"
+    )
+
+
 def pydantic_issue(file: str, data: Mapping[str, Any], item: Any, fields: Mapping[str, Sequence[str]]) -> RuleIssue:
     """Turn one pydantic error into a RuleIssue with rule number, field and a hint.
 
@@ -104,4 +116,4 @@ def _explained(
     return clean_message(item["msg"]), None
 
 
-__all__ = ["RULES_FORMAT", "pydantic_issue", "toml_issue"]
+__all__ = ["RULES_FORMAT", "nesting_issue", "pydantic_issue", "toml_issue"]

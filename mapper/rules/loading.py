@@ -10,7 +10,7 @@ from typing import Any
 
 from mapper.errors import RuleFileError, RuleIssue
 from mapper.rules.common import closest
-from mapper.rules.issues import toml_issue
+from mapper.rules.issues import nesting_issue, toml_issue
 from mapper.rules.model import RuleSet, validate_rules
 
 if sys.version_info >= (3, 11):
@@ -19,7 +19,9 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 
-def load_rules(path: str | os.PathLike[str], *, params: Mapping[str, Any] | None = None) -> RuleSet:
+def load_rules(
+    path: str | os.PathLike[str], *, params: Mapping[str, Any] | None = None, match_timeout: float | None = None
+) -> RuleSet:
     """Read and validate a rule file and the files it ``extends``, reporting every problem at once.
 
     ``extends = ["base.toml"]`` paths are relative to the file that names them. The composed rule set lists
@@ -31,6 +33,8 @@ def load_rules(path: str | os.PathLike[str], *, params: Mapping[str, Any] | None
     Args:
         path: the TOML file.
         params: parameter overrides.
+        match_timeout: the time bound, in seconds, on every match of the rules' patterns (default:
+            ``$MAPPER_MATCH_TIMEOUT``, else one second); a match that runs past it raises ``MatchTimeoutError``.
 
     Returns:
         The validated, frozen RuleSet; each rule remembers the file and position it came from.
@@ -53,7 +57,7 @@ def load_rules(path: str | os.PathLike[str], *, params: Mapping[str, Any] | None
     chain = _collect_chain(file, ())
     merged = {key: _merged(chain, key) for key in ("params", "policies", "target")}
     merged["params"].update(_checked_overrides(file, merged["params"], params or {}))
-    parts = _validated(chain, merged["params"])
+    parts = _validated(chain, merged["params"], match_timeout)
     if len(parts) == 1:
         return parts[0]
     return _composed(file, parts, merged)
@@ -69,13 +73,15 @@ def _merged(chain: list[tuple[str, dict[str, Any]]], key: str) -> dict[str, Any]
     return merged
 
 
-def _validated(chain: list[tuple[str, dict[str, Any]]], params: dict[str, Any]) -> list[RuleSet]:
+def _validated(
+    chain: list[tuple[str, dict[str, Any]]], params: dict[str, Any], match_timeout: float | None
+) -> list[RuleSet]:
     """Each file of the chain validated with the merged parameters; every issue of every file raised at once."""
     issues: list[RuleIssue] = []
     parts: list[RuleSet] = []
     for member_file, data in chain:
         try:
-            parts.append(validate_rules({**data, "params": params}, file=member_file))
+            parts.append(validate_rules({**data, "params": params}, file=member_file, match_timeout=match_timeout))
         except RuleFileError as error:
             issues.extend(error.issues)
     if issues:
@@ -154,6 +160,8 @@ def _read_table(file: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise RuleFileError([toml_issue(file, error)]) from None
+    except RecursionError:
+        raise RuleFileError([nesting_issue(file)]) from None
 
 
 def _checked_overrides(file: str, declared: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

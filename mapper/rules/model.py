@@ -10,8 +10,10 @@ import regex
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mapper.errors import RuleFileError
+from mapper.rules.bound import bounded_fullmatch, place
+from mapper.rules.bound import match_timeout as bound_of
 from mapper.rules.common import TENSOR_DTYPES, Frozen, ParamValue, closest, params_of, unknown_dtype_message
-from mapper.rules.issues import RULES_FORMAT, pydantic_issue, toml_issue
+from mapper.rules.issues import RULES_FORMAT, nesting_issue, pydantic_issue, toml_issue
 from mapper.rules.operations import OPERATION_SPECS, CombineSpec, OperationSpec, SplitSpec, parse_operations
 from mapper.rules.ref import RuleRef
 from mapper.rules.templates import Piece, compile_template, renderer
@@ -89,7 +91,7 @@ class Guard(Frozen):
     """
 
     same_shape: bool = False
-    shape: tuple[int, ...] | None = None
+    shape: tuple[int, ...] | None = Field(None, strict=False)
     rank: int | None = Field(None, ge=0)
     dtype: str | None = None
     on_fail: Literal["skip", "error"] = "error"
@@ -133,7 +135,9 @@ class Rule(Frozen):
         None, description="Template of the target name: '{group}', '{group + 1}', '{0}' for the whole name."
     )
     skip: str | None = Field(None, description="Instead of a target: the reason the matched source tensors go unused.")
-    targets: tuple[str, ...] | None = Field(None, description="With 'split': a target name template for each part.")
+    targets: tuple[str, ...] | None = Field(
+        None, strict=False, description="With 'split': a target name template for each part."
+    )
     source: str | None = Field(None, description="In plans over several named sources: the one this rule reads.")
     values: dict[str, dict[str, str]] = Field(
         default_factory=dict,
@@ -149,7 +153,7 @@ class Rule(Frozen):
     concat: CombineSpec | None = None
     stack: CombineSpec | None = None
     ops: tuple[OperationSpec, ...] = Field(
-        (), description=f"Operations applied in order: {', '.join(OPERATION_SPECS)}."
+        (), strict=False, description=f"Operations applied in order: {', '.join(OPERATION_SPECS)}."
     )
 
     _pattern: Any = PrivateAttr(None)
@@ -252,9 +256,13 @@ class Rule(Frozen):
                     f"values names group {group!r}, which the pattern does not define (it defines: {defined})"
                 )
 
-    def fullmatch(self, name: str) -> Any:
-        """The match object if the pattern matches all of ``name``, else None."""
-        return self._pattern.fullmatch(name)
+    def fullmatch(self, name: str, *, partial: bool = False) -> Any:
+        """The match object if the pattern matches all of ``name`` (or, ``partial``, could with more), else None.
+
+        Raises:
+            MatchTimeoutError: the match ran past the time bound (``mapper.rules.bound.match_timeout``).
+        """
+        return bounded_fullmatch(self, name, partial=partial, section="rules")
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -314,8 +322,8 @@ class Keep(Frozen):
         return self
 
     def fullmatch(self, name: str) -> Any:
-        """The match object if the pattern matches all of ``name``, else None."""
-        return self._pattern.fullmatch(name)
+        """The match object if the pattern matches all of ``name``, else None; raises MatchTimeoutError."""
+        return bounded_fullmatch(self, name, section="keep")
 
 
 class Example(Frozen):
@@ -328,7 +336,9 @@ class Example(Frozen):
 
     source: str = Field(description="A source tensor name.")
     target: str | None = Field(None, description="The target name the rules must give it.")
-    targets: tuple[str, ...] | None = Field(None, description="For a split rule: the target name of every part.")
+    targets: tuple[str, ...] | None = Field(
+        None, strict=False, description="For a split rule: the target name of every part."
+    )
     skip: bool = Field(False, description="true: the rules must skip this name.")
     rule: str | None = Field(None, description="The name of the rule that must take it.")
     groups: dict[str, str] | None = Field(
@@ -365,13 +375,25 @@ class RuleSet(Frozen):
     target: TargetSection = TargetSection()
     policies: Policies = Policies()
     extends: tuple[str, ...] = Field(
-        (), description="Base rule files, relative to this one: their rules and keeps come after this file's."
+        (),
+        strict=False,
+        description="Base rule files, relative to this one: their rules and keeps come after this file's.",
     )
-    rules: tuple[Rule, ...] = ()
-    keep: tuple[Keep, ...] = ()
-    examples: tuple[Example, ...] = Field((), description="Source names and what the rules must do with them.")
+    rules: tuple[Rule, ...] = Field((), strict=False)
+    keep: tuple[Keep, ...] = Field((), strict=False)
+    examples: tuple[Example, ...] = Field(
+        (), strict=False, description="Source names and what the rules must do with them."
+    )
 
     _file: str = PrivateAttr("<string>")
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: object) -> object:
+        # true == 1 in Python, so the literal alone would take `format = true`.
+        if isinstance(value, bool):
+            raise ValueError(f"format {str(value).lower()} is not supported (this weight-mapper reads format = 1)")
+        return value
 
     @model_validator(mode="after")
     def _examples_name_rules(self) -> RuleSet:
@@ -447,8 +469,11 @@ class RuleSet(Frozen):
         return RuleRef(file, number, keep.name, "keep")
 
 
-def parse_rules(text: str, *, file: str = "<string>") -> RuleSet:
+def parse_rules(text: str, *, file: str = "<string>", match_timeout: float | None = None) -> RuleSet:
     """Validate rule-file TOML given as a string; ``file`` names it in errors.
+
+    ``match_timeout`` bounds every match of the file's patterns, in seconds (default: ``$MAPPER_MATCH_TIMEOUT``,
+    else one second); a match that runs past it raises ``MatchTimeoutError``.
 
     Example:
         >>> parse_rules("format = 1\\n[policies]\\nunused_source = 'warn'\\n").policies.unused_source
@@ -458,11 +483,13 @@ def parse_rules(text: str, *, file: str = "<string>") -> RuleSet:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise RuleFileError([toml_issue(file, error)]) from None
-    return validate_rules(data, file=file)
+    except RecursionError:
+        raise RuleFileError([nesting_issue(file)]) from None
+    return validate_rules(data, file=file, match_timeout=match_timeout)
 
 
-def validate_rules(data: Mapping[str, Any], *, file: str = "<string>") -> RuleSet:
-    """Validate an already-parsed rule-file table.
+def validate_rules(data: Mapping[str, Any], *, file: str = "<string>", match_timeout: float | None = None) -> RuleSet:
+    """Validate an already-parsed rule-file table; ``match_timeout`` as for :func:`parse_rules`.
 
     Example:
         >>> validate_rules({"format": 1}).rules
@@ -478,7 +505,13 @@ def validate_rules(data: Mapping[str, Any], *, file: str = "<string>") -> RuleSe
         rules = RuleSet.model_validate(data, context={"params": usable})
     except ValidationError as error:
         raise RuleFileError([pydantic_issue(file, data, item, _FIELDS) for item in error.errors()]) from None
+    except RecursionError:
+        raise RuleFileError([nesting_issue(file)]) from None
     rules._file = file
+    timeout = None if match_timeout is None else bound_of(match_timeout)
+    for entries in (rules.rules, rules.keep):
+        for index, entry in enumerate(entries):
+            place(entry, file, index + 1, timeout)
     return rules
 
 

@@ -84,7 +84,7 @@ class OperationSpecBase(Frozen):
 class TransposeSpec(OperationSpecBase):
     """``{ transpose = [1, 0] }``: output axis i is input axis perm[i]."""
 
-    transpose: tuple[int, ...]
+    transpose: tuple[int, ...] = Field(strict=False)
 
     @field_validator("transpose")
     @classmethod
@@ -200,7 +200,7 @@ class RearrangeSpec(OperationSpecBase):
     Keys besides ``rearrange`` bind axis sizes, to whole numbers or parameter names.
     """
 
-    model_config = ConfigDict(frozen=True, extra="allow")
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
 
     rearrange: str
 
@@ -327,7 +327,7 @@ class SplitSpec(Frozen):
 
     axis: int
     parts: int | None = Field(None, ge=1)
-    sizes: tuple[int, ...] | None = None
+    sizes: tuple[int, ...] | None = Field(None, strict=False)
 
     @field_validator("parts", mode="before")
     @classmethod
@@ -377,7 +377,7 @@ class CombineSpec(Frozen):
 
     axis: int
     by: str
-    members: tuple[str, ...] | None = None
+    members: tuple[str, ...] | None = Field(None, strict=False)
     count: int | None = Field(None, ge=1)
 
     @field_validator("count", mode="before")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+
+import regex
 
 from mapper.authoring.suggest._generalise import Draft, literal_draft, slot_values
 from mapper.authoring.suggest._patterns import group_labels, render_pattern
@@ -21,7 +22,8 @@ class _DraftPattern:
 
     def __init__(self, match: str) -> None:
         self.match = match
-        self.fullmatch = re.compile(match).fullmatch
+        # regex, as rule files use: the matcher passes it the match time bound.
+        self._pattern = regex.compile(match)
 
 
 def narrow(drafts: list[Draft], names: Sequence[str]) -> list[Draft]:
