@@ -35,7 +35,7 @@ if NO_TF:
 
 
 # Doctests whose examples need TensorFlow only through what they call: converting a MemorySource streams its values
-# through mapper.run.executor.ValueStream, which imports TensorFlow.
+# through mapper.run.batches.ValueStream, which imports TensorFlow.
 _DOCTESTS_NEEDING_TF = frozenset({"mapper.api.convert", "mapper.run.convert.write_plan"})
 
 

@@ -17,13 +17,9 @@ from mapper.dtypes import numpy_dtype
 from mapper.errors import ApplyError, CorruptSourceError, PlanError, SourceError, TargetError
 from mapper.ops import Cast, Operation, Reshape, Transpose, apply_numpy, infer_all
 from mapper.plan import Assignment, Plan, Problem, ProblemKind, RuleRef, Severity
-from mapper.run.executor import (
-    MAX_BATCH_TENSORS,
-    NUMPY_OPS_MAX_BYTES,
-    ApplyResult,
-    apply_plan,
-    init_from_checkpoint_map,
-)
+from mapper.run.batches import MAX_BATCH_TENSORS
+from mapper.run.executor import ApplyResult, apply_plan, init_from_checkpoint_map
+from mapper.run.values import NUMPY_OPS_MAX_BYTES
 from mapper.sources.memory import MemorySource
 from mapper.sources.tf_checkpoint import TFCheckpointSource
 from mapper.specs import TargetMap, TensorSpec, VariableMap

@@ -12,17 +12,15 @@ from mapper.errors import ApplyError, TargetError
 from mapper.plan import Assignment, Plan
 from mapper.run.batches import (
     DEFAULT_BATCH_BYTES,
-    MAX_BATCH_TENSORS,
     Batch,
     Sources,
-    ValueStream,
     check_batch_bytes,
     check_plan,
     check_sources,
     plan_batches,
     resolve_sources,
 )
-from mapper.run.values import NUMPY_OPS_MAX_BYTES, assignment_value, spec_text, transform
+from mapper.run.values import assignment_value, spec_text, transform
 from mapper.sources.base import Source
 from mapper.targets.base import VariableTarget
 from mapper.text import first_line, quoted, s
@@ -455,21 +453,4 @@ def _init_map(assignments: Sequence[Assignment], slots: Mapping[str, _Slot]) -> 
 
 
 # The batching and checking names are re-exported: they lived here before run/batches.py and run/values.py.
-__all__ = [
-    "DEFAULT_BATCH_BYTES",
-    "MAX_BATCH_TENSORS",
-    "METHODS",
-    "NUMPY_OPS_MAX_BYTES",
-    "ApplyResult",
-    "Batch",
-    "Method",
-    "Sources",
-    "ValueStream",
-    "apply_plan",
-    "check_batch_bytes",
-    "check_plan",
-    "check_sources",
-    "init_from_checkpoint_map",
-    "plan_batches",
-    "resolve_sources",
-]
+__all__ = ["METHODS", "ApplyResult", "Method", "apply_plan", "init_from_checkpoint_map"]
