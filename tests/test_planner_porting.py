@@ -294,7 +294,7 @@ def test_concat_of_different_sizes_along_the_last_axis() -> None:
     assert first.target == "layer_0/attention/qkv"
     assert first.members == tuple(f"layers.0.attn.{part}_proj.weight" for part in "qkv")
     assert first.source == first.members[0] == first.source_names[0]
-    assert first.member_shapes == ((H, H), (H, 2), (H, 2))
+    assert first.source_shapes == ((H, H), (H, 2), (H, 2))
     assert first.combine == Concat(-1)
     assert first.operations == ()
     assert first.transformed
@@ -334,7 +334,7 @@ def test_stack_of_per_layer_tensors_with_a_count() -> None:
     (assignment,) = plan.assignments
     assert assignment.members == tuple(f"blocks.{i}.w" for i in range(layers))
     assert assignment.combine == Stack(0)
-    assert assignment.member_shapes == ((3, 5),) * layers
+    assert assignment.source_shapes == ((3, 5),) * layers
     values = random_values(source, seed=4)
     np.testing.assert_array_equal(
         run(assignment, values), np.stack([values[f"blocks.{i}.w"] for i in range(layers)], axis=0)
@@ -1107,8 +1107,8 @@ def test_porting_plan_invariants(inputs: tuple[RuleSet, VariableMap | SourceSet,
         assert (a.source_shape, a.source_dtype) == (every[a.source][1].shape, every[a.source][1].dtype)
         shape: tuple[int, ...] = a.source_shape
         if a.combine is not None:
-            assert a.member_shapes == tuple(every[name][1].shape for name in a.members)
-            shape, _ = a.combine.infer(a.member_shapes, a.source_dtype)
+            assert a.source_shapes == tuple(every[name][1].shape for name in a.members)
+            shape, _ = a.combine.infer(a.source_shapes, a.source_dtype)
         assert infer_all(a.operations, shape, a.source_dtype) == (spec.shape, spec.dtype)
         result = run(a, values)
         assert (result.shape, str(result.dtype)) == (spec.shape, spec.dtype)

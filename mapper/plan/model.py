@@ -118,11 +118,6 @@ class Assignment:
         """A join's members in order (``source`` first); () for an assignment from one tensor."""
         return () if self.join is None else self.source_names
 
-    @property
-    def member_shapes(self) -> tuple[tuple[int, ...], ...]:
-        """The shape of each of ``members``; () for an assignment from one tensor."""
-        return () if self.join is None else self.source_shapes
-
 
 class SkipKind(str, enum.Enum):
     """Why a name was left alone."""

@@ -398,9 +398,7 @@ class _Planner:
             return
         if policy == "warn":
             self._problem(ProblemKind.DOUBLE_FILL, message, assignment.rule, names, Severity.WARNING)
-        for name, shape in zip(
-            assignment.source_names, assignment.member_shapes or (assignment.source_shape,), strict=True
-        ):
+        for name, shape in zip(assignment.source_names, assignment.source_shapes, strict=True):
             self.skips.append(
                 Skip(
                     name,

@@ -33,9 +33,9 @@ class AssignmentRow:
 
 def _source_shape(assignment: Assignment, times: str) -> str:
     """The source side of the shapes: one shape, ``3 x [2, 4]`` for equal members, ``[8, 8] + [8, 2]`` otherwise."""
-    shapes = assignment.member_shapes
-    if not shapes:
+    if assignment.join is None:
         return format_shape(assignment.source_shape)
+    shapes = assignment.source_shapes
     if len(set(shapes)) == 1:
         return f"{len(shapes)} {times} {format_shape(shapes[0])}"
     return " + ".join(format_shape(shape) for shape in shapes)
@@ -247,7 +247,7 @@ def _bucket_key(assignment: Assignment) -> tuple[object, ...]:
     )
     key: tuple[object, ...] = (assignment.source_id, operations, assignment.combine)
     if assignment.transformed:
-        key += (assignment.member_shapes or assignment.source_shape, assignment.target_shape)
+        key += (assignment.source_shapes if assignment.join else assignment.source_shape, assignment.target_shape)
         key += (assignment.source_dtype, assignment.target_dtype)
     return key
 

@@ -143,25 +143,10 @@ def _check_assignment(plan: Plan, assignment: Assignment) -> None:
     again = "the plan was edited or made by another version, so plan again"
     combine = assignment.combine
     members = assignment.members
-    joined = combine is not None or members or assignment.member_shapes
-    if joined and (
-        combine is None
-        or not members
-        or len(members) != len(assignment.member_shapes)
-        or members[0] != assignment.source
-        or assignment.member_shapes[0] != assignment.source_shape
-    ):
-        raise PlanError(
-            f"{where}: its members {list(members)}, member shapes {[list(s) for s in assignment.member_shapes]} "
-            f"and join {combine.describe() if combine else None} do not agree with each other and with its first "
-            f"source {assignment.source!r}; {again}",
-            problems=(),
-            plan=plan,
-        )
     try:
         shape, dtype = assignment.source_shape, assignment.source_dtype
         if combine is not None:
-            shape, dtype = combine.infer(assignment.member_shapes, dtype)
+            shape, dtype = combine.infer(assignment.source_shapes, dtype)
         shape, dtype = infer_all(assignment.operations, shape, dtype)
     except OperationError as error:
         raise PlanError(f"{where}: {error}; {again}", problems=(), plan=plan) from error
@@ -197,7 +182,7 @@ def check_sources(plan: Plan, sources: Mapping[str | None, Source]) -> None:
         chosen = sources[assignment.source_id]
         specs = specs_by_id[assignment.source_id]
         names = assignment.source_names
-        shapes = assignment.member_shapes or (assignment.source_shape,)
+        shapes = assignment.source_shapes
         for position, (name, shape) in enumerate(zip(names, shapes, strict=True), 1):
             kind = assignment.combine.kind if assignment.combine else ""
             role = f"as member {position} of {len(names)} of the {kind} " if kind else ""
@@ -257,7 +242,7 @@ def _read_groups(plan: Plan) -> list[_Group]:
     forest = _Forest()
     sizes: dict[_Key, int] = {}
     for assignment in plan.assignments:
-        shapes = assignment.member_shapes or (assignment.source_shape,)
+        shapes = assignment.source_shapes
         keys = [(assignment.source_id, name) for name in assignment.source_names]
         for key, shape in zip(keys, shapes, strict=True):
             if key not in sizes:

@@ -47,7 +47,7 @@ def transform(members: Sequence[Any], assignment: Assignment, where: str, tf: An
         Traceback (most recent call last):
         mapper.errors.SourceError: reading 'w' from memory gave [3] float32, not the [2] float32 its specs promised; ...
     """
-    shapes = assignment.member_shapes or (assignment.source_shape,)
+    shapes = assignment.source_shapes
     for value, name, shape in zip(members, assignment.source_names, shapes, strict=True):
         if isinstance(value, tf.Tensor):
             _check_read(name, shape, (tuple(value.shape), value.dtype.name), assignment, where)
@@ -132,7 +132,7 @@ def tensor_bytes(shape: Sequence[int], dtype: str) -> int:
 
 def _nbytes(assignment: Assignment) -> int:
     """Source bytes the assignment reads: every member of a join."""
-    shapes = assignment.member_shapes or (assignment.source_shape,)
+    shapes = assignment.source_shapes
     return sum(tensor_bytes(shape, assignment.source_dtype) for shape in shapes)
 
 
