@@ -131,8 +131,11 @@ class PlanError(MapperError, ValueError):
         self.plan = plan
 
     @classmethod
-    def from_plan(cls, plan: Any, *, shown: int = 5) -> PlanError:
+    def from_plan(cls, plan: Any, *, shown: int = 5, executor: bool = False) -> PlanError:
         """The error for refusing to carry out ``plan`` (a ``mapper.plan.Plan``): its first errors, and how many.
+
+        Callers that refuse before doing anything (the API, the CLI) use the short form; the executor, handed a
+        plan with errors directly, names the source and target and says how to fix it (``executor=True``).
 
         Example:
             >>> from mapper.plan import Plan
@@ -142,12 +145,15 @@ class PlanError(MapperError, ValueError):
         errors = plan.errors
         listed = "".join(f"\n  - {problem.message}" for problem in errors[:shown])
         more = f"\n  ... and {len(errors) - shown} more" if len(errors) > shown else ""
-        return cls(
-            f"the plan from {', '.join(plan.rule_files)} has {len(errors)} error{'s' if len(errors) != 1 else ''}; "
-            f"nothing was changed{listed}{more}",
-            problems=errors,
-            plan=plan,
-        )
+        count = f"{len(errors)} error{'s' if len(errors) != 1 else ''}"
+        if executor:
+            message = (
+                f"the plan from {plan.source} to {plan.target} has {count}, so nothing was applied:{listed}{more}\n"
+                "fix the rule file (see the plan report) and plan again"
+            )
+        else:
+            message = f"the plan from {', '.join(plan.rule_files)} has {count}; nothing was changed{listed}{more}"
+        return cls(message, problems=errors, plan=plan)
 
 
 class SourceError(MapperError, OSError):

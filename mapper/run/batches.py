@@ -12,7 +12,7 @@ from mapper.ops import infer_all
 from mapper.plan import Assignment, Plan
 from mapper.run.values import assignment_value, spec_text, tensor_bytes
 from mapper.sources.base import Source
-from mapper.text import SHOWN, quoted, s
+from mapper.text import quoted, s
 
 DEFAULT_BATCH_BYTES = 64 * 2**20
 # Tensors per read, whatever their size: one RestoreV2 over thousands of small tensors is slower than
@@ -124,16 +124,8 @@ def check_plan(plan: Plan) -> None:
         Traceback (most recent call last):
         mapper.errors.PlanError: assignment 's' -> 't' (r.toml rule 1) is inconsistent: cannot reshape [4] ...
     """
-    errors = plan.errors
-    if errors:
-        shown = "\n".join(f"  - {problem.message}" for problem in errors[:SHOWN])
-        more = f"\n  ... and {len(errors) - SHOWN} more" if len(errors) > SHOWN else ""
-        raise PlanError(
-            f"the plan from {plan.source} to {plan.target} has {len(errors)} error{s(len(errors))}, so nothing "
-            f"was applied:\n{shown}{more}\nfix the rule file (see the plan report) and plan again",
-            problems=errors,
-            plan=plan,
-        )
+    if plan.errors:
+        raise PlanError.from_plan(plan, executor=True)
     for assignment in plan.assignments:
         _check_assignment(plan, assignment)
 
