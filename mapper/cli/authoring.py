@@ -9,7 +9,7 @@ from typing import Any
 from mapper.cli import EXIT_OK, EXIT_PROBLEMS
 from mapper.cli.inputs import UsageError, check_json_depth, load_rule_file, load_target, source_formats, sources
 from mapper.cli.terminal import out
-from mapper.errors import TargetError
+from mapper.errors import PlanError, TargetError
 
 
 def explain(args: argparse.Namespace) -> int:
@@ -92,5 +92,11 @@ def _plan_for_diff(args: argparse.Namespace, path: str) -> Any:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as problem:
         raise TargetError(f"cannot read {path}: {problem.strerror or problem}") from None
+    except UnicodeDecodeError as problem:
+        raise PlanError(
+            f"{path}: not a plan: not UTF-8 text (byte {problem.start} is {problem.object[problem.start]:#04x})",
+            problems=(),
+            plan=None,
+        ) from None
     check_json_depth(text, path)
     return load_plan_for_diff(text, path)

@@ -234,7 +234,7 @@ def _import_module(spec: str, module_name: str) -> Any:
     except TargetError:
         raise
     except SyntaxError as problem:
-        where = f" ({problem.filename}, line {problem.lineno})" if problem.filename else ""
+        where = f" at {problem.filename}:{problem.lineno}" if problem.filename else ""
         raise TargetError(f"--target {spec!r}: {module_name!r} has a syntax error{where}: {problem.msg}") from problem
     except ImportError as problem:
         raise TargetError(f"--target {spec!r}: cannot import {module_name!r}: {problem}") from problem
