@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from mapper.cli import EXIT_OK, EXIT_PROBLEMS
-from mapper.cli.inputs import UsageError, load_rule_file, load_target_factory, source_formats, sources
+from mapper.cli.inputs import UsageError, check_json_depth, load_rule_file, load_target, source_formats, sources
 from mapper.cli.terminal import out
-from mapper.errors import TargetError
+from mapper.errors import PlanError, TargetError
 
 
 def explain(args: argparse.Namespace) -> int:
     """``mapper explain``: every rule tried on one source name, or where one target variable's value comes from."""
-    from mapper.api import as_sources, as_target, make_plan, source_specs
+    from mapper.api import as_sources, make_plan, source_specs
     from mapper.authoring.explain import explain_source, explain_target
 
     rules = load_rule_file(args, args.rules)
@@ -26,7 +26,7 @@ def explain(args: argparse.Namespace) -> int:
         opened = as_sources(sources(args.source))
         source_map, _ = source_specs(opened)
         if args.target:
-            target = as_target(load_target_factory(args.target), checkpoint_root=rules.target.checkpoint_root)
+            target = load_target(args.target, checkpoint_root=rules.target.checkpoint_root)
             plan = make_plan(rules, opened, target)
     if args.target_name:
         out(explain_target(plan, args.name))  # type: ignore[arg-type]  # checked: --target-name needs both
@@ -46,12 +46,12 @@ def _map_holding(source_map: Any, name: str) -> Any:
 
 def suggest(args: argparse.Namespace) -> int:
     """``mapper suggest``: print a draft rule file that aligns the checkpoint's names with the model's."""
-    from mapper.api import as_source, as_target
+    from mapper.api import as_source
     from mapper.authoring.suggest import suggest_rules
 
     formats = source_formats(args)
     source = as_source(args.source, format=formats if isinstance(formats, str) else None)
-    target = as_target(load_target_factory(args.target))
+    target = load_target(args.target)
     suggestion = suggest_rules(source.specs(), target.map, namespace=args.namespace)
     out(suggestion.toml.rstrip("\n"))
     return EXIT_OK
@@ -81,10 +81,10 @@ def _plan_for_diff(args: argparse.Namespace, path: str) -> Any:
     if path.endswith(".toml"):
         if not (args.source and args.target):
             raise UsageError(f"{path} is a rule file: give --source and --target to plan it")
-        from mapper.api import as_sources, as_target, make_plan
+        from mapper.api import as_sources, make_plan
 
         rules = load_rule_file(args, path)
-        target = as_target(load_target_factory(args.target), checkpoint_root=rules.target.checkpoint_root)
+        target = load_target(args.target, checkpoint_root=rules.target.checkpoint_root)
         return make_plan(rules, as_sources(sources(args.source)), target, lints=False)
     from mapper.authoring.diff import load_plan_for_diff
 
@@ -92,4 +92,11 @@ def _plan_for_diff(args: argparse.Namespace, path: str) -> Any:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as problem:
         raise TargetError(f"cannot read {path}: {problem.strerror or problem}") from None
+    except UnicodeDecodeError as problem:
+        raise PlanError(
+            f"{path}: not a plan: not UTF-8 text (byte {problem.start} is {problem.object[problem.start]:#04x})",
+            problems=(),
+            plan=None,
+        ) from None
+    check_json_depth(text, path)
     return load_plan_for_diff(text, path)

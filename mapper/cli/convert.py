@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from mapper.cli import EXIT_OK
-from mapper.cli.inputs import load_rule_file, load_target_factory, source_formats, sources
+from mapper.cli.inputs import load_rule_file, load_target, source_formats, sources
 from mapper.cli.terminal import out, progress_bar, render_plan
 from mapper.errors import PlanError
 from mapper.text import human_bytes, plural
@@ -15,7 +15,7 @@ from mapper.text import human_bytes, plural
 
 def convert(args: argparse.Namespace) -> int:
     """``mapper convert``: plan the conversion, print the report, and if it has no errors write OUTPUT."""
-    from mapper.api import as_sources, as_target
+    from mapper.api import as_sources
     from mapper.outputs.writers import check_output, output_format
     from mapper.plan.conversion import plan_conversion
     from mapper.run.convert import write_plan
@@ -27,7 +27,7 @@ def convert(args: argparse.Namespace) -> int:
     opened = as_sources(sources([args.source, *(args.more_sources or ())]), format=source_formats(args))
     target_map = None
     if args.target:
-        target_map = as_target(load_target_factory(args.target), checkpoint_root=rules.target.checkpoint_root).map
+        target_map = load_target(args.target, checkpoint_root=rules.target.checkpoint_root).map
     planned = plan_conversion(rules, opened, target_map, target_description=f"{output} ({chosen})")
     if not args.quiet or not planned.ok:
         out(render_plan(planned, args, sys.stdout))

@@ -9,11 +9,13 @@ import importlib.util
 import os
 import re
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mapper.errors import TargetError
+from mapper.errors import PlanError, TargetError
+from mapper.text import first_line
 
 
 class UsageError(Exception):
@@ -21,6 +23,11 @@ class UsageError(Exception):
 
 
 _NAMED = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*)=(.+)", re.DOTALL)
+
+# A plan or report nests about six levels deep; far deeper is not a plan, and would exhaust the parser's stack.
+MAX_PLAN_DEPTH = 64
+# A JSON string (skipped whole, so that brackets inside names do not count) or a bracket.
+_JSON_NESTING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
 
 def load_rule_file(args: argparse.Namespace, path: str) -> Any:
@@ -97,22 +104,77 @@ def source_formats(args: argparse.Namespace) -> str | dict[str, str] | None:
     return formats or single
 
 
+def check_json_depth(text: str, label: str, *, limit: int = MAX_PLAN_DEPTH) -> None:
+    """Refuse plan JSON nested deeper than ``limit`` before it is parsed, as a PlanError naming the file.
+
+    Parsing such a file would fail deep inside the JSON decoder (a RecursionError), or take the stack with it.
+
+    Raises:
+        PlanError: an array or object lies more than ``limit`` levels deep.
+
+    Example:
+        >>> check_json_depth('{"names": ["[[[", {"a": []}]}', "plan.json", limit=4)
+        >>> check_json_depth("[" * 100_000 + "]" * 100_000, "deep.json")
+        Traceback (most recent call last):
+        mapper.errors.PlanError: deep.json: not a plan: its JSON nests more than 64 levels deep (a plan nests about 6); ...
+    """
+    depth = 0
+    for token in _JSON_NESTING.finditer(text):
+        bracket = text[token.start()]
+        if bracket in "[{":
+            depth += 1
+            if depth > limit:
+                raise PlanError(
+                    f"{label}: not a plan: its JSON nests more than {limit} levels deep (a plan nests about 6); "
+                    "give a file written by 'mapper plan --format json'",
+                    problems=(),
+                    plan=None,
+                )
+        elif bracket in "]}":
+            depth -= 1
+
+
 def plan_from_args(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """Plan ``args.rules`` from ``--source`` into ``--target``: the plan, the opened sources and the target."""
-    from mapper.api import as_sources, as_target, make_plan
+    from mapper.api import as_sources, make_plan
 
     rules = load_rule_file(args, args.rules)
     source = as_sources(sources(args.source), format=source_formats(args))
-    target_object = load_target_factory(args.target)
-    target = as_target(target_object, checkpoint_root=rules.target.checkpoint_root)
+    target = load_target(args.target, checkpoint_root=rules.target.checkpoint_root)
     return make_plan(rules, source, target), source, target
+
+
+def load_target(spec: str, *, checkpoint_root: str = "model") -> Any:
+    """The VariableTarget of what ``--target MODULE:FACTORY`` builds; every way it can fail is a TargetError.
+
+    Raises:
+        TargetError: the factory cannot be loaded or run (see ``load_target_factory``), or what it built is not a
+            target (an unbuilt model, an int, a model without variables); the message starts with the spec.
+
+    Example:
+        >>> load_target("collections:OrderedDict")
+        Traceback (most recent call last):
+        mapper.errors.TargetError: --target 'collections:OrderedDict': the dict given as target is empty; ...
+    """
+    from mapper.api import as_target
+
+    built = load_target_factory(spec)
+    try:
+        return as_target(built, checkpoint_root=checkpoint_root)
+    except TargetError as problem:
+        raise TargetError(f"--target {spec!r}: {problem}") from problem
 
 
 def load_target_factory(spec: str) -> object:
     """Import ``MODULE:FACTORY`` and return what the factory builds (or the attribute itself if not callable).
 
+    The module and the factory are the user's code: whatever they raise (a syntax error, an exception at import
+    or while building, ``sys.exit``) is reported as a TargetError that says which, with the exception's type and
+    first line, and where in the user's file it was raised.
+
     Raises:
-        TargetError: the spec is malformed, the module cannot be imported, or it lacks the attribute.
+        TargetError: the spec is malformed, the module cannot be imported, it lacks the attribute, or importing it
+            or calling the factory raised.
 
     Example:
         >>> load_target_factory("collections:OrderedDict")
@@ -120,29 +182,68 @@ def load_target_factory(spec: str) -> object:
         >>> load_target_factory("collections:OrderdDict")
         Traceback (most recent call last):
         mapper.errors.TargetError: --target 'collections:OrderdDict': module 'collections' has no 'OrderdDict'; did you mean OrderedDict...?
+        >>> load_target_factory("json:loads")
+        Traceback (most recent call last):
+        mapper.errors.TargetError: --target 'json:loads': the target factory loads() raised TypeError: ...
     """
     module_name, _, attribute = spec.rpartition(":")
     if not module_name or not attribute:
         raise TargetError(f"--target {spec!r} is not MODULE:FACTORY (e.g. mapper.demo:new_model or models.py:build)")
-    try:
-        module = _import_module(spec, module_name)
-    except TargetError:
-        raise
-    except ImportError as error:
-        raise TargetError(f"--target {spec!r}: cannot import {module_name!r}: {error}") from error
+    module = _import_module(spec, module_name)
     factory = getattr(module, attribute, None)
     if factory is None:
         public = [name for name in dir(module) if not name.startswith("_") and callable(getattr(module, name))]
         close = difflib.get_close_matches(attribute, public, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise TargetError(f"--target {spec!r}: module {module_name!r} has no {attribute!r}{hint}")
-    return factory() if callable(factory) else factory
+    if not callable(factory):
+        return factory
+    try:
+        return factory()
+    except (Exception, SystemExit) as problem:
+        raise TargetError(f"--target {spec!r}: the target factory {attribute}() {_raised(problem)}") from problem
+
+
+def _raised(problem: BaseException) -> str:
+    """``raised Type: first line``, with the innermost place in the user's code it came from, for a message.
+
+    Example:
+        >>> _raised(ValueError("no weights\\nmore"))
+        'raised ValueError: no weights'
+        >>> _raised(SystemExit(2))
+        'called sys.exit(2)'
+    """
+    if isinstance(problem, SystemExit):
+        return f"called sys.exit({problem.code!r})"
+    frames = [frame for frame in traceback.extract_tb(problem.__traceback__) if _is_users(frame.filename)]
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno}, in {frames[-1].name})" if frames else ""
+    return f"raised {type(problem).__name__}: {first_line(problem)}{where}"
+
+
+def _is_users(filename: str) -> bool:
+    """Whether a traceback frame is in the user's code: not this module, an installed package or importlib."""
+    return filename != __file__ and "site-packages" not in filename and not filename.startswith("<frozen")
 
 
 def _import_module(spec: str, module_name: str) -> Any:
-    """The module a ``--target`` names: a dotted module name, or a path to a .py file."""
-    if not (module_name.endswith(".py") or os.sep in module_name):
-        return importlib.import_module(module_name)
+    """The module a ``--target`` names, a dotted module name or a path to a .py file; failures are TargetErrors."""
+    try:
+        if not (module_name.endswith(".py") or os.sep in module_name):
+            return importlib.import_module(module_name)
+        return _import_file(spec, module_name)
+    except TargetError:
+        raise
+    except SyntaxError as problem:
+        where = f" at {problem.filename}:{problem.lineno}" if problem.filename else ""
+        raise TargetError(f"--target {spec!r}: {module_name!r} has a syntax error{where}: {problem.msg}") from problem
+    except ImportError as problem:
+        raise TargetError(f"--target {spec!r}: cannot import {module_name!r}: {problem}") from problem
+    except (Exception, SystemExit) as problem:
+        raise TargetError(f"--target {spec!r}: importing {module_name!r} {_raised(problem)}") from problem
+
+
+def _import_file(spec: str, module_name: str) -> Any:
+    """Run a .py file as a module, registered in ``sys.modules`` (under its stem) only if it imports cleanly."""
     path = Path(module_name)
     if not path.is_file():
         raise TargetError(f"--target {spec!r}: no file {module_name!r}")
@@ -150,6 +251,15 @@ def _import_module(spec: str, module_name: str) -> Any:
     if module_spec is None or module_spec.loader is None:
         raise TargetError(f"--target {spec!r}: cannot load {module_name!r} as a Python module")
     module = importlib.util.module_from_spec(module_spec)
-    sys.modules[path.stem] = module
-    module_spec.loader.exec_module(module)
+    previous = sys.modules.get(path.stem)
+    sys.modules[path.stem] = module  # dataclasses and pickling look the module up while it runs
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        # A half-run module must not stay importable, nor hide the module of that name it replaced.
+        if previous is None:
+            sys.modules.pop(path.stem, None)
+        else:
+            sys.modules[path.stem] = previous
+        raise
     return module

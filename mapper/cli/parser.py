@@ -7,14 +7,33 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from mapper.cli import EXIT_APPLY, EXIT_INPUT, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
+from mapper.cli import (
+    EXIT_APPLY,
+    EXIT_BROKEN_PIPE,
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+)
+
+# The codes every verb shares, after its own: the ways a run can end that are not about its inputs.
+_ENDINGS = f"""
+  {EXIT_INTERNAL}  internal error: a bug in weight-mapper, reported in two lines (mapper --debug COMMAND ..., or
+      MAPPER_DEBUG=1, shows the traceback)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C, SIGINT): temporary files were removed, the model and output left as they were
+  {EXIT_BROKEN_PIPE}  standard output was closed early (piped into head, say): the rest of the output was dropped
+  {EXIT_TERMINATED}  terminated (SIGTERM): cleaned up as for {EXIT_INTERRUPTED}"""
 
 _EXIT_CODES = f"""exit codes:
   {EXIT_OK}  success (for plan: the plan has no errors)
   {EXIT_PROBLEMS}  problems found: an invalid rule file, or a plan with errors (nothing was changed)
   {EXIT_USAGE}  bad command line
-  {EXIT_INPUT}  an input cannot be read: missing or corrupt checkpoint, unusable target factory
-  {EXIT_APPLY}  applying failed; the model was left unchanged"""
+  {EXIT_INPUT}  an input cannot be read: missing or corrupt checkpoint, unusable target factory (also one that
+     raises, cannot be imported or builds no model)
+  {EXIT_APPLY}  applying failed; the model was left unchanged{_ENDINGS}"""
 
 _CONVERT_EXIT_CODES = f"""exit codes:
   {EXIT_OK}  success: the output was written
@@ -22,7 +41,7 @@ _CONVERT_EXIT_CODES = f"""exit codes:
   {EXIT_USAGE}  bad command line
   {EXIT_INPUT}  an input cannot be read, or the output is refused (it exists, its directory is missing, or its
      format cannot hold a tensor)
-  {EXIT_APPLY}  converting failed part-way; no output and no temporary file was left behind"""
+  {EXIT_APPLY}  converting failed part-way; no output and no temporary file was left behind{_ENDINGS}"""
 
 _SOURCE_HELP = (
     "the checkpoint, in one of the source formats below. For rule files that read several sources "
@@ -100,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         "  mapper convert rules/hf-bert-to-keras-hub.toml bert/model.safetensors converted/ckpt\n\n" + _EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the Python traceback of a failure (before COMMAND; MAPPER_DEBUG=1 does the same)",
+    )
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     _add_inspect(verbs)
@@ -360,8 +384,10 @@ def _add_authoring(verbs: Any) -> None:
         epilog="examples:\n"
         "  mapper diff before.json after.json\n"
         "  mapper diff rules/old.toml rules/new.toml --source ckpt --target models.py:build --format markdown\n\n"
-        "exit codes:\n  0  the plans fill every target the same way\n  1  they differ\n  2  bad command line\n"
-        "  3  an input cannot be read\n\n" + _source_formats_section(),
+        f"exit codes:\n  {EXIT_OK}  the plans fill every target the same way\n"
+        f"  {EXIT_PROBLEMS}  they differ, or a plan file is not a plan (invalid or too deeply nested JSON, another "
+        f"format)\n  {EXIT_USAGE}  bad command line\n  {EXIT_INPUT}  an input cannot be read{_ENDINGS}\n\n"
+        + _source_formats_section(),
     )
     diff.add_argument("old", help="a plan JSON file, or a rule file")
     diff.add_argument("new", help="a plan JSON file, or a rule file")

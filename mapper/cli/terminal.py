@@ -7,10 +7,12 @@ import contextlib
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, TextIO
 
 from mapper.errors import TargetError
+from mapper.text import first_line
 
 
 def out(text: str) -> None:
@@ -26,6 +28,60 @@ def warn(text: str) -> None:
 def error(text: str) -> None:
     """Print an error on standard error, prefixed so that it stands out in a CI log."""
     print(f"mapper: error: {text}", file=sys.stderr)
+
+
+def internal_error(problem: BaseException, *, debug: bool) -> None:
+    """Report an exception no MapperError describes, a bug: one line and how to see more, or the traceback.
+
+    Example:
+        >>> import contextlib, io
+        >>> shown = io.StringIO()
+        >>> with contextlib.redirect_stderr(shown):
+        ...     internal_error(ValueError("bad state\\ndetail"), debug=False)
+        >>> print(shown.getvalue().rstrip())  # doctest: +ELLIPSIS
+        mapper: internal error: ValueError: bad state
+        mapper: this is a bug in weight-mapper: run the command again with --debug ... to see the traceback, ...
+    """
+    if debug:
+        show_traceback(problem)
+    print(f"mapper: internal error: {type(problem).__name__}: {first_line(problem)}", file=sys.stderr)
+    if not debug:
+        print(
+            "mapper: this is a bug in weight-mapper: run the command again with --debug (mapper --debug COMMAND ...) "
+            "or MAPPER_DEBUG=1 to see the traceback, and report it, with that traceback and the command, to the "
+            "weight-mapper issue tracker",
+            file=sys.stderr,
+        )
+
+
+def show_traceback(problem: BaseException) -> None:
+    """Print ``problem``'s traceback, with its chained causes (``--debug``: where a reported error came from)."""
+    traceback.print_exception(type(problem), problem, problem.__traceback__, file=sys.stderr)
+
+
+def discard_stdout() -> None:
+    """Drop what is still buffered for standard output once its reader has gone (``mapper inspect ... | head``).
+
+    The buffer is flushed to the null device, so that neither a later flush nor the one at exit raises
+    BrokenPipeError again; the stream's file descriptor is then put back as it was.
+
+    Example:
+        >>> discard_stdout()  # harmless when nothing is buffered, or when standard output has no descriptor
+    """
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a StringIO (io.UnsupportedOperation), or a closed stream
+        return
+    saved = os.dup(descriptor)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, descriptor)
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+    finally:
+        os.dup2(saved, descriptor)
+        os.close(saved)
+        os.close(devnull)
 
 
 def wants_color(choice: str, stream: TextIO, *, to_file: bool = False) -> bool:
