@@ -166,7 +166,7 @@ def test_apply_saves_weights_and_refuses_to_overwrite(
     np.testing.assert_array_equal(restored.get_layer("head").kernel, fresh.get_layer("head").kernel)
     before = output.read_bytes()
     code, _, err = run(capsys, *argv)
-    assert code == cli.EXIT_INPUT
+    assert code == cli.EXIT_OUTPUT
     assert "already exists; pass --overwrite" in err
     assert output.read_bytes() == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["finetuned.weights.h5"]
@@ -220,7 +220,7 @@ def _needs_tf(argv: list[str], code: int, message: str, case: str) -> object:
         ),
         _needs_tf(
             ["apply", RULES, "--source", "{prefix}", "--target", TARGET, "--output", "/no/such/dir/ckpt"],
-            cli.EXIT_INPUT,
+            cli.EXIT_OUTPUT,
             "does not exist",
             "missing-output-dir",
         ),

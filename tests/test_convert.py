@@ -881,7 +881,7 @@ def test_cli_convert_refuses_existing_then_overwrites(
 
     code, _, err = run(capsys, "convert", str(rules), prefix, str(output), "-q")
 
-    assert code == cli.EXIT_INPUT
+    assert code == cli.EXIT_OUTPUT
     assert "already exists" in err and "--overwrite" in err
     assert snapshot(tmp_path) == before
     code, out, _ = run(capsys, "convert", str(rules), prefix, str(output), "-q", "--overwrite", "--to", "safetensors")

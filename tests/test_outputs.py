@@ -22,9 +22,9 @@ from formats import snapshot, write_safetensors, write_sharded_safetensors, writ
 from mapper import cli, demo
 from mapper.api import convert
 from mapper.errors import OutputError, TargetError
+from mapper.interrupts import EXIT_TERMINATED, Terminated, sigterm_raises
 from mapper.outputs.faults import faults_named
 from mapper.outputs.files import checkpoint_files, output_files
-from mapper.outputs.interrupts import EXIT_TERMINATED, Terminated, sigterm_raises
 from mapper.outputs.save import check_output, save_target
 from mapper.rules import parse_rules
 from mapper.sources import SOURCE_CLASSES, KerasH5Source, NpzSource, SafetensorsSource, Source, TorchSource, open_source
@@ -207,7 +207,7 @@ def test_cli_apply_writes_names_with_glob_characters_and_refuses_them_the_second
 
     code, _, err = run(capsys, *argv)
 
-    assert code == cli.EXIT_INPUT
+    assert code == cli.EXIT_OUTPUT
     assert "already exists" in err and "--overwrite" in err
     assert snapshot(tmp_path) == before
 
@@ -219,7 +219,7 @@ def test_cli_apply_to_a_checkpoint_path_with_a_bracket_is_refused(
 
     code, out, err = run(capsys, *APPLY_ARGV, "--source", str(prefix), "--output", str(tmp_path / "ckpt[1]"))
 
-    assert code == cli.EXIT_INPUT
+    assert code == cli.EXIT_OUTPUT
     assert "could never be read back" in err and "weights saved" not in out
     assert listing(tmp_path) == []
 
@@ -232,7 +232,7 @@ def test_cli_apply_with_its_source_as_output_is_refused_before_the_model_changes
 
     code, out, err = run(capsys, *APPLY_ARGV, "--source", str(prefix), "--output", str(prefix), "--overwrite")
 
-    assert code == cli.EXIT_INPUT
+    assert code == cli.EXIT_OUTPUT
     assert "which the source" in err and "reads" in err and "weights saved" not in out
     assert "applied:" not in out
     assert snapshot(tmp_path) == before

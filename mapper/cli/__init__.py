@@ -12,17 +12,20 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from mapper.errors import ApplyError, MapperError, PlanError, RuleFileError
+from mapper.errors import ApplyError, MapperError, OutputError, PlanError, RuleFileError
+from mapper.interrupts import EXIT_TERMINATED as TERMINATED_CODE
+from mapper.interrupts import Terminated, sigterm_raises
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1  # the input was read, and is wrong: an invalid rule file, a plan with errors
 EXIT_USAGE = 2  # the command line itself is wrong (argparse's own code)
 EXIT_INPUT = 3  # an input cannot be read: missing or corrupt source, unusable target
 EXIT_APPLY = 4  # applying failed; the target was left unchanged
+EXIT_OUTPUT = 5  # the output cannot be written (exists, no directory, read-only, disk full); nothing was written
 EXIT_INTERNAL = 70  # an exception no MapperError describes: a bug (EX_SOFTWARE in BSD's sysexits.h)
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 EXIT_BROKEN_PIPE = 141  # the shell's code for a process ended by SIGPIPE: standard output was closed early
-EXIT_TERMINATED = 143  # the shell's code for a process ended by SIGTERM
+EXIT_TERMINATED = TERMINATED_CODE  # the shell's code for a process ended by SIGTERM (128 + 15)
 
 # Commands that always build a Keras model, so import TensorFlow anyway.
 _KERAS_COMMANDS = frozenset({"plan", "apply", "demo"})
@@ -41,19 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     # The verb modules import their exit codes from this package, so they are imported once it is complete.
     from mapper.cli.parser import build_parser
-    from mapper.cli.signals import Terminated, sigterm_as_interrupt
     from mapper.cli.terminal import discard_stdout, error, internal_error
 
     # TensorFlow's C++ start-up chatter (CUDA probing, CPU features) is not for our users; an explicit setting wins.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get(_DEBUG_VARIABLE, "").lower() not in ("", "0", "false", "no")
-    with sigterm_as_interrupt():
+    with sigterm_raises():
         try:
             code = _run(args, debug=debug)
             sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
-        except Terminated as stop:
-            error(f"interrupted ({stop.name})")
+        except Terminated:
+            error("interrupted (SIGTERM)")
             return EXIT_TERMINATED
         except KeyboardInterrupt:
             error("interrupted")
@@ -88,15 +90,19 @@ def _run(args: argparse.Namespace, *, debug: bool) -> int:
 
 
 def _exit_code(problem: MapperError) -> int:
-    """The exit code of a MapperError: the input is wrong (1), cannot be read (3), or applying it failed (4).
+    """The exit code of a MapperError: wrong input 1, unreadable input 3, failed apply 4, unwritable output 5.
 
     Example:
-        >>> from mapper.errors import SourceNotFoundError
+        >>> from mapper.errors import OutputError, SourceNotFoundError
         >>> _exit_code(RuleFileError([])), _exit_code(SourceNotFoundError("no ckpt", path="x")), _exit_code(ApplyError())
         (1, 3, 4)
+        >>> _exit_code(OutputError("out/ckpt already exists; pass --overwrite to replace it", path="out/ckpt"))
+        5
     """
     if isinstance(problem, (RuleFileError, PlanError)):
         return EXIT_PROBLEMS
+    if isinstance(problem, OutputError):
+        return EXIT_OUTPUT
     if isinstance(problem, ApplyError):
         return EXIT_APPLY
     return EXIT_INPUT

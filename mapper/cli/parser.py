@@ -14,6 +14,7 @@ from mapper.cli import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_OUTPUT,
     EXIT_PROBLEMS,
     EXIT_TERMINATED,
     EXIT_USAGE,
@@ -33,15 +34,18 @@ _EXIT_CODES = f"""exit codes:
   {EXIT_USAGE}  bad command line
   {EXIT_INPUT}  an input cannot be read: missing or corrupt checkpoint, unusable target factory (also one that
      raises, cannot be imported or builds no model)
-  {EXIT_APPLY}  applying failed; the model was left unchanged{_ENDINGS}"""
+  {EXIT_APPLY}  applying failed; the model was left unchanged
+  {EXIT_OUTPUT}  the output cannot be written: it exists (pass --overwrite), its directory is missing, it is a
+     directory or a file a source reads, or the disk is full or read-only; nothing was written{_ENDINGS}"""
 
 _CONVERT_EXIT_CODES = f"""exit codes:
   {EXIT_OK}  success: the output was written
   {EXIT_PROBLEMS}  problems found: an invalid rule file, or a plan with errors (nothing was written)
   {EXIT_USAGE}  bad command line
-  {EXIT_INPUT}  an input cannot be read, or the output is refused (it exists, its directory is missing, or its
-     format cannot hold a tensor)
-  {EXIT_APPLY}  converting failed part-way; no output and no temporary file was left behind{_ENDINGS}"""
+  {EXIT_INPUT}  an input cannot be read, or the output's format cannot hold a tensor
+  {EXIT_APPLY}  converting failed part-way; no output and no temporary file was left behind
+  {EXIT_OUTPUT}  the output cannot be written: it exists (pass --overwrite), its directory is missing, it is a
+     directory or a file a source reads, or the disk is full or read-only; nothing was written{_ENDINGS}"""
 
 _SOURCE_HELP = (
     "the checkpoint, in one of the source formats below. For rule files that read several sources "

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from mapper.errors import OutputError, TargetError
+from mapper.interrupts import sigterm_raises
 from mapper.outputs.faults import check_room, faults_named
 from mapper.outputs.files import OutputFormat, check_output, output_files
-from mapper.outputs.interrupts import sigterm_raises
 from mapper.specs import TensorSpec, format_shape
 from mapper.text import quoted, s
 

@@ -7,10 +7,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mapper.errors import OutputError, TargetError
+from mapper.interrupts import sigterm_raises
 from mapper.outputs import files
 from mapper.outputs.faults import check_room, faults_named, h5_size
 from mapper.outputs.files import OutputFormat
-from mapper.outputs.interrupts import sigterm_raises
 from mapper.sources.base import Source
 from mapper.targets.base import VariableTarget
 

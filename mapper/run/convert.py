@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mapper.errors import ApplyError, OutputError, PlanError
+from mapper.interrupts import sigterm_raises
 from mapper.outputs.base import TensorWriter
 from mapper.outputs.files import OutputFormat, check_not_a_source, check_output, output_files
-from mapper.outputs.interrupts import sigterm_raises
 from mapper.outputs.writers import open_writer, output_format
 from mapper.plan.model import Plan
 from mapper.run.batches import DEFAULT_BATCH_BYTES, Sources, ValueStream

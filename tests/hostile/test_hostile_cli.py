@@ -408,5 +408,5 @@ def test_help_documents_every_exit_code(capsys: pytest.CaptureFixture[str], verb
         cli.main([*verb, "--help"])
     codes = capsys.readouterr().out.split("exit codes:\n", 1)[1]
     documented = {int(line.split()[0]) for line in codes.splitlines() if line[:2] == "  " and line.split()[0].isdigit()}
-    assert documented == set(EXIT_CODES.values()) - ({cli.EXIT_APPLY} if verb == ["diff"] else set())
+    assert documented == set(EXIT_CODES.values()) - ({cli.EXIT_APPLY, cli.EXIT_OUTPUT} if verb == ["diff"] else set())
     assert "--debug" in codes and "MAPPER_DEBUG=1" in codes

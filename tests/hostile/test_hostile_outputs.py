@@ -27,7 +27,7 @@ from outputs_support import (
     write_source,
 )
 
-from mapper.outputs.interrupts import EXIT_TERMINATED
+from mapper.interrupts import EXIT_TERMINATED
 
 pytestmark = pytest.mark.tf
 

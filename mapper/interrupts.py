@@ -1,4 +1,4 @@
-"""SIGTERM handled like SIGINT while an output is written: an exception in the main thread, so the cleanup runs."""
+"""SIGTERM handled like SIGINT: an exception in the main thread, so the cleanup written for Ctrl-C runs for it too."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ EXIT_TERMINATED = 128 + int(signal.SIGTERM)
 
 
 class Terminated(SystemExit):
-    """SIGTERM arrived while an output was being written; its temporary files were removed on the way out.
+    """SIGTERM arrived: what was being written or assigned was cleaned up on the way out.
 
     Like KeyboardInterrupt for SIGINT, it is not an ``Exception``, so no ``except Exception`` swallows it, while
     every ``except BaseException`` / ``finally`` that cleans up runs. It is a ``SystemExit`` with code
@@ -22,14 +22,14 @@ class Terminated(SystemExit):
     Example:
         >>> error = Terminated()
         >>> error.code, isinstance(error, Exception), str(error)
-        (143, False, 'terminated (SIGTERM) while writing; the temporary files were removed')
+        (143, False, 'terminated (SIGTERM); temporary files were removed')
     """
 
     def __init__(self) -> None:
         super().__init__(EXIT_TERMINATED)
 
     def __str__(self) -> str:
-        return "terminated (SIGTERM) while writing; the temporary files were removed"
+        return "terminated (SIGTERM); temporary files were removed"
 
 
 @contextlib.contextmanager
@@ -37,7 +37,8 @@ def sigterm_raises() -> Iterator[None]:
     """While active, SIGTERM raises Terminated in the main thread instead of killing the process outright.
 
     Only SIGTERM's default action is replaced: a handler someone else installed (or SIG_IGN) stays in charge,
-    and so does an outer ``sigterm_raises``. Outside the main thread (where signals cannot be handled) it does
+    and so does an outer ``sigterm_raises`` (the ``mapper`` command holds one for its whole run; the writers
+    and ``save_target`` hold their own for library callers). Outside the main thread (where signals cannot be handled) it does
     nothing. The previous handler is back when the block ends. A second SIGTERM while the first one's cleanup
     runs is ignored, so that the cleanup is not cut short.
 
