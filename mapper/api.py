@@ -269,7 +269,7 @@ def convert(
         >>> result.written, result.plan.assignments[0].target_shape
         (1, (3, 2))
     """
-    from mapper.outputs.writers import check_output, output_format
+    from mapper.outputs.files import check_output, output_format
     from mapper.plan.conversion import plan_conversion
     from mapper.run.convert import write_plan
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mapper import cli, demo
-from mapper.outputs.writers import OUTPUT_FORMATS
+from mapper.outputs.files import OUTPUT_FORMATS
 from mapper.sources import FORMATS
 
 RULES = str(demo.RULES)

@@ -19,14 +19,8 @@ from checkpoints import data_files, flip_bytes, snapshot
 from mapper import api, cli
 from mapper.api import convert
 from mapper.errors import ApplyError, CorruptSourceError, OutputError, PlanError, TargetError
-from mapper.outputs.writers import (
-    CheckpointWriter,
-    KerasH5Writer,
-    SafetensorsWriter,
-    check_output,
-    open_writer,
-    output_format,
-)
+from mapper.outputs.files import check_output, output_format
+from mapper.outputs.writers import CheckpointWriter, KerasH5Writer, SafetensorsWriter, open_writer
 from mapper.plan import NamedSource, ProblemKind
 from mapper.plan.conversion import OPEN_TARGET, open_target, plan_conversion
 from mapper.rules import parse_rules

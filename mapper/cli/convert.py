@@ -16,7 +16,7 @@ from mapper.text import human_bytes, plural
 def convert(args: argparse.Namespace) -> int:
     """``mapper convert``: plan the conversion, print the report, and if it has no errors write OUTPUT."""
     from mapper.api import as_sources
-    from mapper.outputs.writers import check_output, output_format
+    from mapper.outputs.files import check_output, output_format
     from mapper.plan.conversion import plan_conversion
     from mapper.run.convert import write_plan
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -88,18 +89,38 @@ def _source_formats_section() -> str:
     """
     from mapper.sources import FORMATS
 
-    width = max(map(len, FORMATS))
+    summaries = {name: known.summary for name, known in FORMATS.items()}
+    return _formats_section("source formats (detected from the files themselves):", summaries.items())
+
+
+def _output_formats_section() -> str:
+    """The epilog section that lists every output format ``convert`` writes, from ``OUTPUT_SUMMARIES``.
+
+    Example:
+        >>> print(_output_formats_section())  # doctest: +ELLIPSIS
+        output formats (from OUTPUT's suffix, or --to):
+          tf-checkpoint  a TensorFlow checkpoint prefix (name-based: tf.train.load_checkpoint reads the names as
+        ...
+    """
+    from mapper.outputs.files import OUTPUT_SUMMARIES
+
+    return _formats_section("output formats (from OUTPUT's suffix, or --to):", OUTPUT_SUMMARIES.items())
+
+
+def _formats_section(title: str, summaries: Iterable[tuple[str, str]]) -> str:
+    listed = list(summaries)
+    width = max(len(name) for name, _ in listed)
     entries = [
         textwrap.fill(
-            known.summary,
+            summary,
             width=_EPILOG_WIDTH,
             initial_indent=f"  {name:<{width}}  ",
             subsequent_indent=" " * (width + 4),
             break_on_hyphens=False,
         )
-        for name, known in FORMATS.items()
+        for name, summary in listed
     ]
-    return "source formats (detected from the files themselves):\n" + "\n".join(entries)
+    return "\n".join([title, *entries])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,7 +283,7 @@ def _add_report_options(sub: Any, report: str) -> None:
 
 
 def _add_convert(verbs: Any) -> None:
-    from mapper.outputs.writers import OUTPUT_FORMATS
+    from mapper.outputs.files import OUTPUT_FORMATS
 
     convert = verbs.add_parser(
         "convert",
@@ -286,6 +307,8 @@ def _add_convert(verbs: Any) -> None:
         "      --target models.py:build\n"
         "  mapper convert rules/rename.toml weights.bin out/ckpt --source-format pytorch --to tf-checkpoint\n\n"
         + _CONVERT_EXIT_CODES
+        + "\n\n"
+        + _output_formats_section()
         + "\n\n"
         + _source_formats_section(),
     )

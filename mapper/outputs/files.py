@@ -8,13 +8,19 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
-from mapper.errors import OutputError
+from mapper.errors import OutputError, TargetError
 from mapper.outputs.faults import check_writable
 from mapper.sources.base import Source
 from mapper.text import SHOWN
 
 OutputFormat = Literal["tf-checkpoint", "safetensors", "keras-h5"]
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("tf-checkpoint", "safetensors", "keras-h5")
+# What each output format is, for messages and --help.
+OUTPUT_SUMMARIES: dict[OutputFormat, str] = {
+    "tf-checkpoint": "a TensorFlow checkpoint prefix (name-based: tf.train.load_checkpoint reads the names as written)",
+    "safetensors": "a .safetensors file",
+    "keras-h5": "an HDF5 file with one dataset per name, as Keras 3 .weights.h5 files hold them",
+}
 
 
 def checkpoint_files(prefix: str | os.PathLike[str]) -> list[Path]:
@@ -33,6 +39,37 @@ def checkpoint_files(prefix: str | os.PathLike[str]) -> list[Path]:
     path = Path(prefix)
     name = glob.escape(path.name)
     return sorted(path.parent.glob(f"{name}.index")) + sorted(path.parent.glob(f"{name}.data-*"))
+
+
+def output_format(path: str | os.PathLike[str], format: str | None = None) -> OutputFormat:
+    """The format to write ``path`` in: ``format`` if given, else from the suffix.
+
+    ``.safetensors`` is safetensors, ``.h5`` (``.weights.h5``) Keras HDF5, anything else a TF checkpoint prefix.
+
+    Raises:
+        TargetError: ``format`` is not one of ``OUTPUT_FORMATS``.
+
+    Example:
+        >>> output_format("out/model.safetensors"), output_format("out/model.weights.h5"), output_format("out/ckpt")
+        ('safetensors', 'keras-h5', 'tf-checkpoint')
+        >>> output_format("out/ckpt", "npz")
+        Traceback (most recent call last):
+        mapper.errors.TargetError: unknown output format 'npz'; write one of: 'tf-checkpoint' (...), ...
+    """
+    if format is not None:
+        for known in OUTPUT_FORMATS:
+            if known == format:
+                return known
+        raise TargetError(
+            f"unknown output format {format!r}; write one of: "
+            + ", ".join(f"{name!r} ({OUTPUT_SUMMARIES[name]})" for name in OUTPUT_FORMATS)
+        )
+    name = Path(path).name
+    if name.endswith(".safetensors"):
+        return "safetensors"
+    if name.endswith((".h5", ".hdf5")):
+        return "keras-h5"
+    return "tf-checkpoint"
 
 
 def output_files(path: str | os.PathLike[str], format: OutputFormat) -> list[Path]:
@@ -162,6 +199,8 @@ def _replaced_files(path: Path, format: OutputFormat) -> list[Path]:
 
 
 __all__ = [
+    "OUTPUT_SUMMARIES",
+    "output_format",
     "OUTPUT_FORMATS",
     "OutputFormat",
     "check_not_a_source",

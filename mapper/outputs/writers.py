@@ -23,15 +23,10 @@ from mapper.dtypes import DTYPE_SIZES, ML_DTYPES
 from mapper.errors import OutputError, TargetError
 from mapper.outputs.base import FileWriter, TensorWriter, as_numpy
 from mapper.outputs.faults import h5_size
-from mapper.outputs.files import OUTPUT_FORMATS, OutputFormat, check_output, output_files, replace_checkpoint
+from mapper.outputs.files import OutputFormat, output_format, replace_checkpoint
 from mapper.specs import TensorSpec
 from mapper.text import quoted, s
 
-_SUMMARIES = {
-    "tf-checkpoint": "a TensorFlow checkpoint prefix (name-based: tf.train.load_checkpoint reads the names as written)",
-    "safetensors": "a .safetensors file",
-    "keras-h5": "an HDF5 file with one dataset per name, as Keras 3 .weights.h5 files hold them",
-}
 # safetensors dtype codes by dtype name (the format has no complex numbers and no strings).
 SAFETENSORS_CODES: dict[str, str] = {
     "float64": "F64",
@@ -50,37 +45,6 @@ SAFETENSORS_CODES: dict[str, str] = {
     "float8_e4m3fn": "F8_E4M3",
     "float8_e5m2": "F8_E5M2",
 }
-
-
-def output_format(path: str | os.PathLike[str], format: str | None = None) -> OutputFormat:
-    """The format to write ``path`` in: ``format`` if given, else from the suffix.
-
-    ``.safetensors`` is safetensors, ``.h5`` (``.weights.h5``) Keras HDF5, anything else a TF checkpoint prefix.
-
-    Raises:
-        TargetError: ``format`` is not one of ``OUTPUT_FORMATS``.
-
-    Example:
-        >>> output_format("out/model.safetensors"), output_format("out/model.weights.h5"), output_format("out/ckpt")
-        ('safetensors', 'keras-h5', 'tf-checkpoint')
-        >>> output_format("out/ckpt", "npz")
-        Traceback (most recent call last):
-        mapper.errors.TargetError: unknown output format 'npz'; write one of: 'tf-checkpoint' (...), ...
-    """
-    if format is not None:
-        for known in OUTPUT_FORMATS:
-            if known == format:
-                return known
-        raise TargetError(
-            f"unknown output format {format!r}; write one of: "
-            + ", ".join(f"{name!r} ({_SUMMARIES[name]})" for name in OUTPUT_FORMATS)
-        )
-    name = Path(path).name
-    if name.endswith(".safetensors"):
-        return "safetensors"
-    if name.endswith((".h5", ".hdf5")):
-        return "keras-h5"
-    return "tf-checkpoint"
 
 
 def open_writer(
@@ -382,14 +346,9 @@ def _raw_bytes(value: Any) -> memoryview:
 
 
 __all__ = [
-    "OUTPUT_FORMATS",
+    "SAFETENSORS_CODES",
     "CheckpointWriter",
     "KerasH5Writer",
-    "OutputFormat",
     "SafetensorsWriter",
-    "TensorWriter",
-    "check_output",
     "open_writer",
-    "output_files",
-    "output_format",
 ]

@@ -11,8 +11,8 @@ from pathlib import Path
 from mapper.errors import ApplyError, OutputError, PlanError
 from mapper.interrupts import sigterm_raises
 from mapper.outputs.base import TensorWriter
-from mapper.outputs.files import OutputFormat, check_not_a_source, check_output, output_files
-from mapper.outputs.writers import open_writer, output_format
+from mapper.outputs.files import OutputFormat, check_not_a_source, check_output, output_files, output_format
+from mapper.outputs.writers import open_writer
 from mapper.plan.model import Plan
 from mapper.run.batches import DEFAULT_BATCH_BYTES, Sources, ValueStream
 from mapper.specs import TensorSpec
