@@ -126,8 +126,15 @@ def _source(tensors: Mapping[str, np.ndarray]) -> VariableMap:
     )
 
 
-def _state_dict(module: Any) -> dict[str, np.ndarray]:
-    return {name: value.detach().numpy().copy() for name, value in module.state_dict().items()}
+def _state_dict(module: Any, seed: int) -> dict[str, np.ndarray]:
+    """A module's parameters with random values: fresh LayerNorms (ones, zeros) and zero biases would make a swap
+    of two of them look correct.
+    """
+    generator = np.random.default_rng(seed)
+    return {
+        name: generator.standard_normal(tuple(value.shape)).astype(np.float32)
+        for name, value in module.state_dict().items()
+    }
 
 
 # --- the shipped families: the truth is the shipped rule file -----------------------------------------------------
@@ -199,13 +206,11 @@ def tf1_bert(directory: Path) -> ModelPair:
 def gpt2() -> ModelPair:
     """transformers GPT2Model (Conv1D ``[in, out]`` weights, fused ``c_attn``) -> keras-hub GPT2Backbone."""
     import keras_hub
-    import torch
     from keras_hub.src.utils.transformers import convert_gpt2
     from transformers import GPT2Config, GPT2Model
 
-    torch.manual_seed(0)
     config = GPT2Config(vocab_size=50, n_positions=24, n_embd=16, n_layer=2, n_head=4)
-    tensors = _state_dict(GPT2Model(config))
+    tensors = _state_dict(GPT2Model(config), seed=1)
     # Non-persistent attention-mask buffers are not saved; save_pretrained writes only the parameters.
     tensors = {name: value for name, value in tensors.items() if not name.endswith(".attn.bias")}
     backbone = keras_hub.models.GPT2Backbone(**convert_gpt2.convert_backbone_config(config.to_dict()))
@@ -226,15 +231,13 @@ _VIT_RENAMES = (
 def vit() -> ModelPair:
     """transformers ViTModel (patch conv, class token, ``layernorm_before``/``after``, pooler) -> ViTBackbone."""
     import keras_hub
-    import torch
     from keras_hub.src.utils.transformers import convert_vit
     from transformers import ViTConfig, ViTModel
 
-    torch.manual_seed(0)
     config = ViTConfig(
         hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32, image_size=8, patch_size=4
     )
-    tensors = _state_dict(ViTModel(config))
+    tensors = _state_dict(ViTModel(config), seed=2)
     backbone = keras_hub.models.ViTBackbone(**convert_vit.convert_backbone_config(config.to_dict()))
     # The converter reads a ViTForImageClassification's names of transformers 4; transformers 5 renamed the
     # layers (it converts old checkpoints on load), so the recorder translates the converter's keys.
