@@ -56,6 +56,7 @@ from collections.abc import Mapping
 from mapper.authoring.suggest._assignment import place
 from mapper.authoring.suggest._bookkeeping import find_bookkeeping
 from mapper.authoring.suggest._check import narrow, settle
+from mapper.authoring.suggest._consistency import consistent
 from mapper.authoring.suggest._generalise import generalise, merge_alternations
 from mapper.authoring.suggest._names import describe
 from mapper.authoring.suggest._toml import Sides, suggested, unfilled_targets, unplaced_sources
@@ -111,12 +112,12 @@ def suggest_rules(source: Mapping[str, TensorSpec], target: TargetMap, *, namesp
     source_keys = [name for name in source if name not in bookkeeping]
     sources = describe(source_keys, [source[name] for name in source_keys])
     targets = describe(target_keys, target_specs)
-    placed = place(sources, targets)
+    placed, conflicts = consistent(place(sources, targets))
     drafts = merge_alternations(generalise(placed))
     drafts.sort(key=lambda draft: draft.first_target)
     drafts = narrow(drafts, list(source))
     sides = Sides(source, target, namespace, sources, targets, skips)
-    toml, drafts, notes = settle(drafts, sides, rounds=2 * len(placed) + 2)
+    toml, drafts, notes = settle(drafts, sides, rounds=2 * len(placed) + 2, conflicts=conflicts)
     return Suggestion(
         toml=toml,
         namespace=namespace,
@@ -124,7 +125,7 @@ def suggest_rules(source: Mapping[str, TensorSpec], target: TargetMap, *, namesp
         skips=tuple(skips),
         unplaced_sources=tuple(unplaced_sources(drafts, sources)),
         unfilled_targets=tuple(unfilled_targets(drafts, targets)),
-        notes=tuple(notes),
+        notes=(*conflicts, *notes),
     )
 
 
