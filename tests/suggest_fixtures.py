@@ -27,7 +27,6 @@ from mapper.specs import TargetMap, TensorSpec, VariableMap
 from mapper.targets.variables import target_from
 
 RULES = Path(__file__).resolve().parent.parent / "rules"
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "KAGGLE_OFFLINE": "1"}
 
 
 @dataclass(frozen=True)
@@ -289,7 +288,9 @@ def same_architecture_cnn(directory: Path) -> ModelPair:
 
 def build_all(scratch: Path) -> dict[str, ModelPair]:
     """Every pair, built once (offline), in the table's order."""
-    for key, value in OFFLINE.items():
+    from tests.vision_fixtures import OFFLINE_ENVIRONMENT
+
+    for key, value in OFFLINE_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     pairs = [
         hf_bert(scratch / "hf-bert"),
