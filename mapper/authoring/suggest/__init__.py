@@ -11,8 +11,9 @@ The draft is a starting point for a person, not a finished port: every rule says
    ``mha`` -> attention; ``token_type`` -> segment; ``post_attention`` stays apart from attention). The last
    word gives the *role*: kernel (``kernel``, ``weight``), bias, scale (``gamma``, a rank-1 ``weight``), offset
    (``beta``, or the ``bias`` beside a scale), mean (``moving_mean``, ``running_mean``), var, embeddings. The
-   kernels' leaf names tell each side's layout: PyTorch (``weight``: ``[out, in]``, ``[out, in, kh, kw]``) or
-   Keras (``kernel``).
+   side's layout comes from its own layers first: a bias as long as its kernel's first axis means ``[out, in]``
+   (PyTorch), one as long as the last axis ``[in, out]`` (Keras, and GPT-2's Conv1D ``weight``); without such
+   layers the kernels' leaf names vote (``weight`` PyTorch, ``kernel`` Keras).
 3. **Score the plausible pairs** (equal element counts, compatible roles and dtypes) on: name similarity, the
    IDF-weighted overlap of the word sets (a word on most names of one side and none of the other, a ``bert/``
    prefix, counts for little); shape fit: equal, equal after a transpose (the one the layouts call for first,
@@ -28,6 +29,10 @@ The draft is a starting point for a person, not a finished port: every rule says
    change would lose (another source for the target, another target for the source, or a swap with another
    pair). List order is not counted as evidence here, so a tie broken only by order gets a low confidence. A
    rule's confidence is its pairs' mean; below ``CONFIDENT`` the draft marks it CHECK and names the rival.
+4b. **Consistency.** Pairs that contradict each other are withdrawn and named in a DECIDE note, not settled by a
+   guess: the same parameter across layers sent to two target families (``ln_1`` to the attention norm in one
+   layer, to the feed-forward norm in the next), a layer's kernel and bias (a norm's scale and offset) sent to two
+   target layers, and a stray into a family of per-layer repeats (``ln_f`` into a block).
 5. **Generalise.** Pairs whose names differ only in index numbers and that need the same operations become one
    rule: varying numbers become named groups (``(?P<i>\\d+)``) linked to the target's by a constant offset
    (``{i + 1}``; a group the template takes 1 from refuses 0). Rules that differ only in one word found
@@ -36,7 +41,7 @@ The draft is a starting point for a person, not a finished port: every rule says
 6. **Check.** The draft is rendered, parsed with ``parse_rules`` and planned with ``build_plan`` against the same
    maps. A rule that matches a name it does not claim is narrowed (its groups list their values) or split into
    one rule per pair; a rule the planner refuses is split, and a one-pair rule that still fails is given up
-   (``Suggestion.notes``). The returned TOML therefore plans to exactly ``Suggestion.mapping``.
+   (``Suggestion.notes``, after the consistency notes). The returned TOML therefore plans to exactly ``Suggestion.mapping``.
 
 Not attempted: splitting or joining tensors (fused ``qkv`` kernels, GPT-2's ``c_attn``), ``slice`` and
 ``rearrange`` operations, and pairing words that share no text (``layernorm_before`` against ``ln_1`` is decided
@@ -45,7 +50,7 @@ rules ("DECIDE: no target found"), so planning the draft still reports them unti
 fills are listed with commented-out ``[[keep]]`` entries.
 
 The stages, one module each: ``_bookkeeping`` (1), ``_names`` (2), ``_fit`` and ``_scoring`` (3), ``_assignment``
-(3's rounds and 4), ``_generalise`` (5), ``_patterns`` and ``_toml`` (rendering), ``_check`` (6); the results are in
+(3's rounds and 4), ``_consistency`` (4b), ``_generalise`` (5), ``_patterns`` and ``_toml`` (rendering), ``_check`` (6); the results are in
 ``results``.
 """
 
@@ -56,6 +61,7 @@ from collections.abc import Mapping
 from mapper.authoring.suggest._assignment import place
 from mapper.authoring.suggest._bookkeeping import find_bookkeeping
 from mapper.authoring.suggest._check import narrow, settle
+from mapper.authoring.suggest._consistency import consistent
 from mapper.authoring.suggest._generalise import generalise, merge_alternations
 from mapper.authoring.suggest._names import describe
 from mapper.authoring.suggest._toml import Sides, suggested, unfilled_targets, unplaced_sources
@@ -111,12 +117,12 @@ def suggest_rules(source: Mapping[str, TensorSpec], target: TargetMap, *, namesp
     source_keys = [name for name in source if name not in bookkeeping]
     sources = describe(source_keys, [source[name] for name in source_keys])
     targets = describe(target_keys, target_specs)
-    placed = place(sources, targets)
+    placed, conflicts = consistent(place(sources, targets))
     drafts = merge_alternations(generalise(placed))
     drafts.sort(key=lambda draft: draft.first_target)
     drafts = narrow(drafts, list(source))
     sides = Sides(source, target, namespace, sources, targets, skips)
-    toml, drafts, notes = settle(drafts, sides, rounds=2 * len(placed) + 2)
+    toml, drafts, notes = settle(drafts, sides, rounds=2 * len(placed) + 2, conflicts=conflicts)
     return Suggestion(
         toml=toml,
         namespace=namespace,
@@ -124,7 +130,7 @@ def suggest_rules(source: Mapping[str, TensorSpec], target: TargetMap, *, namesp
         skips=tuple(skips),
         unplaced_sources=tuple(unplaced_sources(drafts, sources)),
         unfilled_targets=tuple(unfilled_targets(drafts, targets)),
-        notes=tuple(notes),
+        notes=(*conflicts, *notes),
     )
 
 

@@ -73,17 +73,20 @@ def failing_drafts(
     return failing
 
 
-def settle(drafts: list[Draft], sides: Sides, rounds: int) -> tuple[str, list[Draft], list[str]]:
+def settle(
+    drafts: list[Draft], sides: Sides, rounds: int, conflicts: Sequence[str] = ()
+) -> tuple[str, list[Draft], list[str]]:
     """Render and plan the draft until the planner accepts every rule; the TOML, the drafts, and what was given up.
 
     A failing rule is split into one rule per pair, and a one-pair rule that still fails is given up. Each round
-    splits or drops something, so this ends; ``rounds`` is a safeguard.
+    splits or drops something, so this ends; ``rounds`` is a safeguard. ``conflicts`` are the consistency notes,
+    written into the draft before what the planner refused.
     """
     notes: list[str] = []
     names = list(sides.source)
     toml = ""
     for _ in range(rounds):
-        toml = render_toml(drafts, sides, notes)
+        toml = render_toml(drafts, sides, [*conflicts, *notes])
         failing = failing_drafts(toml, drafts, sides.source, sides.target)
         if not failing:
             break

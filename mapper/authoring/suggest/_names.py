@@ -181,13 +181,48 @@ def _positions(keys: Sequence[str]) -> list[float]:
 
 
 def kernel_layout(names: Sequence[Name]) -> str | None:
-    """'torch' when most multi-axis kernels are called ``weight``, 'keras' when ``kernel``, else None."""
+    """'torch' for ``[out, in, ...]`` kernels, 'keras' for ``[..., in, out]``, None when the names do not say.
+
+    The side's own biases decide first: a layer's bias is as long as its kernel's output axis, so a kernel whose
+    bias matches its first axis (and not its last) is ``[out, in]``, and one whose bias matches its last axis is
+    ``[in, out]``, whatever its leaf is called (GPT-2's Conv1D ``weight`` is ``[in, out]``). Without such layers,
+    the leaf names vote: ``weight`` means PyTorch, ``kernel`` Keras.
+
+    Example:
+        >>> specs = [TensorSpec("h.0.fc.weight", (4, 16), "float32"), TensorSpec("h.0.fc.bias", (16,), "float32")]
+        >>> kernel_layout(describe([spec.name for spec in specs], specs))
+        'keras'
+    """
+    by_bias = _layout_by_bias(names)
+    if by_bias is not None:
+        return by_bias
     votes = Counter(
         "torch" if name.leaf in ("weight", "weights") else "keras"
         for name in names
         if name.role == "kernel" and len(name.spec.shape) >= 2 and name.leaf in ("weight", "weights", "kernel")
     )
+    return _majority(votes)
+
+
+def _layout_by_bias(names: Sequence[Name]) -> str | None:
+    """The layout the side's kernel-and-bias layers agree on, or None when none tells (square kernels) or they split."""
+    bias_size = {name.module: name.spec.size for name in names if name.role == "bias" and len(name.spec.shape) == 1}
+    votes: Counter[str] = Counter()
+    for name in names:
+        shape = name.spec.shape
+        size = bias_size.get(name.module)
+        if name.role != "kernel" or len(shape) < 2 or size is None or shape[0] == shape[-1]:
+            continue
+        if size == shape[0]:
+            votes["torch"] += 1
+        elif size == shape[-1]:
+            votes["keras"] += 1
+    return _majority(votes, unanimous=True)
+
+
+def _majority(votes: Counter[str], *, unanimous: bool = False) -> str | None:
     if not votes:
         return None
     winner, count = votes.most_common(1)[0]
-    return winner if count * 2 > sum(votes.values()) else None
+    total = sum(votes.values())
+    return winner if (count == total if unanimous else count * 2 > total) else None

@@ -161,7 +161,8 @@ def render_toml(drafts: Sequence[Draft], sides: Sides, notes: Sequence[str]) -> 
             ("[[rules]]", 'skip = "DECIDE: no target found"'),
         )
     if notes:
-        lines += ["", "# --- given up: pairs the planner refused, left unplaced ---", *(f"# {note}" for note in notes)]
+        lines += ["", "# --- left undecided: conflicting layers and pairs the planner refused ---"]
+        lines += [f"# {note}" for note in notes]
     if unfilled:
         lines += _left_over(
             f"nothing fills: {plural(len(unfilled), 'target variable')}",
