@@ -781,3 +781,40 @@ def test_rule_models_reject_unknown_keys_directly() -> None:
         Rule(match="a", target="b", tagret="c")  # type: ignore[call-arg]
     with pytest.raises(pydantic.ValidationError):
         RuleSet.model_validate({"format": 2})
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param("skip = ''", "rule 1, field 'skip': skip is empty: say why", id="empty-skip"),
+        pytest.param("skip = '   '", "rule 1, field 'skip': skip is empty: say why", id="blank-skip"),
+        pytest.param(
+            "target = 'b'\nguard = { same_shape = true, on_fail = 'skip' }",
+            "rule 1, field 'guard.reason': on_fail = \"skip\" needs a reason",
+            id="guard-skip-without-reason",
+        ),
+        pytest.param(
+            "target = 'b'\nguard = { rank = 2, on_fail = 'skip', reason = '' }",
+            "rule 1, field 'guard.reason': reason is empty: say why",
+            id="guard-empty-reason",
+        ),
+    ],
+)
+def test_validate_requires_the_reasons_the_readme_requires(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, body: str, expected: str
+) -> None:
+    from mapper import cli
+
+    path = tmp_path / "r.toml"
+    path.write_text(f"format = 1\n[[rules]]\nmatch = 'a'\n{body}\n")
+    assert cli.main(["validate", str(path)]) == cli.EXIT_PROBLEMS
+    assert expected in capsys.readouterr().err
+
+
+def test_validate_requires_a_keep_reason(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from mapper import cli
+
+    path = tmp_path / "r.toml"
+    path.write_text("format = 1\n[[keep]]\nmatch = 'head/.*'\nreason = ''\n")
+    assert cli.main(["validate", str(path)]) == cli.EXIT_PROBLEMS
+    assert "keep rule 1, field 'reason': reason is empty: say why" in capsys.readouterr().err

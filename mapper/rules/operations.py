@@ -22,9 +22,13 @@ from mapper.ops import (
     split_parts,
 )
 from mapper.rules.common import (
+    SIZE_SCHEMA,
     Frozen,
+    PositiveSizeInput,
+    SizeInput,
     clean_message,
     closest,
+    exactly_one,
     params_of,
     resolve_size,
     resolve_sizes,
@@ -112,7 +116,7 @@ class ReshapeSpec(OperationSpecBase):
 
     reshape: tuple[int, ...] | Literal["target"]
 
-    @field_validator("reshape", mode="before")
+    @field_validator("reshape", mode="before", json_schema_input_type=list[SizeInput] | Literal["target"])
     @classmethod
     def _resolve(cls, value: object, info: ValidationInfo) -> object:
         return resolve_sizes(value, params_of(info), "reshape")
@@ -148,7 +152,7 @@ class ReshapeSpec(OperationSpecBase):
 class CastSpec(OperationSpecBase):
     """``{ cast = "float32" }`` or ``{ cast = "target" }`` (the target's dtype): change the dtype, keeping its kind."""
 
-    cast: str
+    cast: str = Field(json_schema_extra={"enum": [*sorted(KNOWN_DTYPES), "target"]})
 
     @field_validator("cast")
     @classmethod
@@ -200,7 +204,10 @@ class RearrangeSpec(OperationSpecBase):
     Keys besides ``rearrange`` bind axis sizes, to whole numbers or parameter names.
     """
 
-    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
+    # The axis sizes are the extra keys; the schema says what each may be.
+    model_config = ConfigDict(
+        frozen=True, extra="allow", strict=True, json_schema_extra={"additionalProperties": SIZE_SCHEMA}
+    )
 
     rearrange: str
 
@@ -325,16 +332,18 @@ class SplitSpec(Frozen):
     Part ``i`` goes to ``targets[i]``; the rule's ``ops`` then apply to each part.
     """
 
+    model_config = ConfigDict(json_schema_extra=exactly_one("parts", "sizes"))
+
     axis: int
     parts: int | None = Field(None, ge=1)
     sizes: tuple[int, ...] | None = Field(None, strict=False)
 
-    @field_validator("parts", mode="before")
+    @field_validator("parts", mode="before", json_schema_input_type=PositiveSizeInput | None)
     @classmethod
     def _resolve_parts(cls, value: object, info: ValidationInfo) -> object:
         return resolve_size(value, params_of(info), "split parts") if isinstance(value, str) else value
 
-    @field_validator("sizes", mode="before")
+    @field_validator("sizes", mode="before", json_schema_input_type=list[SizeInput] | None)
     @classmethod
     def _resolve_sizes(cls, value: object, info: ValidationInfo) -> object:
         return resolve_sizes(value, params_of(info), "split sizes")
@@ -375,12 +384,14 @@ class CombineSpec(Frozen):
     each exactly once.
     """
 
+    model_config = ConfigDict(json_schema_extra=exactly_one("members", "count"))
+
     axis: int
     by: str
     members: tuple[str, ...] | None = Field(None, strict=False)
     count: int | None = Field(None, ge=1)
 
-    @field_validator("count", mode="before")
+    @field_validator("count", mode="before", json_schema_input_type=PositiveSizeInput | None)
     @classmethod
     def _resolve_count(cls, value: object, info: ValidationInfo) -> object:
         return resolve_size(value, params_of(info), "count") if isinstance(value, str) else value
