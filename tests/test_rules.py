@@ -818,3 +818,37 @@ def test_validate_requires_a_keep_reason(capsys: pytest.CaptureFixture[str], tmp
     path.write_text("format = 1\n[[keep]]\nmatch = 'head/.*'\nreason = ''\n")
     assert cli.main(["validate", str(path)]) == cli.EXIT_PROBLEMS
     assert "keep rule 1, field 'reason': reason is empty: say why" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("operation", "expected"),
+    [
+        pytest.param(
+            "{ split = { axis = -1, parts = 3 } }",
+            "operation 1: 'split' is a key of the rule, not an operation: write split = ... beside ops (at rule "
+            "level), as in split = { axis = -1, parts = 3 } with targets = [...]; the rule's ops then run on each part",
+            id="split",
+        ),
+        pytest.param(
+            "{ split = { axis = -1, parts = 3 }, targets = ['q', 'k', 'v'] }",
+            "operation 1: 'split' and 'targets' are keys of the rule, not an operation",
+            id="split-and-targets",
+        ),
+        pytest.param(
+            "{ stack = { axis = 0, by = 'p', count = 2 } }",
+            "the rule's ops then run on the joined tensor",
+            id="stack",
+        ),
+    ],
+)
+def test_a_rule_key_written_inside_ops_is_sent_beside_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, operation: str, expected: str
+) -> None:
+    from mapper import cli
+
+    path = tmp_path / "r.toml"
+    path.write_text(f"format = 1\n[[rules]]\nmatch = 'a'\ntarget = 'b'\nops = [{operation}]\n")
+    assert cli.main(["validate", str(path)]) == cli.EXIT_PROBLEMS
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "did you mean" not in err

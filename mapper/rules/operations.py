@@ -256,6 +256,13 @@ OPERATION_SPECS: Mapping[str, type[OperationSpecBase]] = {
     next(iter(spec.model_fields)): spec for spec in get_args(OperationSpec)
 }
 """The operation specs by their rule-file key, in the order messages list them."""
+# Keys written inside ops that belong beside it, with how the rule writes them.
+_RULE_KEYS: Mapping[str, str] = {
+    "split": "split = { axis = -1, parts = 3 } with targets = [...]; the rule's ops then run on each part",
+    "targets": "targets = [...] with split = { axis = -1, parts = 3 }; the rule's ops then run on each part",
+    "concat": 'concat = { axis = 0, by = "part", members = [...] }; the rule\'s ops then run on the joined tensor',
+    "stack": 'stack = { axis = 0, by = "part", members = [...] }; the rule\'s ops then run on the joined tensor',
+}
 # Specs whose table may hold more keys than the one naming the operation (rearrange's axis sizes).
 _OPEN_SPECS = frozenset(key for key, spec in OPERATION_SPECS.items() if spec.model_config.get("extra") == "allow")
 
@@ -287,6 +294,13 @@ def _parse_operation(position: int, operation: object, context: Any) -> Operatio
     kinds = [key for key in operation if key in OPERATION_SPECS] if isinstance(operation, Mapping) else []
     if not isinstance(operation, Mapping) or len(kinds) != 1 or (len(operation) > 1 and kinds[0] not in _OPEN_SPECS):
         unknown = [key for key in operation if key not in OPERATION_SPECS] if isinstance(operation, Mapping) else []
+        beside = [key for key in unknown if key in _RULE_KEYS]
+        if beside:
+            raise ValueError(
+                f"operation {position}: {' and '.join(map(repr, beside))} {'is a key' if len(beside) == 1 else 'are keys'}"
+                f" of the rule, not an operation: write {beside[0]} = ... beside ops (at rule level), as in "
+                f"{_RULE_KEYS[beside[0]]}"
+            )
         if isinstance(operation, Mapping) and len(operation) == 1 and unknown:
             raise ValueError(
                 f"operation {position}: unknown operation {unknown[0]!r}{closest(unknown[0], OPERATION_SPECS)}"
