@@ -120,3 +120,32 @@ def test_following_the_unfilled_target_hint_gives_a_live_keep(namespace: str | N
     keep = '[[keep]]\nmatch = "head/kernel"\nreason = "new head"\n' + ('namespace = "path"\n' if namespace else "")
     followed = build_plan(ruleset(body + keep, namespace=namespace), variables(("w", (2,))), target)
     assert followed.ok and followed.problems == ()  # no dead keep (M101)
+
+
+@pytest.mark.parametrize(
+    ("ops", "source", "target", "transformed"),
+    [
+        pytest.param('{ cast = "float32" }', ((4, 2), "float32"), ((4, 2), "float32"), 0, id="cast-to-own-dtype"),
+        pytest.param('{ cast = "target" }', ((4, 2), "float32"), ((4, 2), "float32"), 0, id="cast-target-same"),
+        pytest.param("{ reshape = [4, 2] }", ((4, 2), "float32"), ((4, 2), "float32"), 0, id="reshape-to-own-shape"),
+        pytest.param("{ transpose = [0, 1] }", ((4, 2), "float32"), ((4, 2), "float32"), 0, id="identity-transpose"),
+        pytest.param('{ cast = "float16" }', ((4, 2), "float32"), ((4, 2), "float16"), 1, id="real-cast"),
+        pytest.param("{ transpose = [1, 0] }", ((2, 2), "float32"), ((2, 2), "float32"), 1, id="square-transpose"),
+        pytest.param(
+            '{ cast = "float32" }, { transpose = [1, 0] }', ((4, 2), "float32"), ((2, 4), "float32"), 1, id="one-real"
+        ),
+    ],
+)
+def test_only_operations_that_change_the_tensor_count_as_transformed(
+    ops: str,
+    source: tuple[tuple[int, ...], str],
+    target: tuple[tuple[int, ...], str],
+    transformed: int,
+) -> None:
+    body = f'[[rules]]\nmatch = "s"\ntarget = "t"\nops = [{ops}]\n'
+    plan = build_plan(ruleset(body), variables(("s", *source)), targets(("t", *target)))
+    assert plan.ok, plan.problems
+    assert plan.counts()["transformed"] == transformed
+    assert plan.assignments[0].operations  # kept in the plan: the executor runs what the plan lists
+    summary = render_text(plan).splitlines()[0]
+    assert summary == "Plan OK: 1 mapped" + (" (1 transformed)" if transformed else "")
