@@ -783,6 +783,16 @@ def test_rule_models_reject_unknown_keys_directly() -> None:
         RuleSet.model_validate({"format": 2})
 
 
+def _validate_fails(capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str) -> str:
+    """What ``mapper validate`` says on standard error about a rule file it refuses."""
+    from mapper import cli
+
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    assert cli.main(["validate", str(path)]) == cli.EXIT_PROBLEMS
+    return capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
@@ -803,21 +813,12 @@ def test_rule_models_reject_unknown_keys_directly() -> None:
 def test_validate_requires_the_reasons_the_readme_requires(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, body: str, expected: str
 ) -> None:
-    from mapper import cli
-
-    path = tmp_path / "r.toml"
-    path.write_text(f"format = 1\n[[rules]]\nmatch = 'a'\n{body}\n")
-    assert cli.main(["validate", str(path)]) == cli.EXIT_PROBLEMS
-    assert expected in capsys.readouterr().err
+    assert expected in _validate_fails(capsys, tmp_path, f"format = 1\n[[rules]]\nmatch = 'a'\n{body}\n")
 
 
 def test_validate_requires_a_keep_reason(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from mapper import cli
-
-    path = tmp_path / "r.toml"
-    path.write_text("format = 1\n[[keep]]\nmatch = 'head/.*'\nreason = ''\n")
-    assert cli.main(["validate", str(path)]) == cli.EXIT_PROBLEMS
-    assert "keep rule 1, field 'reason': reason is empty: say why" in capsys.readouterr().err
+    err = _validate_fails(capsys, tmp_path, "format = 1\n[[keep]]\nmatch = 'head/.*'\nreason = ''\n")
+    assert "keep rule 1, field 'reason': reason is empty: say why" in err
 
 
 @pytest.mark.parametrize(
@@ -844,11 +845,6 @@ def test_validate_requires_a_keep_reason(capsys: pytest.CaptureFixture[str], tmp
 def test_a_rule_key_written_inside_ops_is_sent_beside_it(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, operation: str, expected: str
 ) -> None:
-    from mapper import cli
-
-    path = tmp_path / "r.toml"
-    path.write_text(f"format = 1\n[[rules]]\nmatch = 'a'\ntarget = 'b'\nops = [{operation}]\n")
-    assert cli.main(["validate", str(path)]) == cli.EXIT_PROBLEMS
-    err = capsys.readouterr().err
+    err = _validate_fails(capsys, tmp_path, f"format = 1\n[[rules]]\nmatch = 'a'\ntarget = 'b'\nops = [{operation}]\n")
     assert expected in err
     assert "did you mean" not in err
