@@ -85,3 +85,32 @@ def test_explain_guarded(tmp_path: Path) -> None:
 def test_explain_target_golden(setup: tuple[object, VariableMap, object], case: str, name: str) -> None:
     _, _, plan = setup
     assert_golden(f"explain_target_{case}.txt", explain_target(plan, name).replace(str(ROOT) + "/", "") + "\n")  # type: ignore[arg-type]
+
+
+COUNTERS = """format = 1
+[[rules]]
+name = "counters"
+match = '(?:.+\\.)?num_batches_tracked'
+skip = "BatchNorm step counter"
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "marked"),
+    [
+        pytest.param("layer1.0.bn1.running_mean", "layer1.0.bn1.|running_mean", id="another-buffer"),
+        pytest.param("layer1.0.bn1.num_batches_trackd", "layer1.0.bn1.num_batches_track|d", id="typo"),
+        pytest.param("bn1.num_batches_tracked_2", "bn1.num_batches_tracked|_2", id="more-after"),
+    ],
+)
+def test_explain_marks_where_a_pattern_with_an_optional_prefix_stops_fitting(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, marked: str
+) -> None:
+    from mapper import cli
+
+    path = tmp_path / "r.toml"
+    path.write_text(COUNTERS)
+    cli.main(["explain", str(path), name])
+    out = capsys.readouterr().out
+    assert f"rule 1 'counters'  no match: {marked}\n" in out
+    assert "wants more after the end" not in out

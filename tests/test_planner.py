@@ -277,10 +277,10 @@ def test_guards(
 
 def test_guard_skip_messages_name_the_failed_check() -> None:
     rules = ruleset(
-        '[[rules]]\nmatch = "a"\ntarget = "ta"\nguard = { same_shape = true, on_fail = "skip" }\n'
-        '[[rules]]\nmatch = "b"\ntarget = "tb"\nguard = { rank = 1, on_fail = "skip" }\n'
-        '[[rules]]\nmatch = "c"\ntarget = "tc"\nguard = { dtype = "int32", on_fail = "skip" }\n'
-        '[[rules]]\nmatch = "d"\ntarget = "td"\nguard = { shape = [2, -1], on_fail = "skip" }\n'
+        '[[rules]]\nmatch = "a"\ntarget = "ta"\nguard = { same_shape = true, on_fail = "skip", reason = "expected" }\n'
+        '[[rules]]\nmatch = "b"\ntarget = "tb"\nguard = { rank = 1, on_fail = "skip", reason = "expected" }\n'
+        '[[rules]]\nmatch = "c"\ntarget = "tc"\nguard = { dtype = "int32", on_fail = "skip", reason = "expected" }\n'
+        '[[rules]]\nmatch = "d"\ntarget = "td"\nguard = { shape = [2, -1], on_fail = "skip", reason = "expected" }\n'
     )
     source = variables(("a", (10, 4)), ("b", (2, 2)), ("c", (2,)), ("d", (3, 3)))
     target = targets(("ta", (5, 4)), ("tb", (2, 2)), ("tc", (2,)), ("td", (3, 3)))
@@ -293,12 +293,12 @@ def test_guard_skip_messages_name_the_failed_check() -> None:
         "shape [3, 3] is not [2, -1]",
     ]
     assert [skip.detail for skip in plan.skips] == found
-    assert [skip.reason for skip in plan.skips] == found  # without a reason, the finding is the reason
+    assert {skip.reason for skip in plan.skips} == {"expected"}  # the reason is required; the finding is the detail
 
 
 def test_guard_skipped_target_filled_by_a_later_rule_is_assigned_once() -> None:
     rules = ruleset(
-        '[[rules]]\nmatch = "big"\ntarget = "head"\nguard = { same_shape = true, on_fail = "skip" }\n'
+        '[[rules]]\nmatch = "big"\ntarget = "head"\nguard = { same_shape = true, on_fail = "skip", reason = "expected" }\n'
         '[[rules]]\nmatch = "small"\ntarget = "head"\n'
     )
     plan = build_plan(rules, variables(("big", (9,)), ("small", (3,))), targets(("head", (3,))))
@@ -379,8 +379,10 @@ def test_operations_are_resolved_from_shapes(
     assert plan.ok, plan.problems
     (assignment,) = plan.assignments
     assert assignment.operations == expected
-    assert assignment.transformed
-    assert plan.has_operations
+    # A transpose of a scalar changes nothing: it stays in the plan but is not a transformation.
+    changes = expected != (Transpose(()),)
+    assert assignment.transformed is changes
+    assert plan.has_operations is changes
     assert (assignment.source_shape, assignment.source_dtype) == (shape, dtype)
     assert (assignment.target_shape, assignment.target_dtype) == (target_shape, target_dtype)
     assert infer_all(assignment.operations, shape, dtype) == (target_shape, target_dtype)
@@ -478,10 +480,9 @@ def test_operations_that_do_not_fit_are_bad_operation_problems(
     plan = build_plan(rules, variables(("s", shape, dtype)), targets(("t", target_shape, target_dtype)))
     assert not plan.ok
     assert plan.assignments == ()
-    assert kinds(plan) == [
-        (ProblemKind.BAD_OPERATION, Severity.ERROR),
-        (ProblemKind.UNFILLED_TARGET, Severity.WARNING),
-    ]
+    # The target stays unfilled, and the error about it is not counted again as an unfilled-target problem.
+    assert kinds(plan) == [(ProblemKind.BAD_OPERATION, Severity.ERROR)]
+    assert [entry.name for entry in plan.unfilled_targets] == ["t"]
     problem = plan.problems[0]
     assert problem.rule == ref(1, "op")
     assert problem.names == ("s", "t")
@@ -497,9 +498,18 @@ def test_operations_that_do_not_fit_are_bad_operation_problems(
     [
         pytest.param((3, 4), (4, 3), "", "add { transpose = [1, 0] }", id="transposed"),
         pytest.param((2, 3, 4), (4, 2, 3), "", "add { transpose = [2, 0, 1] }", id="permuted"),
-        pytest.param((12,), (3, 4), "", "add { reshape = [3, 4] }", id="flat"),
+        pytest.param(
+            (12,),
+            (3, 4),
+            "",
+            "add { reshape = \"target\" } to the rule's ops (the target's shape, here [3, 4]",
+            id="flat",
+        ),
         pytest.param((10, 4), (5, 4), "", "add a guard with same_shape = true", id="different-size"),
-        pytest.param((6, 4), (4, 6, 1), "{ transpose = [1, 0] }", "add { reshape = [4, 6, 1] }", id="after-ops"),
+        pytest.param(
+            (6, 4), (4, 6, 1), "{ transpose = [1, 0] }", 'add { reshape = "target" } to the rule\'s ops', id="after-ops"
+        ),
+        pytest.param((2, 6), (3, 4), "", 'add { reshape = "target" }', id="same-rank-same-size"),
     ],
 )
 def test_shape_mismatch_names_both_shapes_and_suggests_a_fix(
@@ -860,7 +870,7 @@ def _snapshot(rules: RuleSet, source: Mapping[str, TensorSpec], target: TargetMa
 def test_build_plan_does_not_mutate_its_inputs() -> None:
     rules = ruleset(
         '[[rules]]\nmatch = "old/1/(?P<v>kernel|bias)"\ntarget = "d1/{v}"\nops = [{ reshape = "target" }]\n'
-        '[[rules]]\nmatch = "old/2/kernel"\ntarget = "head/kernel"\nguard = { same_shape = true, on_fail = "skip" }\n'
+        '[[rules]]\nmatch = "old/2/kernel"\ntarget = "head/kernel"\nguard = { same_shape = true, on_fail = "skip", reason = "expected" }\n'
         '[[rules]]\nmatch = "old/1/(?P<v>.*)"\ntarget = "d1/{v}"\n'
         '[[rules]]\nmatch = "step"\nskip = "counter"\n'
         '[[keep]]\nmatch = "nothing"\nreason = "x"\n'
@@ -1062,14 +1072,14 @@ _RULE_CHOICES = [
     '[[rules]]\nmatch = "src/(?P<i>\\\\d+)/w"\ntarget = "dst/{i}/w"\n',
     '[[rules]]\nmatch = "src/(?P<i>\\\\d+)/w"\ntarget = "dst/{i + 1}/w"\nops = [{ transpose = [1, 0] }]\n',
     '[[rules]]\nmatch = "src/(?P<i>\\\\d+)/w"\ntarget = "dst/{i}/w"\n'
-    'guard = { same_shape = true, on_fail = "skip" }\nops = [{ transpose = [1, 0] }]\n',
+    'guard = { same_shape = true, on_fail = "skip", reason = "expected" }\nops = [{ transpose = [1, 0] }]\n',
     '[[rules]]\nmatch = "src/(?P<i>\\\\d+)/(?P<k>[a-z]+)"\ntarget = "dst/{i}/{k}"\n',
     '[[rules]]\nmatch = "src/(?P<i>\\\\d+)/(?P<k>[a-z]+)"\ntarget = "dst/{i}/{k}"\nops = [{ reshape = "target" }]\n',
     '[[rules]]\nmatch = "src/(?P<i>\\\\d+)/b"\ntarget = "dst/0/w"\n',
     # Every layer into one, reshaped to fit: double fills.
     '[[rules]]\nmatch = "src/(?P<i>\\\\d+)/(?P<k>[a-z]+)"\ntarget = "dst/0/{k}"\nops = [{ reshape = "target" }]\n',
     '[[rules]]\nmatch = "src/(?P<rest>.*)"\ntarget = "dst/{rest}"\n',
-    '[[rules]]\nmatch = "src/(?P<rest>.*)"\ntarget = "dst/{rest}"\nguard = { same_shape = true, on_fail = "skip" }\n',
+    '[[rules]]\nmatch = "src/(?P<rest>.*)"\ntarget = "dst/{rest}"\nguard = { same_shape = true, on_fail = "skip", reason = "expected" }\n',
     '[[rules]]\nmatch = "src/(?P<i>\\\\d+)/k"\ntarget = "dst/{i}/k"\nops = [{ cast = "float32" }]\n',
     '[[rules]]\nmatch = "src/(?P<x>\\\\w+)/b"\ntarget = "dst/{x - 1}/b"\n',
     '[[rules]]\nmatch = "src/(?P<x>\\\\w+)/(?P<k>\\\\w+)"\ntarget = "dst/{x}/{k}"\nguard = { rank = 2 }\n',

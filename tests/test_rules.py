@@ -781,3 +781,70 @@ def test_rule_models_reject_unknown_keys_directly() -> None:
         Rule(match="a", target="b", tagret="c")  # type: ignore[call-arg]
     with pytest.raises(pydantic.ValidationError):
         RuleSet.model_validate({"format": 2})
+
+
+def _validate_fails(capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str) -> str:
+    """What ``mapper validate`` says on standard error about a rule file it refuses."""
+    from mapper import cli
+
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    assert cli.main(["validate", str(path)]) == cli.EXIT_PROBLEMS
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param("skip = ''", "rule 1, field 'skip': skip is empty: say why", id="empty-skip"),
+        pytest.param("skip = '   '", "rule 1, field 'skip': skip is empty: say why", id="blank-skip"),
+        pytest.param(
+            "target = 'b'\nguard = { same_shape = true, on_fail = 'skip' }",
+            "rule 1, field 'guard.reason': on_fail = \"skip\" needs a reason",
+            id="guard-skip-without-reason",
+        ),
+        pytest.param(
+            "target = 'b'\nguard = { rank = 2, on_fail = 'skip', reason = '' }",
+            "rule 1, field 'guard.reason': reason is empty: say why",
+            id="guard-empty-reason",
+        ),
+    ],
+)
+def test_validate_requires_the_reasons_the_readme_requires(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, body: str, expected: str
+) -> None:
+    assert expected in _validate_fails(capsys, tmp_path, f"format = 1\n[[rules]]\nmatch = 'a'\n{body}\n")
+
+
+def test_validate_requires_a_keep_reason(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    err = _validate_fails(capsys, tmp_path, "format = 1\n[[keep]]\nmatch = 'head/.*'\nreason = ''\n")
+    assert "keep rule 1, field 'reason': reason is empty: say why" in err
+
+
+@pytest.mark.parametrize(
+    ("operation", "expected"),
+    [
+        pytest.param(
+            "{ split = { axis = -1, parts = 3 } }",
+            "operation 1: 'split' is a key of the rule, not an operation: write split = ... beside ops (at rule "
+            "level), as in split = { axis = -1, parts = 3 } with targets = [...]; the rule's ops then run on each part",
+            id="split",
+        ),
+        pytest.param(
+            "{ split = { axis = -1, parts = 3 }, targets = ['q', 'k', 'v'] }",
+            "operation 1: 'split' and 'targets' are keys of the rule, not an operation",
+            id="split-and-targets",
+        ),
+        pytest.param(
+            "{ stack = { axis = 0, by = 'p', count = 2 } }",
+            "the rule's ops then run on the joined tensor",
+            id="stack",
+        ),
+    ],
+)
+def test_a_rule_key_written_inside_ops_is_sent_beside_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, operation: str, expected: str
+) -> None:
+    err = _validate_fails(capsys, tmp_path, f"format = 1\n[[rules]]\nmatch = 'a'\ntarget = 'b'\nops = [{operation}]\n")
+    assert expected in err
+    assert "did you mean" not in err

@@ -58,3 +58,50 @@ def test_the_schema_rejects_malformed_files(document: dict[str, object], message
 
 def test_schema_json_is_stable() -> None:
     assert json.loads(rules_schema_json()) == json.loads(rules_schema_json())
+
+
+def _rule(body: str, params: str = "") -> str:
+    return f"format = 1\n[params]\nheads = 2\n{params}[[rules]]\nmatch = '(?P<p>a|b)'\n{body}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "accepted"),
+    [
+        pytest.param(_rule("target = 'x'\nops = [{ reshape = [4, 'heads', -1] }]"), True, id="reshape-param"),
+        pytest.param(_rule("targets = ['x', 'y']\nsplit = { axis = 0, parts = 'heads' }"), True, id="split-param"),
+        pytest.param(_rule("targets = ['x', 'y']\nsplit = { axis = 0, sizes = ['heads', 2] }"), True, id="sizes-param"),
+        pytest.param(_rule("target = 'x'\nconcat = { axis = 0, by = 'p', count = 'heads' }"), True, id="count-param"),
+        pytest.param(_rule("target = 'x'\nops = [{ rearrange = '(h d) -> h d', h = 'heads' }]"), True, id="rearrange"),
+        pytest.param(
+            _rule("target = 'x'\nops = [{ rearrange = '(h d) -> h d', h = [2] }]"), False, id="rearrange-list"
+        ),
+        pytest.param(_rule("target = 'x'\nops = [{ cast = 'float23' }]"), False, id="unknown-dtype"),
+        pytest.param(_rule("skip = ''"), False, id="empty-skip"),
+        pytest.param(_rule("skip = '  '"), False, id="blank-skip"),
+        pytest.param(_rule("target = 'x'\nguard = { same_shape = true, on_fail = 'skip' }"), False, id="no-reason"),
+        pytest.param(_rule("target = 'x'\nguard = { rank = 2, on_fail = 'skip', reason = 'r' }"), True, id="reason"),
+        pytest.param(_rule("target = 'x'\nguard = { on_fail = 'error' }"), False, id="guard-checks-nothing"),
+        pytest.param(_rule("target = 'x'\nskip = 'y'"), False, id="target-and-skip"),
+        pytest.param(_rule("targets = ['x']"), False, id="targets-without-split"),
+        pytest.param(_rule("skip = 'y'\nguard = { rank = 1 }"), False, id="skip-with-guard"),
+        pytest.param(_rule("target = 'x'\nsilence = { M101 = '' }"), False, id="silence-without-reason"),
+        pytest.param(_rule("target = 'x'\nsilence = { M109 = 'r' }"), False, id="unknown-lint-code"),
+        pytest.param(_rule("targets = ['x']\nsplit = { axis = 0 }"), False, id="split-without-parts"),
+        pytest.param("format = 1\n[[keep]]\nmatch = 'h'\nreason = ''\n", False, id="keep-without-reason"),
+        pytest.param("format = 1\n[[keep]]\nmatch = 'h'\nreason = 'r'\nnamespace = 'path'\n", True, id="keep-ns"),
+        pytest.param("format = 1\n[target]\ncheckpoint_root = 'net'\n", True, id="checkpoint-root"),
+        pytest.param("format = 1\n[[examples]]\nsource = 'a'\n", False, id="example-expects-nothing"),
+        pytest.param("format = 1\n[[examples]]\nsource = 'a'\ntarget = 'b'\nskip = false\n", True, id="example"),
+    ],
+)
+def test_the_schema_and_the_loader_agree(text: str, accepted: bool) -> None:
+    from mapper.errors import RuleFileError
+    from mapper.rules import parse_rules
+
+    schema_accepts = not list(VALIDATOR.iter_errors(tomllib.loads(text)))
+    try:
+        parse_rules(text)
+        loader_accepts = True
+    except RuleFileError:
+        loader_accepts = False
+    assert (schema_accepts, loader_accepts) == (accepted, accepted)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -125,8 +126,33 @@ def _no_match(rule: Rule, name: str) -> str:
         (length for length in range(len(name), -1, -1) if rule.fullmatch(name[:length], partial=True) is not None), 0
     )
     if longest == len(name):
+        # 0 would say nothing fits, where the wildcard does fit: keep the hint about the end.
+        longest = _before_literal_ending(rule, name) or len(name)
+    if longest == len(name):
         return f"no match: {name}|  (the pattern wants more after the end)"
     return f"no match: {name[:longest]}|{name[longest:]}"
+
+
+# The literal text a pattern ends with: word characters, '/', '-', and escaped punctuation.
+_LITERAL_ENDING = re.compile(r"(?:[\w/-]|\\[^\w\s])+$")
+
+
+def _before_literal_ending(rule: Rule, name: str) -> int:
+    """Where the name stops fitting a pattern that a wildcard lets take any prefix, such as ``(?:.+\\.)?counter``.
+
+    Every prefix of the name could then be completed (the wildcard takes it all), so the longest one says nothing.
+    Instead: the longest prefix that the fewest characters of the pattern's literal ending complete into a match
+    (``bn1.`` + ``num_batches_tracked`` for ``bn1.running_mean``). ``len(name)`` when that is no better.
+    """
+    found = _LITERAL_ENDING.search(rule.match)
+    ending = re.sub(r"\\(.)", r"\1", found.group()) if found else ""
+    best, best_cost = len(name), len(ending) + 1
+    for length in range(len(name), -1, -1):
+        for cost in range(min(best_cost, len(ending) + 1)):
+            if rule.fullmatch(name[:length] + ending[len(ending) - cost :]) is not None:
+                best, best_cost = length, cost
+                break
+    return best
 
 
 def _groups(matched: Any) -> str:

@@ -7,23 +7,31 @@ from collections.abc import Sequence
 
 from mapper.plan.model import Assignment
 from mapper.rules import Guard
-from mapper.specs import TensorSpec, format_shape
+from mapper.specs import PATH_NAMESPACE, TensorSpec, format_shape
 from mapper.text import quoted
 
 
 def shape_hint(shape: tuple[int, ...], target: tuple[int, ...]) -> str:
     """What to add to a rule whose result has ``shape`` where the target has ``target``.
 
+    A reshape is suggested as ``reshape = "target"``, which takes the shape from the model and so fits every
+    size of it; the shape it gives here follows, for reference.
+
     Example:
         >>> shape_hint((3, 2), (2, 3))
         'add { transpose = [1, 0] } to the rule\\'s ops, or a guard with on_fail = "skip"'
+        >>> shape_hint((12,), (3, 4))
+        'add { reshape = "target" } to the rule\\'s ops (the target\\'s shape, here [3, 4]: no sizes in the file), or a guard with on_fail = "skip"'
     """
     if sorted(shape) == sorted(target) and len(shape) == len(target):
         perm = _permutation(shape, target)
         if perm is not None:
             return f'add {{ transpose = {list(perm)} }} to the rule\'s ops, or a guard with on_fail = "skip"'
-    if len(shape) != len(target) and math.prod(shape) == math.prod(target):
-        return f'add {{ reshape = {list(target)} }} to the rule\'s ops, or a guard with on_fail = "skip"'
+    if math.prod(shape) == math.prod(target):
+        return (
+            f"add {{ reshape = \"target\" }} to the rule's ops (the target's shape, here {format_shape(target)}: "
+            'no sizes in the file), or a guard with on_fail = "skip"'
+        )
     return 'add a guard with same_shape = true and on_fail = "skip" to leave the target at its initial value'
 
 
@@ -83,6 +91,25 @@ def qualified(assignment: Assignment) -> str:
     return f"{assignment.combine.kind}({', '.join(names)})"
 
 
+def unfilled_fix(namespace: str) -> str:
+    """How to deal with unfilled targets, named by their Keras paths, in a file of ``namespace``.
+
+    A keep matches names in the file's namespace, so in a ``checkpoint`` file the keep needs ``namespace = "path"``
+    to match the paths the message lists.
+
+    Example:
+        >>> unfilled_fix("path")
+        'map a source to {them}, or list {them} in a [[keep]] entry with a reason'
+    """
+    fix = "map a source to {them}, or list {them} in a [[keep]] entry with a reason"
+    if namespace == PATH_NAMESPACE:
+        return fix
+    return (
+        fix + f' and namespace = "path" (these are Keras paths; a keep in this {namespace!r}-namespace file '
+        "otherwise matches checkpoint keys)"
+    )
+
+
 def leftovers(names: Sequence[str], what: str, fix: str) -> str:
     """The message for names a policy is about; ``{s}``, ``{their}`` and ``{them}`` in the texts agree in number.
 
@@ -95,4 +122,4 @@ def leftovers(names: Sequence[str], what: str, fix: str) -> str:
     return f"{len(names)} {what.format(**words)}: {quoted(names)}; {fix.format(**words)}"
 
 
-__all__ = ["leftovers", "qualified", "shape_hint", "source_guard_failure"]
+__all__ = ["leftovers", "qualified", "shape_hint", "source_guard_failure", "unfilled_fix"]

@@ -11,7 +11,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from mapper.dtypes import DTYPE_SIZES
-from mapper.ops import Combine, Operation
+from mapper.ops import Cast, Combine, Operation, Reshape, Transpose
 from mapper.rules.ref import RuleRef
 
 if TYPE_CHECKING:
@@ -64,6 +64,17 @@ class NamedSource:
     description: str
 
 
+def _changes_nothing(operation: Operation, shape: tuple[int, ...], dtype: str) -> bool:
+    """Whether ``operation`` leaves a tensor of ``shape`` and ``dtype`` as it is (only casts, reshapes, transposes)."""
+    if isinstance(operation, Cast):
+        return operation.dtype == dtype
+    if isinstance(operation, Reshape):
+        return operation.shape == shape
+    if isinstance(operation, Transpose):
+        return operation.perm == tuple(range(len(operation.perm)))
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Assignment:
     """One target variable filled from one source tensor, through zero or more operations.
@@ -93,8 +104,25 @@ class Assignment:
 
     @property
     def transformed(self) -> bool:
-        """Whether any operation runs on the way."""
-        return bool(self.operations) or self.join is not None
+        """Whether the operations (or a join) change the tensor.
+
+        A cast to its own dtype, a reshape to its own shape or an identity transpose stays in ``operations`` (the
+        executor runs what the plan lists) but changes nothing, so it does not make an assignment "transformed".
+
+        Example:
+            >>> from mapper.ops import Cast
+            >>> a = Assignment("v", "v", "w", RuleRef("r.toml", 1), (Cast("float32"),), (2,), "float32", (2,), "float32")
+            >>> a.transformed
+            False
+        """
+        if self.join is not None:
+            return True
+        shape, dtype = self.source_shape, self.source_dtype
+        for operation in self.operations:
+            if not _changes_nothing(operation, shape, dtype):
+                return True
+            shape, dtype = operation.infer(shape, dtype)
+        return False
 
     @property
     def combine(self) -> Combine | None:

@@ -27,7 +27,8 @@ from mapper.plan import (
 )
 from mapper.plan.groups import Groups
 from mapper.plan.matching import RuleMatcher, matchers
-from mapper.plan.messages import leftovers, qualified, shape_hint, source_guard_failure
+from mapper.plan.messages import leftovers, qualified, shape_hint, source_guard_failure, unfilled_fix
+from mapper.plan.mismatches import Mismatches, MismatchKey
 from mapper.plan.resolution import check_member_dtypes, transformed
 from mapper.rules import Guard, RuleSet, TemplateError
 from mapper.specs import SourceSet, TargetMap, TensorSpec, format_shape
@@ -143,6 +144,8 @@ class _Planner:
     refs: list[RuleRef] = field(default_factory=list)
     renderers: list[tuple[Callable[[Any], str], ...]] = field(default_factory=list)
     unreadable: set[int] = field(default_factory=set)  # rules that name a source the plan was not given
+    failed: set[str] = field(default_factory=set)  # targets a rule's error is about: not reported again as unfilled
+    mismatches: Mismatches = field(default_factory=Mismatches)  # one problem per rule and shapes
 
     def run(self) -> None:
         self.refs = [self.rules.rule_ref(index) for index in range(len(self.rules.rules))]
@@ -331,17 +334,10 @@ class _Planner:
                     operations,
                     f"shape {format_shape(shape)} does not equal the target's {format_shape(target_spec.shape)}",
                 )
-            self._misfit(
-                ProblemKind.SHAPE_MISMATCH,
-                (f"{'become' if combine else 'becomes'} {format_shape(shape)} " if operations or combine else "")
-                + f"but target {target_spec.name!r} is {format_shape(target_spec.shape)}; "
-                + shape_hint(shape, target_spec.shape),
-                index,
-                specs,
-                target_spec,
-            )
+            self._mismatch(index, specs, shape, target_spec, shown=bool(operations or combine))
             return None
         if dtype != target_spec.dtype:
+            self.failed.add(target_spec.name)
             self._problem(
                 ProblemKind.DTYPE_MISMATCH,
                 f"{_label(specs)} {'are' if combine else 'is'} {dtype} but target {target_spec.name!r} is "
@@ -356,6 +352,7 @@ class _Planner:
         self, kind: ProblemKind, what: str, index: int, specs: tuple[TensorSpec, ...], target_spec: TensorSpec
     ) -> None:
         """A problem about what a rule makes of its sources, named with their shapes."""
+        self.failed.add(target_spec.name)
         self._problem(
             kind,
             f"{_described(specs)} {what}",
@@ -439,6 +436,7 @@ class _Planner:
             )
             self.left_by_guard.add(target_spec.name)
             return
+        self.failed.add(target_spec.name)
         self._problem(
             ProblemKind.GUARD_FAILED,
             f"source {spec.name!r} {format_shape(spec.shape)} {spec.dtype} -> target {target_spec.name!r} "
@@ -464,8 +462,28 @@ class _Planner:
             (*names, key),
         )
 
+    def _mismatch(
+        self, index: int, specs: tuple[TensorSpec, ...], shape: tuple[int, ...], target_spec: TensorSpec, *, shown: bool
+    ) -> None:
+        """A result whose shape is not the target's; the same mismatch from other targets of the rule joins it."""
+        joined = len(specs) > 1
+        becomes = f"{'become' if joined else 'becomes'} {format_shape(shape)} " if shown else ""
+        key = MismatchKey(index, tuple(member.shape for member in specs), shape, target_spec.shape, shown)
+        if not self.mismatches.add(key, specs, target_spec.name, position=len(self.problems)):
+            self.failed.add(target_spec.name)
+            return
+        self._misfit(
+            ProblemKind.SHAPE_MISMATCH,
+            f"{becomes}but target {target_spec.name!r} is {format_shape(target_spec.shape)}; "
+            + shape_hint(shape, target_spec.shape),
+            index,
+            specs,
+            target_spec,
+        )
+
     def _finish(self) -> None:
         policies = self.rules.policies
+        self.problems = self.mismatches.grouped(self.problems)
         for canonical, index in self.kept.items():
             spec = self.target.variables[canonical]
             self.skips.append(
@@ -491,9 +509,9 @@ class _Planner:
         self._policy_problem(
             policies.unfilled_target,
             ProblemKind.UNFILLED_TARGET,
-            [entry.name for entry in self.unfilled],
+            [entry.name for entry in self.unfilled if entry.name not in self.failed],
             "target variable{s} would keep {their} initial value{s} without a rule saying so",
-            "map a source to {them}, or list {them} in a [[keep]] entry with a reason",
+            unfilled_fix(self.namespace),
         )
         for index, hits in enumerate(self.rule_hits):
             rule = self.rules.rules[index]

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo
 
 from mapper.dtypes import KNOWN_DTYPES
 
 ParamValue = int | float | str | bool
 Size = int | str  # a literal size, or the name of an integer in [params]
+# What a size may be as the file writes it, for the JSON Schema: the loader resolves names, then checks the value.
+SizeInput = Annotated[int, Field(ge=-1)] | str
+PositiveSizeInput = Annotated[int, Field(ge=1)] | str
+SIZE_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "integer"}, {"type": "string"}]}
+# A reason, a skip: text with something in it besides spaces (the validators say so in words).
+NOT_BLANK: dict[str, Any] = {"pattern": r"\S"}
 # A guard may test for string tensors, which no operation produces.
 TENSOR_DTYPES = KNOWN_DTYPES | {"string"}
 
@@ -85,6 +92,28 @@ def closest(word: str, choices: Sequence[str] | Mapping[str, object]) -> str:
     return f"; did you mean {matches[0]!r}?" if matches else f"; valid: {', '.join(choices)}"
 
 
+def not_blank(value: str | None, field: str, example: str) -> str | None:
+    """``value`` unless it is empty or only spaces; raises ValueError naming ``field`` with an ``example``.
+
+    Example:
+        >>> not_blank("optimizer state", "skip", 'skip = "optimizer state"')
+        'optimizer state'
+    """
+    if value is not None and not value.strip():
+        raise ValueError(f"{field} is empty: say why (reports show it), e.g. {example}")
+    return value
+
+
+def exactly_one(*fields: str) -> dict[str, Any]:
+    """The JSON Schema clause of a table that needs exactly one of ``fields``.
+
+    Example:
+        >>> exactly_one("parts", "sizes")
+        {'oneOf': [{'required': ['parts']}, {'required': ['sizes']}]}
+    """
+    return {"oneOf": [{"required": [field]} for field in fields]}
+
+
 def clean_message(message: str) -> str:
     """A pydantic error message without the prefix pydantic adds to a validator's own message.
 
@@ -106,12 +135,18 @@ def unknown_dtype_message(value: str) -> str:
 
 
 __all__ = [
+    "NOT_BLANK",
+    "SIZE_SCHEMA",
     "TENSOR_DTYPES",
     "Frozen",
     "ParamValue",
+    "PositiveSizeInput",
     "Size",
+    "SizeInput",
     "clean_message",
     "closest",
+    "exactly_one",
+    "not_blank",
     "params_of",
     "resolve_size",
     "resolve_sizes",

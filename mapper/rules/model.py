@@ -7,115 +7,22 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import regex
-from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mapper.errors import RuleFileError
 from mapper.rules.bound import bounded_fullmatch, place
 from mapper.rules.bound import match_timeout as bound_of
-from mapper.rules.common import TENSOR_DTYPES, Frozen, ParamValue, closest, params_of, unknown_dtype_message
+from mapper.rules.common import NOT_BLANK, Frozen, ParamValue, closest, exactly_one, not_blank, params_of
 from mapper.rules.issues import RULES_FORMAT, nesting_issue, pydantic_issue, toml_issue
 from mapper.rules.operations import OPERATION_SPECS, CombineSpec, OperationSpec, SplitSpec, parse_operations
 from mapper.rules.ref import RuleRef
-from mapper.rules.templates import Piece, compile_template, renderer
+from mapper.rules.sections import LINT_CODES, SILENCE_SCHEMA, Guard, Policies, TargetSection, check_silence
+from mapper.rules.templates import Piece, compile_template, literal_alternatives, renderer
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
-
-Policy = Literal["error", "warn", "ignore"]
-
-# The lint codes a rule can silence; mapper.authoring.lint documents each.
-LINT_CODES: Mapping[str, str] = {
-    "M101": "dead rule: it matched no name",
-    "M102": "shadowed rule: earlier rules take every name it matches",
-    "M103": "overlapping rules: another rule also matches some of its names, with a different target",
-    "M104": "template output is not a valid name in the target's namespace",
-}
-
-
-def check_silence(value: dict[str, str]) -> dict[str, str]:
-    """A ``silence`` table whose codes are lint codes, each with a reason; raises ValueError.
-
-    Example:
-        >>> check_silence({"M101": "optional layer"})
-        {'M101': 'optional layer'}
-    """
-    for code, reason in value.items():
-        if code not in LINT_CODES:
-            raise ValueError(f"unknown lint code {code!r}{closest(code, sorted(LINT_CODES))}")
-        if not reason.strip():
-            raise ValueError(f'silencing {code} needs a reason, e.g. {code} = "the catch-all is meant to overlap"')
-    return value
-
-
-class Policies(Frozen):
-    """What the planner does about leftovers; every policy is ``error`` unless the file says otherwise.
-
-    Example:
-        >>> Policies(unused_source="warn").dead_rule
-        'error'
-    """
-
-    unused_source: Policy = Field("error", description="A source tensor that no rule matched.")
-    unfilled_target: Policy = Field("error", description="A target variable that nothing fills or keeps.")
-    dead_rule: Policy = Field("error", description="A rule or keep rule that matched no name.")
-    double_fill: Policy = Field("error", description="A second rule filling a target already filled; the first wins.")
-
-
-class TargetSection(Frozen):
-    """Which of the target's name spaces the templates of this file produce.
-
-    Example:
-        >>> TargetSection().namespace
-        'path'
-    """
-
-    namespace: Literal["path", "checkpoint"] = Field(
-        "path",
-        description="'path': Keras variable paths such as 'd1/kernel'. 'checkpoint': the keys a "
-        "tf.train.Checkpoint written from the same model would have.",
-    )
-    checkpoint_root: str = Field("model", description="The keyword the checkpoint's root object was saved under.")
-
-
-class Guard(Frozen):
-    """Conditions a matched source tensor must meet; ``on_fail`` says whether a failure skips or errs.
-
-    ``shape``, ``rank`` and ``dtype`` test the source tensor as stored (``-1`` in ``shape`` accepts any
-    size); ``same_shape`` tests that the result of the rule's operations has the target's shape.
-
-    Example:
-        >>> Guard(same_shape=True, on_fail="skip", reason="new class count").on_fail
-        'skip'
-    """
-
-    same_shape: bool = False
-    shape: tuple[int, ...] | None = Field(None, strict=False)
-    rank: int | None = Field(None, ge=0)
-    dtype: str | None = None
-    on_fail: Literal["skip", "error"] = "error"
-    reason: str | None = None
-
-    @field_validator("dtype")
-    @classmethod
-    def _known_dtype(cls, value: str | None) -> str | None:
-        if value is not None and value not in TENSOR_DTYPES:
-            raise ValueError(unknown_dtype_message(value))
-        return value
-
-    @field_validator("shape")
-    @classmethod
-    def _valid_shape(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        if value is not None and any(dim < -1 for dim in value):
-            raise ValueError(f"shape {list(value)} has a negative size; use -1 for 'any size'")
-        return value
-
-    @model_validator(mode="after")
-    def _checks_something(self) -> Guard:
-        if not self.same_shape and self.shape is None and self.rank is None and self.dtype is None:
-            raise ValueError("a guard must check something: set same_shape = true, shape, rank or dtype")
-        return self
 
 
 class Rule(Frozen):
@@ -127,6 +34,18 @@ class Rule(Frozen):
         'layer_1/ffn/kernel'
     """
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            **exactly_one("target", "targets", "skip"),
+            "dependentRequired": {"split": ["targets"], "targets": ["split"]},
+            "dependentSchemas": {
+                "skip": {"not": {"anyOf": [{"required": [key]} for key in ("guard", "split", "concat", "stack")]}},
+                "split": {"not": {"anyOf": [{"required": ["concat"]}, {"required": ["stack"]}]}},
+                "concat": {"not": {"required": ["stack"]}},
+            },
+        }
+    )
+
     name: str | None = Field(None, description="A label for reports and errors.")
     match: str = Field(
         description="A regular expression that must match the whole source name; named groups feed the template."
@@ -134,9 +53,15 @@ class Rule(Frozen):
     target: str | None = Field(
         None, description="Template of the target name: '{group}', '{group + 1}', '{0}' for the whole name."
     )
-    skip: str | None = Field(None, description="Instead of a target: the reason the matched source tensors go unused.")
+    skip: str | None = Field(
+        None,
+        json_schema_extra=NOT_BLANK,
+        description="Instead of a target: the reason the matched source tensors go unused.",
+    )
     targets: tuple[str, ...] | None = Field(
-        None, strict=False, description="With 'split': a target name template for each part."
+        None,
+        strict=False,
+        description="With 'split' (beside 'ops', which then run on each part): a target name template for each part.",
     )
     source: str | None = Field(None, description="In plans over several named sources: the one this rule reads.")
     values: dict[str, dict[str, str]] = Field(
@@ -147,7 +72,9 @@ class Rule(Frozen):
     guard: Guard | None = None
     optional: bool = Field(False, description="The rule may match nothing without being reported as dead.")
     silence: dict[str, str] = Field(
-        default_factory=dict, description="Lint codes this rule silences, each with the reason: { M103 = '...' }."
+        default_factory=dict,
+        description="Lint codes this rule silences, each with the reason: { M103 = '...' }.",
+        json_schema_extra=SILENCE_SCHEMA,
     )
     split: SplitSpec | None = None
     concat: CombineSpec | None = None
@@ -177,6 +104,29 @@ class Rule(Frozen):
     @classmethod
     def _known_codes(cls, value: dict[str, str]) -> dict[str, str]:
         return check_silence(value)
+
+    @field_validator("skip")
+    @classmethod
+    def _skip_says_why(cls, value: str | None) -> str | None:
+        return not_blank(value, "skip", 'skip = "optimizer state"')
+
+    @field_validator("values")
+    @classmethod
+    def _values_rename_every_word(
+        cls, value: dict[str, dict[str, str]], info: ValidationInfo
+    ) -> dict[str, dict[str, str]]:
+        # A group that can capture only the words of a literal alternation: each needs a new name, or the
+        # rule fails at plan time on the first name with the missing word.
+        if info.data.get("match") is not None:
+            for group, table in value.items():
+                missing = [word for word in literal_alternatives(info.data["match"], group) if word not in table]
+                if missing:
+                    raise ValueError(
+                        f"values.{group} does not rename {', '.join(map(repr, missing))}, which group {group!r} can "
+                        f"capture; add {', '.join(f'{word} = ...' for word in missing)} to values.{group}, or take "
+                        f"{'them' if len(missing) > 1 else 'it'} out of the pattern"
+                    )
+        return value
 
     @field_validator("target")
     @classmethod
@@ -300,13 +250,17 @@ class Keep(Frozen):
 
     name: str | None = None
     match: str = Field(description="A regular expression that must match the whole target name.")
-    reason: str = Field(description="Why these variables keep their initial values; reports show it.")
+    reason: str = Field(
+        description="Why these variables keep their initial values; reports show it.", json_schema_extra=NOT_BLANK
+    )
     namespace: Literal["path", "checkpoint"] | None = Field(
         None, description="Namespace of the names 'match' sees; defaults to [target].namespace."
     )
     optional: bool = Field(False, description="The keep may match nothing without being reported as dead.")
     silence: dict[str, str] = Field(
-        default_factory=dict, description="Lint codes this keep silences, each with the reason."
+        default_factory=dict,
+        description="Lint codes this keep silences, each with the reason.",
+        json_schema_extra=SILENCE_SCHEMA,
     )
 
     _pattern: Any = PrivateAttr(None)
@@ -315,6 +269,11 @@ class Keep(Frozen):
     _compiles = field_validator("match")(Rule._compiles.__func__)  # type: ignore[attr-defined]
 
     _known_codes = field_validator("silence")(Rule._known_codes.__func__)  # type: ignore[attr-defined]
+
+    @field_validator("reason")
+    @classmethod
+    def _says_why(cls, value: str) -> str:
+        return not_blank(value, "reason", 'reason = "trained from scratch"') or value
 
     @model_validator(mode="after")
     def _compile(self) -> Keep:
@@ -333,6 +292,16 @@ class Example(Frozen):
         >>> Example(source="bert/embeddings/word_embeddings", target="embeddings/embeddings").skip
         False
     """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["target"]},
+                {"required": ["targets"]},
+                {"required": ["skip"], "properties": {"skip": {"const": True}}},
+            ]
+        }
+    )
 
     source: str = Field(description="A source tensor name.")
     target: str | None = Field(None, description="The target name the rules must give it.")

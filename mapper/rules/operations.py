@@ -22,9 +22,13 @@ from mapper.ops import (
     split_parts,
 )
 from mapper.rules.common import (
+    SIZE_SCHEMA,
     Frozen,
+    PositiveSizeInput,
+    SizeInput,
     clean_message,
     closest,
+    exactly_one,
     params_of,
     resolve_size,
     resolve_sizes,
@@ -112,7 +116,7 @@ class ReshapeSpec(OperationSpecBase):
 
     reshape: tuple[int, ...] | Literal["target"]
 
-    @field_validator("reshape", mode="before")
+    @field_validator("reshape", mode="before", json_schema_input_type=list[SizeInput] | Literal["target"])
     @classmethod
     def _resolve(cls, value: object, info: ValidationInfo) -> object:
         return resolve_sizes(value, params_of(info), "reshape")
@@ -148,7 +152,7 @@ class ReshapeSpec(OperationSpecBase):
 class CastSpec(OperationSpecBase):
     """``{ cast = "float32" }`` or ``{ cast = "target" }`` (the target's dtype): change the dtype, keeping its kind."""
 
-    cast: str
+    cast: str = Field(json_schema_extra={"enum": [*sorted(KNOWN_DTYPES), "target"]})
 
     @field_validator("cast")
     @classmethod
@@ -200,7 +204,10 @@ class RearrangeSpec(OperationSpecBase):
     Keys besides ``rearrange`` bind axis sizes, to whole numbers or parameter names.
     """
 
-    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
+    # The axis sizes are the extra keys; the schema says what each may be.
+    model_config = ConfigDict(
+        frozen=True, extra="allow", strict=True, json_schema_extra={"additionalProperties": SIZE_SCHEMA}
+    )
 
     rearrange: str
 
@@ -249,6 +256,13 @@ OPERATION_SPECS: Mapping[str, type[OperationSpecBase]] = {
     next(iter(spec.model_fields)): spec for spec in get_args(OperationSpec)
 }
 """The operation specs by their rule-file key, in the order messages list them."""
+# Keys written inside ops that belong beside it, with how the rule writes them.
+_RULE_KEYS: Mapping[str, str] = {
+    "split": "split = { axis = -1, parts = 3 } with targets = [...]; the rule's ops then run on each part",
+    "targets": "targets = [...] with split = { axis = -1, parts = 3 }; the rule's ops then run on each part",
+    "concat": 'concat = { axis = 0, by = "part", members = [...] }; the rule\'s ops then run on the joined tensor',
+    "stack": 'stack = { axis = 0, by = "part", members = [...] }; the rule\'s ops then run on the joined tensor',
+}
 # Specs whose table may hold more keys than the one naming the operation (rearrange's axis sizes).
 _OPEN_SPECS = frozenset(key for key, spec in OPERATION_SPECS.items() if spec.model_config.get("extra") == "allow")
 
@@ -280,6 +294,13 @@ def _parse_operation(position: int, operation: object, context: Any) -> Operatio
     kinds = [key for key in operation if key in OPERATION_SPECS] if isinstance(operation, Mapping) else []
     if not isinstance(operation, Mapping) or len(kinds) != 1 or (len(operation) > 1 and kinds[0] not in _OPEN_SPECS):
         unknown = [key for key in operation if key not in OPERATION_SPECS] if isinstance(operation, Mapping) else []
+        beside = [key for key in unknown if key in _RULE_KEYS]
+        if beside:
+            raise ValueError(
+                f"operation {position}: {' and '.join(map(repr, beside))} {'is a key' if len(beside) == 1 else 'are keys'}"
+                f" of the rule, not an operation: write {beside[0]} = ... beside ops (at rule level), as in "
+                f"{_RULE_KEYS[beside[0]]}"
+            )
         if isinstance(operation, Mapping) and len(operation) == 1 and unknown:
             raise ValueError(
                 f"operation {position}: unknown operation {unknown[0]!r}{closest(unknown[0], OPERATION_SPECS)}"
@@ -325,16 +346,18 @@ class SplitSpec(Frozen):
     Part ``i`` goes to ``targets[i]``; the rule's ``ops`` then apply to each part.
     """
 
+    model_config = ConfigDict(json_schema_extra=exactly_one("parts", "sizes"))
+
     axis: int
     parts: int | None = Field(None, ge=1)
     sizes: tuple[int, ...] | None = Field(None, strict=False)
 
-    @field_validator("parts", mode="before")
+    @field_validator("parts", mode="before", json_schema_input_type=PositiveSizeInput | None)
     @classmethod
     def _resolve_parts(cls, value: object, info: ValidationInfo) -> object:
         return resolve_size(value, params_of(info), "split parts") if isinstance(value, str) else value
 
-    @field_validator("sizes", mode="before")
+    @field_validator("sizes", mode="before", json_schema_input_type=list[SizeInput] | None)
     @classmethod
     def _resolve_sizes(cls, value: object, info: ValidationInfo) -> object:
         return resolve_sizes(value, params_of(info), "split sizes")
@@ -375,12 +398,14 @@ class CombineSpec(Frozen):
     each exactly once.
     """
 
+    model_config = ConfigDict(json_schema_extra=exactly_one("members", "count"))
+
     axis: int
     by: str
     members: tuple[str, ...] | None = Field(None, strict=False)
     count: int | None = Field(None, ge=1)
 
-    @field_validator("count", mode="before")
+    @field_validator("count", mode="before", json_schema_input_type=PositiveSizeInput | None)
     @classmethod
     def _resolve_count(cls, value: object, info: ValidationInfo) -> object:
         return resolve_size(value, params_of(info), "count") if isinstance(value, str) else value

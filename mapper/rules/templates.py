@@ -115,6 +115,31 @@ def compile_template(template: str, pattern: Any, params: Mapping[str, ParamValu
     return tuple(pieces)
 
 
+# Inside a group, what a literal alternation may hold: word characters, '-', '/', and escaped punctuation.
+_LITERAL_WORDS = re.compile(r"(?:[\w/-]|\\[^\w\s])+(?:\|(?:[\w/-]|\\[^\w\s])+)*")
+
+
+def literal_alternatives(pattern: str, group: str) -> tuple[str, ...]:
+    """The words named group ``group`` can capture, when it is a literal alternation such as ``(?P<p>weight|bias)``.
+
+    Anything else (a character class, a repetition, a nested group) gives ``()``: the group can capture words
+    no one can list.
+
+    Example:
+        >>> literal_alternatives(r"(?P<i>\\d+)/(?P<p>weight|bias|running\\.mean)", "p"), literal_alternatives(r"(?P<i>\\d+)", "i")
+        (('weight', 'bias', 'running.mean'), ())
+    """
+    opening = f"(?P<{group}>"
+    start = pattern.find(opening)
+    if start < 0:
+        return ()
+    body = pattern[start + len(opening) :]
+    found = _LITERAL_WORDS.match(body)
+    if found is None or not body[found.end() :].startswith(")"):
+        return ()
+    return tuple(re.sub(r"\\(.)", r"\1", word) for word in found.group().split("|"))
+
+
 def renderer(pieces: tuple[Piece, ...], values: Mapping[str, Mapping[str, str]], template: str) -> Callable[[Any], str]:
     """A function rendering ``template`` (parsed into ``pieces``) for one match; it raises TemplateError.
 
@@ -159,4 +184,4 @@ def renderer(pieces: tuple[Piece, ...], values: Mapping[str, Mapping[str, str]],
     return render
 
 
-__all__ = ["Piece", "TemplateError", "compile_template", "parse_template", "renderer"]
+__all__ = ["Piece", "TemplateError", "compile_template", "literal_alternatives", "parse_template", "renderer"]
