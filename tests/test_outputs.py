@@ -381,7 +381,7 @@ def _output_argv(verb: str, source: Path, output: Path) -> list[str]:
 @pytest.mark.parametrize(
     ("case", "fragment"),
     [
-        ("exists", "already exists (ckpt.index); pass --overwrite"),
+        ("exists", "already exists (ckpt.index); pass --overwrite to replace it"),
         ("no-directory", "does not exist; create it first (mkdir -p"),
         ("a-directory", "it is a directory; give a file name inside it"),
     ],
