@@ -381,6 +381,7 @@ def test_cli_messages_name_options_not_python_arguments(
         (["validate", RULES, "--source", "pretrained={prefix}"], True),
         (["inspect", "{npz}"], False),
         (["inspect", "{prefix}"], True),
+        (["inspect", "--target", TARGET], True),
         (["suggest", "--source", "{prefix}", "--target", TARGET], True),
         (["explain", RULES, "d1/kernel", "--source", "{npz}"], False),
         (["explain", RULES, "d1/kernel", "--source", "{prefix}"], True),
