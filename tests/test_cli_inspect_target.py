@@ -220,7 +220,7 @@ def test_help_teaches_target(capsys: pytest.CaptureFixture[str]) -> None:
 
     shown = " ".join(capsys.readouterr().out.split())
 
-    assert "usage: mapper inspect [-h] [--target MODULE:FACTORY] [--checkpoint-root NAME]" in shown
+    assert "usage: mapper inspect CHECKPOINT [--match REGEX] [--format {text,json}] mapper inspect --target" in shown
     assert "mapper inspect --target mapper.demo:new_model" in shown
     assert "in both namespaces: 'path' (variable.path, the default) and 'checkpoint'" in shown
     assert "a rule file's [target] checkpoint_root; default: model" in shown

@@ -37,7 +37,9 @@ _EXIT_CODES = f"""exit codes:
      raises, cannot be imported or builds no model)
   {EXIT_APPLY}  applying failed; the model was left unchanged
   {EXIT_OUTPUT}  the output cannot be written: it exists (pass --overwrite), its directory is missing, it is a
-     directory or a file a source reads, or the disk is full or read-only; nothing was written{_ENDINGS}"""
+     directory or a file a source reads, or the disk is full or read-only; or apply's --output is named like a
+     file format it would not be written in (model.h5: write model.weights.h5, or the prefix model); nothing
+     was written{_ENDINGS}"""
 
 _CONVERT_EXIT_CODES = f"""exit codes:
   {EXIT_OK}  success: the output was written
@@ -165,6 +167,8 @@ def _add_inspect(verbs: Any) -> None:
     inspect = verbs.add_parser(
         "inspect",
         formatter_class=_Formatter,
+        usage="%(prog)s CHECKPOINT [--match REGEX] [--format {text,json}]\n"
+        "       %(prog)s --target MODULE:FACTORY [--checkpoint-root NAME] [--match REGEX] [--format {text,json}] [-v]",
         help="list a checkpoint's tensors, or (--target) a model's variables: names, shapes, dtypes, sizes",
         description="List every tensor of a checkpoint with its shape, dtype and size, without reading tensor data.\n"
         "With --target instead of a checkpoint, list the variables of the model a factory builds, the names a rule\n"
