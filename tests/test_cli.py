@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -318,3 +319,119 @@ def test_apply_draws_progress_only_on_a_terminal(
     assert ("\r  applying [" in stderr.getvalue()) == terminal
     assert ("] 8/8 " in stderr.getvalue()) == terminal
     assert stdout.getvalue().splitlines()[-1].startswith("applied: 8 variables")
+
+
+# --- messages in command-line spelling, and TensorFlow imported quietly by every verb that loads it ---------------
+
+
+@pytest.fixture(scope="module")
+def npz_of_the_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An npz holding the demo model's weights under their Keras paths, and an identity rule file for it."""
+    directory = tmp_path_factory.mktemp("npz")
+    model = demo.new_model()
+    np.savez(directory / "model.npz", **{variable.path: variable.numpy() for variable in model.weights})
+    rules = directory / "identity.toml"
+    rules.write_text("format = 1\n[[rules]]\nmatch = '(?P<name>.+)'\ntarget = '{name}'\n")
+    return directory / "model.npz", rules
+
+
+@pytest.mark.tf
+def test_cli_messages_name_options_not_python_arguments(
+    capsys: pytest.CaptureFixture[str],
+    pretrained: tuple[object, Path],
+    npz_of_the_model: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    _, prefix = pretrained
+    npz, rules = npz_of_the_model
+    common = ["--target", TARGET, "-q"]
+
+    code, _, exists = run(capsys, "apply", RULES, "--source", str(prefix), *common, "--output", str(prefix))
+    assert code == cli.EXIT_OUTPUT
+    assert exists == (
+        f"mapper: error: {prefix} already exists (ckpt.index, ckpt.data-00000-of-00001); pass --overwrite to replace it\n"
+    )
+
+    output = tmp_path / "ckpt"
+    argv = [
+        "apply",
+        str(rules),
+        "--source",
+        str(npz),
+        *common,
+        "--output",
+        str(output),
+        "--method",
+        "init_from_checkpoint",
+    ]
+    code, _, method = run(capsys, *argv)
+    assert code == cli.EXIT_APPLY
+    assert method.startswith("mapper: error: apply failed: --method init_from_checkpoint reads TensorFlow checkpoints")
+    assert method.rstrip().endswith("; use --method assign, which reads any source")
+    assert "overwrite=True" not in exists + method and "method=" not in exists + method
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize(
+    ("argv", "loads_tensorflow"),
+    [
+        (["validate", RULES], False),
+        (["validate", RULES, "--source", "{npz}"], False),
+        (["validate", RULES, "--source", "{prefix}"], True),
+        (["validate", RULES, "--source", "pretrained={prefix}"], True),
+        (["inspect", "{npz}"], False),
+        (["inspect", "{prefix}"], True),
+        (["inspect", "--target", TARGET], True),
+        (["suggest", "--source", "{prefix}", "--target", TARGET], True),
+        (["explain", RULES, "d1/kernel", "--source", "{npz}"], False),
+        (["explain", RULES, "d1/kernel", "--source", "{prefix}"], True),
+        (["diff", RULES, RULES, "--source", "{npz}", "--target", TARGET], True),
+        (["convert", "{rules}", "{npz}", "{out}/converted.safetensors", "-q"], True),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else str(value),
+)
+def test_verbs_that_load_tensorflow_import_it_quietly_first(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    pretrained: tuple[object, Path],
+    npz_of_the_model: tuple[Path, Path],
+    tmp_path: Path,
+    argv: list[str],
+    loads_tensorflow: bool,
+) -> None:
+    from mapper.cli import terminal
+
+    _, prefix = pretrained
+    npz, rules = npz_of_the_model
+    places = {"{prefix}": str(prefix), "{npz}": str(npz), "{rules}": str(rules), "{out}": str(tmp_path)}
+    filled = [re.sub(r"\{[a-z]+\}", lambda found: places[found.group()], arg) for arg in argv]
+    calls: list[str] = []
+    monkeypatch.setattr(terminal, "import_tensorflow_quietly", lambda: calls.append("quietly"))
+
+    code, _, err = run(capsys, *filled)
+
+    assert code in (cli.EXIT_OK, cli.EXIT_PROBLEMS), err
+    assert calls == (["quietly"] if loads_tensorflow else [])
+
+
+@pytest.mark.tf
+def test_validate_with_a_tf_checkpoint_source_shows_no_tensorflow_start_up_lines(
+    pretrained: tuple[object, Path],
+) -> None:
+    import subprocess
+
+    _, prefix = pretrained
+    environment = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "mapper", "validate", RULES, "--source", str(prefix)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=environment,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+
+    assert done.returncode == cli.EXIT_OK, done.stderr
+    assert done.stdout == f"ok: {RULES} (3 rules)\n"
+    assert done.stderr == ""

@@ -285,6 +285,138 @@ def test_save_target_never_overwrites_a_source(tmp_path: Path, name: str, output
     assert snapshot(tmp_path) == before
 
 
+# --- apply --output named like a file format: refused before any work ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "keras_name", "prefix"),
+    [
+        ("model.h5", "model.weights.h5", "model"),
+        ("model.hdf5", "model.weights.h5", "model"),
+        ("model.weights.hdf5", "model.weights.h5", "model"),
+        ("model.keras", "model.weights.h5", "model"),
+        ("model.safetensors", "model.weights.h5", "model"),
+        ("model.npz", "model.weights.h5", "model"),
+        ("pytorch_model.bin", "pytorch_model.weights.h5", "pytorch_model"),
+        ("model.pt", "model.weights.h5", "model"),
+        ("model.pth", "model.weights.h5", "model"),
+        ("MODEL.H5", "MODEL.weights.h5", "MODEL"),
+    ],
+)
+def test_cli_apply_refuses_an_output_named_like_a_file_format(
+    capsys: pytest.CaptureFixture[str],
+    pretrained: tuple[Any, Path],
+    tmp_path: Path,
+    name: str,
+    keras_name: str,
+    prefix: str,
+) -> None:
+    _, source = pretrained
+    output = tmp_path / name
+    argv = [
+        "apply",
+        str(demo.RULES),
+        "--target",
+        "mapper.demo:new_model",
+        "--source",
+        str(source),
+        "--output",
+        str(output),
+    ]
+
+    code, out, err = run(capsys, *argv)
+
+    assert code == cli.EXIT_OUTPUT
+    assert out == ""  # refused before the plan: no report, no "weights saved to"
+    assert err.startswith(f"mapper: error: cannot write {output}: only a name ending in .weights.h5 is saved as a file")
+    assert f"so {output} would be written as {output}.index and {output}.data-*" in err
+    assert (
+        f"write {tmp_path / keras_name} for Keras weights, or {tmp_path / prefix} (no file suffix) for a TF checkpoint"
+        in err
+    )
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "written"),
+    [
+        ("bert_model.ckpt", ["bert_model.ckpt.data-00000-of-00001", "bert_model.ckpt.index"]),
+        ("ckpt-1", ["ckpt-1.data-00000-of-00001", "ckpt-1.index"]),
+        ("model.weights.h5", ["model.weights.h5"]),
+    ],
+)
+def test_cli_apply_writes_prefixes_and_weights_files_as_named(
+    capsys: pytest.CaptureFixture[str], pretrained: tuple[Any, Path], tmp_path: Path, name: str, written: list[str]
+) -> None:
+    _, source = pretrained
+
+    code, out, err = run(capsys, *APPLY_ARGV, "--source", str(source), "--output", str(tmp_path / name))
+
+    assert code == cli.EXIT_OK, err
+    assert out.strip().endswith(f"weights saved to {tmp_path / name}")
+    assert listing(tmp_path) == written
+
+
+def test_save_target_refuses_an_output_named_like_a_file_format(tmp_path: Path) -> None:
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+
+    with pytest.raises(OutputError, match=r"write .*model\.weights\.h5 for Keras weights"):
+        save_target(target_from(model), tmp_path / "model.h5")
+    with pytest.raises(OutputError, match=r"safetensors file; .* use mapper convert$"):
+        check_output(tmp_path / "model.safetensors", overwrite=False)
+
+    assert listing(tmp_path) == []
+
+
+# --- output problems exit 5 (EXIT_OUTPUT), for apply and convert alike, as --help says ---------------------------
+
+
+def _output_argv(verb: str, source: Path, output: Path) -> list[str]:
+    if verb == "apply":
+        return [*APPLY_ARGV, "--source", str(source), "--output", str(output)]
+    return ["convert", str(demo.RULES), str(source), str(output), "-q"]
+
+
+@pytest.mark.parametrize("verb", ["apply", "convert"])
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [
+        ("exists", "already exists (ckpt.index); pass --overwrite to replace it"),
+        ("no-directory", "does not exist; create it first (mkdir -p"),
+        ("a-directory", "it is a directory; give a file name inside it"),
+    ],
+)
+def test_cli_output_problems_exit_5(
+    capsys: pytest.CaptureFixture[str],
+    pretrained: tuple[Any, Path],
+    tmp_path: Path,
+    verb: str,
+    case: str,
+    fragment: str,
+) -> None:
+    _, source = pretrained
+    output = {"exists": tmp_path / "ckpt", "no-directory": tmp_path / "missing" / "ckpt", "a-directory": tmp_path}[case]
+    if case == "exists":
+        (tmp_path / "ckpt.index").write_bytes(b"")
+    before = snapshot(tmp_path)
+
+    code, out, err = run(capsys, *_output_argv(verb, source, output))
+
+    assert code == cli.EXIT_OUTPUT == 5
+    assert fragment in err and out == ""
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("verb", ["apply", "convert"])
+def test_help_documents_exit_5_for_outputs(capsys: pytest.CaptureFixture[str], verb: str) -> None:
+    with pytest.raises(SystemExit):
+        cli.main([verb, "--help"])
+
+    shown = " ".join(capsys.readouterr().out.split())
+
+    assert "5 the output cannot be written: it exists (pass --overwrite), its directory is missing" in shown
+
+
 # --- the Source contract: every file a source reads is listed ------------------------------------------------------
 
 

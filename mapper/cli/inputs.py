@@ -72,6 +72,36 @@ def sources(values: Sequence[str]) -> str | dict[str, str]:
     return named or plain[0]
 
 
+def needs_tensorflow(args: argparse.Namespace, always: frozenset[str] = frozenset()) -> bool:
+    """Whether the command will load TensorFlow: it is one of ``always``, builds a ``--target`` or reads a TF checkpoint.
+
+    The CLI then imports TensorFlow quietly first (``import_tensorflow_quietly``), so that no verb shows its
+    start-up chatter; a command that reads only other formats does not pay for the import.
+
+    Example:
+        >>> needs_tensorflow(argparse.Namespace(command="validate", source=None))
+        False
+        >>> needs_tensorflow(argparse.Namespace(command="explain", source=["w.npz"], target="models.py:build"))
+        True
+        >>> needs_tensorflow(argparse.Namespace(command="validate", source=["head=x"], source_format=["tf-checkpoint"]))
+        True
+    """
+    from mapper.sources.tf_checkpoint import is_tf_checkpoint
+
+    if args.command in always or getattr(args, "target", None):
+        return True
+    given = getattr(args, "source", None)
+    values: list[str] = [] if given is None else [given] if isinstance(given, str) else list(given)
+    if any(value.rpartition("=")[2] == "tf-checkpoint" for value in getattr(args, "source_format", None) or ()):
+        return bool(values)
+    for value in values:
+        matched = _NAMED.fullmatch(value)
+        path = matched.group(2) if matched is not None and not Path(value).exists() else value
+        if is_tf_checkpoint(path):
+            return True
+    return False
+
+
 def source_formats(args: argparse.Namespace) -> str | dict[str, str] | None:
     """``--source-format`` values: one FORMAT for every source, or ``{NAME: FORMAT}``.
 

@@ -1,4 +1,4 @@
-"""The verbs that read without a model: ``inspect`` lists a checkpoint, ``validate`` checks rule files."""
+"""The verbs that read and check: ``inspect`` lists a checkpoint (or, with ``--target``, a model), ``validate`` checks rule files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from mapper.cli import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
-from mapper.cli.inputs import load_rule_file, sources
+from mapper.cli.inputs import UsageError, load_rule_file, sources
 from mapper.cli.terminal import error, out, warn
 from mapper.errors import RuleFileError
 from mapper.text import human_bytes, plural, s
@@ -17,22 +17,44 @@ _COLUMNS = ("name", "shape", "dtype", "size")
 
 
 def inspect(args: argparse.Namespace) -> int:
-    """``mapper inspect``: every tensor of a checkpoint with its shape, dtype and size, as a table or JSON."""
+    """``mapper inspect``: every tensor of a checkpoint, or every variable of ``--target``, as a table or JSON."""
     from mapper.sources import open_source
 
-    source = open_source(args.source)
-    specs = source.specs()
+    _check_inspect_args(args)
     try:
         pattern = re.compile(args.match) if args.match else None
     except re.error as problem:
         error(f"--match {args.match!r} is not a valid regular expression: {problem}")
         return EXIT_USAGE
+    if args.target:
+        from mapper.cli.inspect_target import inspect_target
+
+        return inspect_target(args, pattern)
+    source = open_source(args.source)
+    specs = source.specs()
     shown = [spec for spec in specs.values() if pattern is None or pattern.search(spec.name)]
     if args.format == "json":
         out(json.dumps(_document(source.description, shown), indent=2))
     else:
         out(_table(source.description, shown, len(specs)))
     return EXIT_OK
+
+
+def _check_inspect_args(args: argparse.Namespace) -> None:
+    """UsageError unless exactly one of SOURCE and ``--target`` is given, and the target options come with a target."""
+    if args.source and args.target:
+        raise UsageError(
+            f"give a checkpoint or --target, not both (got {args.source!r} and --target {args.target!r}): "
+            "inspect lists one side at a time"
+        )
+    if not args.source and not args.target:
+        raise UsageError(
+            "give a checkpoint to list its tensors (mapper inspect CHECKPOINT), or --target MODULE:FACTORY to list "
+            "a model's variables (mapper inspect --target mapper.demo:new_model)"
+        )
+    for option, given in (("--checkpoint-root", args.checkpoint_root), ("--verbose", args.verbose)):
+        if given and not args.target:
+            raise UsageError(f"{option} is for --target: a checkpoint's tensors have one name each")
 
 
 def _document(description: str, shown: list[Any]) -> dict[str, Any]:

@@ -37,7 +37,9 @@ _EXIT_CODES = f"""exit codes:
      raises, cannot be imported or builds no model)
   {EXIT_APPLY}  applying failed; the model was left unchanged
   {EXIT_OUTPUT}  the output cannot be written: it exists (pass --overwrite), its directory is missing, it is a
-     directory or a file a source reads, or the disk is full or read-only; nothing was written{_ENDINGS}"""
+     directory or a file a source reads, or the disk is full or read-only; or apply's --output is named like a
+     file format it would not be written in (model.h5: write model.weights.h5, or the prefix model); nothing
+     was written{_ENDINGS}"""
 
 _CONVERT_EXIT_CODES = f"""exit codes:
   {EXIT_OK}  success: the output was written
@@ -165,18 +167,46 @@ def _add_inspect(verbs: Any) -> None:
     inspect = verbs.add_parser(
         "inspect",
         formatter_class=_Formatter,
-        help="list a checkpoint's tensors: names, shapes, dtypes, sizes (reads no tensor data)",
-        description="List every tensor of a checkpoint with its shape, dtype and size, without reading tensor data.",
+        usage="%(prog)s CHECKPOINT [--match REGEX] [--format {text,json}]\n"
+        "       %(prog)s --target MODULE:FACTORY [--checkpoint-root NAME] [--match REGEX] [--format {text,json}] [-v]",
+        help="list a checkpoint's tensors, or (--target) a model's variables: names, shapes, dtypes, sizes",
+        description="List every tensor of a checkpoint with its shape, dtype and size, without reading tensor data.\n"
+        "With --target instead of a checkpoint, list the variables of the model a factory builds, the names a rule\n"
+        "file's targets must produce, in both namespaces: 'path' (variable.path, the default) and 'checkpoint'\n"
+        '(the key in tf.train.Checkpoint(model=...), for rule files with namespace = "checkpoint"). Variables of\n'
+        "one shape and dtype whose names vary together share a line, as in the plan report.",
         epilog="examples:\n"
         "  mapper inspect pretrained/ckpt-1\n"
         "  mapper inspect pretrained/ --match '.*attention.*'\n"
-        "  mapper inspect pretrained/ckpt-1 --format json | jq '.tensors | length'\n\n" + _source_formats_section(),
+        "  mapper inspect pretrained/ckpt-1 --format json | jq '.tensors | length'\n"
+        "  mapper inspect --target mapper.demo:new_model\n"
+        "  mapper inspect --target models.py:build --match 'layer_0/' --verbose\n"
+        "  mapper inspect --target models.py:build --checkpoint-root net --format json | jq '.variables[0]'\n\n"
+        + _source_formats_section(),
     )
-    inspect.add_argument("source", help="the checkpoint, in one of the source formats below")
     inspect.add_argument(
-        "--match", metavar="REGEX", help="only names this regular expression matches (search, not full match)"
+        "source", nargs="?", metavar="CHECKPOINT", help="the checkpoint, in one of the source formats below"
+    )
+    inspect.add_argument(
+        "--target",
+        metavar="MODULE:FACTORY",
+        help="list this model's variables instead of a checkpoint's tensors: " + _TARGET_HELP,
+    )
+    inspect.add_argument(
+        "--checkpoint-root",
+        metavar="NAME",
+        help="with --target: the keyword the model is saved under, tf.train.Checkpoint(NAME=model), for the "
+        "checkpoint names (a rule file's [target] checkpoint_root; default: model)",
+    )
+    inspect.add_argument(
+        "--match",
+        metavar="REGEX",
+        help="only names this regular expression matches (search, not full match; with --target, in either namespace)",
     )
     inspect.add_argument("--format", choices=("text", "json"), default="text")
+    inspect.add_argument(
+        "-v", "--verbose", action="store_true", help="with --target: list every variable instead of grouping them"
+    )
 
 
 def _add_validate(verbs: Any) -> None:
@@ -258,7 +288,8 @@ def _add_plan_or_apply(verbs: Any, verb: str) -> None:
         sub.add_argument(
             "--output",
             required=True,
-            help="where to save the model's weights: a path ending in .weights.h5 (Keras), else a TF checkpoint prefix",
+            help="where to save the model's weights: a path ending in .weights.h5 (Keras), else a TF checkpoint prefix "
+            "without a file suffix (a name such as model.h5 or model.safetensors is refused)",
         )
         sub.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
         sub.add_argument(

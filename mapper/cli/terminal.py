@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 import traceback
@@ -14,6 +15,27 @@ from typing import Any, TextIO
 from mapper.errors import TargetError
 from mapper.text import first_line
 
+# The library's messages name its Python arguments; on the command line the same fix is spelled as an option.
+_CLI_SPELLINGS = (
+    (re.compile(r"--overwrite \(overwrite=True\)"), "--overwrite"),  # worded for both: keep the option only
+    (re.compile(r"\boverwrite=True\b"), "--overwrite"),
+    (re.compile(r"\bmethod='(assign|init_from_checkpoint)'"), r"--method \1"),
+)
+
+
+def cli_spelling(text: str) -> str:
+    """A library message with its Python spellings (``overwrite=True``, ``method='assign'``) as command-line options.
+
+    Example:
+        >>> cli_spelling("out/ckpt already exists; pass --overwrite (overwrite=True) to replace it")
+        'out/ckpt already exists; pass --overwrite to replace it'
+        >>> cli_spelling("method='init_from_checkpoint' cannot transform tensors; use method='assign'")
+        '--method init_from_checkpoint cannot transform tensors; use --method assign'
+    """
+    for spelling, option in _CLI_SPELLINGS:
+        text = spelling.sub(option, text)
+    return text
+
 
 def out(text: str) -> None:
     """Print ``text`` on standard output: reports, drafts, verdicts."""
@@ -21,13 +43,13 @@ def out(text: str) -> None:
 
 
 def warn(text: str) -> None:
-    """Print a warning on standard error, prefixed so that it stands out in a CI log."""
-    print(f"mapper: warning: {text}", file=sys.stderr)
+    """Print a warning on standard error, prefixed so that it stands out in a CI log, in command-line spelling."""
+    print(f"mapper: warning: {cli_spelling(text)}", file=sys.stderr)
 
 
 def error(text: str) -> None:
-    """Print an error on standard error, prefixed so that it stands out in a CI log."""
-    print(f"mapper: error: {text}", file=sys.stderr)
+    """Print an error on standard error, prefixed so that it stands out in a CI log, in command-line spelling."""
+    print(f"mapper: error: {cli_spelling(text)}", file=sys.stderr)
 
 
 def internal_error(problem: BaseException, *, debug: bool) -> None:

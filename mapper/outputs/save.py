@@ -15,6 +15,9 @@ from mapper.sources.base import Source
 from mapper.targets.base import VariableTarget
 
 _KERAS_SUFFIX = ".weights.h5"
+# Suffixes of file formats a saved model's weights are not written in: apply writes a ``.weights.h5`` file or a TF
+# checkpoint prefix, so ``model.h5`` would silently become ``model.h5.index`` and ``model.h5.data-*``.
+_FILE_SUFFIXES = frozenset({".h5", ".hdf5", ".keras", ".safetensors", ".npz", ".bin", ".pt", ".pth"})
 
 
 def save_format(path: Path) -> OutputFormat:
@@ -28,9 +31,9 @@ def save_format(path: Path) -> OutputFormat:
 
 
 def check_output(path: Path, *, overwrite: bool, sources: Iterable[Source] = ()) -> None:
-    """Refuse an output before any work: a missing or read-only directory, a directory, an existing output, a source.
+    """Refuse an output before any work: a file suffix, a missing or read-only directory, an existing output, a source.
 
-    An existing output is refused without ``overwrite``; an output that is, or shares a file with, one of
+    A file suffix is refused as ``check_suffix`` says, and a directory given as the output. An existing output is refused without ``overwrite``; an output that is, or shares a file with, one of
     ``sources`` always.
 
     Example:
@@ -39,9 +42,41 @@ def check_output(path: Path, *, overwrite: bool, sources: Iterable[Source] = ())
         ...
         mapper.errors.OutputError: cannot write /no/such/dir/ckpt: directory /no/such/dir does not exist; ...
     """
+    check_suffix(path)
     chosen = save_format(path)
     files.check_output(path, chosen, overwrite=overwrite)
     files.check_not_a_source(path, chosen, sources, action="apply")
+
+
+def check_suffix(path: Path) -> None:
+    """Refuse an output named like a file format it would not be written in (``model.h5``, ``model.safetensors``).
+
+    Only a name ending in ``.weights.h5`` is written as a file; any other is a TF checkpoint prefix, so a file
+    suffix in it would name a checkpoint as if it were a single file of that format.
+
+    Raises:
+        OutputError: saying what to write instead: ``NAME.weights.h5`` for Keras weights, or ``NAME`` for a TF
+            checkpoint.
+
+    Example:
+        >>> check_suffix(Path("out/model.weights.h5")), check_suffix(Path("out/ckpt-1")), check_suffix(Path("bert.ckpt"))
+        (None, None, None)
+        >>> check_suffix(Path("out/model.h5"))
+        Traceback (most recent call last):
+        mapper.errors.OutputError: cannot write out/model.h5: only a name ending in .weights.h5 is saved as a file ...
+    """
+    suffix = path.suffix.lower()
+    if path.name.endswith(_KERAS_SUFFIX) or suffix not in _FILE_SUFFIXES:
+        return
+    stem = path.name[: -len(suffix)].removesuffix(".weights") or "model"
+    convert = "; to write a checkpoint's tensors as safetensors, use mapper convert" if suffix == ".safetensors" else ""
+    raise OutputError(
+        f"cannot write {path}: only a name ending in {_KERAS_SUFFIX} is saved as a file (Keras weights); any other "
+        f"is a TensorFlow checkpoint prefix, so {path} would be written as {path}.index and {path}.data-*, not as "
+        f"a {suffix} file; write {path.with_name(stem + _KERAS_SUFFIX)} for Keras weights, or "
+        f"{path.with_name(stem)} (no file suffix) for a TF checkpoint{convert}",
+        path=path,
+    )
 
 
 def save_target(
@@ -133,4 +168,4 @@ def _verify_h5(partial: Path, path: Path) -> None:
         ) from error
 
 
-__all__ = ["check_output", "save_format", "save_target"]
+__all__ = ["check_output", "check_suffix", "save_format", "save_target"]
