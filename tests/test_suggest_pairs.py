@@ -33,8 +33,10 @@ TABLE: dict[str, tuple[int, int, int]] = {
     # key/kernel, ln_1/ln_2 swapped in one layer, ln_f into a block), 12 undecided (c_attn never split). Now the
     # layout is read from the biases (the feed-forward kernels go untransposed), and pairs that contradict each
     # other are left undecided: ln_1/ln_2 (the names share nothing, the layers disagreed), ln_f (a stray into a
-    # block), attn.c_proj (its kernel and bias went to different layers).
-    "gpt2": (10, 0, 26),
+    # block), attn.c_proj (its kernel and bias went to different layers). Then c_attn is split into each layer's
+    # query, key and value (kernel and bias), and c_proj, with q/k/v out of the way, finds attention_output; the
+    # layer norms (ln_1, ln_2, ln_f share no word with their targets) stay undecided.
+    "gpt2": (26, 0, 10),
     # Before: 34 / 4 / 0, layernorm_before/after's betas swapped (they share no word with ln_1/ln_2, and each
     # norm's scale and offset went to different layers). Now those norms are left undecided.
     "vit": (30, 0, 8),
