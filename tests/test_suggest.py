@@ -583,3 +583,43 @@ def test_a_split_without_clear_evidence_is_left_to_decide() -> None:
     assert not any(rule.split for rule in suggestion.rules if "weight" in rule.match)
     assert any(note.startswith("DECIDE: 'h.#.attn.c_attn.weight' could be split") for note in suggestion.notes)
     assert not any(key.endswith("/kernel") and "attention" in key for key in suggestion.mapping)
+
+
+# --- the same architecture (issue 11) ---------------------------------------------------------------------------------
+
+
+def _same_architecture(changed: int, layers: int = 10) -> tuple[VariableMap, TargetMap]:
+    """A checkpoint of a model's own architecture; the last ``changed`` layers' kernels have a new shape."""
+    variables, keys, sources = [], {}, []
+    for i in range(layers):
+        for leaf, shape in (("_kernel", (4, 3)), ("bias", (3,))):
+            name, key = f"d{i}/{leaf.lstrip('_')}", f"model/_operations/{i}/{leaf}/.ATTRIBUTES/VARIABLE_VALUE"
+            variables.append(TensorSpec(name, shape, "float32"))
+            keys[name] = key
+            new = shape if i < layers - changed or leaf == "bias" else (4, 5)
+            sources.append(TensorSpec(key, new, "float32"))
+    sources.append(TensorSpec("save_counter/.ATTRIBUTES/VARIABLE_VALUE", (), "int64"))
+    return VariableMap(sources), TargetMap(VariableMap(variables), {"checkpoint": keys})
+
+
+def test_the_same_architecture_is_one_guarded_checkpoint_rule() -> None:
+    source, target = _same_architecture(changed=1)
+    suggestion = suggest_rules(source, target)  # the path namespace asked for: the checkpoint one is what fits
+    assert suggestion.namespace == "checkpoint"
+    assert [(rule.match, rule.target, rule.confident) for rule in suggestion.rules] == [
+        ("(?P<key>model/.+)", "{key}", True)
+    ]
+    assert 'guard = { same_shape = true, on_fail = "skip", reason = "' in suggestion.toml
+    plan = build_plan(parse_rules(suggestion.toml), source, target)
+    assert plan.ok, [problem.message for problem in plan.problems]
+    assert len(plan.assignments) == 19
+    assert [skip.name for skip in plan.skips if "shape changed" in skip.reason] == [
+        "model/_operations/9/_kernel/.ATTRIBUTES/VARIABLE_VALUE"
+    ]
+
+
+def test_many_changed_shapes_are_not_the_same_architecture() -> None:
+    source, target = _same_architecture(changed=5)
+    suggestion = suggest_rules(source, target)
+    assert suggestion.namespace == "path"
+    assert len(suggestion.rules) > 1

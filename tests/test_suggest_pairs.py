@@ -101,3 +101,13 @@ def _path(target: TargetMap, namespace: str, key: str) -> str:
     spec = target.lookup(namespace, key)
     assert spec is not None
     return spec.name
+
+
+@pytest.mark.parametrize("name", ["same-architecture", "same-architecture-cnn"])
+def test_the_same_architecture_is_one_checkpoint_rule(drafts: dict[str, tuple[Suggestion, Tally]], name: str) -> None:
+    """A TF2 checkpoint of the target's own architecture: keras-same-architecture.toml's rule, not one per layer."""
+    suggestion, _ = drafts[name]
+    assert suggestion.namespace == "checkpoint"
+    assert [(rule.match, rule.target) for rule in suggestion.rules] == [("(?P<key>model/.+)", "{key}")]
+    assert suggestion.rules[0].guard is not None and "same_shape = true" in suggestion.rules[0].guard
+    assert 'namespace = "checkpoint"' in suggestion.toml

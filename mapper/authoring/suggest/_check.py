@@ -9,7 +9,7 @@ import regex
 
 from mapper.authoring.suggest._generalise import Draft, literals, slot_values
 from mapper.authoring.suggest._patterns import group_labels, render_pattern
-from mapper.authoring.suggest._toml import Sides, render_toml
+from mapper.authoring.suggest._toml import Sides, render_toml, suggested
 from mapper.plan import ProblemKind
 from mapper.plan.matching import RuleMatcher
 from mapper.plan.planner import build_plan
@@ -86,7 +86,7 @@ def settle(
     names = list(sides.source)
     toml = ""
     for _ in range(rounds):
-        toml = render_toml(drafts, sides, [*conflicts, *notes])
+        toml = render_toml([suggested(draft) for draft in drafts], sides, [*conflicts, *notes])
         failing = failing_drafts(toml, drafts, sides.source, sides.target)
         if not failing:
             break

@@ -131,45 +131,22 @@ def _pattern_string(pattern: str) -> str:
     return _string(pattern)
 
 
-def render_toml(drafts: Sequence[Draft], sides: Sides, notes: Sequence[str]) -> str:
-    """The draft as TOML: header, target section, mapping rules, bookkeeping skips, then what is left over."""
+def render_toml(
+    rules: Sequence[SuggestedRule], sides: Sides, notes: Sequence[str], *, settled: frozenset[str] = frozenset()
+) -> str:
+    """The draft as TOML: header, target section, mapping rules, bookkeeping skips, then what is left over.
+
+    ``settled`` are names the rules deal with beyond their pairs (the targets a guard leaves alone, and their
+    sources): they are not listed as left over.
+    """
     sources, targets, skips = sides.sources, sides.targets, sides.skips
-    rules = [suggested(draft) for draft in drafts]
-    placed = sum(len(rule.pairs) for rule in rules)
-    confident = sum(1 for rule in rules if rule.confident)
-    skipped = sum(len(skip.sources) for skip in skips)
-    source_text = getattr(sides.source, "description", "") or "the source"
-    target_text = getattr(sides.target.variables, "description", "") or "the target"
-    unplaced = unplaced_sources(drafts, sources)
-    unfilled = unfilled_targets(drafts, targets)
-    lines = [
-        "# Draft rule file from `mapper suggest`: guesses to check, not a finished port.",
-        f"# {placed} of {plural(len(targets), 'target variable')} placed by {plural(len(rules), 'rule')} "
-        f"({confident} confident: confidence >= {CONFIDENT}); {plural(skipped, 'source tensor')} skipped as bookkeeping;",
-        f"# {plural(len(unplaced), 'source tensor')} and {plural(len(unfilled), 'target variable')} left for you "
-        "at the end.",
-        "# Each rule's comment gives its confidence (0 to 1) and the evidence; CHECK marks the least certain.",
-        "# Plan it with `mapper plan` and read the report before applying it.",
-        "",
-        "format = 1",
-        f"description = {_string(f'Draft mapping from {source_text} to {target_text}, suggested from names and shapes.')}",
-        "",
-        "[target]",
-        f"namespace = {_string(sides.namespace)}",
-    ]
+    placed_sources = {source for rule in rules for source, _ in rule.pairs} | settled
+    filled = {target for rule in rules for _, target in rule.pairs} | settled
+    unplaced = [name.key for name in sources if name.key not in placed_sources]
+    unfilled = [name.key for name in targets if name.key not in filled]
+    lines = _header(rules, sides, len(unplaced), len(unfilled))
     for rule in rules:
-        mark = "" if rule.confident else "CHECK "
-        lines += ["", f"# {mark}confidence {rule.confidence:.2f}: {'; '.join(rule.reasons)}", "[[rules]]"]
-        lines.append(f"match = {_pattern_string(rule.match)}")
-        if rule.split:
-            lines.append(f"split = {rule.split}")
-            lines.append(f"targets = [{', '.join(map(_string, rule.targets))}]")
-        else:
-            lines.append(f"target = {_string(rule.target)}")
-        if rule.guard:
-            lines.append(f"guard = {rule.guard}")
-        if rule.ops:
-            lines.append(f"ops = [{', '.join(rule.ops)}]")
+        lines += _rule_lines(rule)
     if skips:
         lines += ["", "# --- never weights ---"]
     for skip in skips:
@@ -197,6 +174,46 @@ def render_toml(drafts: Sequence[Draft], sides: Sides, notes: Sequence[str]) -> 
             ("[[keep]]", 'reason = "DECIDE: nothing in the source fits"'),
         )
     return "\n".join(lines) + "\n"
+
+
+def _header(rules: Sequence[SuggestedRule], sides: Sides, unplaced: int, unfilled: int) -> list[str]:
+    """The opening comment (what was placed, how surely), the format, the description and the target section."""
+    placed = sum(len(rule.pairs) for rule in rules)
+    confident = sum(1 for rule in rules if rule.confident)
+    skipped = sum(len(skip.sources) for skip in sides.skips)
+    source_text = getattr(sides.source, "description", "") or "the source"
+    target_text = getattr(sides.target.variables, "description", "") or "the target"
+    return [
+        "# Draft rule file from `mapper suggest`: guesses to check, not a finished port.",
+        f"# {placed} of {plural(len(sides.targets), 'target variable')} placed by {plural(len(rules), 'rule')} "
+        f"({confident} confident: confidence >= {CONFIDENT}); {plural(skipped, 'source tensor')} skipped as bookkeeping;",
+        f"# {plural(unplaced, 'source tensor')} and {plural(unfilled, 'target variable')} left for you at the end.",
+        "# Each rule's comment gives its confidence (0 to 1) and the evidence; CHECK marks the least certain.",
+        "# Plan it with `mapper plan` and read the report before applying it.",
+        "",
+        "format = 1",
+        f"description = {_string(f'Draft mapping from {source_text} to {target_text}, suggested from names and shapes.')}",
+        "",
+        "[target]",
+        f"namespace = {_string(sides.namespace)}",
+    ]
+
+
+def _rule_lines(rule: SuggestedRule) -> list[str]:
+    """One mapping rule with its confidence comment."""
+    mark = "" if rule.confident else "CHECK "
+    lines = ["", f"# {mark}confidence {rule.confidence:.2f}: {'; '.join(rule.reasons)}", "[[rules]]"]
+    lines.append(f"match = {_pattern_string(rule.match)}")
+    if rule.split:
+        lines.append(f"split = {rule.split}")
+        lines.append(f"targets = [{', '.join(map(_string, rule.targets))}]")
+    else:
+        lines.append(f"target = {_string(rule.target)}")
+    if rule.guard:
+        lines.append(f"guard = {rule.guard}")
+    if rule.ops:
+        lines.append(f"ops = [{', '.join(rule.ops)}]")
+    return lines
 
 
 def _left_over(
