@@ -303,3 +303,33 @@ def build_all(scratch: Path) -> dict[str, ModelPair]:
         same_architecture_cnn(scratch / "same-architecture-cnn"),
     ]
     return {pair.name: pair for pair in pairs}
+
+
+def raw_placements(pair: ModelPair) -> list[tuple[str, str, float, bool]]:
+    """suggest's placement before its consistency stage withdraws anything: ``(source, target, confidence, right)``.
+
+    This is what the confidence is computed on, so it is where calibration is measured: the consistency stage
+    hides wrong guesses, it does not make the confidence of the rest mean more.
+    """
+    from mapper.authoring.suggest._assignment import place
+    from mapper.authoring.suggest._bookkeeping import find_bookkeeping
+    from mapper.authoring.suggest._fused import find_splits
+    from mapper.authoring.suggest._names import describe
+
+    _, bookkeeping = find_bookkeeping(pair.source)
+    keys = [name for name in pair.source if name not in bookkeeping]
+    sources = describe(keys, [pair.source[name] for name in keys])
+    target_keys = pair.target.names("path")
+    targets = describe(target_keys, [pair.target.variables[name] for name in target_keys])
+    splits = find_splits(sources, targets)
+    placed = place(
+        [name for name in sources if name.key not in splits.sources],
+        [name for name in targets if name.key not in splits.targets],
+    )
+    found = []
+    for chosen in placed:
+        ops = ", ".join(chosen.fit.ops)
+        toml = f"format = 1\n[[rules]]\nmatch = '{re.escape(chosen.source.key)}'\ntarget = \"{chosen.target.key}\"\n"
+        plan = build_plan(parse_rules(toml + (f"ops = [{ops}]\n" if ops else "")), pair.source, pair.target)
+        found.append((chosen.source.key, chosen.target.key, chosen.confidence, tally(pair, plan).correct == 1))
+    return found

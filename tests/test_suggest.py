@@ -13,10 +13,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mapper.authoring.suggest import CONFIDENT, Suggestion, suggest_rules
 from mapper.errors import TargetError
+from mapper.ops import NUMPY, apply_operations
 from mapper.plan import ProblemKind
 from mapper.plan.planner import build_plan
 from mapper.rules import parse_rules
@@ -506,3 +508,118 @@ def test_a_coin_toss_is_marked_for_checking() -> None:
     assert all(not rule.confident for rule in suggestion.rules)
     assert suggestion.toml.count("# CHECK confidence") == len(suggestion.rules) == 2
     assert "fits almost as well" in suggestion.toml
+
+
+# --- fused tensors: split proposals (issue 11) ------------------------------------------------------------------------
+
+
+def _fused_attention(layout: str, layers: int = 3, hidden: int = 8, heads: int = 2) -> tuple[VariableMap, TargetMap]:
+    """Fused ``c_attn``-style attention tensors (``[in, 3 out]`` Conv1D or ``[3 out, in]`` Linear) and a keras-hub
+    attention layer's query, key and value per layer, with a projection whose bias tells the side's layout.
+    """
+    fused = (hidden, 3 * hidden) if layout == "keras" else (3 * hidden, hidden)
+    sources = []
+    for i in range(layers):
+        sources += [
+            TensorSpec(f"h.{i}.attn.c_attn.weight", fused, "float32"),
+            TensorSpec(f"h.{i}.attn.c_attn.bias", (3 * hidden,), "float32"),
+            TensorSpec(f"h.{i}.mlp.c_fc.weight", (hidden, 4 * hidden)[:: 1 if layout == "keras" else -1], "float32"),
+            TensorSpec(f"h.{i}.mlp.c_fc.bias", (4 * hidden,), "float32"),
+        ]
+    targets = []
+    for i in range(layers):
+        for part in ("query", "key", "value"):
+            targets.append(
+                TensorSpec(f"layer_{i}/attention/{part}/kernel", (hidden, heads, hidden // heads), "float32")
+            )
+            targets.append(TensorSpec(f"layer_{i}/attention/{part}/bias", (heads, hidden // heads), "float32"))
+        targets.append(TensorSpec(f"layer_{i}/ffn_dense/kernel", (hidden, 4 * hidden), "float32"))
+        targets.append(TensorSpec(f"layer_{i}/ffn_dense/bias", (4 * hidden,), "float32"))
+    return VariableMap(sources), TargetMap(VariableMap(targets))
+
+
+def _applied(
+    suggestion: Suggestion, source: VariableMap, target: TargetMap
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Random source values, and what the drafted plan writes into each target from them (computed with NumPy)."""
+    generator = np.random.default_rng(0)
+    values = {name: generator.standard_normal(source[name].shape).astype(np.float32) for name in source}
+    plan = build_plan(parse_rules(suggestion.toml, file="<draft>"), source, target)
+    assert plan.ok, [problem.message for problem in plan.problems]
+    applied = {
+        assignment.target: np.asarray(apply_operations(assignment.operations, values[assignment.source], NUMPY))
+        for assignment in plan.assignments
+    }
+    return values, applied
+
+
+@pytest.mark.parametrize("layout", ["keras", "torch"])
+def test_a_fused_attention_tensor_is_split_into_query_key_value(layout: str) -> None:
+    source, target = _fused_attention(layout)
+    suggestion = suggest_rules(source, target)
+    splits = [rule for rule in suggestion.rules if rule.split]
+    # The kernel is cut along its output axis (last for [in, out], first for [out, in]); a bias along its only one.
+    kernel_axis = -1 if layout == "keras" else 0
+    assert [rule.split for rule in splits] == [f"{{ axis = {kernel_axis}, parts = 3 }}", "{ axis = -1, parts = 3 }"]
+    assert splits[0].targets == tuple(f"layer_{{i}}/attention/{part}/kernel" for part in ("query", "key", "value"))
+    assert all(rule.confident for rule in splits)
+    values, applied = _applied(suggestion, source, target)
+    for i in range(3):
+        kernel = values[f"h.{i}.attn.c_attn.weight"]
+        kernel = kernel if layout == "keras" else kernel.T
+        for number, part in enumerate(("query", "key", "value")):
+            expected = kernel[:, 8 * number : 8 * (number + 1)].reshape(8, 2, 4)
+            np.testing.assert_array_equal(applied[f"layer_{i}/attention/{part}/kernel"], expected)
+            bias = values[f"h.{i}.attn.c_attn.bias"][8 * number : 8 * (number + 1)].reshape(2, 4)
+            np.testing.assert_array_equal(applied[f"layer_{i}/attention/{part}/bias"], bias)
+    assert len(applied) == len(target.names("path"))
+
+
+def test_a_split_without_clear_evidence_is_left_to_decide() -> None:
+    """Two fused families that both fit the same query/key/value: the names do not say which, so no split."""
+    source, target = _fused_attention("keras")
+    twins = [TensorSpec(f"h.{i}.cross_attn.c_attn.weight", (8, 24), "float32") for i in range(3)]
+    suggestion = suggest_rules(VariableMap([*source.values(), *twins]), target)
+    assert not any(rule.split for rule in suggestion.rules if "weight" in rule.match)
+    assert any(note.startswith("DECIDE: 'h.#.attn.c_attn.weight' could be split") for note in suggestion.notes)
+    assert not any(key.endswith("/kernel") and "attention" in key for key in suggestion.mapping)
+
+
+# --- the same architecture (issue 11) ---------------------------------------------------------------------------------
+
+
+def _same_architecture(changed: int, layers: int = 10) -> tuple[VariableMap, TargetMap]:
+    """A checkpoint of a model's own architecture; the last ``changed`` layers' kernels have a new shape."""
+    variables, keys, sources = [], {}, []
+    for i in range(layers):
+        for leaf, shape in (("_kernel", (4, 3)), ("bias", (3,))):
+            name, key = f"d{i}/{leaf.lstrip('_')}", f"model/_operations/{i}/{leaf}/.ATTRIBUTES/VARIABLE_VALUE"
+            variables.append(TensorSpec(name, shape, "float32"))
+            keys[name] = key
+            new = shape if i < layers - changed or leaf == "bias" else (4, 5)
+            sources.append(TensorSpec(key, new, "float32"))
+    sources.append(TensorSpec("save_counter/.ATTRIBUTES/VARIABLE_VALUE", (), "int64"))
+    return VariableMap(sources), TargetMap(VariableMap(variables), {"checkpoint": keys})
+
+
+def test_the_same_architecture_is_one_guarded_checkpoint_rule() -> None:
+    source, target = _same_architecture(changed=1)
+    suggestion = suggest_rules(source, target)  # the path namespace asked for: the checkpoint one is what fits
+    assert suggestion.namespace == "checkpoint"
+    assert [(rule.match, rule.target, rule.confident) for rule in suggestion.rules] == [
+        ("(?P<key>model/.+)", "{key}", True)
+    ]
+    assert 'guard = { same_shape = true, on_fail = "skip", reason = "' in suggestion.toml
+    plan = build_plan(parse_rules(suggestion.toml), source, target)
+    assert plan.ok, [problem.message for problem in plan.problems]
+    assert len(plan.assignments) == 19
+    assert [skip.name for skip in plan.skips if "shape changed" in skip.reason] == [
+        "model/_operations/9/_kernel/.ATTRIBUTES/VARIABLE_VALUE"
+    ]
+
+
+def test_many_changed_shapes_are_not_the_same_architecture() -> None:
+    source, target = _same_architecture(changed=5)
+    suggestion = suggest_rules(source, target)
+    assert suggestion.namespace == "path"
+    assert len(suggestion.rules) > 1

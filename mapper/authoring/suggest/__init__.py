@@ -5,6 +5,11 @@ The draft is a starting point for a person, not a finished port: every rule says
 1. **Bookkeeping.** Source tensors that are never weights (optimizer slots ``.../adam_m``, ``.../Adam_1``,
    ``optimizer/...``; ``global_step``, ``save_counter``; ``num_batches_tracked``; buffers such as
    ``position_ids``) become skip rules with a real reason and take no further part.
+1b. **The same architecture.** A TF2 object checkpoint of the target's own architecture (every target's
+   ``checkpoint``-namespace key is a source name, under one root, and at most a few shapes differ) is drafted as
+   ``rules/keras-same-architecture.toml`` is written, whatever ``namespace`` asks: ``[target] namespace =
+   "checkpoint"``, one rule copying every key onto itself, and a ``same_shape`` guard that leaves a changed
+   variable (a new head) at its initial value with a reason. The draft is planned first; the rest does not run.
 2. **Describe each name.** A name is cut into atoms: words, separators (``/ . _ -``) and index numbers (a digit
    run alone, ``layer_0``, ``layer.0``, or ending a word, ``conv1``). Words are split at camelCase, lower-cased,
    merged in pairs and mapped through a small synonym table (``LayerNorm``, ``ln``, ``bn`` -> norm; ``attn``,
@@ -14,6 +19,11 @@ The draft is a starting point for a person, not a finished port: every rule says
    side's layout comes from its own layers first: a bias as long as its kernel's first axis means ``[out, in]``
    (PyTorch), one as long as the last axis ``[in, out]`` (Keras, and GPT-2's Conv1D ``weight``); without such
    layers the kernels' leaf names vote (``weight`` PyTorch, ``kernel`` Keras).
+2b. **Split fused tensors.** An attention tensor (``attention`` or ``qkv`` in its name) three times the size of one
+   attention layer's ``query``, ``key`` and ``value`` targets, whose parts fit them exactly once the side's layout
+   is applied, becomes a split rule (``split = { axis = -1, parts = 3 }``, ``targets = [q, k, v]``; the cut runs
+   along the output axis), when one family of such sources meets one family of such targets layer for layer at
+   a constant index offset; otherwise a DECIDE note. Split sources and targets take no further part.
 3. **Score the plausible pairs** (equal element counts, compatible roles and dtypes) on: name similarity, the
    IDF-weighted overlap of the word sets (a word on most names of one side and none of the other, a ``bert/``
    prefix, counts for little); shape fit: equal, equal after a transpose (the one the layouts call for first,
@@ -43,13 +53,13 @@ The draft is a starting point for a person, not a finished port: every rule says
    one rule per pair; a rule the planner refuses is split, and a one-pair rule that still fails is given up
    (``Suggestion.notes``, after the consistency notes). The returned TOML therefore plans to exactly ``Suggestion.mapping``.
 
-Not attempted: splitting or joining tensors (fused ``qkv`` kernels, GPT-2's ``c_attn``), ``slice`` and
+Not attempted: joining tensors, splits into unequal parts (grouped-query attention), ``slice`` and
 ``rearrange`` operations, and pairing words that share no text (``layernorm_before`` against ``ln_1`` is decided
 by place alone, and the confidence says so). Source tensors without a target are written as commented-out skip
 rules ("DECIDE: no target found"), so planning the draft still reports them until someone decides; targets nothing
 fills are listed with commented-out ``[[keep]]`` entries.
 
-The stages, one module each: ``_bookkeeping`` (1), ``_names`` (2), ``_fit`` and ``_scoring`` (3), ``_assignment``
+The stages, one module each: ``_bookkeeping`` (1), ``_same_architecture`` (1b), ``_names`` (2), ``_fused`` (2b), ``_fit`` and ``_scoring`` (3), ``_assignment``
 (3's rounds and 4), ``_consistency`` (4b), ``_generalise`` (5), ``_patterns`` and ``_toml`` (rendering), ``_check`` (6); the results are in
 ``results``.
 """
@@ -62,8 +72,10 @@ from mapper.authoring.suggest._assignment import place
 from mapper.authoring.suggest._bookkeeping import find_bookkeeping
 from mapper.authoring.suggest._check import narrow, settle
 from mapper.authoring.suggest._consistency import consistent
+from mapper.authoring.suggest._fused import find_splits
 from mapper.authoring.suggest._generalise import generalise, merge_alternations
 from mapper.authoring.suggest._names import describe
+from mapper.authoring.suggest._same_architecture import same_architecture
 from mapper.authoring.suggest._toml import Sides, suggested, unfilled_targets, unplaced_sources
 from mapper.authoring.suggest.results import CONFIDENT, SuggestedRule, SuggestedSkip, Suggestion
 from mapper.errors import TargetError
@@ -80,7 +92,8 @@ def suggest_rules(source: Mapping[str, TensorSpec], target: TargetMap, *, namesp
     Args:
         source: the source's tensors by name (``Source.specs()``, or any mapping of TensorSpec).
         target: the target's variables with their names in each namespace.
-        namespace: the namespace the drafted templates produce: ``path`` (Keras paths) or ``checkpoint``.
+        namespace: the namespace the drafted templates produce: ``path`` (Keras paths) or ``checkpoint``; a
+            checkpoint of the target's own architecture is always drafted in ``checkpoint`` (``Suggestion.namespace``).
 
     Returns:
         The Suggestion: ``toml`` (a rule file ``parse_rules`` accepts, whose plan against the same maps makes
@@ -115,14 +128,21 @@ def suggest_rules(source: Mapping[str, TensorSpec], target: TargetMap, *, namesp
     target_specs = [_lookup(target, namespace, key) for key in target_keys]
     skips, bookkeeping = find_bookkeeping(source)
     source_keys = [name for name in source if name not in bookkeeping]
+    same = same_architecture(source, target, skips, source_keys)
+    if same is not None:
+        return same
     sources = describe(source_keys, [source[name] for name in source_keys])
     targets = describe(target_keys, target_specs)
-    placed, conflicts = consistent(place(sources, targets))
-    drafts = merge_alternations(generalise(placed))
+    splits = find_splits(sources, targets)
+    rest = [name for name in sources if name.key not in splits.sources]
+    free = [name for name in targets if name.key not in splits.targets]
+    placed, conflicts = consistent(place(rest, free))
+    conflicts = [*splits.notes, *conflicts]
+    drafts = merge_alternations(generalise(placed)) + splits.drafts
     drafts.sort(key=lambda draft: draft.first_target)
     drafts = narrow(drafts, list(source))
     sides = Sides(source, target, namespace, sources, targets, skips)
-    toml, drafts, notes = settle(drafts, sides, rounds=2 * len(placed) + 2, conflicts=conflicts)
+    toml, drafts, notes = settle(drafts, sides, rounds=2 * (len(placed) + len(splits.sources)) + 2, conflicts=conflicts)
     return Suggestion(
         toml=toml,
         namespace=namespace,

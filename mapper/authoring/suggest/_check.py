@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import regex
 
-from mapper.authoring.suggest._generalise import Draft, literal_draft, slot_values
+from mapper.authoring.suggest._generalise import Draft, literals, slot_values
 from mapper.authoring.suggest._patterns import group_labels, render_pattern
-from mapper.authoring.suggest._toml import Sides, render_toml
+from mapper.authoring.suggest._toml import Sides, render_toml, suggested
 from mapper.plan import ProblemKind
 from mapper.plan.matching import RuleMatcher
 from mapper.plan.planner import build_plan
@@ -43,11 +43,11 @@ def narrow(drafts: list[Draft], names: Sequence[str]) -> list[Draft]:
             if number not in stray:
                 rebuilt.append(draft)
             elif draft.narrowed or not any(kind == "g" for kind, _ in draft.source_atoms):
-                rebuilt.extend(literal_draft(pair) for pair in draft.pairs)
+                rebuilt.extend(literals(draft))
             else:
                 rebuilt.append(replace(draft, narrowed=slot_values(draft)))
         drafts = rebuilt
-    return [literal_draft(pair) for draft in drafts for pair in draft.pairs] if stray else drafts
+    return [literal for draft in drafts for literal in literals(draft)] if stray else drafts
 
 
 def failing_drafts(
@@ -86,7 +86,7 @@ def settle(
     names = list(sides.source)
     toml = ""
     for _ in range(rounds):
-        toml = render_toml(drafts, sides, [*conflicts, *notes])
+        toml = render_toml([suggested(draft) for draft in drafts], sides, [*conflicts, *notes])
         failing = failing_drafts(toml, drafts, sides.source, sides.target)
         if not failing:
             break
@@ -94,8 +94,8 @@ def settle(
         for number, draft in enumerate(drafts):
             if number not in failing:
                 rebuilt.append(draft)
-            elif not draft.literal or len(draft.pairs) > 1:
-                rebuilt.extend(literal_draft(pair) for pair in draft.pairs)
+            elif not draft.literal:
+                rebuilt.extend(literals(draft))
             else:
                 given_up = draft.pairs[0]
                 notes.append(f"{given_up.source.key!r} -> {given_up.target.key!r}: {failing[number]}")

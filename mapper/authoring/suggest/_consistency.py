@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 
 from mapper.authoring.suggest._assignment import Placed
-from mapper.authoring.suggest._generalise import skeleton
+from mapper.authoring.suggest._generalise import family
 from mapper.authoring.suggest._names import Name
 
 
@@ -54,7 +54,7 @@ _Conflict = tuple[str, set[str]]  # (the note, the source names withdrawn)
 
 def _family(name: Name) -> str:
     """The name with its index numbers masked: ``h.#.ln_1.weight``."""
-    return "".join("#" if kind == "d" else text for kind, text in skeleton(name.atoms))
+    return family(name.atoms)
 
 
 def _grouped(placed: Sequence[Placed], key: Callable[[Placed], str]) -> dict[str, list[Placed]]:
@@ -78,11 +78,11 @@ def _split_families(placed: Sequence[Placed]) -> list[_Conflict]:
     """Repeats of one parameter across layers (``h.0.ln_1.weight``, ``h.1.ln_1.weight``) sent to different families."""
     conflicts = []
     for repeat, members in _grouped(placed, _repeat).items():
-        family = repeat.split(" ", 1)[0]
+        source_family = repeat.split(" ", 1)[0]
         targets = sorted({_family(pair.target) for pair in members})
         if len(targets) > 1:
             note = (
-                f"DECIDE: {family!r} goes to {len(targets)} target families ({', '.join(map(repr, targets))}): "
+                f"DECIDE: {source_family!r} goes to {len(targets)} target families ({', '.join(map(repr, targets))}): "
                 "the layers disagree, so none is placed"
             )
             conflicts.append((note, {pair.source.key for pair in members}))
@@ -107,7 +107,7 @@ def _split_layers(placed: Sequence[Placed]) -> list[_Conflict]:
 def _strays(placed: Sequence[Placed]) -> list[_Conflict]:
     """Sources whose count of index numbers differs from the rest of their target family's."""
     conflicts = []
-    for family, members in _grouped(placed, lambda pair: _family(pair.target)).items():
+    for target_family, members in _grouped(placed, lambda pair: _family(pair.target)).items():
         counts = Counter(len(pair.source.indices) for pair in members)
         if len(counts) < 2:
             continue
@@ -115,7 +115,7 @@ def _strays(placed: Sequence[Placed]) -> list[_Conflict]:
         for pair in members:
             if len(pair.source.indices) != usual:
                 note = (
-                    f"DECIDE: {pair.source.key!r} would go to {pair.target.key!r}, but the rest of {family!r} "
+                    f"DECIDE: {pair.source.key!r} would go to {pair.target.key!r}, but the rest of {target_family!r} "
                     "comes from other layers' repeats, so it is not placed"
                 )
                 conflicts.append((note, {pair.source.key}))

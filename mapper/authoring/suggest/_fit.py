@@ -29,6 +29,24 @@ def inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(axes)
 
 
+def layout_permutation(
+    role: str | None, rank: int, layout: tuple[str | None, str | None]
+) -> tuple[tuple[int, ...] | None, str]:
+    """The permutation the (source, target) layouts call for on a tensor of this role and rank, and its note.
+
+    Example:
+        >>> layout_permutation("kernel", 2, ("torch", "keras"))
+        ((1, 0), 'PyTorch [out, in] -> [in, out]')
+    """
+    if role != "kernel" or rank not in TO_KERAS:
+        return None, ""
+    if layout == ("torch", "keras"):
+        return TO_KERAS[rank], "PyTorch " + LAYOUT_NOTES[rank]
+    if layout == ("keras", "torch"):
+        return inverse(TO_KERAS[rank]), "Keras to PyTorch layout"
+    return None, ""
+
+
 @dataclass(frozen=True)
 class Fit:
     """How a source tensor becomes a target's shape and dtype: the operations, how natural they are, and a note."""

@@ -14,9 +14,21 @@ from mapper.authoring.suggest._names import Atom
 # Target template atoms: literals, ("r", "slot:offset") an index reference, ("ra", "position") an alternation reference.
 
 
+@dataclass(frozen=True)
+class Split:
+    """A split rule's parts: the axis cut into equal parts, and each part's target template atoms, in order."""
+
+    axis: int
+    parts: tuple[tuple[Atom, ...], ...]
+
+
 @dataclass
 class Draft:
-    """A rule being built: pattern atoms, template atoms, operations and the pairs it covers."""
+    """A rule being built: pattern atoms, template atoms, operations and the pairs it covers.
+
+    A split draft (``split`` set) sends each source to one target per part: ``target_atoms`` are the first part's,
+    and ``pairs`` hold every part's pair, source by source in part order.
+    """
 
     source_atoms: tuple[Atom, ...]
     target_atoms: tuple[Atom, ...]
@@ -24,6 +36,7 @@ class Draft:
     pairs: list[Placed]
     narrowed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # slot -> the values it may take
     literal: bool = False
+    split: Split | None = None
 
     @property
     def first_target(self) -> float:
@@ -32,6 +45,11 @@ class Draft:
 
 def skeleton(atoms: tuple[Atom, ...]) -> tuple[Atom, ...]:
     return tuple(("d", "#") if kind == "d" else (kind, text) for kind, text in atoms)
+
+
+def family(atoms: tuple[Atom, ...]) -> str:
+    """A name with its index numbers masked: ``h.#.ln_1.weight``."""
+    return "".join("#" if kind == "d" else text for kind, text in skeleton(atoms))
 
 
 def generalise(placed: Sequence[Placed]) -> list[Draft]:
@@ -48,6 +66,26 @@ def generalise(placed: Sequence[Placed]) -> list[Draft]:
 
 def literal_draft(pair: Placed) -> Draft:
     return Draft(pair.source.atoms, pair.target.atoms, pair.fit.ops, [pair], literal=True)
+
+
+def literals(draft: Draft) -> list[Draft]:
+    """The draft cut into one literal draft per source name (one per pair, or one split per source)."""
+    if draft.split is None:
+        return [literal_draft(pair) for pair in draft.pairs]
+    by_source: dict[str, list[Placed]] = defaultdict(list)
+    for pair in draft.pairs:
+        by_source[pair.source.key].append(pair)
+    return [
+        Draft(
+            parts[0].source.atoms,
+            parts[0].target.atoms,
+            draft.ops,
+            parts,
+            literal=True,
+            split=Split(draft.split.axis, tuple(pair.target.atoms for pair in parts)),
+        )
+        for parts in by_source.values()
+    ]
 
 
 def index_values(atoms: tuple[Atom, ...]) -> list[int]:

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mapper.authoring.suggest._fit import LAYOUT_NOTES, TO_KERAS, Fit, fit_shape, inverse
+from mapper.authoring.suggest._fit import Fit, fit_shape, layout_permutation
 from mapper.authoring.suggest._names import Name
 
 # Score weights (they sum to 1). Order is only a tie-breaker: frameworks list a layer's variables differently.
@@ -57,14 +57,7 @@ class Scorer:
 
     def expected(self, source: Name) -> tuple[tuple[int, ...] | None, str]:
         """The permutation the two layouts call for on this source tensor, and how to describe it."""
-        rank = len(source.spec.shape)
-        if source.role != "kernel" or rank not in TO_KERAS:
-            return None, ""
-        if self.layout == ("torch", "keras"):
-            return TO_KERAS[rank], "PyTorch " + LAYOUT_NOTES[rank]
-        if self.layout == ("keras", "torch"):
-            return inverse(TO_KERAS[rank]), "Keras to PyTorch layout"
-        return None, ""
+        return layout_permutation(source.role, len(source.spec.shape), self.layout)
 
     def name_similarity(self, a: frozenset[str], b: frozenset[str]) -> float:
         """IDF-weighted Jaccard similarity of two word sets."""

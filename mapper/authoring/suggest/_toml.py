@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mapper.authoring.suggest._assignment import Placed
-from mapper.authoring.suggest._generalise import Draft, index_values, skeleton, slot_values
+from mapper.authoring.suggest._generalise import Draft, Split, index_values, skeleton, slot_values
 from mapper.authoring.suggest._names import ROLES, Atom, Name, canonical, name_atoms
 from mapper.authoring.suggest._patterns import group_labels, render_pattern, render_template
 from mapper.authoring.suggest.results import CONFIDENT, SuggestedRule, SuggestedSkip
@@ -21,14 +21,19 @@ def suggested(draft: Draft) -> SuggestedRule:
     names = group_labels(draft)
     pairs = sorted(draft.pairs, key=lambda pair: pair.target.position)
     confidence = round(sum(pair.confidence for pair in pairs) / len(pairs), 2)
+    split = draft.split
     return SuggestedRule(
         match=render_pattern(draft, names),
-        target=render_template(draft, names),
+        target="" if split else render_template(draft, names),
         ops=draft.ops,
         confidence=confidence,
         pairs=tuple((pair.source.key, pair.target.key) for pair in pairs),
         pair_confidence=tuple(pair.confidence for pair in pairs),
         reasons=tuple(_reasons(draft, names)),
+        split=f"{{ axis = {split.axis}, parts = {len(split.parts)} }}" if split else None,
+        targets=tuple(render_template(replace(draft, target_atoms=part), names) for part in split.parts)
+        if split
+        else (),
     )
 
 
@@ -66,6 +71,8 @@ def _reasons(draft: Draft, names: Mapping[str, str]) -> list[str]:
             shared.append(word)
     reasons = [f"names share '{'/'.join(shared)}'" if shared else "names share nothing: placed by shape and position"]
     reasons.append(pairs[0].fit.note)
+    if draft.split is not None:
+        reasons.append(f"split in {len(draft.split.parts)} along axis {draft.split.axis}: {_part_words(draft.split)}")
     spans = [f"{names[slot]} = {_span(values)}" for slot, values in slot_values(draft).items()]
     spans += [
         f"{names[str(position)]} x{text.count('|') + 1}"
@@ -81,8 +88,20 @@ def _reasons(draft: Draft, names: Mapping[str, str]) -> list[str]:
     return reasons
 
 
+def _part_words(split: Split) -> str:
+    """What tells a split's parts apart: the words where their templates differ (``query, key, value``)."""
+    differ = [
+        position
+        for position in range(min(len(part) for part in split.parts))
+        if len({part[position] for part in split.parts}) > 1
+    ]
+    return ", ".join("".join(part[position][1] for position in differ) for part in split.parts)
+
+
 def _shares(pair: Placed, position: int) -> bool:
     """Whether the word at ``position`` of the pair's target name is in its source name (or is their shared role)."""
+    if position >= len(pair.target.atoms):  # another part of a split, named differently
+        return False
     kind, text = pair.target.atoms[position]
     if kind != "w":
         return False
@@ -112,39 +131,22 @@ def _pattern_string(pattern: str) -> str:
     return _string(pattern)
 
 
-def render_toml(drafts: Sequence[Draft], sides: Sides, notes: Sequence[str]) -> str:
-    """The draft as TOML: header, target section, mapping rules, bookkeeping skips, then what is left over."""
+def render_toml(
+    rules: Sequence[SuggestedRule], sides: Sides, notes: Sequence[str], *, settled: frozenset[str] = frozenset()
+) -> str:
+    """The draft as TOML: header, target section, mapping rules, bookkeeping skips, then what is left over.
+
+    ``settled`` are names the rules deal with beyond their pairs (the targets a guard leaves alone, and their
+    sources): they are not listed as left over.
+    """
     sources, targets, skips = sides.sources, sides.targets, sides.skips
-    rules = [suggested(draft) for draft in drafts]
-    placed = sum(len(rule.pairs) for rule in rules)
-    confident = sum(1 for rule in rules if rule.confident)
-    skipped = sum(len(skip.sources) for skip in skips)
-    source_text = getattr(sides.source, "description", "") or "the source"
-    target_text = getattr(sides.target.variables, "description", "") or "the target"
-    unplaced = unplaced_sources(drafts, sources)
-    unfilled = unfilled_targets(drafts, targets)
-    lines = [
-        "# Draft rule file from `mapper suggest`: guesses to check, not a finished port.",
-        f"# {placed} of {plural(len(targets), 'target variable')} placed by {plural(len(rules), 'rule')} "
-        f"({confident} confident: confidence >= {CONFIDENT}); {plural(skipped, 'source tensor')} skipped as bookkeeping;",
-        f"# {plural(len(unplaced), 'source tensor')} and {plural(len(unfilled), 'target variable')} left for you "
-        "at the end.",
-        "# Each rule's comment gives its confidence (0 to 1) and the evidence; CHECK marks the least certain.",
-        "# Plan it with `mapper plan` and read the report before applying it.",
-        "",
-        "format = 1",
-        f"description = {_string(f'Draft mapping from {source_text} to {target_text}, suggested from names and shapes.')}",
-        "",
-        "[target]",
-        f"namespace = {_string(sides.namespace)}",
-    ]
+    placed_sources = {source for rule in rules for source, _ in rule.pairs} | settled
+    filled = {target for rule in rules for _, target in rule.pairs} | settled
+    unplaced = [name.key for name in sources if name.key not in placed_sources]
+    unfilled = [name.key for name in targets if name.key not in filled]
+    lines = _header(rules, sides, len(unplaced), len(unfilled))
     for rule in rules:
-        mark = "" if rule.confident else "CHECK "
-        lines += ["", f"# {mark}confidence {rule.confidence:.2f}: {'; '.join(rule.reasons)}", "[[rules]]"]
-        lines.append(f"match = {_pattern_string(rule.match)}")
-        lines.append(f"target = {_string(rule.target)}")
-        if rule.ops:
-            lines.append(f"ops = [{', '.join(rule.ops)}]")
+        lines += _rule_lines(rule)
     if skips:
         lines += ["", "# --- never weights ---"]
     for skip in skips:
@@ -172,6 +174,46 @@ def render_toml(drafts: Sequence[Draft], sides: Sides, notes: Sequence[str]) -> 
             ("[[keep]]", 'reason = "DECIDE: nothing in the source fits"'),
         )
     return "\n".join(lines) + "\n"
+
+
+def _header(rules: Sequence[SuggestedRule], sides: Sides, unplaced: int, unfilled: int) -> list[str]:
+    """The opening comment (what was placed, how surely), the format, the description and the target section."""
+    placed = sum(len(rule.pairs) for rule in rules)
+    confident = sum(1 for rule in rules if rule.confident)
+    skipped = sum(len(skip.sources) for skip in sides.skips)
+    source_text = getattr(sides.source, "description", "") or "the source"
+    target_text = getattr(sides.target.variables, "description", "") or "the target"
+    return [
+        "# Draft rule file from `mapper suggest`: guesses to check, not a finished port.",
+        f"# {placed} of {plural(len(sides.targets), 'target variable')} placed by {plural(len(rules), 'rule')} "
+        f"({confident} confident: confidence >= {CONFIDENT}); {plural(skipped, 'source tensor')} skipped as bookkeeping;",
+        f"# {plural(unplaced, 'source tensor')} and {plural(unfilled, 'target variable')} left for you at the end.",
+        "# Each rule's comment gives its confidence (0 to 1) and the evidence; CHECK marks the least certain.",
+        "# Plan it with `mapper plan` and read the report before applying it.",
+        "",
+        "format = 1",
+        f"description = {_string(f'Draft mapping from {source_text} to {target_text}, suggested from names and shapes.')}",
+        "",
+        "[target]",
+        f"namespace = {_string(sides.namespace)}",
+    ]
+
+
+def _rule_lines(rule: SuggestedRule) -> list[str]:
+    """One mapping rule with its confidence comment."""
+    mark = "" if rule.confident else "CHECK "
+    lines = ["", f"# {mark}confidence {rule.confidence:.2f}: {'; '.join(rule.reasons)}", "[[rules]]"]
+    lines.append(f"match = {_pattern_string(rule.match)}")
+    if rule.split:
+        lines.append(f"split = {rule.split}")
+        lines.append(f"targets = [{', '.join(map(_string, rule.targets))}]")
+    else:
+        lines.append(f"target = {_string(rule.target)}")
+    if rule.guard:
+        lines.append(f"guard = {rule.guard}")
+    if rule.ops:
+        lines.append(f"ops = [{', '.join(rule.ops)}]")
+    return lines
 
 
 def _left_over(

@@ -15,7 +15,9 @@ class SuggestedRule:
     """One drafted mapping rule: its pattern, template and operations, how sure the draft is, and what it covers.
 
     ``pairs`` are ``(source name, target name)`` with the target named in the draft's namespace, in target order;
-    ``pair_confidence`` gives each pair's confidence in the same order.
+    ``pair_confidence`` gives each pair's confidence in the same order. A split rule (``split``, as the rule file
+    writes it, such as ``{ axis = -1, parts = 3 }``) has a template per part in ``targets`` and ``target`` empty;
+    a rule may carry a ``guard``, also as the rule file writes it.
 
     Example:
         >>> rule = SuggestedRule("a/w", "b/kernel", (), 0.9, (("a/w", "b/kernel"),), (0.9,), ("shapes equal",))
@@ -30,6 +32,9 @@ class SuggestedRule:
     pairs: tuple[tuple[str, str], ...]
     pair_confidence: tuple[float, ...]
     reasons: tuple[str, ...]
+    split: str | None = None
+    targets: tuple[str, ...] = ()
+    guard: str | None = None
 
     @property
     def confident(self) -> bool:
