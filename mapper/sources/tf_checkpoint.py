@@ -411,7 +411,7 @@ def _tf_specs(prefix: str) -> VariableMap:
         reader = tf.train.load_checkpoint(prefix)
         shapes = reader.get_variable_to_shape_map()
         dtypes = reader.get_variable_to_dtype_map()
-    except (tf.errors.OpError, ValueError, RuntimeError) as error:
+    except (tf.errors.OpError, ValueError, RuntimeError, IndexError) as error:  # IndexError: a cut index
         raise CorruptSourceError(
             f"cannot read the index file {prefix + '.index'!r} of checkpoint {prefix!r}: {_tf_message(error)}; "
             "it is damaged or from an incompatible TensorFlow version",
