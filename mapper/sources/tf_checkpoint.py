@@ -168,9 +168,9 @@ class TFCheckpointSource:
             >>> import tempfile
             >>> import tensorflow as tf
             >>> with tempfile.TemporaryDirectory() as tmp:
-            ...     ckpt = tf.train.Checkpoint(w=tf.Variable(3), s=tf.Variable(b"text"))
-            ...     values = TFCheckpointSource(ckpt.write(f"{tmp}/ckpt")).read(["w/.ATTRIBUTES/VARIABLE_VALUE", "s/.ATTRIBUTES/VARIABLE_VALUE"])
-            >>> values["w/.ATTRIBUTES/VARIABLE_VALUE"], values["s/.ATTRIBUTES/VARIABLE_VALUE"].numpy()
+            ...     prefix = tf.train.Checkpoint(w=tf.Variable(3), s=tf.Variable(b"text")).write(f"{tmp}/ckpt")
+            ...     values = TFCheckpointSource(prefix).read(["w/.ATTRIBUTES/VARIABLE_VALUE", "s/.ATTRIBUTES/VARIABLE_VALUE"])
+            >>> values["w/.ATTRIBUTES/VARIABLE_VALUE"], values["s/.ATTRIBUTES/VARIABLE_VALUE"].numpy()  # array, tf.Tensor
             (array(3, dtype=int32), b'text')
         """
         wanted = list(dict.fromkeys(names))
