@@ -168,6 +168,27 @@ def write_sharded_tf2_checkpoint(directory: Path, shard_bytes: int = 500) -> tup
     return prefix, {f"{name}{VALUE}": variable.numpy() for name, variable in variables.items()}
 
 
+def write_save_v2(prefix: str, values: Mapping[str, Any]) -> str:
+    """Whole tensors saved under their names with one ``tf.raw_ops.SaveV2`` (a TF1-style, name-based checkpoint).
+
+    ``values`` are NumPy arrays (any dtype SaveV2 takes, ``uint32`` and ``bfloat16`` too) or Python bytes.
+    """
+    names = list(values)
+    tensors = [tf.constant(values[name]) for name in names]
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
+    return prefix
+
+
+def write_merged_checkpoint(
+    directory: Path, parts: list[Mapping[str, np.ndarray]]
+) -> tuple[str, dict[str, np.ndarray]]:
+    """One SaveV2 per part, merged by ``MergeV2Checkpoints`` into ``directory/ckpt`` with one data file per part."""
+    prefixes = [write_save_v2(str(directory / f"part-{index}"), part) for index, part in enumerate(parts)]
+    prefix = str(directory / "ckpt")
+    tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=prefixes, destination_prefix=prefix, delete_old_dirs=False)
+    return prefix, {name: value for part in parts for name, value in part.items()}
+
+
 def write_tf_keras_checkpoint(directory: Path) -> tuple[str, dict[str, np.ndarray]]:
     """A tf-keras (Keras 2) Sequential saved with ``save_weights`` in TF format (``layer_with_weights-0/...`` keys)."""
     import tf_keras

@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from mapper.errors import CorruptSourceError, SourceError, SourceNotFoundError
 from mapper.sources import FORMATS, Source, TFCheckpointSource, open_source
-from mapper.sources.tf_checkpoint import OBJECT_GRAPH_KEY, _read_index_layout, checkpoint_prefixes, is_tf_checkpoint
+from mapper.sources.tf_bundle import BundleFormatError, read_index
+from mapper.sources.tf_checkpoint import OBJECT_GRAPH_KEY, checkpoint_prefixes, is_tf_checkpoint
 
 pytestmark = pytest.mark.tf
 
@@ -24,7 +25,11 @@ Written = tuple[str, dict[str, np.ndarray]]
 
 
 def assert_reads(source: TFCheckpointSource, expected: dict[str, np.ndarray]) -> None:
-    """specs() lists exactly the written tensors with their shapes and dtypes, and read() returns their values."""
+    """specs() lists exactly the written tensors with their shapes and dtypes, and read() returns their values.
+
+    Tensors of fixed-size dtypes come back as read-only NumPy arrays; partitioned ones (read by RestoreV2) as
+    tf.Tensors.
+    """
     specs = source.specs()
     assert list(specs) == sorted(expected)
     for name, value in expected.items():
@@ -33,8 +38,8 @@ def assert_reads(source: TFCheckpointSource, expected: dict[str, np.ndarray]) ->
     values = source.read(list(expected))
     assert list(values) == list(expected)
     for name, value in expected.items():
-        assert isinstance(values[name], tf.Tensor)
-        np.testing.assert_array_equal(values[name].numpy(), value)
+        assert isinstance(values[name], np.ndarray | tf.Tensor)
+        np.testing.assert_array_equal(np.asarray(values[name]), value)
 
 
 # --- fixtures: one directory per checkpoint layout, written once per module ---------------------------------------
@@ -128,9 +133,9 @@ def test_read_dtypes_bfloat16_int64_string(tmp_path: Path) -> None:
         "label": "string",
     }
     values = source.read(list(specs))
-    assert values["label/.ATTRIBUTES/VARIABLE_VALUE"].numpy() == b"bert"
-    assert values["count/.ATTRIBUTES/VARIABLE_VALUE"].numpy() == 2**40
-    assert values["half/.ATTRIBUTES/VARIABLE_VALUE"].dtype == tf.bfloat16
+    assert values["label/.ATTRIBUTES/VARIABLE_VALUE"].numpy() == b"bert"  # a string: read by RestoreV2
+    assert values["count/.ATTRIBUTES/VARIABLE_VALUE"] == 2**40
+    assert str(values["half/.ATTRIBUTES/VARIABLE_VALUE"].dtype) == "bfloat16"
 
 
 def test_read_repeats_once_and_empty_batch(tf1_ckpt: Written) -> None:
@@ -139,10 +144,10 @@ def test_read_repeats_once_and_empty_batch(tf1_ckpt: Written) -> None:
     assert source.read([]) == {}
     read = source.read(["global_step", "bert/pooler/dense/bias", "global_step"])
     assert list(read) == ["global_step", "bert/pooler/dense/bias"]
-    np.testing.assert_array_equal(read["bert/pooler/dense/bias"].numpy(), values["bert/pooler/dense/bias"])
+    np.testing.assert_array_equal(read["bert/pooler/dense/bias"], values["bert/pooler/dense/bias"])
 
 
-def test_read_inside_tf_function_still_returns_eager_tensors(tf1_ckpt: Written) -> None:
+def test_read_inside_tf_function_still_returns_values(tf1_ckpt: Written) -> None:
     source = TFCheckpointSource(tf1_ckpt[0])
     seen = {}
 
@@ -152,7 +157,7 @@ def test_read_inside_tf_function_still_returns_eager_tensors(tf1_ckpt: Written) 
         return tf.constant(0)
 
     step()
-    assert int(seen["global_step"].numpy()) == 7
+    assert int(seen["global_step"]) == 7
 
 
 # --- the path the user gives ------------------------------------------------------------------------------------------
@@ -171,7 +176,7 @@ def test_directory_uses_the_latest_checkpoint_of_its_state_file(tmp_path: Path) 
     source = TFCheckpointSource(tmp_path)
     assert source.prefix == prefixes[-1]
     assert source.description == f"{tmp_path} -> {prefixes[-1]}"
-    assert int(source.read(["step/.ATTRIBUTES/VARIABLE_VALUE"])["step/.ATTRIBUTES/VARIABLE_VALUE"].numpy()) == 2
+    assert int(source.read(["step/.ATTRIBUTES/VARIABLE_VALUE"])["step/.ATTRIBUTES/VARIABLE_VALUE"]) == 2
 
 
 def test_moved_tf1_directory_with_absolute_state_paths(tmp_path: Path) -> None:
@@ -180,7 +185,7 @@ def test_moved_tf1_directory_with_absolute_state_paths(tmp_path: Path) -> None:
     shutil.move(tmp_path / "old", tmp_path / "new")
     source = TFCheckpointSource(tmp_path / "new")
     assert source.prefix == str(tmp_path / "new" / "model.ckpt-7")
-    np.testing.assert_array_equal(source.read(["global_step"])["global_step"].numpy(), values["global_step"])
+    np.testing.assert_array_equal(source.read(["global_step"])["global_step"], values["global_step"])
 
 
 def test_copied_tf1_directory_reads_the_copy_not_the_original(tmp_path: Path) -> None:
@@ -200,9 +205,7 @@ def test_relative_state_paths(tmp_path: Path) -> None:
 def test_specs_do_not_read_tensors_and_reading_a_damaged_tensor_fails(tf1_ckpt: Written, tmp_path: Path) -> None:
     prefix = copy_checkpoint(tf1_ckpt[0], tmp_path)
     victim = "bert/embeddings/word_embeddings"
-    layout = _read_index_layout(prefix + ".index")
-    assert layout is not None
-    entry = next(entry for entry in layout[1] if entry.key == victim)
+    entry = next(entry for entry in read_index(prefix + ".index").entries if entry.key == victim)
     data_file = checkpoints.data_files(prefix)[0]
     size = data_file.stat().st_size
     checkpoints.flip_bytes(data_file, entry.offset + entry.size // 2)
@@ -211,7 +214,7 @@ def test_specs_do_not_read_tensors_and_reading_a_damaged_tensor_fails(tf1_ckpt: 
     source = TFCheckpointSource(prefix)  # opening checks sizes only: the damage is not seen yet
     assert source.specs()[victim].shape == (16, 8)
     assert len(source.specs()) == len(tf1_ckpt[1])
-    np.testing.assert_array_equal(source.read(["global_step"])["global_step"].numpy(), 7)
+    np.testing.assert_array_equal(source.read(["global_step"])["global_step"], 7)
     before = checkpoints.snapshot(tmp_path)
     with pytest.raises(CorruptSourceError) as caught:
         source.read(["global_step", victim, "bert/pooler/dense/bias"])
@@ -228,9 +231,8 @@ def test_index_layout_agrees_with_tensorflow(
     keras_ckpt: Written, tf1_ckpt: Written, tf1_sharded_ckpt: Written, tf2_sharded_ckpt: Written
 ) -> None:
     for prefix, values in (keras_ckpt, tf1_ckpt, tf1_sharded_ckpt, tf2_sharded_ckpt):
-        layout = _read_index_layout(prefix + ".index")
-        assert layout is not None
-        shards, entries = layout
+        index = read_index(prefix + ".index")
+        shards, entries = index.num_shards, index.entries
         assert shards == len(checkpoints.data_files(prefix))
         by_key = {entry.key: entry for entry in entries if not entry.key.endswith(" (a slice)")}
         assert set(by_key) - {OBJECT_GRAPH_KEY} == set(values)
@@ -245,8 +247,10 @@ def test_index_layout_agrees_with_tensorflow(
 def test_index_layout_of_garbage_is_none(tmp_path: Path) -> None:
     garbage = tmp_path / "x.index"
     garbage.write_bytes(b"\x00" * 100)
-    assert _read_index_layout(str(garbage)) is None
-    assert _read_index_layout(str(tmp_path / "missing.index")) is None
+    with pytest.raises(BundleFormatError, match="magic number"):
+        read_index(str(garbage))
+    with pytest.raises(FileNotFoundError):
+        read_index(str(tmp_path / "missing.index"))
 
 
 # --- bad inputs: the specific error, a message naming the offender, and no file changed ------------------------------

@@ -6,12 +6,19 @@ import codecs
 import difflib
 import os
 import re
-import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from mapper.errors import CorruptSourceError, SourceError, SourceNotFoundError
+from mapper.sources.tf_bundle import (
+    BundleEntry,
+    BundleFormatError,
+    BundleIndex,
+    data_file_name,
+    read_index,
+    read_tensors,
+)
 from mapper.specs import TensorSpec, VariableMap
 from mapper.text import quoted
 
@@ -66,13 +73,14 @@ def checkpoint_prefixes(directory: str | os.PathLike[str]) -> list[str]:
 
 
 class TFCheckpointSource:
-    """The tensors of a TensorFlow checkpoint, described from its index and read in one ``RestoreV2`` per batch.
+    """The tensors of a TensorFlow checkpoint, described from its index and read from its data files directly.
 
     ``path`` may be a checkpoint prefix (``/x/ckpt-1``), its ``.index`` file, or a directory holding a
     ``checkpoint`` state file (its latest checkpoint is used; an absolute path in the state file that no longer
     exists, as TF1 ``Saver`` writes them, is looked up by its base name in that directory). Opening checks the
     files without reading tensors: the index is there, every data shard is there, and no shard is shorter
-    than the tensors the index places in it.
+    than the tensors the index places in it. Opening and reading need no TensorFlow, except for what raw bytes
+    cannot represent (see ``read``) and an index this module cannot parse (then TensorFlow's reader is used).
 
     Attributes:
         prefix: the resolved checkpoint prefix, as ``tf.compat.v1.train.init_from_checkpoint`` wants it.
@@ -89,7 +97,7 @@ class TFCheckpointSource:
         ...     prefix = tf.train.Checkpoint(w=tf.Variable([1.0, 2.0])).write(f"{tmp}/ckpt")
         ...     source = TFCheckpointSource(prefix)
         ...     print(list(source.specs()), source.specs()["w/.ATTRIBUTES/VARIABLE_VALUE"].shape)
-        ...     print(source.read(["w/.ATTRIBUTES/VARIABLE_VALUE"])["w/.ATTRIBUTES/VARIABLE_VALUE"].numpy())
+        ...     print(source.read(["w/.ATTRIBUTES/VARIABLE_VALUE"])["w/.ATTRIBUTES/VARIABLE_VALUE"])
         ['w/.ATTRIBUTES/VARIABLE_VALUE'] (2,)
         [1. 2.]
     """
@@ -100,8 +108,13 @@ class TFCheckpointSource:
         # A directory is resolved through its state file, which is then one of the files this source reads.
         self._state = Path(given, STATE_FILE) if Path(given).is_dir() else None
         self.description: str = given if given == self.prefix else f"{given} -> {self.prefix}"
-        self._specs = _open_specs(self.prefix)
-        _check_data_files(self.prefix, self._specs)
+        self._index = _parse_index(self.prefix)
+        self._specs = _open_specs(self.prefix, self._index)
+        _check_data_files(self.prefix, self._specs, self._index)
+        # The whole-tensor entries that can be read as raw bytes, when the specs agree with them.
+        self._raw: dict[str, BundleEntry] = {}
+        if self._index is not None and self._index.native:
+            self._raw = {entry.key: entry for entry in self._index.entries if entry.raw and _agrees(entry, self._specs)}
 
     @property
     def checkpoint_prefix(self) -> str:
@@ -133,33 +146,48 @@ class TFCheckpointSource:
         return self._specs
 
     def read(self, names: Sequence[str]) -> dict[str, Any]:
-        """Read the named tensors with one ``tf.raw_ops.RestoreV2`` on the CPU; returns ``tf.Tensor``s by name.
+        """Read the named tensors from the data files at the offsets the index gives, checking each one.
+
+        Each tensor of a fixed-size dtype is read with positional reads into its own 64-byte aligned buffer and
+        returned as a read-only NumPy array (bfloat16 and float8 via ml_dtypes), after its byte length and its
+        crc32c were checked. What raw bytes cannot represent (string, variant and resource tensors, and tensors
+        partitioned into slices) is read with one ``tf.raw_ops.RestoreV2`` on the CPU and returned as ``tf.Tensor``.
 
         Args:
             names: tensor names as ``specs()`` lists them; repeats are read once.
 
         Returns:
-            ``{name: tf.Tensor}`` for each distinct name, in the order given.
+            ``{name: NumPy array or tf.Tensor}`` for each distinct name, in the order given.
 
         Raises:
             SourceError: a name is not in the checkpoint; the message names it and the closest names that are.
-            CorruptSourceError: TensorFlow could not read a tensor (checksum mismatch, short read); the message
-                names the checkpoint and the tensors that fail.
+            CorruptSourceError: a tensor cannot be read (checksum mismatch, a data file that became shorter or
+                fails to read); the message names the checkpoint and the tensors that fail.
 
         Example:
             >>> import tempfile
             >>> import tensorflow as tf
             >>> with tempfile.TemporaryDirectory() as tmp:
-            ...     source = TFCheckpointSource(tf.train.Checkpoint(w=tf.Variable(3)).write(f"{tmp}/ckpt"))
-            ...     source.read(["w/.ATTRIBUTES/VARIABLE_VALUE"])["w/.ATTRIBUTES/VARIABLE_VALUE"].numpy()
-            np.int32(3)
+            ...     prefix = tf.train.Checkpoint(w=tf.Variable(3), s=tf.Variable(b"text")).write(f"{tmp}/ckpt")
+            ...     values = TFCheckpointSource(prefix).read(["w/.ATTRIBUTES/VARIABLE_VALUE", "s/.ATTRIBUTES/VARIABLE_VALUE"])
+            >>> values["w/.ATTRIBUTES/VARIABLE_VALUE"], values["s/.ATTRIBUTES/VARIABLE_VALUE"].numpy()  # array, tf.Tensor
+            (array(3, dtype=int32), b'text')
         """
         wanted = list(dict.fromkeys(names))
         unknown = [name for name in wanted if name not in self._specs]
         if unknown:
             raise SourceError(self._unknown_message(unknown), path=self.prefix)
-        if not wanted:
-            return {}
+        direct = [self._raw[name] for name in wanted if name in self._raw]
+        values: dict[str, Any] = {}
+        if direct and self._index is not None:  # self._raw is empty without an index
+            values |= read_tensors(self.prefix, self._index, direct)
+        rest = [name for name in wanted if name not in self._raw]
+        if rest:
+            values |= self._restore(rest)
+        return {name: values[name] for name in wanted}
+
+    def _restore(self, wanted: list[str]) -> dict[str, Any]:
+        """The named tensors read with one ``RestoreV2``, as ``tf.Tensor``s."""
         import tensorflow as tf
 
         dtypes = [tf.as_dtype(self._specs[name].dtype) for name in wanted]
@@ -338,13 +366,21 @@ def _nearest_list(prefixes: list[str], base: str | None = None, count: int = 3) 
 # --- opening and checking -------------------------------------------------------------------------------------------
 
 
-def _open_specs(prefix: str) -> VariableMap:
+def _parse_index(prefix: str) -> BundleIndex | None:
+    """The parsed index of ``prefix``; None if it is missing, unreadable or not understood (TensorFlow then says why)."""
+    try:
+        return read_index(prefix + ".index")
+    except (OSError, BundleFormatError):
+        return None
+
+
+def _open_specs(prefix: str, index: BundleIndex | None) -> VariableMap:
     """The specs in the index of ``prefix``; CorruptSourceError if the index is missing or unreadable."""
-    index = prefix + ".index"
-    if not Path(index).is_file():
+    path = prefix + ".index"
+    if not Path(path).is_file():
         data = sorted(_data_files(prefix))
         raise CorruptSourceError(
-            f"checkpoint {prefix!r} has data files ({quoted(data)}) but its index file {index!r} is missing; "
+            f"checkpoint {prefix!r} has data files ({quoted(data)}) but its index file {path!r} is missing; "
             "it was copied or written incompletely: copy the .index file next to the data files",
             path=prefix,
         )
@@ -354,15 +390,30 @@ def _open_specs(prefix: str) -> VariableMap:
             "cannot read one whose path holds '['; rename the checkpoint's files (or its directory) without '['",
             path=prefix,
         )
+    tensors = [entry for entry in index.entries if not entry.key.endswith(" (a slice)")] if index else []
+    if index is not None and all(entry.dtype_name for entry in tensors):
+        return VariableMap(
+            (
+                TensorSpec(entry.key, entry.shape, str(entry.dtype_name))
+                for entry in sorted(tensors, key=lambda entry: entry.key)
+                if entry.key != OBJECT_GRAPH_KEY
+            ),
+            description=prefix,
+        )
+    return _tf_specs(prefix)
+
+
+def _tf_specs(prefix: str) -> VariableMap:
+    """The specs TensorFlow's checkpoint reader gives (an index this module does not understand)."""
     import tensorflow as tf
 
     try:
         reader = tf.train.load_checkpoint(prefix)
         shapes = reader.get_variable_to_shape_map()
         dtypes = reader.get_variable_to_dtype_map()
-    except (tf.errors.OpError, ValueError, RuntimeError) as error:
+    except (tf.errors.OpError, ValueError, RuntimeError, IndexError) as error:  # IndexError: a cut index
         raise CorruptSourceError(
-            f"cannot read the index file {index!r} of checkpoint {prefix!r}: {_tf_message(error)}; "
+            f"cannot read the index file {prefix + '.index'!r} of checkpoint {prefix!r}: {_tf_message(error)}; "
             "it is damaged or from an incompatible TensorFlow version",
             path=prefix,
         ) from error
@@ -373,21 +424,17 @@ def _open_specs(prefix: str) -> VariableMap:
     )
 
 
-class _Entry(NamedTuple):
-    """Where the index places one tensor's bytes."""
-
-    key: str
-    shard: int
-    offset: int
-    size: int
+def _agrees(entry: BundleEntry, specs: VariableMap) -> bool:
+    """Whether the index entry has the shape and dtype ``specs`` gives its tensor (a raw read then returns that)."""
+    spec = specs.get(entry.key)
+    return spec is not None and (spec.shape, spec.dtype) == (entry.shape, entry.dtype_name)
 
 
-def _check_data_files(prefix: str, specs: VariableMap) -> None:
+def _check_data_files(prefix: str, specs: VariableMap, index: BundleIndex | None) -> None:
     """CorruptSourceError if a data shard is missing or shorter than the tensors the index places in it."""
-    layout = _read_index_layout(prefix + ".index")
     found = _data_files(prefix)
-    shard_count = layout[0] if layout is not None else max((count for _, count in found.values()), default=1)
-    expected = [f"{Path(prefix).name}.data-{shard:05d}-of-{shard_count:05d}" for shard in range(shard_count)]
+    shard_count = index.num_shards if index is not None else max((count for _, count in found.values()), default=1)
+    expected = [data_file_name(prefix, shard, shard_count) for shard in range(shard_count)]
     missing = [name for name in expected if name not in found]
     if missing:
         raise CorruptSourceError(
@@ -396,8 +443,8 @@ def _check_data_files(prefix: str, specs: VariableMap) -> None:
             path=prefix,
         )
     sizes = [_size(prefix, name) for name in expected]
-    if layout is not None:
-        short = [entry for entry in layout[1] if entry.offset + entry.size > sizes[entry.shard]]
+    if index is not None:
+        short = [entry for entry in index.entries if entry.offset + entry.size > sizes[entry.shard]]
         if short:
             shard = short[0].shard
             raise CorruptSourceError(
@@ -429,88 +476,6 @@ def _size(prefix: str, name: str) -> int:
             f"checkpoint {prefix!r}: data file {name!r} {what}; copy every .data-* file of the checkpoint",
             path=prefix,
         ) from error
-
-
-# The index is a TensorFlow table (tsl/lib/io/table): uncompressed blocks of prefix-compressed entries, an index
-# block pointing at them and a 48-byte footer ending in this magic number. Each entry maps a tensor name to a
-# serialized BundleEntryProto (shard, offset, size); the entry with the empty key holds the BundleHeaderProto.
-_TABLE_MAGIC = 0xDB4775248B80FB57
-_FOOTER_SIZE = 48
-_BLOCK_TRAILER_SIZE = 5
-
-
-def _read_index_layout(index: str) -> tuple[int, list[_Entry]] | None:
-    """``(shard count, entries)`` from an index file; None if its layout is not the one understood here."""
-    try:
-        data = Path(index).read_bytes()
-        from tensorflow.core.protobuf import tensor_bundle_pb2
-
-        if len(data) < _FOOTER_SIZE or struct.unpack_from("<Q", data, len(data) - 8)[0] != _TABLE_MAGIC:
-            return None
-        position = len(data) - _FOOTER_SIZE
-        _, position = _varint(data, position)  # metaindex block offset
-        _, position = _varint(data, position)  # metaindex block size
-        index_offset, position = _varint(data, position)
-        index_size, _ = _varint(data, position)
-        shard_count = None
-        entries = []
-        for _, handle in _block_entries(_block(data, index_offset, index_size)):
-            offset, position = _varint(handle, 0)
-            size, _ = _varint(handle, position)
-            for key, value in _block_entries(_block(data, offset, size)):
-                if not key:
-                    header = tensor_bundle_pb2.BundleHeaderProto.FromString(value)
-                    shard_count = header.num_shards
-                    continue
-                entry = tensor_bundle_pb2.BundleEntryProto.FromString(value)
-                entries.append(_Entry(_entry_name(key), entry.shard_id, entry.offset, entry.size))
-    except Exception:  # any surprise means "not understood": the caller falls back to the coarser check
-        return None
-    if shard_count is None or any(entry.shard >= shard_count for entry in entries):
-        return None
-    return shard_count, entries
-
-
-def _entry_name(key: bytes) -> str:
-    """The tensor name of an index key; a slice of a tensor (``\\0name\\0<slice>``) is marked as such."""
-    if key.startswith(b"\0"):
-        return key[1:].split(b"\0", 1)[0].decode("utf-8", "replace") + " (a slice)"
-    return key.decode("utf-8", "replace")
-
-
-def _varint(data: bytes, position: int) -> tuple[int, int]:
-    """A little-endian base-128 varint at ``position``, and the position after it."""
-    value = shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, position
-        shift += 7
-
-
-def _block(data: bytes, offset: int, size: int) -> bytes:
-    """The contents of an uncompressed table block; ValueError for a compressed one."""
-    if offset + size + _BLOCK_TRAILER_SIZE > len(data) or data[offset + size] != 0:
-        raise ValueError("block out of range or compressed")
-    return data[offset : offset + size]
-
-
-def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """The ``(key, value)`` pairs of a table block, keys rebuilt from their shared prefixes."""
-    restarts = struct.unpack_from("<I", block, len(block) - 4)[0]
-    limit = len(block) - 4 - 4 * restarts
-    position = 0
-    key = b""
-    while position < limit:
-        shared, position = _varint(block, position)
-        unshared, position = _varint(block, position)
-        length, position = _varint(block, position)
-        key = key[:shared] + block[position : position + unshared]
-        position += unshared
-        yield key, block[position : position + length]
-        position += length
 
 
 def _tf_message(error: BaseException) -> str:
