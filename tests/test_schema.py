@@ -55,7 +55,6 @@ def test_the_schema_rejects_malformed_files(document: dict[str, object], message
     assert any(message in error for error in errors), errors
 
 
-
 def _rule(body: str, params: str = "") -> str:
     return f"format = 1\n[params]\nheads = 2\n{params}[[rules]]\nmatch = '(?P<p>a|b)'\n{body}\n"
 
