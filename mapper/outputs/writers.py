@@ -24,27 +24,12 @@ from mapper.errors import OutputError, TargetError
 from mapper.outputs.base import FileWriter, TensorWriter, as_numpy
 from mapper.outputs.faults import h5_size
 from mapper.outputs.files import OutputFormat, output_format, replace_checkpoint
+from mapper.sources.safetensors import DTYPES as SAFETENSORS_DTYPES
 from mapper.specs import TensorSpec
 from mapper.text import quoted, s
 
-# safetensors dtype codes by dtype name (the format has no complex numbers and no strings).
-SAFETENSORS_CODES: dict[str, str] = {
-    "float64": "F64",
-    "float32": "F32",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "int64": "I64",
-    "int32": "I32",
-    "int16": "I16",
-    "int8": "I8",
-    "uint64": "U64",
-    "uint32": "U32",
-    "uint16": "U16",
-    "uint8": "U8",
-    "bool": "BOOL",
-    "float8_e4m3fn": "F8_E4M3",
-    "float8_e5m2": "F8_E5M2",
-}
+# safetensors dtype codes by dtype name: the inverse of what the source reads (no complex numbers, no strings).
+SAFETENSORS_CODES: dict[str, str] = {name: code for code, name in SAFETENSORS_DTYPES.items()}
 
 
 def open_writer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, get_args
 
@@ -72,6 +73,7 @@ class OperationSpecBase(Frozen):
         'OperationSpecBase'
     """
 
+    @abc.abstractmethod
     def resolve(self, shape: tuple[int, ...], dtype: str, target: TensorSpec | None) -> Operation:
         """The concrete operation for a tensor of ``shape`` and ``dtype`` going to ``target`` (None: no model).
 
@@ -82,7 +84,6 @@ class OperationSpecBase(Frozen):
             >>> OPERATION_SPECS["cast"](cast="float16").resolve((2,), "float32", None)
             Cast(dtype='float16', kind='cast')
         """
-        raise NotImplementedError  # pragma: no cover - every spec below overrides it
 
 
 class TransposeSpec(OperationSpecBase):

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from mapper.dtypes import DTYPE_SIZES
 from mapper.errors import CorruptSourceError, SourceError, SourceNotFoundError
 from mapper.sources._common import (
     check_names,
@@ -47,8 +48,7 @@ DTYPES: dict[str, str] = {
     "F8_E4M3": "float8_e4m3fn",
     "F8_E5M2": "float8_e5m2",
 }
-_ITEMSIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4}
-_ITEMSIZES |= {"U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_ITEMSIZES = {code: DTYPE_SIZES[name] for code, name in DTYPES.items()}
 # Tensors are read into buffers aligned like this, as a memory map's pages would be (SIMD loads, zero-copy handoff).
 ALIGNMENT = 64
 # The safetensors library refuses headers above 100 MB; so do we.
