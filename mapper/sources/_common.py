@@ -315,3 +315,50 @@ def little_endian(dtype: np.dtype[Any]) -> np.dtype[Any]:
     if dtype.kind in "biufc" and dtype.itemsize > 1 and sys.byteorder != "little":
         return dtype.newbyteorder("<")
     return dtype
+
+
+# Tensors are read into buffers aligned like this, as a memory map's pages would be (SIMD loads, zero-copy handoff).
+ALIGNMENT = 64
+
+
+def aligned_buffer(nbytes: int) -> np.ndarray:
+    """A new uint8 buffer of ``nbytes`` whose first byte is ``ALIGNMENT``-aligned.
+
+    Example:
+        >>> buffer = aligned_buffer(10)
+        >>> buffer.nbytes, buffer.ctypes.data % ALIGNMENT
+        (10, 0)
+    """
+    storage = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    start = -storage.ctypes.data % ALIGNMENT
+    return storage[start : start + nbytes]
+
+
+def read_at(handle: Any, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from an unbuffered file at ``offset`` with positional reads; the count read (less at its end).
+
+    The file may become shorter at any moment: a short count is the caller's to turn into a named error (with a
+    memory map, the same thing would kill the process with SIGBUS).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryFile() as file:
+        ...     _ = file.write(b"0123456789")
+        ...     buffer = bytearray(4)
+        ...     read_at(file, memoryview(buffer), 8), bytes(buffer[:2])
+        (2, b'89')
+    """
+    done = 0
+    preadv = getattr(os, "preadv", None)
+    if preadv is None:  # Windows: the file position is ours alone (the handle is opened per read call)
+        handle.seek(offset)
+    while done < len(view):
+        count = (
+            preadv(handle.fileno(), [view[done:]], offset + done)
+            if preadv is not None
+            else handle.readinto(view[done:])
+        )
+        if not count:
+            break
+        done += count
+    return done

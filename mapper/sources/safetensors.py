@@ -16,6 +16,7 @@ import numpy as np
 from mapper.dtypes import DTYPE_SIZES
 from mapper.errors import CorruptSourceError, SourceError, SourceNotFoundError
 from mapper.sources._common import (
+    aligned_buffer,
     check_names,
     files_with_suffix,
     head,
@@ -23,6 +24,7 @@ from mapper.sources._common import (
     little_endian,
     numpy_dtype,
     parse_json,
+    read_at,
     shard_files,
     short_repr,
     weight_map_suffixes,
@@ -49,8 +51,6 @@ DTYPES: dict[str, str] = {
     "F8_E5M2": "float8_e5m2",
 }
 _ITEMSIZES = {code: DTYPE_SIZES[name] for code, name in DTYPES.items()}
-# Tensors are read into buffers aligned like this, as a memory map's pages would be (SIMD loads, zero-copy handoff).
-ALIGNMENT = 64
 # The safetensors library refuses headers above 100 MB; so do we.
 MAX_HEADER_BYTES = 100_000_000
 SUFFIX = ".safetensors"
@@ -232,17 +232,10 @@ def _read_entry(handle: io.RawIOBase, entry: _Entry) -> np.ndarray:
     CorruptSourceError naming the tensor (with a memory map, the same thing would kill the process with SIGBUS).
     """
     nbytes = entry.end - entry.begin
-    storage = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
-    start = -storage.ctypes.data % ALIGNMENT
-    buffer = storage[start : start + nbytes]
-    view = memoryview(buffer.data)
-    handle.seek(entry.begin)
-    done = 0
-    while done < nbytes:
-        count = handle.readinto(view[done:])  # unbuffered: one read(2) at the position, possibly fewer bytes
-        if not count:
-            raise _changed(entry.file, entry.begin + done, [entry])
-        done += count
+    buffer = aligned_buffer(nbytes)
+    done = read_at(handle, memoryview(buffer.data), entry.begin)
+    if done < nbytes:
+        raise _changed(entry.file, entry.begin + done, [entry])
     dtype = little_endian(numpy_dtype(entry.spec.dtype, path=entry.file))
     array = buffer.view(dtype).reshape(entry.spec.shape)
     array.flags.writeable = False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import struct
 import sys
 from collections.abc import Iterator, Sequence
@@ -14,7 +13,7 @@ import numpy as np
 
 from mapper.dtypes import DTYPE_SIZES
 from mapper.errors import CorruptSourceError
-from mapper.sources._common import numpy_dtype
+from mapper.sources._common import aligned_buffer, numpy_dtype, read_at
 
 # TensorFlow's DataType enum (tensorflow/core/framework/types.proto), named as ``tf.as_dtype(n).name`` names them.
 DTYPE_NAMES = {
@@ -25,7 +24,6 @@ DTYPE_NAMES = {
     29: "int4", 30: "uint4", 31: "int2", 32: "uint2", 33: "float4_e2m1fn",
 }  # fmt: skip
 # Tensors are read into buffers aligned like this: what TensorFlow's CPU allocator gives its own tensors.
-ALIGNMENT = 64
 # BundleHeaderProto.endianness: LITTLE = 0, BIG = 1; TensorFlow writes the host's byte order.
 _HOST_ENDIANNESS = 0 if sys.byteorder == "little" else 1
 # The index is a TensorFlow table (tsl/lib/io/table): blocks of prefix-compressed entries, an index block pointing
@@ -341,10 +339,8 @@ def _read_entry(prefix: str, path: str, handle: Any, entry: BundleEntry) -> np.n
     expected = int(np.prod(entry.shape, dtype=np.int64)) * dtype.itemsize
     if entry.size != expected:
         raise _damaged(prefix, entry, f"the index gives it {entry.size} bytes, not the {expected} its shape needs")
-    storage = np.empty(entry.size + ALIGNMENT, dtype=np.uint8)
-    start = -storage.ctypes.data % ALIGNMENT
-    buffer = storage[start : start + entry.size]
-    done = _read_into(handle, memoryview(buffer.data), entry.offset)
+    buffer = aligned_buffer(entry.size)
+    done = read_at(handle, memoryview(buffer.data), entry.offset)
     if done < entry.size:
         raise _damaged(
             prefix,
@@ -363,23 +359,6 @@ def _read_entry(prefix: str, path: str, handle: Any, entry: BundleEntry) -> np.n
     array = buffer.view(dtype).reshape(entry.shape)  # the caller reads only bundles in this machine's byte order
     array.flags.writeable = False
     return array
-
-
-def _read_into(handle: Any, view: memoryview, offset: int) -> int:
-    """Fill ``view`` from the file at ``offset`` with positional reads; the count read (less at end of file)."""
-    done = 0
-    preadv = getattr(os, "preadv", None)
-    if preadv is None:  # Windows: the file position is ours alone (the handle is opened per read call)
-        handle.seek(offset)
-    while done < len(view):
-        if preadv is not None:
-            count = preadv(handle.fileno(), [view[done:]], offset + done)
-        else:
-            count = handle.readinto(view[done:])
-        if not count:
-            break
-        done += count
-    return done
 
 
 def _damaged(prefix: str, entry: BundleEntry, why: str) -> CorruptSourceError:
