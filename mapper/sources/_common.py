@@ -344,6 +344,7 @@ def read_at(handle: Any, view: memoryview, offset: int) -> int:
         >>> import tempfile
         >>> with tempfile.TemporaryFile() as file:
         ...     _ = file.write(b"0123456789")
+        ...     file.flush()
         ...     buffer = bytearray(4)
         ...     read_at(file, memoryview(buffer), 8), bytes(buffer[:2])
         (2, b'89')
