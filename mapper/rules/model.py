@@ -231,7 +231,8 @@ class Rule(Frozen):
         """
         templates = (self.target,) if self.target is not None else (self.targets or ())
         return tuple(
-            renderer(pieces, self.values, template) for pieces, template in zip(self._templates, templates, strict=True)
+            renderer(pieces, self.values, template, self._pattern.groupindex)
+            for pieces, template in zip(self._templates, templates, strict=True)
         )
 
     @property

@@ -140,8 +140,15 @@ def literal_alternatives(pattern: str, group: str) -> tuple[str, ...]:
     return tuple(re.sub(r"\\(.)", r"\1", word) for word in found.group().split("|"))
 
 
-def renderer(pieces: tuple[Piece, ...], values: Mapping[str, Mapping[str, str]], template: str) -> Callable[[Any], str]:
+def renderer(
+    pieces: tuple[Piece, ...],
+    values: Mapping[str, Mapping[str, str]],
+    template: str,
+    groupindex: Mapping[str, int] | None = None,
+) -> Callable[[Any], str]:
     """A function rendering ``template`` (parsed into ``pieces``) for one match; it raises TemplateError.
+
+    ``groupindex`` (the pattern's) lets the function ask the match for groups by number, which is faster.
 
     Example:
         >>> import regex
@@ -150,36 +157,78 @@ def renderer(pieces: tuple[Piece, ...], values: Mapping[str, Mapping[str, str]],
         'gamma_1'
     """
 
+    def render_slowly(matched: Any) -> str:
+        return "".join(
+            piece.text if piece.group is None else _value(piece, matched, values, template) for piece in pieces
+        )
+
+    groups = tuple(piece.group for piece in pieces if piece.group is not None)
+    if not groups or any(isinstance(group, str) and group in values for group in groups):
+        return render_slowly
+    if groupindex is not None:
+        groups = tuple(groupindex.get(group, group) if isinstance(group, str) else group for group in groups)
+    return _fast_renderer(pieces, groups, render_slowly)
+
+
+def _value(piece: Piece, matched: Any, values: Mapping[str, Mapping[str, str]], template: str) -> str:
+    """What a group field renders to for one match: renamed by its value table, offset; raises TemplateError."""
+    value = matched.group(piece.group)
+    table = values.get(piece.group) if isinstance(piece.group, str) else None
+    if table is not None and value is not None:
+        if value not in table:
+            raise TemplateError(
+                f"group {piece.group!r} captured {value!r}, which values.{piece.group} does not rename "
+                f"(it renames: {', '.join(sorted(table))})"
+            )
+        value = table[value]
+    if piece.offset:
+        if value is None or not value.isdigit():
+            raise TemplateError(
+                f"template {template!r} adds {piece.offset:+d} to group {piece.group!r}, "
+                f"which captured {value!r}, not a whole number"
+            )
+        number = int(value) + piece.offset
+        if number < 0:
+            raise TemplateError(
+                f"template {template!r} gives {number} for group {piece.group!r} = {value!r}: "
+                "a negative number is never a layer index; check the offset"
+            )
+        value = str(number)
+    return value or ""
+
+
+def _fast_renderer(
+    pieces: tuple[Piece, ...], groups: tuple[str | int, ...], render_slowly: Callable[[Any], str]
+) -> Callable[[Any], str]:
+    """The renderer of a template without value tables: one ``group()`` call and one ``str.format`` per match.
+
+    Planning renders once per matched name, so this is on the hot path. Whatever it does not expect (a group that
+    did not take part, arithmetic on a non-number, a negative result) goes to ``render_slowly``, which gives the
+    same name or raises the same error as always.
+    """
+    layout = "".join(
+        "{}" if piece.group is not None else piece.text.replace("{", "{{").replace("}", "}}") for piece in pieces
+    )
+    counted = tuple(
+        (position, piece.offset)
+        for position, piece in enumerate(p for p in pieces if p.group is not None)
+        if piece.offset
+    )
+    single = len(groups) == 1
+
     def render(matched: Any) -> str:
-        parts: list[str] = []
-        for piece in pieces:
-            if piece.group is None:
-                parts.append(piece.text)
-                continue
-            value = matched.group(piece.group)
-            table = values.get(piece.group) if isinstance(piece.group, str) else None
-            if table is not None and value is not None:
-                if value not in table:
-                    raise TemplateError(
-                        f"group {piece.group!r} captured {value!r}, which values.{piece.group} does not rename "
-                        f"(it renames: {', '.join(sorted(table))})"
-                    )
-                value = table[value]
-            if piece.offset:
-                if value is None or not value.isdigit():
-                    raise TemplateError(
-                        f"template {template!r} adds {piece.offset:+d} to group {piece.group!r}, "
-                        f"which captured {value!r}, not a whole number"
-                    )
-                number = int(value) + piece.offset
-                if number < 0:
-                    raise TemplateError(
-                        f"template {template!r} gives {number} for group {piece.group!r} = {value!r}: "
-                        "a negative number is never a layer index; check the offset"
-                    )
-                value = str(number)
-            parts.append(value or "")
-        return "".join(parts)
+        found = (matched.group(*groups),) if single else matched.group(*groups)
+        if None in found:
+            return render_slowly(matched)
+        if not counted:
+            return layout.format(*found)
+        shown = list(found)
+        for position, offset in counted:
+            value = shown[position]
+            if not value.isdigit() or int(value) + offset < 0:
+                return render_slowly(matched)
+            shown[position] = str(int(value) + offset)
+        return layout.format(*shown)
 
     return render
 
