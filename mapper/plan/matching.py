@@ -7,6 +7,8 @@ import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
+import regex
+
 from mapper.rules.bound import match_timeout, placement, proven_length, set_end, timed_out
 from mapper.specs import SourceSet, TensorSpec
 
@@ -36,9 +38,12 @@ class RuleMatcher:
             proven_length(pattern.match, timeout)
             for pattern, timeout in zip(self._patterns, self._timeouts, strict=True)
         ]
-        # For ASCII names within the proven length, the standard library's engine where it matches the same.
+        # For ASCII names within the proven length, the standard library's engine where it matches the same as
+        # the regex package (only a regex-compiled pattern is known to: anything else keeps its own fullmatch).
         self._quick = [
-            quick_fullmatch(pattern.match) or fullmatch if proven >= 0 else fullmatch
+            (quick_fullmatch(pattern.match) or fullmatch)
+            if proven >= 0 and isinstance(getattr(pattern, "_pattern", None), regex.Pattern)
+            else fullmatch
             for pattern, fullmatch, proven in zip(self._patterns, self._fullmatch, self._proven, strict=True)
         ]
         buckets: dict[str, list[int]] = {}
