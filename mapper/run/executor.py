@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -365,6 +366,7 @@ class _Run:
         self.step = f"reading batch {number} of {count} ({quoted(batch.names)}) from {where}"
         values = chosen.read(list(batch.names))
         self.step = f"batch {number} of {count}"
+        handed = _handed_over(batch, chosen)
         assign = tf.raw_ops.AssignVariableOp
         slots = self.slots
         value: Any = None
@@ -374,7 +376,7 @@ class _Run:
             if assignment.combine is None:
                 value = values[assignment.source]
                 if assignment.operations or not isinstance(value, tf.Tensor):
-                    value = transform((value,), assignment, where, tf)
+                    value = transform((value,), assignment, where, tf, adopt=assignment.source in handed)
             else:
                 value = assignment_value(assignment, values, where, tf)
             self.action = "assigning"
@@ -444,6 +446,19 @@ class _Run:
             f"{'was' if self.touched == 1 and not more else 'were'} restored to their previous values, so "
             f"{self.target.description} is unchanged; fix the cause and apply again"
         )
+
+
+def _handed_over(batch: Batch, source: Source) -> frozenset[str]:
+    """The batch's source names whose arrays a variable may adopt as its buffer, without a copy.
+
+    Only a source that says its ``read`` returns new buffers nothing else holds (``hands_over_reads``: the
+    safetensors and TF checkpoint sources) hands them over, and only names read for one assignment: a tensor
+    that feeds two variables would otherwise become the buffer of both, and training one would change the other.
+    """
+    if not getattr(source, "hands_over_reads", False):
+        return frozenset()
+    uses = Counter(name for assignment in batch.assignments for name in assignment.source_names)
+    return frozenset(name for name, count in uses.items() if count == 1)
 
 
 def _init_map(assignments: Sequence[Assignment], slots: Mapping[str, _Slot]) -> dict[str, Any] | list[tuple[str, Any]]:
