@@ -70,13 +70,14 @@ def apply_plan(
     With ``method="assign"`` source tensors are read in batches of at most ``batch_bytes`` bytes (and
     ``MAX_BATCH_TENSORS`` tensors; a tensor, or a concat/stack group, larger than the budget is read
     alone), one ``read`` call per batch, joined (concat, stack), transformed (transpose, reshape, cast,
-    slice, split, rearrange: NumPy for small tensors, TensorFlow ops for large ones) and assigned; a
-    tensor that feeds several targets (a split) is read once. Each batch is released before the next
-    is read. ``method="init_from_checkpoint"`` hands the same batches to
-    ``tf.compat.v1.train.init_from_checkpoint``: it needs TensorFlow checkpoint sources (ones with a
-    ``checkpoint_prefix``) and a plan that neither transforms nor joins tensors; in TF1 graph mode it sets the
-    variables' initializers instead of assigning (run ``tf.compat.v1.global_variables_initializer()``
-    afterwards).
+    slice, split, rearrange) and assigned; a tensor that feeds several targets (a split) is read once.
+    A large tensor is copied once, its transforms done while copying into an aligned buffer that the
+    variable adopts; an untransformed one read from a safetensors or TF checkpoint source, which hand
+    over their buffers, is not copied at all. Each batch is released before the next is read.
+    ``method="init_from_checkpoint"`` hands the same batches to ``tf.compat.v1.train.init_from_checkpoint``:
+    it needs TensorFlow checkpoint sources (ones with a ``checkpoint_prefix``) and a plan that neither
+    transforms nor joins tensors; in TF1 graph mode it sets the variables' initializers instead of assigning
+    (run ``tf.compat.v1.global_variables_initializer()`` afterwards).
 
     If anything fails after the first assignment and ``rollback`` is true, every variable already
     assigned gets its previous value back before the error is raised. The previous values are kept
