@@ -1513,6 +1513,8 @@ def aligned_copy(array: np.ndarray) -> np.ndarray:
         pytest.param((Transpose((1, 0)), Reshape((128, 4, 40))), 1, id="transpose-reshape"),
         pytest.param((Cast("bfloat16"), Transpose((1, 0))), 1, id="cast-transpose"),
         pytest.param((Transpose((1, 0)), Cast("float16"), Reshape((20480,))), 1, id="transpose-cast-reshape"),
+        pytest.param((Cast("float32"), Reshape((128, 160))), 0, id="cast-to-the-same-dtype-is-free"),
+        pytest.param((Cast("float16"), Cast("float32"), Transpose((1, 0))), 2, id="two-casts-round-twice"),
     ],
 )
 def test_fused_transforms_copy_once_and_match_numpy(

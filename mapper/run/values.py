@@ -124,7 +124,11 @@ class _Fuse:
         )
 
     def cast(self, array: np.ndarray, dtype: str) -> np.ndarray:
-        self.pending = numpy_dtype(dtype)
+        wanted = numpy_dtype(dtype)
+        if self.pending is not None:  # a second cast: the first one's rounding must happen first
+            array = self.copy(array)
+        if wanted != array.dtype:  # a rule's cast = "target" to the dtype the tensor has already costs nothing
+            self.pending = wanted
         return array
 
     def reshape(self, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
