@@ -119,7 +119,7 @@ OPERATION_CASES = [
     pytest.param((4, 6), "int64", (Cast("float32"),), id="cast-int64-float32"),
     pytest.param((4, 6), "int32", (Reshape((24,)), Cast("int64")), id="reshape-cast-int64"),
     pytest.param((6,), "float32", (), id="no-operations"),
-    # Larger than NUMPY_OPS_MAX_BYTES: transformed by TensorFlow ops instead of NumPy.
+    # Larger than NUMPY_OPS_MAX_BYTES: transformed while copied once into an aligned buffer TensorFlow adopts.
     pytest.param((160, 128), "float32", (Transpose((1, 0)),), id="large-transpose"),
     pytest.param((160, 128), "float32", (Transpose((1, 0)), Reshape((128, 4, 40))), id="large-transpose-reshape"),
     pytest.param((160, 128), "float32", (Cast("bfloat16"),), id="large-cast-bfloat16"),
@@ -878,7 +878,7 @@ def test_graph_mode_init_from_checkpoint_map(tmp_path: Path) -> None:
 #
 # Each case is a rule file and the source tensors it reads; ``expected`` computes every target's value with
 # plain NumPy, independently of mapper.ops. Plans are made by the real planner. "small" tensors take the NumPy
-# path of the executor, "large" ones (above NUMPY_OPS_MAX_BYTES) the TensorFlow path.
+# path of the executor, "large" ones (above NUMPY_OPS_MAX_BYTES) the fused one-copy path.
 
 HEADS = 4
 
@@ -1040,7 +1040,7 @@ def _port_source(kind: str, tmp_path: Path, arrays_by_name: Mapping[str, np.ndar
 
 @pytest.mark.parametrize("case", list(PORT_CASES))
 def test_port_cases_take_both_paths(case: str) -> None:
-    """Small cases are transformed by NumPy only; large ones have an assignment transformed by TensorFlow ops."""
+    """Small cases take the small-tensor path only; large ones have an assignment taking the fused-copy path."""
     rules_text, make_source, make_expected = PORT_CASES[case]
     read: dict[str, list[int]] = {}
     for size, hidden in SIZES.items():
@@ -1429,3 +1429,117 @@ def test_large_numpy_values_become_tensors_exactly(dtype: str) -> None:
     variable = tf.Variable(tf.zeros_like(tensor))
     variable.assign(tensor)
     np.testing.assert_array_equal(variable.numpy(), values)
+
+
+# --- one copy per tensor ----------------------------------------------------------------------------
+
+
+class KeepingSource(CountingSource):
+    """A spy: keeps every array ``read`` returns, to look at the buffers afterwards (a real caller must not)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.returned: dict[str, Any] = {}
+
+    def read(self, names: Sequence[str]) -> Mapping[str, Any]:
+        result = super().read(names)
+        self.returned.update(result)
+        return result
+
+
+def safetensors_source(tmp_path: Path, arrays_by_name: Mapping[str, np.ndarray]) -> KeepingSource:
+    from safetensors.numpy import save_file
+
+    from mapper.sources.safetensors import SafetensorsSource
+
+    save_file(dict(arrays_by_name), str(tmp_path / "model.safetensors"))
+    return KeepingSource(SafetensorsSource(tmp_path / "model.safetensors"))
+
+
+def writable(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = True
+    return view
+
+
+@pytest.mark.parametrize("rollback", [True, False])
+def test_untransformed_read_becomes_the_variable_buffer_without_a_copy(tmp_path: Path, rollback: bool) -> None:
+    source_arrays = {"w": sample((160, 128), "float32"), "b": sample((4,), "float32")}
+    source = safetensors_source(tmp_path, source_arrays)
+    target = make_target(zeros_like(source_arrays))
+    apply_plan(identity_plan(source_arrays), source, target, rollback=rollback)
+    assert_values(target, source_arrays)
+    # The variable's buffer is the array the source read into: writing through it shows in the variable.
+    writable(source.returned["w"])[0, 0] = 12345.0
+    assert target.variables["w"].numpy()[0, 0] == 12345.0
+    assert not source.returned["w"].flags.writeable  # the source's array itself was not changed
+
+
+def test_a_read_feeding_two_variables_is_copied_for_each(tmp_path: Path) -> None:
+    """Adopting one buffer for two variables would make training one change the other."""
+    kernel = sample((160, 128), "float32")
+    source = safetensors_source(tmp_path, {"w": kernel})
+    target = make_target({"a": tf.Variable(np.zeros_like(kernel)), "b": tf.Variable(np.zeros_like(kernel))})
+    plan = make_plan(assignment("a", "w", kernel.shape), assignment("b", "w", kernel.shape))
+    apply_plan(plan, source, target)
+    target.variables["a"].assign_add(tf.ones_like(kernel))
+    np.testing.assert_array_equal(target.variables["b"].numpy(), kernel)
+    np.testing.assert_array_equal(source.returned["w"], kernel)
+
+
+def test_memory_source_arrays_are_never_adopted() -> None:
+    """A MemorySource returns the caller's own arrays: the variable must get its own copy."""
+    kernel = sample((160, 128), "float32")
+    source_arrays = {"w": aligned_copy(kernel)}
+    target = make_target(zeros_like(source_arrays))
+    apply_plan(identity_plan(source_arrays), MemorySource(source_arrays), target)
+    source_arrays["w"][0, 0] = 12345.0
+    np.testing.assert_array_equal(target.variables["w"].numpy(), kernel)
+
+
+def aligned_copy(array: np.ndarray) -> np.ndarray:
+    from mapper.run.values import aligned_empty
+
+    result = aligned_empty(array.shape, array.dtype)
+    result[...] = array
+    return result
+
+
+@pytest.mark.parametrize(
+    ("operations", "copies"),
+    [
+        pytest.param((Reshape((128, 160)),), 0, id="reshape-is-free"),
+        pytest.param((Transpose((1, 0)),), 1, id="transpose"),
+        pytest.param((Transpose((1, 0)), Reshape((128, 4, 40))), 1, id="transpose-reshape"),
+        pytest.param((Cast("bfloat16"), Transpose((1, 0))), 1, id="cast-transpose"),
+        pytest.param((Transpose((1, 0)), Cast("float16"), Reshape((20480,))), 1, id="transpose-cast-reshape"),
+        pytest.param((Cast("float32"), Reshape((128, 160))), 0, id="cast-to-the-same-dtype-is-free"),
+        pytest.param((Cast("float16"), Cast("float32"), Transpose((1, 0))), 2, id="two-casts-round-twice"),
+    ],
+)
+def test_fused_transforms_copy_once_and_match_numpy(
+    tmp_path: Path, operations: tuple[Operation, ...], copies: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mapper.run.values as values_module
+
+    made: list[tuple[int, ...]] = []
+    real = values_module.aligned_empty
+
+    def counting(shape: Sequence[int], dtype: Any) -> np.ndarray:
+        made.append(tuple(shape))
+        return real(shape, dtype)
+
+    monkeypatch.setattr(values_module, "aligned_empty", counting)
+    kernel = sample((160, 128), "float32")
+    source = safetensors_source(tmp_path, {"w": kernel})
+    planned = assignment("t", "w", kernel.shape, "float32", operations)
+    expected = apply_numpy(operations, kernel)
+    target = make_target({"t": tf.Variable(np.zeros(expected.shape, expected.dtype))})
+    apply_plan(make_plan(planned), source, target)
+    assert_values(target, {"t": expected})
+    assert len(made) == copies
+    if copies:  # the variable holds the buffer the copy went into
+        assert not np.shares_memory(target.variables["t"].numpy(), source.returned["w"])
+    else:
+        writable(source.returned["w"]).reshape(-1)[0] = 12345.0
+        assert target.variables["t"].numpy().reshape(-1)[0] == 12345.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -69,13 +70,14 @@ def apply_plan(
     With ``method="assign"`` source tensors are read in batches of at most ``batch_bytes`` bytes (and
     ``MAX_BATCH_TENSORS`` tensors; a tensor, or a concat/stack group, larger than the budget is read
     alone), one ``read`` call per batch, joined (concat, stack), transformed (transpose, reshape, cast,
-    slice, split, rearrange: NumPy for small tensors, TensorFlow ops for large ones) and assigned; a
-    tensor that feeds several targets (a split) is read once. Each batch is released before the next
-    is read. ``method="init_from_checkpoint"`` hands the same batches to
-    ``tf.compat.v1.train.init_from_checkpoint``: it needs TensorFlow checkpoint sources (ones with a
-    ``checkpoint_prefix``) and a plan that neither transforms nor joins tensors; in TF1 graph mode it sets the
-    variables' initializers instead of assigning (run ``tf.compat.v1.global_variables_initializer()``
-    afterwards).
+    slice, split, rearrange) and assigned; a tensor that feeds several targets (a split) is read once.
+    A large tensor is copied once, its transforms done while copying into an aligned buffer that the
+    variable adopts; an untransformed one read from a safetensors or TF checkpoint source, which hand
+    over their buffers, is not copied at all. Each batch is released before the next is read.
+    ``method="init_from_checkpoint"`` hands the same batches to ``tf.compat.v1.train.init_from_checkpoint``:
+    it needs TensorFlow checkpoint sources (ones with a ``checkpoint_prefix``) and a plan that neither
+    transforms nor joins tensors; in TF1 graph mode it sets the variables' initializers instead of assigning
+    (run ``tf.compat.v1.global_variables_initializer()`` afterwards).
 
     If anything fails after the first assignment and ``rollback`` is true, every variable already
     assigned gets its previous value back before the error is raised. The previous values are kept
@@ -365,6 +367,7 @@ class _Run:
         self.step = f"reading batch {number} of {count} ({quoted(batch.names)}) from {where}"
         values = chosen.read(list(batch.names))
         self.step = f"batch {number} of {count}"
+        handed = _handed_over(batch, chosen)
         assign = tf.raw_ops.AssignVariableOp
         slots = self.slots
         value: Any = None
@@ -374,7 +377,7 @@ class _Run:
             if assignment.combine is None:
                 value = values[assignment.source]
                 if assignment.operations or not isinstance(value, tf.Tensor):
-                    value = transform((value,), assignment, where, tf)
+                    value = transform((value,), assignment, where, tf, adopt=assignment.source in handed)
             else:
                 value = assignment_value(assignment, values, where, tf)
             self.action = "assigning"
@@ -444,6 +447,19 @@ class _Run:
             f"{'was' if self.touched == 1 and not more else 'were'} restored to their previous values, so "
             f"{self.target.description} is unchanged; fix the cause and apply again"
         )
+
+
+def _handed_over(batch: Batch, source: Source) -> frozenset[str]:
+    """The batch's source names whose arrays a variable may adopt as its buffer, without a copy.
+
+    Only a source that says its ``read`` returns new buffers nothing else holds (``hands_over_reads``: the
+    safetensors and TF checkpoint sources) hands them over, and only names read for one assignment: a tensor
+    that feeds two variables would otherwise become the buffer of both, and training one would change the other.
+    """
+    if not getattr(source, "hands_over_reads", False):
+        return frozenset()
+    uses = Counter(name for assignment in batch.assignments for name in assignment.source_names)
+    return frozenset(name for name, count in uses.items() if count == 1)
 
 
 def _init_map(assignments: Sequence[Assignment], slots: Mapping[str, _Slot]) -> dict[str, Any] | list[tuple[str, Any]]:

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import functools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from mapper.dtypes import DTYPE_SIZES
+from mapper.dtypes import DTYPE_SIZES, numpy_dtype
 from mapper.errors import SourceError
 from mapper.ops import NUMPY, ArrayBackend, apply_operations, combine_values
 from mapper.plan import Assignment
 
-# Tensors up to this size are transformed with NumPy, larger ones with TensorFlow ops. Measured here:
-# on 16 KiB NumPy takes 55-75 us against 150-250 us for an eager op; at 1 MiB and above TensorFlow wins
-# (transpose 1.1 ms against 1.5 ms, reshape 0.2 against 0.2-1 ms, cast 0.17 against 0.44 ms).
+# Tensors up to this size are transformed by NumPy and copied by tf.convert_to_tensor: per-tensor overhead
+# dominates. Larger ones are copied once, transforms fused into the copy, into a buffer TensorFlow adopts:
+# measured here a fused transpose costs about what tf.transpose does (8-11 ms for 768x3072 float32), and
+# it replaces a copy plus that op.
 NUMPY_OPS_MAX_BYTES = 64 * 2**10
 
 
@@ -33,8 +34,13 @@ def assignment_value(assignment: Assignment, values: Mapping[str, Any], where: s
     return transform([values[name] for name in assignment.source_names], assignment, where, tf)
 
 
-def transform(members: Sequence[Any], assignment: Assignment, where: str, tf: Any) -> Any:
+def transform(members: Sequence[Any], assignment: Assignment, where: str, tf: Any, *, adopt: bool = False) -> Any:
     """Join the members (one unless concat/stack), apply the operations; a tf.Tensor, checked against the plan.
+
+    Large tensors are copied once: joins, transposes, reshapes, slices and casts are done while copying into
+    one 64-byte-aligned buffer, which TensorFlow then adopts without another copy (see ``fused_array``).
+    With ``adopt`` the caller hands over the only member: nothing else holds it or will read it afterwards, so
+    when no copy is needed it may become the tensor's (and then the variable's) buffer itself.
 
     Raises:
         SourceError: a member does not have the shape and dtype the plan read it with.
@@ -56,25 +62,126 @@ def transform(members: Sequence[Any], assignment: Assignment, where: str, tf: An
             _check_read(name, shape, found, assignment, where)
     if assignment.combine is None and not assignment.operations:
         only = members[0]
-        return only if isinstance(only, tf.Tensor) else to_tensor(only, tf)
-    if _nbytes(assignment) > NUMPY_OPS_MAX_BYTES:
-        backend = tf_backend()
-        tensors = [value if isinstance(value, tf.Tensor) else to_tensor(value, tf) for value in members]
-        joined = tensors[0] if assignment.combine is None else combine_values(assignment.combine, tensors, backend)
-        return apply_operations(assignment.operations, joined, backend)
-    # No copy on CPU; NumPy is faster than TensorFlow ops on small tensors.
-    arrays = [value.numpy() if isinstance(value, tf.Tensor) else value for value in members]
-    joined = arrays[0] if assignment.combine is None else combine_values(assignment.combine, arrays, NUMPY)
-    return tf.convert_to_tensor(apply_operations(assignment.operations, joined, NUMPY))
+        return only if isinstance(only, tf.Tensor) else to_tensor(only, tf, adopt=adopt)
+    # No copy on CPU: a tf.Tensor's .numpy() shares its buffer.
+    arrays = [value.numpy() if isinstance(value, tf.Tensor) else np.asarray(value) for value in members]
+    if _nbytes(assignment) <= NUMPY_OPS_MAX_BYTES:
+        joined = arrays[0] if assignment.combine is None else combine_values(assignment.combine, arrays, NUMPY)
+        return tf.convert_to_tensor(apply_operations(assignment.operations, joined, NUMPY))
+    result, owned = fused_array(arrays, assignment)
+    return to_tensor(result, tf, adopt=owned or (adopt and _is_whole(result, arrays[0])))
 
 
-def to_tensor(value: Any, tf: Any) -> Any:
-    """A tf.Tensor holding a NumPy array's values, in one copy.
+def fused_array(arrays: Sequence[np.ndarray], assignment: Assignment) -> tuple[np.ndarray, bool]:
+    """The assignment's value from its members, copied at most once; and whether the result is a new buffer.
+
+    Transposes, slices, splits and reshapes of contiguous data are views; a cast is kept pending and done by
+    the copy. The copy (a join, a reshape that cannot be a view, or the end of the chain when the view is not
+    already contiguous, aligned and of the final dtype) goes into one new 64-byte-aligned buffer. A result that
+    is not new (``False``) is a view of the first member.
+
+    Example:
+        >>> from mapper.ops import Cast, Transpose
+        >>> from mapper.plan import RuleRef
+        >>> a = Assignment("t", "t", "w", RuleRef("r.toml", 1), (Transpose((1, 0)), Cast("float16")), (2, 3),
+        ...                "float32", (3, 2), "float16")
+        >>> result, new = fused_array([np.arange(6, dtype="float32").reshape(2, 3)], a)
+        >>> result.tolist(), result.dtype.name, new, result.ctypes.data % 64
+        ([[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]], 'float16', True, 0)
+    """
+    fuse = _Fuse()
+    joined = arrays[0] if assignment.combine is None else combine_values(assignment.combine, arrays, fuse.backend)
+    result = apply_operations(assignment.operations, joined, fuse.backend)
+    if fuse.pending is not None or not _ready(result):
+        result = fuse.copy(result)
+    return result, fuse.copied
+
+
+def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
+    """A new uninitialised C-contiguous array whose data starts on a 64-byte boundary.
+
+    Example:
+        >>> array = aligned_empty((3, 5), "float32")
+        >>> array.shape, array.ctypes.data % 64, array.flags.c_contiguous
+        ((3, 5), 0, True)
+    """
+    kind = np.dtype(dtype)
+    nbytes = math.prod(shape) * kind.itemsize
+    buffer = np.empty(nbytes + _ALIGNMENT, np.uint8)
+    start = -buffer.ctypes.data % _ALIGNMENT
+    array: np.ndarray = buffer[start : start + nbytes].view(kind).reshape(tuple(shape))
+    return array
+
+
+class _Fuse:
+    """The NumPy backend of one fused copy: views where possible, one aligned copy where not, casts deferred."""
+
+    def __init__(self) -> None:
+        self.pending: np.dtype[Any] | None = None  # the dtype of a cast not yet done
+        self.copied = False  # the value is (a view of) a buffer made here
+        self.backend = ArrayBackend(
+            transpose=np.transpose, reshape=self.reshape, cast=self.cast, concat=self.concat, stack=self.stack
+        )
+
+    def cast(self, array: np.ndarray, dtype: str) -> np.ndarray:
+        wanted = numpy_dtype(dtype)
+        if self.pending is not None:  # a second cast: the first one's rounding must happen first
+            array = self.copy(array)
+        if wanted != array.dtype:  # a rule's cast = "target" to the dtype the tensor has already costs nothing
+            self.pending = wanted
+        return array
+
+    def reshape(self, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        try:
+            return np.reshape(array, shape, copy=False)
+        except ValueError:  # a transposed view: the copy that NumPy would make goes into the aligned buffer
+            return np.reshape(self.copy(array), shape)
+
+    def copy(self, array: np.ndarray) -> np.ndarray:
+        destination = aligned_empty(array.shape, self.pending or array.dtype)
+        np.copyto(destination, array, casting="unsafe")
+        self.pending, self.copied = None, True
+        return destination
+
+    def concat(self, arrays: list[np.ndarray], axis: int) -> np.ndarray:
+        first = arrays[0].shape
+        axis %= len(first)
+        shape = (*first[:axis], sum(array.shape[axis] for array in arrays), *first[axis + 1 :])
+        return self._join(np.concatenate, arrays, axis, shape)
+
+    def stack(self, arrays: list[np.ndarray], axis: int) -> np.ndarray:
+        first = arrays[0].shape
+        axis %= len(first) + 1
+        return self._join(np.stack, arrays, axis, (*first[:axis], len(arrays), *first[axis:]))
+
+    def _join(self, join: Any, arrays: list[np.ndarray], axis: int, shape: tuple[int, ...]) -> np.ndarray:
+        destination = aligned_empty(shape, arrays[0].dtype)
+        join(arrays, axis=axis, out=destination)
+        self.copied = True
+        return destination
+
+
+def _ready(array: np.ndarray) -> bool:
+    """Whether TensorFlow can adopt the array's buffer as it is: C-contiguous, 64-byte aligned, native order."""
+    return bool(array.flags.c_contiguous) and array.ctypes.data % _ALIGNMENT == 0 and array.dtype.isnative
+
+
+def _is_whole(result: np.ndarray, member: np.ndarray) -> bool:
+    """Whether a view is the whole member (a reshape of it): then handing it over hands over the member."""
+    return result.ctypes.data == member.ctypes.data and result.nbytes == member.nbytes
+
+
+def to_tensor(value: Any, tf: Any, *, adopt: bool = False) -> Any:
+    """A tf.Tensor holding a NumPy array's values, in at most one copy; none if ``adopt`` and the array allows.
 
     ``tf.convert_to_tensor`` copies a NumPy array twice (into a 16-byte-aligned buffer, then a 64-byte-aligned
     one): measured here, 0.11 s and twice the memory for an 89 MiB embedding. One copy into a 64-byte-aligned
-    array handed over through DLPack takes 0.02 s, and the assign then adopts that buffer. Small tensors, and
-    dtypes DLPack does not carry (bfloat16 and float8 from ml_dtypes), take the ordinary path.
+    array handed over through DLPack takes 0.02 s, and the assign then adopts that buffer. With ``adopt`` the
+    caller hands the array over (nothing else holds it, nothing reads it afterwards): an array that is already
+    C-contiguous and 64-byte aligned is handed over as it is, through a writable view if it is read-only (TF 2.21
+    takes only unversioned DLPack capsules, which cannot say read-only, so NumPy refuses to export a read-only
+    array). Small tensors, and dtypes DLPack does not carry (bfloat16 and float8 from ml_dtypes), take the
+    ordinary path.
 
     Example:
         >>> import tensorflow as tf
@@ -84,37 +191,29 @@ def to_tensor(value: Any, tf: Any) -> Any:
     array = np.asarray(value)
     if array.nbytes <= NUMPY_OPS_MAX_BYTES or array.dtype.kind not in "biuf" or array.dtype.type.__module__ != "numpy":
         return tf.convert_to_tensor(array)
-    buffer = np.empty(array.nbytes + _ALIGNMENT, np.uint8)
-    start = -buffer.ctypes.data % _ALIGNMENT
-    aligned = buffer[start : start + array.nbytes].view(array.dtype).reshape(array.shape)
-    np.copyto(aligned, array)
+    shared = _writable_view(array) if adopt and _ready(array) else None
+    if shared is None:
+        shared = aligned_empty(array.shape, array.dtype)
+        np.copyto(shared, array)
     try:
-        return tf.experimental.dlpack.from_dlpack(aligned.__dlpack__())
+        return tf.experimental.dlpack.from_dlpack(shared.__dlpack__())
     except (TypeError, ValueError, RuntimeError, BufferError, tf.errors.InvalidArgumentError):
-        return tf.convert_to_tensor(aligned)
+        return tf.convert_to_tensor(shared)
+
+
+def _writable_view(array: np.ndarray) -> np.ndarray | None:
+    """A writable view of the array (the array itself is not changed); None if its memory is read-only."""
+    if array.flags.writeable:
+        return array
+    view = array.view()
+    try:
+        view.flags.writeable = True  # allowed when the buffer underneath is writable, as the sources' buffers are
+    except ValueError:
+        return None
+    return view
 
 
 _ALIGNMENT = 64  # what TensorFlow's CPU allocator gives its own tensors
-
-
-@functools.cache
-def tf_backend() -> ArrayBackend:
-    """The TensorFlow ArrayBackend: ops run eagerly on whatever device holds the tensors.
-
-    Example:
-        >>> import tensorflow as tf
-        >>> tf_backend().transpose(tf.constant([[1, 2]]), (1, 0)).shape
-        TensorShape([2, 1])
-    """
-    import tensorflow as tf
-
-    return ArrayBackend(
-        transpose=tf.transpose,
-        reshape=tf.reshape,
-        cast=lambda value, dtype: tf.cast(value, tf.as_dtype(dtype)),
-        concat=tf.concat,
-        stack=tf.stack,
-    )
 
 
 def tensor_bytes(shape: Sequence[int], dtype: str) -> int:

@@ -128,6 +128,8 @@ class SafetensorsSource:
         TensorSpec(name='dense.weight', shape=(2, 3), dtype='float32') 6.0
     """
 
+    hands_over_reads = True  # read() returns new buffers nothing keeps: the executor may adopt them (no copy)
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         given = os.fspath(path)
         resolved = _resolve(given)

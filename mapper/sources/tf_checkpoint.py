@@ -102,6 +102,8 @@ class TFCheckpointSource:
         [1. 2.]
     """
 
+    hands_over_reads = True  # read() returns new buffers nothing keeps: the executor may adopt them (no copy)
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         given = os.fspath(path)
         self.prefix: str = _resolve_prefix(given)
