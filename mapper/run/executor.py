@@ -456,7 +456,7 @@ def _handed_over(batch: Batch, source: Source) -> frozenset[str]:
     safetensors and TF checkpoint sources) hands them over, and only names read for one assignment: a tensor
     that feeds two variables would otherwise become the buffer of both, and training one would change the other.
     """
-    if not getattr(source, "hands_over_reads", False):
+    if not source.hands_over_reads:
         return frozenset()
     uses = Counter(name for assignment in batch.assignments for name in assignment.source_names)
     return frozenset(name for name, count in uses.items() if count == 1)

@@ -17,7 +17,9 @@ class Source(Protocol):
     operations as the format allows, and returns arrays (NumPy arrays or ``tf.Tensor``s) keyed by name.
     ``input_files()`` lists every file the source reads (so that no output ever replaces one), and
     ``checkpoint_prefix`` is the TensorFlow checkpoint prefix of a TF checkpoint source (what
-    ``init_from_checkpoint`` reads), None for every other source.
+    ``init_from_checkpoint`` reads), None for every other source. ``hands_over_reads`` says that ``read``
+    returns new, aligned buffers nothing else holds, which the executor may then adopt as variable buffers
+    without a copy.
 
     Example:
         >>> from mapper.sources.memory import MemorySource
@@ -35,6 +37,11 @@ class Source(Protocol):
     @property
     def checkpoint_prefix(self) -> str | None:
         """The TensorFlow checkpoint prefix this source reads, or None if it is not a TF checkpoint."""
+        ...
+
+    @property
+    def hands_over_reads(self) -> bool:
+        """Whether ``read`` returns new buffers nothing else keeps, so a variable may adopt them (no copy)."""
         ...
 
     def specs(self) -> VariableMap:

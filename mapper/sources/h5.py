@@ -125,6 +125,7 @@ class KerasH5Source:
         self._specs = VariableMap((dataset.spec for dataset in datasets), description=self.path)
 
     checkpoint_prefix: str | None = None  # not a TF checkpoint
+    hands_over_reads = False  # h5py arrays are not aligned for a zero-copy hand-over
 
     def input_files(self) -> tuple[Path, ...]:
         """The HDF5 file."""

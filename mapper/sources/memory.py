@@ -21,6 +21,7 @@ class MemorySource:
     """
 
     checkpoint_prefix: str | None = None  # not a TF checkpoint
+    hands_over_reads = False  # the arrays are the caller's own: never adopted
 
     def __init__(self, arrays: Mapping[str, np.ndarray], *, description: str = "memory") -> None:
         self._arrays = dict(arrays)

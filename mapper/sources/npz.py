@@ -97,6 +97,7 @@ class NpzSource:
         self._specs = VariableMap(specs, description=self.path)
 
     checkpoint_prefix: str | None = None  # not a TF checkpoint
+    hands_over_reads = False  # zip members are not aligned for a zero-copy hand-over
 
     def input_files(self) -> tuple[Path, ...]:
         """The archive."""

@@ -187,6 +187,7 @@ class TorchSource:
         )
 
     checkpoint_prefix: str | None = None  # not a TF checkpoint
+    hands_over_reads = False  # arrays copied out of torch's map are not aligned for a zero-copy hand-over
 
     def input_files(self) -> tuple[Path, ...]:
         """The shard index, if there is one, and every PyTorch file."""
