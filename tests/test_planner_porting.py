@@ -28,6 +28,7 @@ from mapper.ops import (
     infer_all,
 )
 from mapper.plan import Assignment, NamedSource, Plan, Problem, ProblemKind, RuleRef, Severity, Skip, SkipKind
+from mapper.plan.conversion import plan_conversion
 from mapper.plan.planner import build_plan
 from mapper.rules import RuleSet, parse_rules
 from mapper.specs import SourceSet, TargetMap, TensorSpec, VariableMap
@@ -572,9 +573,44 @@ def test_rearrange_that_merges_needs_no_sizes() -> None:
     assert plan.ok, plan.problems
 
 
+@pytest.mark.parametrize("heads", [1, HEADS, 4])
+def test_rearrange_reads_a_size_bound_to_target_off_the_target(heads: int) -> None:
+    # Gemma's query kernel: [heads * head_dim, hidden] -> [heads, hidden, head_dim], one rule for every head count.
+    rules = ruleset(
+        '[[rules]]\nmatch = "w"\ntarget = "k"\n'
+        'ops = [{ rearrange = "(heads dim) hidden -> heads hidden dim", heads = "target" }]\n'
+    )
+    source = variables(("w", (H, 6)))
+    plan = build_plan(rules, source, targets(("k", (heads, 6, H // heads))))
+    assert plan.ok, plan.problems
+    (assignment,) = plan.assignments
+    assert assignment.operations == (Rearrange("(heads dim) hidden -> heads hidden dim", (("heads", heads),)),)
+    values = random_values(source)
+    expected = values["w"].reshape(heads, H // heads, 6).transpose(0, 2, 1)
+    np.testing.assert_array_equal(run(assignment, values), expected)
+
+
+def test_a_rearrange_size_bound_to_target_needs_a_target() -> None:
+    rules = ruleset(
+        '[[rules]]\nname = "q"\nmatch = "w"\ntarget = "k"\n'
+        'ops = [{ rearrange = "(heads dim) hidden -> heads hidden dim", heads = "target" }]\n'
+    )
+    plan = plan_conversion(rules, {"w": TensorSpec("w", (H, 6), "float32")})
+    problem = only_problem(plan, ProblemKind.BAD_OPERATION)
+    assert problem.rule == ref(1, "q")
+    assert "rule 1 ('q') uses heads = \"target\", which takes the shape from a target model" in problem.message
+    assert "write the rearrange sizes, e.g. heads = 12, or convert with a model" in problem.message
+
+
 @pytest.mark.parametrize(
     ("operation", "shape", "fragments"),
     [
+        pytest.param(
+            '{ rearrange = "(heads dim) hidden -> heads (hidden dim)", heads = "target" }',
+            (H, 6),
+            ("gives 2 axes, but target 'k' has shape [6, 2, 4], so heads = \"target\" cannot be read off it",),
+            id="size-from-a-target-of-another-rank",
+        ),
         pytest.param(
             '{ rearrange = "(heads dim) hidden -> hidden heads dim" }',
             (H, 6),

@@ -151,6 +151,15 @@ def test_params_in_split_targets_are_resolved() -> None:
             lambda rule: isinstance(rule.ops[0], RearrangeSpec) and rule.ops[0].sizes == (("d", 64), ("h", 12)),
             id="rearrange-param-and-literal",
         ),
+        pytest.param(
+            'ops = [{ rearrange = "(h d) c -> h c d", h = "target", d = "num_heads" }]',
+            lambda rule: (
+                isinstance(rule.ops[0], RearrangeSpec)
+                and rule.ops[0].sizes == (("d", 12),)
+                and rule.ops[0].from_target == (("h", 0),)
+            ),
+            id="rearrange-size-from-target",
+        ),
     ],
 )
 def test_params_as_sizes(body: str, expected: Any) -> None:
@@ -328,6 +337,14 @@ BAD = [
             ("rearrange size heads", "parameter 'scale' is 0.5, not a whole number"),
         ),
         id="rearrange-size-float-param",
+    ),
+    pytest.param(
+        Bad(
+            _ops('{ rearrange = "(heads dim) h -> h (heads dim)", heads = "target" }', "n = 1\n"),
+            "ops",
+            ('rearrange size heads = "target"', "shares an output axis", "cannot be read off the target"),
+        ),
+        id="rearrange-size-from-target-on-a-merged-axis",
     ),
     # --- split / targets ---
     pytest.param(

@@ -21,7 +21,7 @@ from mapper.plan.matching import matchers
 from mapper.plan.model import Plan, Problem, ProblemKind, Severity
 from mapper.plan.planner import build_plan
 from mapper.plan.resolution import transformed
-from mapper.rules import NeedsTargetError, Rule, RuleSet, TemplateError
+from mapper.rules import NeedsTargetError, RearrangeSpec, ReshapeSpec, Rule, RuleSet, TemplateError
 from mapper.sources import SourcesLike, source_specs
 from mapper.specs import CHECKPOINT_NAMESPACE, SourceSet, TargetMap, TensorSpec, VariableMap
 from mapper.text import quoted
@@ -115,11 +115,18 @@ def _targets(rule: Rule, matched: Any, spec: TensorSpec) -> list[tuple[str, Spli
 
 def _needs_target_problem(rules: RuleSet, index: int, names: list[str]) -> Problem:
     distinct = list(dict.fromkeys(names))  # a split's parts all name their one source
+    ops = rules.rules[index].ops
+    reshapes = (
+        ['reshape = "target"'] if any(isinstance(op, ReshapeSpec) and op.reshape == "target" for op in ops) else []
+    )
+    sizes = [f'{name} = "target"' for op in ops if isinstance(op, RearrangeSpec) for name, _ in op.from_target]
+    uses = [*reshapes, *sizes]
+    example = "the shape, e.g. reshape = [768, 12, -1]" if reshapes else "the rearrange sizes, e.g. heads = 12"
     return Problem(
         ProblemKind.BAD_OPERATION,
         Severity.ERROR,
-        f'{rules.rule_ref(index)} uses reshape = "target", which takes the shape from a target model, and '
-        f"this conversion has none (for {quoted(distinct)}); write the shape, e.g. reshape = [768, 12, -1], "
+        f"{rules.rule_ref(index)} uses {' and '.join(uses)}, which {'takes' if len(uses) == 1 else 'take'} the "
+        f"shape from a target model, and this conversion has none (for {quoted(distinct)}); write {example}, "
         "or convert with a model (--target MODULE:FACTORY)",
         rules.rule_ref(index),
         tuple(distinct),
@@ -173,7 +180,14 @@ def plan_conversion(
         source_description=source_description,
         target_description=target_description or OPEN_TARGET,
     )
-    kept = tuple(problem for problem in plan.problems if problem.kind is not ProblemKind.UNFILLED_TARGET)
+    # A rule that needs a target has been reported for it; what the planner makes of its stand-in spec is noise.
+    needing = {problem.rule for problem in problems}
+    kept = tuple(
+        problem
+        for problem in plan.problems
+        if problem.kind is not ProblemKind.UNFILLED_TARGET
+        and not (problem.kind is ProblemKind.BAD_OPERATION and problem.rule in needing)
+    )
     return dataclasses.replace(plan, unfilled_targets=(), problems=problems + kept)
 
 

@@ -39,7 +39,7 @@ from mapper.specs import TensorSpec, format_shape
 
 
 class NeedsTargetError(OperationError):
-    """An operation takes what it needs from a target (``reshape = "target"``), and there is none.
+    """An operation takes what it needs from a target (``reshape = "target"``, a rearrange size ``"target"``), and there is none.
 
     A conversion without a model recognises it and says what to write instead; ``shape`` and ``dtype`` are what
     the operations before it made, which is as far as the result can be known.
@@ -202,7 +202,9 @@ class SliceSpec(OperationSpecBase):
 class RearrangeSpec(OperationSpecBase):
     """``{ rearrange = "(heads dim) hidden -> hidden heads dim", heads = "num_heads" }``: einops-style axes.
 
-    Keys besides ``rearrange`` bind axis sizes, to whole numbers or parameter names.
+    Keys besides ``rearrange`` bind axis sizes, to whole numbers, parameter names, or ``"target"``: the size of
+    that axis of the target (the name must be an axis of its own on the right of ``->``), which keeps a rule
+    free of sizes where ``reshape = "target"`` cannot reorder, as in ``(heads dim) hidden -> heads hidden dim``.
     """
 
     # The axis sizes are the extra keys; the schema says what each may be.
@@ -222,15 +224,20 @@ class RearrangeSpec(OperationSpecBase):
         left, right = parse_rearrange(self.rearrange)
         names = {name for group in left + right for name in group}
         sizes: dict[str, int] = {}
+        from_target: dict[str, int] = {}
         for name, value in (self.model_extra or {}).items():
             if name not in names:
                 raise ValueError(
                     f"rearrange binds {name!r}, which {self.rearrange!r} does not name{closest(name, sorted(names))}"
                 )
+            if value == "target":
+                from_target[name] = _target_axis(name, right, self.rearrange)
+                continue
             sizes[name] = resolve_size(value, params_of(info), f"rearrange size {name}")
             if sizes[name] <= 0:
                 raise ValueError(f"rearrange size {name} = {sizes[name]} must be a positive whole number")
-        object.__setattr__(self, "__pydantic_private__", {"sizes": tuple(sorted(sizes.items()))})
+        private = {"sizes": tuple(sorted(sizes.items())), "from_target": tuple(sorted(from_target.items()))}
+        object.__setattr__(self, "__pydantic_private__", private)
         return self
 
     @property
@@ -240,15 +247,58 @@ class RearrangeSpec(OperationSpecBase):
         sizes: tuple[tuple[str, int], ...] = private.get("sizes", ())
         return sizes
 
+    @property
+    def from_target(self) -> tuple[tuple[str, int], ...]:
+        """The names bound to ``"target"``, each with the target axis it is read off."""
+        private = self.__pydantic_private__ or {}
+        names: tuple[tuple[str, int], ...] = private.get("from_target", ())
+        return names
+
     @override
     def resolve(self, shape: tuple[int, ...], dtype: str, target: TensorSpec | None) -> Operation:
-        """The Rearrange of this pattern with the bound sizes.
+        """The Rearrange of this pattern with the bound sizes, those bound to ``"target"`` read off the target.
+
+        Raises:
+            NeedsTargetError: a size is bound to ``"target"`` and there is no target.
+            OperationError: a size is bound to ``"target"`` and the target's rank is not the result's.
 
         Example:
             >>> RearrangeSpec(rearrange="a b -> b a").resolve((2, 3), "float32", None).describe()
             'rearrange[a b -> b a]'
+            >>> spec = RearrangeSpec.model_validate({"rearrange": "(h d) c -> h c d", "h": "target"})
+            >>> spec.resolve((6, 5), "float32", TensorSpec("q", (2, 5, 3), "float32")).describe()
+            'rearrange[(h d) c -> h c d; h=2]'
         """
-        return Rearrange(self.rearrange, self.sizes)
+        if not self.from_target:
+            return Rearrange(self.rearrange, self.sizes)
+        names = ", ".join(f'{name} = "target"' for name, _ in self.from_target)
+        if target is None:
+            raise NeedsTargetError(
+                f"rearrange {self.rearrange!r} reads {names} off a target, and there is none",
+                operation="rearrange",
+                shape=shape,
+                dtype=dtype,
+            )
+        rank = len(parse_rearrange(self.rearrange)[1])
+        if len(target.shape) != rank:
+            raise OperationError(
+                f"rearrange {self.rearrange!r} gives {rank} axes, but target {target.name!r} has shape "
+                f"{format_shape(target.shape)}, so {names} cannot be read off it",
+                operation="rearrange",
+            )
+        read = tuple((name, target.shape[axis]) for name, axis in self.from_target)
+        return Rearrange(self.rearrange, tuple(sorted((*self.sizes, *read))))
+
+
+def _target_axis(name: str, right: list[list[str]], pattern: str) -> int:
+    """The output axis ``name`` is alone on, to read its size off the target; raises ValueError if it shares one."""
+    for axis, group in enumerate(right):
+        if group == [name]:
+            return axis
+    raise ValueError(
+        f'rearrange size {name} = "target": {name!r} shares an output axis of {pattern!r} with other names, so '
+        "its size cannot be read off the target; bind a whole number or a [params] name"
+    )
 
 
 # Adding an operation: its class in mapper.ops, its spec above, and the spec here; the key is its one field.
