@@ -11,7 +11,7 @@ from typing import Any
 from families import RULES, Family, seeded
 
 
-def _mistral(seed: int = 10) -> Any:
+def _mistral(seed: int = 10, head_dim: int | None = None) -> Any:
     import transformers
 
     seeded(seed)
@@ -22,6 +22,7 @@ def _mistral(seed: int = 10) -> Any:
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,  # grouped-query attention: key/value kernels have 2 heads
+            head_dim=head_dim,  # None: hidden_size / num_attention_heads
             intermediate_size=48,
             max_position_embeddings=64,
             sliding_window=16,
@@ -33,7 +34,7 @@ def _mistral(seed: int = 10) -> Any:
 def _mistral_bfloat16() -> Any:
     import torch
 
-    return _mistral(11).to(torch.bfloat16)
+    return _mistral(11, head_dim=12).to(torch.bfloat16)
 
 
 FAMILIES = (
@@ -45,7 +46,8 @@ FAMILIES = (
         _mistral,
         exporter="mistral",
     ),
-    # Mistral's releases are bfloat16: loaded into a float32 backbone, as keras-hub does by default.
+    # Mistral NeMo style: bfloat16 (as Mistral's releases are; loaded into a float32 backbone, as keras-hub does by
+    # default) and a head_dim apart from hidden_size / num_attention_heads (NeMo: 128, not 5120 / 32).
     Family(
         "mistral-bfloat16",
         RULES / "hf-mistral-to-keras-hub.toml",
