@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from families import RULES, Family, seeded
+from families.distilbert import LegacyBuffers
 
 RULE_FILE = RULES / "hf-gpt2-to-keras-hub.toml"
 
@@ -12,16 +16,9 @@ RULE_FILE = RULES / "hf-gpt2-to-keras-hub.toml"
 def _config(**changes: Any) -> Any:
     import transformers
 
-    return transformers.GPT2Config(
-        vocab_size=50,
-        n_positions=24,
-        n_embd=16,
-        n_layer=2,
-        n_head=4,
-        bos_token_id=0,  # the defaults (50256) lie outside the tiny vocabulary
-        eos_token_id=0,
-        **changes,
-    )
+    options = {"n_embd": 16, "n_layer": 2, "n_head": 4, **changes}
+    # the default bos/eos ids (50256) lie outside the tiny vocabulary
+    return transformers.GPT2Config(vocab_size=50, n_positions=24, bos_token_id=0, eos_token_id=0, **options)
 
 
 def _gpt2_model() -> Any:
@@ -34,8 +31,8 @@ def _gpt2_model() -> Any:
 def _gpt2_lm_head_model() -> Any:
     import transformers
 
-    seeded(11)  # lm_head.weight is tied to wte: save_pretrained does not write it
-    return transformers.GPT2LMHeadModel(_config())
+    seeded(11)  # another size; lm_head.weight is tied to wte: save_pretrained does not write it
+    return transformers.GPT2LMHeadModel(_config(n_embd=24, n_layer=3, n_head=6))
 
 
 def _gpt2_lm_head_model_untied() -> Any:
@@ -45,14 +42,33 @@ def _gpt2_lm_head_model_untied() -> Any:
     return transformers.GPT2LMHeadModel(_config(tie_word_embeddings=False))
 
 
+def _gpt2_lm_head_model_bfloat16() -> Any:
+    import torch
+    import transformers
+
+    seeded(13)  # a bfloat16 checkpoint: keras-hub (and cast = "target") load it into a float32 backbone
+    return transformers.GPT2LMHeadModel(_config()).to(torch.bfloat16)
+
+
 def _gpt2_for_sequence_classification() -> Any:
     import transformers
 
-    seeded(13)
+    seeded(14)
     return transformers.GPT2ForSequenceClassification(_config(pad_token_id=0))
 
 
-def _family(name: str, make_model: Any, skipped: dict[str, str] | None = None) -> Family:
+def _attention_buffers(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The causal mask and masked bias each attention layer saved before transformers made them non-persistent."""
+    size = config["n_positions"]
+    mask = np.tril(np.ones((size, size), np.float32))[None, None]
+    buffers = {}
+    for i in range(config["n_layer"]):
+        buffers[f"h.{i}.attn.bias"] = mask
+        buffers[f"h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
+    return buffers
+
+
+def _family(name: str, make_model: Any, skipped: Mapping[str, str] | None = None) -> Family:
     return Family(name, RULE_FILE, "GPT2Backbone", "convert_gpt2", make_model, exporter="gpt2", skipped=skipped or {})
 
 
@@ -60,5 +76,16 @@ FAMILIES = (
     _family("gpt2", _gpt2_model),
     _family("gpt2-lm-head", _gpt2_lm_head_model),
     _family("gpt2-lm-head-untied", _gpt2_lm_head_model_untied, {r"lm_head\.weight": "untied"}),
+    _family("gpt2-lm-head-bfloat16", _gpt2_lm_head_model_bfloat16),
     _family("gpt2-for-sequence-classification", _gpt2_for_sequence_classification, {r"score\..+": "task head"}),
+    LegacyBuffers(
+        "gpt2-attention-buffers",
+        RULE_FILE,
+        "GPT2Backbone",
+        "convert_gpt2",
+        _gpt2_model,
+        exporter="gpt2",
+        skipped={r"h\.\d+\.attn\.(?:bias|masked_bias)": "causal-mask buffer"},
+        buffers=_attention_buffers,
+    ),
 )
