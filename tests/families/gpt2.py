@@ -13,7 +13,7 @@ from families.distilbert import LegacyBuffers
 RULE_FILE = RULES / "hf-gpt2-to-keras-hub.toml"
 
 
-def _config(**changes: Any) -> Any:
+def gpt2_config(**changes: Any) -> Any:
     import transformers
 
     options = {"n_embd": 16, "n_layer": 2, "n_head": 4, **changes}
@@ -25,21 +25,21 @@ def _gpt2_model() -> Any:
     import transformers
 
     seeded(10)
-    return transformers.GPT2Model(_config())
+    return transformers.GPT2Model(gpt2_config())
 
 
 def _gpt2_lm_head_model() -> Any:
     import transformers
 
     seeded(11)  # another size; lm_head.weight is tied to wte: save_pretrained does not write it
-    return transformers.GPT2LMHeadModel(_config(n_embd=24, n_layer=3, n_head=6))
+    return transformers.GPT2LMHeadModel(gpt2_config(n_embd=24, n_layer=3, n_head=6))
 
 
 def _gpt2_lm_head_model_untied() -> Any:
     import transformers
 
     seeded(12)  # tie_word_embeddings = false: lm_head.weight is saved, and keras-hub ignores it
-    return transformers.GPT2LMHeadModel(_config(tie_word_embeddings=False))
+    return transformers.GPT2LMHeadModel(gpt2_config(tie_word_embeddings=False))
 
 
 def _gpt2_lm_head_model_bfloat16() -> Any:
@@ -47,14 +47,14 @@ def _gpt2_lm_head_model_bfloat16() -> Any:
     import transformers
 
     seeded(13)  # a bfloat16 checkpoint: keras-hub (and cast = "target") load it into a float32 backbone
-    return transformers.GPT2LMHeadModel(_config()).to(torch.bfloat16)
+    return transformers.GPT2LMHeadModel(gpt2_config()).to(torch.bfloat16)
 
 
 def _gpt2_for_sequence_classification() -> Any:
     import transformers
 
     seeded(14)
-    return transformers.GPT2ForSequenceClassification(_config(pad_token_id=0))
+    return transformers.GPT2ForSequenceClassification(gpt2_config(pad_token_id=0))
 
 
 def _attention_buffers(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
