@@ -114,7 +114,6 @@ FAMILIES = (
         _distilbert_for_masked_lm,
         {r"vocab_(?:transform|layer_norm|projector)\..+": "masked-LM head"},
     ),
-    _family("distilbert-for-sequence-classification", _distilbert_for_sequence_classification, HEADS),
     LegacyBuffers(
         "distilbert-for-sequence-classification-position-ids",
         RULE_FILE,

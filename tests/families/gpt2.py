@@ -35,25 +35,19 @@ def _gpt2_lm_head_model() -> Any:
     return transformers.GPT2LMHeadModel(gpt2_config(n_embd=24, n_layer=3, n_head=6))
 
 
-def _gpt2_lm_head_model_untied() -> Any:
-    import transformers
-
-    seeded(12)  # tie_word_embeddings = false: lm_head.weight is saved, and keras-hub ignores it
-    return transformers.GPT2LMHeadModel(gpt2_config(tie_word_embeddings=False))
-
-
-def _gpt2_lm_head_model_bfloat16() -> Any:
+def _gpt2_lm_head_model_untied_bfloat16() -> Any:
     import torch
     import transformers
 
-    seeded(13)  # a bfloat16 checkpoint: keras-hub (and cast = "target") load it into a float32 backbone
-    return transformers.GPT2LMHeadModel(gpt2_config()).to(torch.bfloat16)
+    seeded(12)  # tie_word_embeddings = false: lm_head.weight is saved, and keras-hub ignores it;
+    # bfloat16: keras-hub (and cast = "target") load it into a float32 backbone
+    return transformers.GPT2LMHeadModel(gpt2_config(tie_word_embeddings=False)).to(torch.bfloat16)
 
 
 def _gpt2_for_sequence_classification() -> Any:
     import transformers
 
-    seeded(14)
+    seeded(13)
     return transformers.GPT2ForSequenceClassification(gpt2_config(pad_token_id=0))
 
 
@@ -63,8 +57,8 @@ def _attention_buffers(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
     mask = np.tril(np.ones((size, size), np.float32))[None, None]
     buffers = {}
     for i in range(config["n_layer"]):
-        buffers[f"h.{i}.attn.bias"] = mask
-        buffers[f"h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
+        buffers[f"transformer.h.{i}.attn.bias"] = mask
+        buffers[f"transformer.h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
     return buffers
 
 
@@ -75,17 +69,15 @@ def _family(name: str, make_model: Any, skipped: Mapping[str, str] | None = None
 FAMILIES = (
     _family("gpt2", _gpt2_model),
     _family("gpt2-lm-head", _gpt2_lm_head_model),
-    _family("gpt2-lm-head-untied", _gpt2_lm_head_model_untied, {r"lm_head\.weight": "untied"}),
-    _family("gpt2-lm-head-bfloat16", _gpt2_lm_head_model_bfloat16),
-    _family("gpt2-for-sequence-classification", _gpt2_for_sequence_classification, {r"score\..+": "task head"}),
+    _family("gpt2-lm-head-untied-bfloat16", _gpt2_lm_head_model_untied_bfloat16, {r"lm_head\.weight": "untied"}),
     LegacyBuffers(
-        "gpt2-attention-buffers",
+        "gpt2-for-sequence-classification-attention-buffers",
         RULE_FILE,
         "GPT2Backbone",
         "convert_gpt2",
-        _gpt2_model,
+        _gpt2_for_sequence_classification,
         exporter="gpt2",
-        skipped={r"h\.\d+\.attn\.(?:bias|masked_bias)": "causal-mask buffer"},
+        skipped={r"score\..+": "task head", r"transformer\.h\.\d+\.attn\.(?:bias|masked_bias)": "causal-mask buffer"},
         buffers=_attention_buffers,
     ),
 )

@@ -66,14 +66,6 @@ FAMILIES = (
         _roberta_for_masked_lm,
         skipped={**TOKEN_TYPES, r"lm_head\..+": "masked-LM head"},
     ),
-    Family(
-        "roberta-for-sequence-classification",
-        RULE_FILE,
-        "RobertaBackbone",
-        "convert_roberta",
-        _roberta_for_sequence_classification,
-        skipped={**TOKEN_TYPES, r"classifier\..+": "task head"},
-    ),
     LegacyBuffers(
         "roberta-for-sequence-classification-position-ids",
         RULE_FILE,
