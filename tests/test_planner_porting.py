@@ -349,6 +349,43 @@ def test_stack_along_the_last_axis() -> None:
     assert plan.assignments[0].combine == Stack(-1)
 
 
+STACK_FROM_TARGET = '[[rules]]\nname = "experts"\nmatch = "w(?P<e>\\\\d+)"\ntarget = "t"\nstack = { axis = AXIS, by = "e", count = "target" }\n'
+
+
+@pytest.mark.parametrize(
+    ("axis", "members", "target_shape", "fragment"),
+    [
+        pytest.param(0, 3, (3, 2), None, id="complete"),
+        pytest.param(-1, 12, (2, 12), None, id="last-axis-natural-order"),
+        pytest.param(0, 3, (4, 2), "missing e = '3'", id="target-wants-more"),
+        pytest.param(0, 3, (2, 2), "unexpected e = '2'", id="target-wants-fewer"),
+    ],
+)
+def test_a_stack_with_count_target_takes_the_number_of_members_from_the_target(
+    axis: int, members: int, target_shape: tuple[int, ...], fragment: str | None
+) -> None:
+    rules = ruleset(STACK_FROM_TARGET.replace("AXIS", str(axis)))
+    source = variables(*((f"w{e}", (2,)) for e in sorted(map(str, range(members)))))
+    plan = build_plan(rules, source, targets(("t", target_shape)))
+    if fragment is None:
+        assert plan.ok, plan.problems
+        (assignment,) = plan.assignments
+        assert assignment.members == tuple(f"w{e}" for e in range(members))  # 0, 1, 2, ..., 10, 11
+        assert assignment.combine == Stack(axis)
+        return
+    assert [problem.kind for problem in plan.problems] == [ProblemKind.BAD_GROUP, ProblemKind.UNFILLED_TARGET]
+    bad = plan.problems[0]
+    expected = ", ".join(repr(str(e)) for e in range(target_shape[axis]))
+    assert f"needs each of e = {expected} exactly once" in bad.message and fragment in bad.message, bad.message
+
+
+def test_a_stack_with_count_target_and_no_such_target_reports_the_name_not_the_group() -> None:
+    plan = build_plan(ruleset(STACK_FROM_TARGET.replace("AXIS", "0")), variables(("w0", (2,))), targets(("u", (1, 2))))
+    assert [problem.kind for problem in plan.problems if problem.kind is not ProblemKind.UNFILLED_TARGET] == [
+        ProblemKind.MISSING_TARGET
+    ]
+
+
 PREFIXED = (
     '[[rules]]\nname = "qkv"\nmatch = "(?:model\\\\.)?layers\\\\.(?P<i>\\\\d+)\\\\.(?P<part>[a-z])"\n'
     'target = "layer_{i}/qkv"\nconcat = { axis = 0, by = "part", members = ["q", "k", "v"] }\n'

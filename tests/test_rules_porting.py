@@ -137,6 +137,13 @@ def test_params_in_split_targets_are_resolved() -> None:
             id="stack-count",
         ),
         pytest.param(
+            'stack = { axis = 0, by = "i", count = "target" }',
+            lambda rule: (
+                rule.stack is not None and rule.stack.from_target and rule.stack.expected_for((5, 2)) == tuple("01234")
+            ),
+            id="stack-count-target",
+        ),
+        pytest.param(
             'concat = { axis = 0, by = "i", count = "three" }',
             lambda rule: rule.concat == CombineSpec(axis=0, by="i", count=3),
             id="concat-count",
@@ -497,6 +504,14 @@ BAD = [
     pytest.param(
         Bad(_combine("stack", '{ axis = 0, by = "p", count = 0 }'), "stack.count", ("greater than or equal to 1",)),
         id="zero-count",
+    ),
+    pytest.param(
+        Bad(
+            _combine("concat", '{ axis = 0, by = "p", count = "target" }'),
+            None,
+            ("concat count = 'target' cannot be", "count = 'target' is for stack"),
+        ),
+        id="concat-count-target",
     ),
     pytest.param(
         Bad(

@@ -61,15 +61,21 @@ def open_target(rules: RuleSet, source: Mapping[str, TensorSpec] | SourceSet) ->
         ([('q/kernel', (4, 4)), ('k/kernel', (4, 4)), ('v/kernel', (4, 4))], ())
     """
     needs_target: dict[int, list[str]] = {}
+    counts: dict[int, list[str]] = {}  # stacks with count = "target": their number of members needs a model
     found, groups = _produced(rules, source, needs_target)
     for group in groups.checked(rules.rules):
+        combine = rules.rules[group.index].combine
+        if combine is not None and combine.from_target:
+            counts.setdefault(group.index, []).extend(member.name for member in group.members)
         if group.complete and group.key not in found:  # build_plan reports an incomplete group
             found[group.key] = _result(
                 rules, group.index, group.key, group.members, combine=group.combine, needs_target=needs_target
             )
     keys = {CHECKPOINT_NAMESPACE: {name: name for name in found}} if rules.namespace == CHECKPOINT_NAMESPACE else {}
     target = TargetMap(VariableMap(found.values(), description=OPEN_TARGET), keys)
-    return target, tuple(_needs_target_problem(rules, index, names) for index, names in needs_target.items())
+    problems = [_needs_target_problem(rules, index, names) for index, names in needs_target.items()]
+    problems += [_count_needs_target_problem(rules, index, names) for index, names in counts.items()]
+    return target, tuple(problems)
 
 
 def _produced(
@@ -130,6 +136,18 @@ def _needs_target_problem(rules: RuleSet, index: int, names: list[str]) -> Probl
         "or convert with a model (--target MODULE:FACTORY)",
         rules.rule_ref(index),
         tuple(distinct),
+    )
+
+
+def _count_needs_target_problem(rules: RuleSet, index: int, names: list[str]) -> Problem:
+    return Problem(
+        ProblemKind.BAD_GROUP,
+        Severity.ERROR,
+        f'{rules.rule_ref(index)} stacks count = "target" members, a number it takes from a target model, and '
+        f"this conversion has none (for {quoted(names)}); write the number, e.g. count = 8 or a [params] name, "
+        "or convert with a model (--target MODULE:FACTORY)",
+        rules.rule_ref(index),
+        tuple(names),
     )
 
 

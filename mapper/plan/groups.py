@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from mapper.ops import Combine, Concat, Stack
 from mapper.rules import Rule
 from mapper.specs import TensorSpec
+from mapper.text import natural_key
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Group:
     source_id: str | None
     key: str
     combine: Combine
+    expected: tuple[str, ...]
+    """The member values the group needs, in order (for count = "target" with no target: the ones found)."""
     members: tuple[TensorSpec, ...]
     """In the rule's member order when the group is complete, else in the order they were found."""
     complaints: tuple[str, ...]
@@ -65,8 +68,14 @@ class Groups:
         """Record that ``spec``, member ``member`` of rule ``index``'s group, renders target ``key``."""
         self._found.setdefault((index, source_id, key), []).append((member, spec))
 
-    def checked(self, rules: tuple[Rule, ...] | list[Rule]) -> Iterator[Group]:
-        """Each group in the order it was first seen, with its members ordered and checked."""
+    def checked(
+        self, rules: tuple[Rule, ...] | list[Rule], shape_of: Callable[[str], tuple[int, ...] | None] | None = None
+    ) -> Iterator[Group]:
+        """Each group in the order it was first seen, with its members ordered and checked.
+
+        ``shape_of`` gives a target's shape by its name, for ``count = "target"``; a group whose target shape is
+        not known needs the members it has (in natural order), and its target is left to the planner to report.
+        """
         for (index, source_id, key), found in self._found.items():
             rule = rules[index]
             spec = rule.combine
@@ -75,14 +84,17 @@ class Groups:
             by_member: dict[str, list[TensorSpec]] = {}
             for member, tensor in found:
                 by_member.setdefault(member, []).append(tensor)
-            complaints = _complaints(spec.by, spec.expected, by_member)
+            expected = spec.expected_for(shape_of(key) if shape_of is not None and spec.from_target else None)
+            if expected is None:
+                expected = tuple(sorted(by_member, key=natural_key))
+            complaints = _complaints(spec.by, expected, by_member)
             combine: Combine = Concat(spec.axis) if rule.concat is not None else Stack(spec.axis)
             members = (
                 tuple(tensor for _, tensor in found)
                 if complaints
-                else tuple(by_member[member][0] for member in spec.expected)
+                else tuple(by_member[member][0] for member in expected)
             )
-            yield Group(index, source_id, key, combine, members, complaints)
+            yield Group(index, source_id, key, combine, expected, members, complaints)
 
 
 def _complaints(by: str, expected: tuple[str, ...], by_member: dict[str, list[TensorSpec]]) -> tuple[str, ...]:

@@ -362,20 +362,23 @@ class _Planner:
 
     def _finish_groups(self) -> None:
         """Check each concat/stack group has every expected member exactly once, then resolve it."""
-        for group in self.groups.checked(self.rules.rules):
+        for group in self.groups.checked(self.rules.rules, self._target_shape):
             if group.complete:
                 self._resolve(group.index, group.key, group.members, (), group.combine, source_id=group.source_id)
                 continue
             spec = self.rules.rules[group.index].combine
-            expected = spec.expected if spec is not None else ()
             by = spec.by if spec is not None else ""
             self._problem(
                 ProblemKind.BAD_GROUP,
                 f"the {group.combine.kind} group for target {group.key!r} needs each of "
-                f"{by} = {', '.join(map(repr, expected))} exactly once: {'; '.join(group.complaints)}",
+                f"{by} = {', '.join(map(repr, group.expected))} exactly once: {'; '.join(group.complaints)}",
                 self.refs[group.index],
                 tuple(member.name for member in group.members),
             )
+
+    def _target_shape(self, key: str) -> tuple[int, ...] | None:
+        spec = self.target.lookup(self.namespace, key)
+        return None if spec is None else spec.shape
 
     def _assign(self, assignment: Assignment) -> None:
         earlier = self.assignments.get(assignment.target)

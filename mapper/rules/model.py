@@ -187,6 +187,11 @@ class Rule(Frozen):
             raise ValueError(f"split makes {self.split.count} parts but 'targets' lists {len(self.targets)} names")
         if self.concat is not None and self.stack is not None:
             raise ValueError("a rule can 'concat' or 'stack', not both")
+        if self.concat is not None and self.concat.from_target:
+            raise ValueError(
+                "concat count = 'target' cannot be: the target's size is the members' sizes added up, not their "
+                "number; give count = N or members = [...] (count = 'target' is for stack)"
+            )
         if self.split is not None and (self.concat is not None or self.stack is not None):
             raise ValueError(
                 "a rule can 'split' one source or join several ('concat'/'stack'), not both; use two rules"

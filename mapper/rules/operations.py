@@ -441,12 +441,16 @@ class SplitSpec(Frozen):
         return split_parts(shape[self.axis], self.axis, parts=self.parts, sizes=self.sizes)
 
 
+TARGET_COUNT = "target"  # a stack's count = "target": the target's size along the stacked axis
+
+
 class CombineSpec(Frozen):
     """``concat``/``stack = { axis = 0, by = "part", members = ["query", "key", "value"] }``: several sources, one target.
 
     Sources matching the rule are grouped by their target name; ``by`` names the pattern group that tells
     members apart, and ``members`` (values in order) or ``count`` (0 to count - 1) says which must be present,
-    each exactly once.
+    each exactly once. A stack's ``count = "target"`` is the target's size along ``axis`` (experts stacked per
+    layer, with no size in the file).
     """
 
     model_config = ConfigDict(json_schema_extra=exactly_one("members", "count"))
@@ -454,12 +458,21 @@ class CombineSpec(Frozen):
     axis: int
     by: str
     members: tuple[str, ...] | None = Field(None, strict=False)
-    count: int | None = Field(None, ge=1)
+    count: int | Literal["target"] | None = None
 
     @field_validator("count", mode="before", json_schema_input_type=PositiveSizeInput | None)
     @classmethod
     def _resolve_count(cls, value: object, info: ValidationInfo) -> object:
-        return resolve_size(value, params_of(info), "count") if isinstance(value, str) else value
+        if value == TARGET_COUNT or not isinstance(value, str):
+            return value
+        return resolve_size(value, params_of(info), "count")
+
+    @field_validator("count")
+    @classmethod
+    def _positive_count(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"Input should be greater than or equal to 1 (got {value})")
+        return value
 
     @model_validator(mode="after")
     def _members_or_count(self) -> CombineSpec:
@@ -470,9 +483,32 @@ class CombineSpec(Frozen):
         return self
 
     @property
+    def from_target(self) -> bool:
+        """Whether the count is the target's size along ``axis`` (``count = "target"``)."""
+        return self.count == TARGET_COUNT
+
+    @property
     def expected(self) -> tuple[str, ...]:
-        """The member values, in order."""
-        return self.members if self.members is not None else tuple(str(i) for i in range(self.count or 0))
+        """The member values, in order (none for ``count = "target"``, whose number the target gives)."""
+        return self.members if self.members is not None else tuple(str(i) for i in range(self._fixed_count))
+
+    @property
+    def _fixed_count(self) -> int:
+        return self.count if isinstance(self.count, int) else 0
+
+    def expected_for(self, target_shape: tuple[int, ...] | None) -> tuple[str, ...] | None:
+        """The member values, in order, for a target of ``target_shape``; None when the count needs it and it is None.
+
+        Example:
+            >>> spec = CombineSpec(axis=0, by="e", count="target")
+            >>> spec.expected_for((3, 2, 5)), spec.expected_for(None), CombineSpec(axis=0, by="e", count=2).expected_for(None)
+            (('0', '1', '2'), None, ('0', '1'))
+        """
+        if not self.from_target:
+            return self.expected
+        if target_shape is None or not -len(target_shape) <= self.axis < len(target_shape):
+            return None
+        return tuple(str(i) for i in range(target_shape[self.axis]))
 
 
 __all__ = [
