@@ -13,10 +13,13 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -82,6 +85,62 @@ class Family:
         """Lines of keras-hub's converter module, which the rule file replaces."""
         converter = importlib.import_module(f"keras_hub.src.utils.transformers.{self.converter}")
         return len(Path(str(converter.__file__)).read_text(encoding="utf-8").splitlines())
+
+
+@dataclass(frozen=True)
+class PrefixedReference(Family):
+    """A base-model family whose keras-hub reference reads the same tensors renamed ``prefix + name``.
+
+    keras-hub's converters for DistilBERT, RoBERTa and ViT ask for the task models' prefixed names
+    (``distilbert.``, ``roberta.``, ``vit.``), and its loader only ever adds a prefix, so ``from_preset`` fails
+    on a base-model directory. The reference is keras-hub's converter on a copy of the same tensors with the
+    prefix put in front; the rule file reads the directory transformers wrote.
+    """
+
+    prefix: str = ""
+
+    def keras_hub_reference(self, directory: Path) -> Any:
+        """keras-hub's converter on a copy of ``directory`` whose tensor names carry ``prefix``."""
+        from safetensors.numpy import load_file, save_file
+
+        renamed = directory.with_name(f"{directory.name}-{self.prefix.rstrip('.')}")
+        renamed.mkdir(exist_ok=True)
+        shutil.copy(directory / "config.json", renamed / "config.json")
+        tensors = load_file(str(directory / "model.safetensors"))
+        save_file({self.prefix + name: value for name, value in tensors.items()}, str(renamed / "model.safetensors"))
+        return super().keras_hub_reference(renamed)
+
+
+def _no_buffers(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {}
+
+
+@dataclass(frozen=True)
+class LegacyBuffers(Family):
+    """A family whose checkpoint also holds the non-weight buffers ``buffers(config)`` gives, as older versions saved."""
+
+    buffers: Callable[[Mapping[str, Any]], dict[str, np.ndarray]] = _no_buffers
+
+    def save(self, directory: Path) -> Path:
+        """The transformers checkpoint, its safetensors file rewritten with the buffers added."""
+        import json
+
+        from safetensors.numpy import load_file, save_file
+
+        super().save(directory)
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(directory / "model.safetensors"))
+        save_file({**tensors, **self.buffers(config)}, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        return directory
+
+
+def position_ids(prefix: str) -> Callable[[Mapping[str, Any]], dict[str, np.ndarray]]:
+    """The int64 ``embeddings.position_ids`` buffer [1, max_position_embeddings] under ``prefix``."""
+
+    def buffers(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return {f"{prefix}embeddings.position_ids": np.arange(config["max_position_embeddings"])[None].astype(np.int64)}
+
+    return buffers
 
 
 def seeded(seed: int) -> None:

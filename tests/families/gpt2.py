@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from families import RULES, Family, seeded
-from families.distilbert import LegacyBuffers
+from families import RULES, Family, LegacyBuffers, seeded
 
 RULE_FILE = RULES / "hf-gpt2-to-keras-hub.toml"
 

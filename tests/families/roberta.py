@@ -1,15 +1,14 @@
 """RoBERTa as transformers saves it (RobertaModel, and task models with the ``roberta.`` prefix) for hf-roberta-to-keras-hub.toml.
 
 keras-hub's converter asks for ``roberta.``-prefixed names and cannot read a RobertaModel checkpoint: for the base
-model, the reference is keras-hub loading the same tensors renamed (``PrefixedReference``, from ``distilbert.py``).
+model, the reference is keras-hub loading the same tensors renamed (``PrefixedReference``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from families import RULES, Family, seeded
-from families.distilbert import LegacyBuffers, PrefixedReference, position_ids
+from families import RULES, Family, LegacyBuffers, PrefixedReference, position_ids, seeded
 
 RULE_FILE = RULES / "hf-roberta-to-keras-hub.toml"
 TOKEN_TYPES = {r"(?:roberta\.)?embeddings\.token_type_embeddings\.weight": "token type embeddings"}

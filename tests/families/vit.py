@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from families import RULES, Family, seeded
+from families import RULES, Family, PrefixedReference, seeded
 
 
 def _config() -> Any:
@@ -37,29 +35,6 @@ def _vit_for_image_classification() -> Any:
     return transformers.ViTForImageClassification(_config())
 
 
-@dataclass(frozen=True)
-class PrefixedReference(Family):
-    """A family whose checkpoint keras-hub's converter reads only under the ``vit.`` prefix a task model adds.
-
-    keras-hub's convert_vit.py asks for ``vit.embeddings...`` and its loader only ever adds a prefix (it
-    matches keys by suffix), so ``from_preset`` fails on a ViTModel directory, whose keys have no prefix. The
-    reference is therefore keras-hub's converter on a copy of the same tensors with ``vit.`` put in front; the
-    rule file reads the directory transformers wrote.
-    """
-
-    def keras_hub_reference(self, directory: Path) -> Any:
-        import shutil
-
-        from safetensors.numpy import load_file, save_file
-
-        copy = directory.with_name(f"{directory.name}-with-vit-prefix")
-        copy.mkdir(exist_ok=True)
-        shutil.copy(directory / "config.json", copy / "config.json")
-        tensors = load_file(str(directory / "model.safetensors"))
-        save_file({f"vit.{name}": value for name, value in tensors.items()}, str(copy / "model.safetensors"))
-        return super().keras_hub_reference(copy)
-
-
 FAMILIES = (
     PrefixedReference(
         "vit",
@@ -68,6 +43,7 @@ FAMILIES = (
         "convert_vit",
         _vit_model,
         skipped={r"pooler\.dense\..+": "pooler"},
+        prefix="vit.",
     ),
     Family(
         "vit-for-image-classification",
