@@ -583,7 +583,30 @@ def test_each_shard_is_filled_with_its_slice_and_the_layout_is_kept(tmp_path: Pa
             np.testing.assert_array_equal(np.asarray(shard.data), expected[variable.path][shard.index])
 
 
-def test_a_layout_that_cannot_hold_the_planned_shape_is_refused(tmp_path: Path) -> None:
+def test_data_parallel_replicas_each_get_the_whole_value() -> None:
+    _jax_devices()
+    from mapper.sources.memory import MemorySource
+
+    with keras.distribution.DataParallel(devices=keras.distribution.list_devices()[:4]).scope():
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, keras.layers.Dense(3, name="d")(inputs))
+    shardings = {v.path: v.value.sharding for v in model.weights}
+    arrays = {"d.weight": np.arange(12, dtype="float32").reshape(3, 4), "d.bias": np.ones(3, "float32")}
+    source = MemorySource(arrays)
+    rules = SHARD_RULES.replace("up|down", "d")
+
+    mapper.apply(planned(source, model, rules), source, model)
+
+    expected = {"d/kernel": arrays["d.weight"].T, "d/bias": arrays["d.bias"]}
+    for variable in model.weights:
+        assert variable.value.sharding == shardings[variable.path]
+        assert len(variable.value.addressable_shards) == 4
+        for shard in variable.value.addressable_shards:
+            np.testing.assert_array_equal(np.asarray(shard.data), expected[variable.path])
+
+
+@pytest.mark.parametrize("rollback", ["verify", "memory", "off"])
+def test_a_layout_that_cannot_hold_the_planned_shape_is_refused(tmp_path: Path, rollback: str) -> None:
     """A plan made for kernels 6 wide, applied to the model whose layout splits 8 columns over 4 devices."""
     _jax_devices()
     arrays = shard_arrays(width=6)
@@ -596,7 +619,7 @@ def test_a_layout_that_cannot_hold_the_planned_shape_is_refused(tmp_path: Path) 
     with pytest.raises(
         TargetError, match=r"sharding P\(.*\) cannot hold \[(4, 6|6, 4)\]: array axis \d is partitioned 4 times"
     ):
-        mapper.apply(plan, source, model)
+        mapper.apply(plan, source, model, rollback=rollback)
 
     assert_values(model, before)
 
