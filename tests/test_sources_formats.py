@@ -156,19 +156,25 @@ def test_safetensors_reads_only_the_shards_asked_for(tmp_path: Path) -> None:
     source = SafetensorsSource(index)
     (tmp_path / "model-00002-of-00002.safetensors").unlink()  # gone after opening: reading 'a' must not need it
     np.testing.assert_array_equal(source.read(["a"])["a"], values["a"])
-    with pytest.raises(CorruptSourceError, match=r"cannot read safetensors file .*model-00002-of-00002"):
-        source.read(["b"])
+    for call in (source.read, source.verify):
+        with pytest.raises(CorruptSourceError, match=r"cannot read safetensors file .*model-00002-of-00002"):
+            call(["b"])
 
 
-def test_safetensors_reads_only_the_bytes_asked_for(tmp_path: Path) -> None:
-    """Cut the last tensor off the file after opening: the others still read; the cut one is refused, no SIGBUS."""
+@pytest.mark.parametrize("call", ["read", "verify"])
+def test_safetensors_reads_only_the_bytes_asked_for(tmp_path: Path, call: str) -> None:
+    """Cut the last tensor off the file after opening: the others still read; the cut one is refused, no SIGBUS.
+
+    ``verify`` (the executor's check before the first assignment, through one small buffer) finds the same.
+    """
     arrays = {"first": np.arange(4, dtype=np.float32), "second": np.ones((64, 64), np.float32)}
     path = formats.write_safetensors(tmp_path / "x.safetensors", arrays)
     source = SafetensorsSource(path)
     formats.truncate_to(path, formats.data_start(path) + arrays["first"].nbytes)
     np.testing.assert_array_equal(source.read(["first"])["first"], arrays["first"])
+    source.verify(["first"])
     with pytest.raises(CorruptSourceError) as caught:
-        source.read(["second"])
+        getattr(source, call)(["second"])
     for part in [str(path), "changed since it was opened", "'second'", "open it again"]:
         assert part in str(caught.value)
 

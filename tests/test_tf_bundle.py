@@ -149,14 +149,21 @@ def merged(tmp_path: Path) -> tuple[str, dict[str, np.ndarray]]:
     return checkpoints.write_merged_checkpoint(tmp_path, parts)
 
 
-def test_flipped_byte_is_a_checksum_error_naming_the_tensor(tmp_path: Path) -> None:
+# read() hands the tensors out; verify() (the executor's check before the first assignment) checks the same bytes
+# through one small buffer: both must find every kind of damage and name it the same way.
+CALLS = pytest.mark.parametrize("call", ["read", "verify"])
+
+
+@CALLS
+def test_flipped_byte_is_a_checksum_error_naming_the_tensor(tmp_path: Path, call: str) -> None:
     prefix, _ = merged(tmp_path)
     entry = next(entry for entry in read_index(prefix + ".index").entries if entry.key == "p1/w2")
     checkpoints.flip_bytes(checkpoints.data_files(prefix)[1], entry.offset + 17, 1)
     source = TFCheckpointSource(prefix)
     assert len(source.read(["p0/w2", "p1/w1"])) == 2
+    source.verify(["p0/w2", "p1/w1"])
     with pytest.raises(CorruptSourceError) as caught:
-        source.read(["p0/w0", "p1/w2"])
+        getattr(source, call)(["p0/w0", "p1/w2"])
     message = str(caught.value)
     assert "'p1/w2'" in message
     assert "'p0/w0'" not in message
@@ -166,24 +173,27 @@ def test_flipped_byte_is_a_checksum_error_naming_the_tensor(tmp_path: Path) -> N
     assert caught.value.path == prefix
 
 
-def test_data_file_truncated_after_opening(tmp_path: Path) -> None:
+@CALLS
+def test_data_file_truncated_after_opening(tmp_path: Path, call: str) -> None:
     prefix, values = merged(tmp_path)
     source = TFCheckpointSource(prefix)
     checkpoints.truncate(checkpoints.data_files(prefix)[0], 10)
     np.testing.assert_array_equal(source.read(["p0/w0"])["p0/w0"], values["p0/w0"])
     with pytest.raises(CorruptSourceError, match=r"'p0/w2'.*became shorter after the checkpoint was opened"):
-        source.read(["p0/w2"])
+        getattr(source, call)(["p0/w2"])
 
 
-def test_data_file_removed_after_opening(tmp_path: Path) -> None:
+@CALLS
+def test_data_file_removed_after_opening(tmp_path: Path, call: str) -> None:
     prefix, _ = merged(tmp_path)
     source = TFCheckpointSource(prefix)
     checkpoints.data_files(prefix)[1].unlink()
     with pytest.raises(CorruptSourceError, match=r"cannot read data file 'ckpt\.data-00001-of-00002'"):
-        source.read(["p1/w0"])
+        getattr(source, call)(["p1/w0"])
 
 
-def test_io_error_mid_read(tmp_path: Path, monkeypatch: Any) -> None:
+@CALLS
+def test_io_error_mid_read(tmp_path: Path, monkeypatch: Any, call: str) -> None:
     prefix, _ = merged(tmp_path)
     source = TFCheckpointSource(prefix)
 
@@ -192,18 +202,19 @@ def test_io_error_mid_read(tmp_path: Path, monkeypatch: Any) -> None:
 
     monkeypatch.setattr(os, "preadv", failing)
     with pytest.raises(CorruptSourceError) as caught:
-        source.read(["p0/w1"])
+        getattr(source, call)(["p0/w1"])
     assert "Input/output error" in str(caught.value)
     assert "ckpt.data-00000-of-00002" in str(caught.value)
 
 
-def test_length_that_does_not_match_the_shape(tmp_path: Path, monkeypatch: Any) -> None:
+@CALLS
+def test_length_that_does_not_match_the_shape(tmp_path: Path, monkeypatch: Any, call: str) -> None:
     prefix, _ = merged(tmp_path)
     source = TFCheckpointSource(prefix)
     entry = source._raw["p0/w0"]
     monkeypatch.setitem(source._raw, "p0/w0", entry._replace(size=entry.size - 4))
     with pytest.raises(CorruptSourceError, match=r"'p0/w0'.*252 bytes, not the 256 its shape needs"):
-        source.read(["p0/w0"])
+        getattr(source, call)(["p0/w0"])
 
 
 @pytest.mark.parametrize(
@@ -233,3 +244,24 @@ def test_protobuf_reader_edges() -> None:
         list(fields(bytes([0x12, 0x05]) + b"ab"))
     with pytest.raises(BundleFormatError, match="wire type 3"):
         list(fields(bytes([0x0B])))
+
+
+def test_verify_keeps_no_tensor_sized_buffer(tmp_path: Path) -> None:
+    import tracemalloc
+
+    big = random_values("float32", (4096, 1024), 3)  # 16 MiB, four times the verification buffer
+    prefix = tf.train.Checkpoint(w=tf.Variable(big)).write(str(tmp_path / "ckpt"))
+    source = TFCheckpointSource(prefix)
+    name = "w/.ATTRIBUTES/VARIABLE_VALUE"
+    tracemalloc.start()
+    try:
+        source.verify([name])
+        verified = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        source.read([name])
+        read = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert read >= big.nbytes
+    assert verified < big.nbytes // 3
+

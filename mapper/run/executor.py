@@ -25,7 +25,7 @@ from mapper.run.batches import (
 from mapper.run.deferral import signals_deferred
 from mapper.run.slots import Slots, check_targets
 from mapper.run.values import assignment_value, check_reads, host_value, transform
-from mapper.sources.base import Source
+from mapper.sources.base import Source, VerifyingSource
 from mapper.targets.base import VariableTarget
 from mapper.text import first_line, quoted, s
 
@@ -347,13 +347,20 @@ class _Run:
         self.action = ""
 
     def verify(self, batches: Sequence[Batch]) -> None:
-        """Read every batch once and check what it gives, changing nothing; ApplyError (target unchanged) if one fails."""
+        """Read every batch once and check what it gives, changing nothing; ApplyError (target unchanged) if one fails.
+
+        A source that can verify (``VerifyingSource``: TF checkpoints, safetensors) checks the bytes through one
+        small reused buffer; any other source's batch is read and checked like the assignment pass reads it.
+        """
         count = len(batches)
         for number, batch in enumerate(batches, 1):
             chosen = self.sources[batch.source_id]
             where = chosen.description
             self.step = f"verifying the source: reading batch {number} of {count} ({quoted(batch.names)}) from {where}"
             try:
+                if isinstance(chosen, VerifyingSource):
+                    chosen.verify(list(batch.names))
+                    continue
                 values = chosen.read(list(batch.names))
                 for assignment in batch.assignments:
                     check_reads(assignment, values, where)

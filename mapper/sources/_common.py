@@ -363,3 +363,37 @@ def read_at(handle: Any, view: memoryview, offset: int) -> int:
             break
         done += count
     return done
+
+
+# Verification reads go through one buffer of this size, reused: large enough that a read costs little per call,
+# small enough to stay in cache and never to count as memory.
+VERIFY_CHUNK = 4 * 2**20
+
+
+def scan_at(
+    handle: Any, offset: int, nbytes: int, buffer: np.ndarray, each: Callable[[memoryview], None] | None = None
+) -> int:
+    """Read ``nbytes`` at ``offset`` through ``buffer``, a chunk at a time, calling ``each`` (if given) on every chunk.
+
+    Returns the count read: less than ``nbytes`` if the file ends first (the caller names the error).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryFile() as file:
+        ...     _ = file.write(b"0123456789")
+        ...     file.flush()
+        ...     chunks = []
+        ...     scan_at(file, 2, 20, np.empty(3, np.uint8), lambda chunk: chunks.append(bytes(chunk))), chunks
+        (8, [b'234', b'567', b'89'])
+    """
+    view = memoryview(buffer.data).cast("B")
+    done = 0
+    while done < nbytes:
+        want = min(len(view), nbytes - done)
+        got = read_at(handle, view[:want], offset + done)
+        if got and each is not None:
+            each(view[:got])
+        done += got
+        if got < want:
+            break
+    return done

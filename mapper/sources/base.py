@@ -55,3 +55,23 @@ class Source(Protocol):
     def input_files(self) -> tuple[Path, ...]:
         """Every file the source reads (index files, shards, data files); () for a source held in memory."""
         ...
+
+
+@runtime_checkable
+class VerifyingSource(Protocol):
+    """A source that can check tensors are readable in full without handing them out (a cheaper ``read``).
+
+    ``verify(names)`` reads the named tensors' bytes through a small reused buffer, checking what the format
+    allows (lengths, and checksums where it stores them), and returns nothing: the executor's "verify" pass
+    uses it before the first assignment instead of ``read``, so that pass allocates no tensor-sized buffers.
+
+    Example:
+        >>> from mapper.sources.memory import MemorySource
+        >>> import numpy as np
+        >>> isinstance(MemorySource({"w": np.zeros(2)}), VerifyingSource)
+        False
+    """
+
+    def verify(self, names: Sequence[str]) -> None:
+        """Check that the named tensors read in full; raises SourceError (CorruptSourceError) naming one that does not."""
+        ...

@@ -6,16 +6,17 @@ import io
 import math
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from mapper.dtypes import DTYPE_SIZES
 from mapper.errors import CorruptSourceError, SourceError, SourceNotFoundError
 from mapper.sources._common import (
+    VERIFY_CHUNK,
     aligned_buffer,
     check_names,
     files_with_suffix,
@@ -25,12 +26,15 @@ from mapper.sources._common import (
     numpy_dtype,
     parse_json,
     read_at,
+    scan_at,
     shard_files,
     short_repr,
     weight_map_suffixes,
 )
 from mapper.specs import TensorSpec, VariableMap
 from mapper.text import quoted
+
+_T = TypeVar("_T")
 
 # safetensors dtype codes and the dtype names specs use.
 DTYPES: dict[str, str] = {
@@ -214,15 +218,44 @@ class SafetensorsSource:
             arrays |= self._read_file(file, entries)
         return {name: arrays[name] for name in wanted}
 
+    def verify(self, names: Sequence[str]) -> None:
+        """Check that the named tensors' bytes read in full, through one small reused buffer, keeping none.
+
+        safetensors stores no checksums: what is checked is that every byte of every tensor can be read (a
+        file cut short or failing with an I/O error is found here, before anything is assigned).
+
+        Raises:
+            SourceError, CorruptSourceError: as ``read``.
+
+        Example:
+            >>> import tempfile
+            >>> from safetensors.numpy import save_file
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     save_file({"w": np.arange(3, dtype="int32")}, f"{tmp}/x.safetensors")
+            ...     SafetensorsSource(f"{tmp}/x.safetensors").verify(["w"])
+        """
+        wanted = check_names(names, self._entries, what=f"safetensors source {self._path!r}", path=self._path)
+        by_file: dict[str, list[_Entry]] = {}
+        for name in wanted:
+            by_file.setdefault(self._entries[name].file, []).append(self._entries[name])
+        buffer = aligned_buffer(VERIFY_CHUNK)
+        for file, entries in by_file.items():
+            self._with_file(file, entries, lambda handle, entry: _verify_entry(handle, entry, buffer))
+
     def _read_file(self, file: str, entries: list[_Entry]) -> dict[str, np.ndarray]:
         """The arrays of ``entries``, all in ``file``, each read with positional reads into its own buffer."""
+        return self._with_file(file, entries, _read_entry)
+
+    @staticmethod
+    def _with_file(file: str, entries: list[_Entry], each: Callable[[io.RawIOBase, _Entry], _T]) -> dict[str, _T]:
+        """``each(handle, entry)`` for every entry of ``file``, once the file is known to hold them all."""
         try:
             with Path(file).open("rb", buffering=0) as handle:
                 size = os.fstat(handle.fileno()).st_size
                 short = [entry for entry in entries if entry.end > size]
                 if short:
                     raise _changed(file, size, short)
-                return {entry.spec.name: _read_entry(handle, entry) for entry in entries}
+                return {entry.spec.name: each(handle, entry) for entry in entries}
         except OSError as error:
             raise CorruptSourceError(f"cannot read safetensors file {file!r}: {error}", path=file) from error
 
@@ -242,6 +275,13 @@ def _read_entry(handle: io.RawIOBase, entry: _Entry) -> np.ndarray:
     array = buffer.view(dtype).reshape(entry.spec.shape)
     array.flags.writeable = False
     return array
+
+
+def _verify_entry(handle: io.RawIOBase, entry: _Entry, buffer: np.ndarray) -> None:
+    """One tensor's bytes read through ``buffer``; CorruptSourceError if the file ends first."""
+    done = scan_at(handle, entry.begin, entry.end - entry.begin, buffer)
+    if done < entry.end - entry.begin:
+        raise _changed(entry.file, entry.begin + done, [entry])
 
 
 def _changed(file: str, size: int, short: list[_Entry]) -> CorruptSourceError:

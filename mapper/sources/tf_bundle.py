@@ -13,7 +13,7 @@ import numpy as np
 
 from mapper.dtypes import DTYPE_SIZES
 from mapper.errors import CorruptSourceError
-from mapper.sources._common import aligned_buffer, numpy_dtype, read_at
+from mapper.sources._common import VERIFY_CHUNK, aligned_buffer, numpy_dtype, read_at, scan_at
 
 # TensorFlow's DataType enum (tensorflow/core/framework/types.proto), named as ``tf.as_dtype(n).name`` names them.
 DTYPE_NAMES = {
@@ -88,7 +88,10 @@ def masked_crc32c(data: Any) -> int:
         >>> hex(masked_crc32c(b"")), hex(masked_crc32c(b"abc"))
         ('0xa282ead8', '0x21f1576e')
     """
-    crc = crc32c.crc32c(data)
+    return _mask(crc32c.crc32c(data))
+
+
+def _mask(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
 
 
@@ -335,12 +338,73 @@ def _read_shard(prefix: str, path: str, entries: list[BundleEntry]) -> dict[str,
 
 def _read_entry(prefix: str, path: str, handle: Any, entry: BundleEntry) -> np.ndarray:
     """One tensor's bytes read into a new aligned buffer and checked (length, checksum), as a read-only array."""
+    dtype = _checked_dtype(prefix, entry)
+    buffer = aligned_buffer(entry.size)
+    _check_read(prefix, path, entry, read_at(handle, memoryview(buffer.data), entry.offset), masked_crc32c(buffer))
+    array = buffer.view(dtype).reshape(entry.shape)  # the caller reads only bundles in this machine's byte order
+    array.flags.writeable = False
+    return array
+
+
+def verify_tensors(prefix: str, index: BundleIndex, entries: Sequence[BundleEntry]) -> None:
+    """Check that the tensors of ``entries`` (all ``raw``) read in full and match their checksums, keeping none.
+
+    The same checks as ``read_tensors`` (byte length, crc32c), but the bytes pass through one small reused
+    buffer: nothing tensor-sized is allocated, so checking a whole checkpoint costs a read from the page cache.
+
+    Raises:
+        CorruptSourceError: as ``read_tensors``.
+
+    Example:
+        >>> import tempfile
+        >>> import tensorflow as tf
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     prefix = tf.train.Checkpoint(w=tf.Variable([1.5, 2.0])).write(f"{tmp}/ckpt")
+        ...     index = read_index(prefix + ".index")
+        ...     verify_tensors(prefix, index, [entry for entry in index.entries if entry.raw])
+    """
+    by_shard: dict[int, list[BundleEntry]] = {}
+    for entry in entries:
+        by_shard.setdefault(entry.shard, []).append(entry)
+    buffer = aligned_buffer(VERIFY_CHUNK)
+    for shard, group in sorted(by_shard.items()):
+        path = str(Path(prefix).with_name(data_file_name(prefix, shard, index.num_shards)))
+        try:
+            with Path(path).open("rb", buffering=0) as handle:
+                for entry in sorted(group, key=lambda entry: entry.offset):
+                    _verify_entry(prefix, path, handle, entry, buffer)
+        except OSError as error:
+            raise CorruptSourceError(
+                f"cannot read data file {Path(path).name!r} of checkpoint {prefix!r}: {error}; "
+                "copy or write the checkpoint again",
+                path=prefix,
+            ) from error
+
+
+def _verify_entry(prefix: str, path: str, handle: Any, entry: BundleEntry, buffer: np.ndarray) -> None:
+    """One tensor's length and checksum checked through ``buffer``."""
+    _checked_dtype(prefix, entry)
+    crc = 0
+
+    def update(chunk: memoryview) -> None:
+        nonlocal crc
+        crc = crc32c.crc32c(chunk, crc)
+
+    done = scan_at(handle, entry.offset, entry.size, buffer, update)
+    _check_read(prefix, path, entry, done, _mask(crc))
+
+
+def _checked_dtype(prefix: str, entry: BundleEntry) -> np.dtype[Any]:
+    """The entry's NumPy dtype, after checking that the index gives it the byte length its shape needs."""
     dtype = numpy_dtype(str(entry.dtype_name), path=prefix)
     expected = int(np.prod(entry.shape, dtype=np.int64)) * dtype.itemsize
     if entry.size != expected:
         raise _damaged(prefix, entry, f"the index gives it {entry.size} bytes, not the {expected} its shape needs")
-    buffer = aligned_buffer(entry.size)
-    done = read_at(handle, memoryview(buffer.data), entry.offset)
+    return dtype
+
+
+def _check_read(prefix: str, path: str, entry: BundleEntry, done: int, actual: int) -> None:
+    """CorruptSourceError if fewer than the entry's bytes were read, or they give another masked crc32c."""
     if done < entry.size:
         raise _damaged(
             prefix,
@@ -348,7 +412,6 @@ def _read_entry(prefix: str, path: str, handle: Any, entry: BundleEntry) -> np.n
             f"data file {Path(path).name!r} ends at byte {entry.offset + done}, before the tensor's last byte "
             f"{entry.offset + entry.size} (it became shorter after the checkpoint was opened)",
         )
-    actual = masked_crc32c(buffer)
     if actual != entry.crc32c:
         raise _damaged(
             prefix,
@@ -356,9 +419,6 @@ def _read_entry(prefix: str, path: str, handle: Any, entry: BundleEntry) -> np.n
             f"checksum mismatch in data file {Path(path).name!r} (stored masked crc32c {entry.crc32c:#010x}, "
             f"bytes {entry.offset}-{entry.offset + entry.size} give {actual:#010x})",
         )
-    array = buffer.view(dtype).reshape(entry.shape)  # the caller reads only bundles in this machine's byte order
-    array.flags.writeable = False
-    return array
 
 
 def _damaged(prefix: str, entry: BundleEntry, why: str) -> CorruptSourceError:

@@ -18,6 +18,7 @@ from mapper.sources.tf_bundle import (
     data_file_name,
     read_index,
     read_tensors,
+    verify_tensors,
 )
 from mapper.specs import TensorSpec, VariableMap
 from mapper.text import quoted
@@ -187,6 +188,33 @@ class TFCheckpointSource:
         if rest:
             values |= self._restore(rest)
         return {name: values[name] for name in wanted}
+
+    def verify(self, names: Sequence[str]) -> None:
+        """Check that the named tensors read in full and match their crc32c, without keeping them.
+
+        Raw tensors pass through one small reused buffer (``tf_bundle.verify_tensors``); what only ``RestoreV2``
+        reads (strings, sliced tensors) is read and dropped.
+
+        Raises:
+            SourceError, CorruptSourceError: as ``read``.
+
+        Example:
+            >>> import tempfile
+            >>> import tensorflow as tf
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     prefix = tf.train.Checkpoint(w=tf.Variable([1.0, 2.0])).write(f"{tmp}/ckpt")
+            ...     TFCheckpointSource(prefix).verify(["w/.ATTRIBUTES/VARIABLE_VALUE"])
+        """
+        wanted = list(dict.fromkeys(names))
+        unknown = [name for name in wanted if name not in self._specs]
+        if unknown:
+            raise SourceError(self._unknown_message(unknown), path=self.prefix)
+        direct = [self._raw[name] for name in wanted if name in self._raw]
+        if direct and self._index is not None:
+            verify_tensors(self.prefix, self._index, direct)
+        rest = [name for name in wanted if name not in self._raw]
+        if rest:
+            self._restore(rest)
 
     def _restore(self, wanted: list[str]) -> dict[str, Any]:
         """The named tensors read with one ``RestoreV2``, as ``tf.Tensor``s."""
