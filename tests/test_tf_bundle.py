@@ -264,4 +264,3 @@ def test_verify_keeps_no_tensor_sized_buffer(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert read >= big.nbytes
     assert verified < big.nbytes // 3
-
