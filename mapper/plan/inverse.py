@@ -216,7 +216,7 @@ class NotInvertibleError(PlanError):
     """
 
     @classmethod
-    def of(cls, inverse: Inverse, *, shown: int = 10) -> NotInvertibleError:
+    def of(cls, inverse: Inverse, *, shown: int = 50) -> NotInvertibleError:
         """The error for ``inverse``'s blockers, the first ``shown`` of them listed."""
         blockers = inverse.blockers
         listed = "".join(f"\n  - {blocker}" for blocker in blockers[:shown])
@@ -493,7 +493,18 @@ def invert(plan: Plan, export: ExportSection | None = None, *, lossy_casts: bool
         tensors=tuple(tensors),
         dropped=tuple(dropped),
         not_exported=tuple(not_exported),
-        blockers=tuple(builder.blockers),
+        blockers=_merged(builder.blockers),
+    )
+
+
+def _merged(blockers: Sequence[Blocker]) -> tuple[Blocker, ...]:
+    """One blocker per rule and reason, with the names of all (a rule that blocks 24 layers is one line)."""
+    names: dict[tuple[RuleRef | None, str], list[str]] = {}
+    for blocker in blockers:
+        names.setdefault((blocker.rule, blocker.reason), []).extend(blocker.names)
+    merged = [Blocker(rule, tuple(found), reason) for (rule, reason), found in names.items()]
+    return tuple(
+        sorted(merged, key=lambda b: (b.rule is not None, b.rule.file, b.rule.index) if b.rule else (False, "", 0))
     )
 
 
