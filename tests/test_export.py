@@ -247,3 +247,17 @@ def test_cli_validate_roundtrip(imported: Imported, factory: str, capsys: pytest
     assert code == 0
     assert capsys.readouterr().out.startswith(f"round trip: {len(imported.tensors)} checkpoint tensors")
     assert main(["validate", str(BERT.rules), "--roundtrip"]) == 2
+
+
+def test_export_help_shows_examples_and_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    from mapper import cli
+
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    shown = capsys.readouterr().out
+    assert "mapper export rules/hf-bert-to-keras-hub.toml --model" in shown
+    codes = shown.split("exit codes:\n", 1)[1]
+    documented = {int(line.split()[0]) for line in codes.splitlines() if line[:2] == "  " and line.split()[0].isdigit()}
+    assert documented == {
+        value for name, value in vars(cli).items() if name.startswith("EXIT_") and isinstance(value, int)
+    }

@@ -50,6 +50,16 @@ _CONVERT_EXIT_CODES = f"""exit codes:
   {EXIT_OUTPUT}  the output cannot be written: it exists (pass --overwrite), its directory is missing, it is a
      directory or a file a source reads, or the disk is full or read-only; nothing was written{_ENDINGS}"""
 
+_EXPORT_EXIT_CODES = f"""exit codes:
+  {EXIT_OK}  success: the checkpoint was written
+  {EXIT_PROBLEMS}  problems found: an invalid rule file, a model that does not fit it (a plan with errors), or rules that
+     cannot be run backwards (each named, with the reason); nothing was written
+  {EXIT_USAGE}  bad command line
+  {EXIT_INPUT}  an input cannot be read: the --like checkpoint, the model factory, the --weights file
+  {EXIT_APPLY}  exporting failed part-way; no output and no temporary file was left behind
+  {EXIT_OUTPUT}  the output cannot be written: it holds a checkpoint (pass --overwrite), its parent directory is
+     missing, it is a file, or the disk is full or read-only; nothing was written{_ENDINGS}"""
+
 _SOURCE_HELP = (
     "the checkpoint, in one of the source formats below. For rule files that read several sources "
     '(source = "name" in a rule), give each as NAME=PATH and repeat --source'
@@ -403,7 +413,7 @@ def _add_export(verbs: Any) -> None:
         epilog="examples:\n"
         "  mapper export rules/hf-bert-to-keras-hub.toml --model models.py:build --like bert/ --output hf-out/\n"
         "  mapper export rules/hf-llama-to-keras-hub.toml --model models.py:llama --weights finetuned.weights.h5 \\\n"
-        "      --like llama/ --output hf-out/ --max-shard-size 2GB --overwrite\n\n" + _CONVERT_EXIT_CODES,
+        "      --like llama/ --output hf-out/ --max-shard-size 2GB --overwrite\n\n" + _EXPORT_EXIT_CODES,
     )
     export.add_argument("rules", help="the rule file the model was imported with")
     export.add_argument("--param", action="append", metavar="NAME=VALUE", help=_PARAM_HELP)
