@@ -19,6 +19,7 @@ import pytest
 from families import Family, all_families
 
 import mapper
+from mapper.plan.inverse import NotInvertibleError, exact_cast
 from mapper.run.roundtrip import roundtrip, same
 from mapper.sources.safetensors import SafetensorsSource
 from tests.vision_fixtures import TinyResNet, write_timm_resnet
@@ -30,6 +31,10 @@ pytest.importorskip("transformers")
 FAMILIES = all_families()
 EXPORTERS = [family for family in FAMILIES if family.exporter is not None]
 TIMM_RULES = Path(__file__).resolve().parent.parent / "rules" / "timm-resnet-to-keras-hub.toml"
+# Rule files that cannot run backwards, the rule in the way and a word of the reason: their round trip must be refused
+# naming it. RoBERTa's position table drops the rows before padding_idx + 1 (slice "2:"); writing it back would need
+# those rows from somewhere.
+NOT_INVERTIBLE = {"hf-roberta-to-keras-hub.toml": ("position embeddings", "slice[2:]")}
 RESNETS = {
     "timm-resnet18": TinyResNet("resnet18", filters=(64, 16), blocks=(2, 1), strides=(1, 2)),
     "timm-resnet50": TinyResNet("resnet50", filters=(64, 8), blocks=(1, 2), strides=(1, 2)),
@@ -40,11 +45,29 @@ def _config(directory: Path) -> dict[str, Any]:
     return dict(json.loads((directory / "config.json").read_text(encoding="utf-8")))
 
 
+def _rounds_back(directory: Path, backbone: Any) -> bool:
+    """Whether the backbone holds a wider float than the checkpoint (bfloat16 imported as float32): the way back rounds."""
+    stored = {spec.dtype for spec in SafetensorsSource(directory / "model.safetensors").specs().values()}
+    held = {str(weight.dtype) for weight in backbone.weights}
+    return any(not exact_cast(wide, narrow) for wide in held for narrow in stored if "float" in wide + narrow)
+
+
 @pytest.mark.parametrize("family", FAMILIES, ids=[family.name for family in FAMILIES])
 def test_catalogue_family_round_trips_bit_identically(family: Family, tmp_path: Path) -> None:
     directory = family.save(tmp_path / "hf")
     backbone = family.keras_hub_backbone(_config(directory))
-    trip = roundtrip(family.rules, directory, backbone, workdir=tmp_path / "work")
+    lossy = _rounds_back(directory, backbone)
+    if family.rules.name in NOT_INVERTIBLE:
+        rule, words = NOT_INVERTIBLE[family.rules.name]
+        with pytest.raises(NotInvertibleError) as refused:
+            roundtrip(family.rules, directory, backbone, workdir=tmp_path / "work", lossy_casts=lossy)
+        assert {blocker.rule.name for blocker in refused.value.problems} == {rule}  # type: ignore[attr-defined]
+        assert words in str(refused.value)
+        return
+    if lossy:  # without leave, a cast back that rounds is refused, naming the rules
+        with pytest.raises(NotInvertibleError, match="lossy cast on the way back"):
+            mapper.export(family.rules, backbone, tmp_path / "refused", like=directory)
+    trip = roundtrip(family.rules, directory, backbone, workdir=tmp_path / "work", lossy_casts=lossy)
     assert trip.ok, trip.summary()
     checkpoint = SafetensorsSource(directory / "model.safetensors").specs()
     assert trip.checkpoint_tensors + len(trip.dropped) == len(checkpoint)
@@ -80,11 +103,23 @@ def test_export_is_bit_identical_to_keras_hubs_exporter(family: Family, tmp_path
     directory = family.save(tmp_path / "hf")
     backbone = family.keras_hub_backbone(_config(directory))
     mapper.transfer(family.rules, directory, backbone)
-    result = mapper.export(family.rules, backbone, tmp_path / "out", like=directory)
+    lossy = _rounds_back(directory, backbone)
+    result = mapper.export(family.rules, backbone, tmp_path / "out", like=directory, lossy_casts=lossy)
     ours = SafetensorsSource(tmp_path / "out" / result.files[-1])
-    theirs = _keras_hub_export(family, backbone)
-    written = set(ours.specs())
-    assert set(theirs) <= written | {left.name for left in result.inverse.dropped}
-    values = ours.read(sorted(set(theirs) & written))
-    different = [name for name, value in values.items() if not same(value, theirs[name])]
+    written = ours.read(list(ours.specs()))
+    # keras-hub names tensors as the task model saves them (GPT-2's "transformer." prefix); we follow the checkpoint.
+    theirs = {_ours(name, written): value for name, value in _keras_hub_export(family, backbone).items()}
+    assert set(theirs) <= set(written) | {left.name for left in result.inverse.dropped}
+    compared = [name for name in theirs if name in written]
+    assert len(compared) >= len(backbone.weights) // 2
+    # keras-hub exports the backbone's dtype; ours writes the checkpoint's: compare the values in ours.
+    different = [name for name in compared if not same(written[name], theirs[name].astype(written[name].dtype))]
     assert different == []
+
+
+def _ours(name: str, written: dict[str, Any]) -> str:
+    """Our name for keras-hub's: the same, or the same without or with one leading prefix."""
+    if name in written:
+        return name
+    unprefixed = name.split(".", 1)[-1]
+    return unprefixed if unprefixed in written else next((n for n in written if n.endswith("." + name)), name)

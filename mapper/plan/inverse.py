@@ -132,6 +132,8 @@ class Inverse:
     dropped: tuple[Left, ...] = ()  # source tensors the plan skips, so the export does not write them
     not_exported: tuple[Left, ...] = ()  # model variables no source tensor comes from (kept, or left unfilled)
     blockers: tuple[Blocker, ...] = ()
+    rounded: tuple[str, ...] = ()  # variables whose cast back rounds (lossy casts allowed): exact only for values
+    # that came from the source's dtype
     _by_name: dict[str, ExportTensor] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -290,6 +292,20 @@ def inverse_operation(operation: Operation, shape: tuple[int, ...], dtype: str, 
     raise OperationError(f"{operation.describe()} alone cannot be undone", operation=operation.kind)
 
 
+def rounds(operations: Sequence[Operation], dtype: str) -> bool:
+    """Whether undoing ``operations`` (run on a tensor of ``dtype``) casts back to a dtype that cannot hold every value.
+
+    Example:
+        >>> rounds([Cast("float32")], "bfloat16"), rounds([Cast("bfloat16")], "float32")
+        (True, False)
+    """
+    for operation in operations:
+        if isinstance(operation, Cast) and not exact_cast(operation.dtype, dtype):
+            return True
+        dtype = operation.infer((), dtype)[1] if isinstance(operation, Cast) else dtype
+    return False
+
+
 def inverse_operations(
     operations: Sequence[Operation], shape: tuple[int, ...], dtype: str, *, lossy: bool = False
 ) -> tuple[Operation, ...]:
@@ -330,6 +346,7 @@ class _Builder:
 
     def __init__(self, lossy: bool) -> None:
         self.lossy = lossy
+        self.rounded: list[str] = []
         self.tensors: list[ExportTensor] = []
         self.blockers: list[Blocker] = []
 
@@ -340,10 +357,13 @@ class _Builder:
         self, assignment: Assignment, operations: Sequence[Operation], shape: tuple[int, ...]
     ) -> tuple[Operation, ...] | None:
         try:
-            return inverse_operations(operations, shape, assignment.source_dtype, lossy=self.lossy)
+            undone = inverse_operations(operations, shape, assignment.source_dtype, lossy=self.lossy)
         except OperationError as error:
             self.block(assignment.rule, (assignment.target,), str(error))
             return None
+        if rounds(operations, assignment.source_dtype):
+            self.rounded.append(assignment.target)
+        return undone
 
     def single(self, assignment: Assignment) -> None:
         """A variable from one tensor, or from the members of a join."""
@@ -494,6 +514,7 @@ def invert(plan: Plan, export: ExportSection | None = None, *, lossy_casts: bool
         dropped=tuple(dropped),
         not_exported=tuple(not_exported),
         blockers=_merged(builder.blockers),
+        rounded=tuple(builder.rounded),
     )
 
 
@@ -554,6 +575,7 @@ __all__ = [
     "NotInvertibleError",
     "Piece",
     "check_elements",
+    "rounds",
     "exact_cast",
     "inverse_operation",
     "inverse_operations",

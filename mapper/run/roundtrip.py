@@ -84,17 +84,19 @@ def roundtrip(
     lossy_casts: bool | None = None,
     workdir: str | os.PathLike[str] | None = None,
 ) -> RoundTrip:
-    """Prove a rule file runs both ways on ``source`` and ``model``; the model ends up holding its own values again.
+    """Prove a rule file runs both ways on ``source`` and ``model``, bit for bit.
 
     First the model as it is is exported (A); then the checkpoint is imported and exported again (B), and B is
     compared with the checkpoint on every tensor the rules do not skip; then A is imported, and the model compared
-    with what it held at first. Policies about dead rules are relaxed for the re-import of A: its skipped tensors
-    are not there.
+    with what it held at first (except variables whose cast back rounds, allowed by ``lossy_casts``: a float32 model
+    of a bfloat16 checkpoint holds values bfloat16 cannot); then B is imported, and the model compared with what
+    the import of the checkpoint gave it. Dead rules are allowed for the re-imports: the skipped tensors are not
+    there.
 
     Args:
         rules: a RuleSet or a rule file's path.
         source: the checkpoint (path or Source).
-        model: the model the rule file imports into (it is changed, and ends with its first values).
+        model: the model the rule file imports into (it is changed, and ends holding the checkpoint's values).
         lossy_casts: as for ``mapper.export``.
         workdir: where the two exports go (created if missing; default: a temporary directory, removed afterwards).
 
@@ -128,27 +130,33 @@ def _roundtrip(rules: Any, source: SourceLike, model: object, lossy_casts: bool 
     rule_set = as_rules(rules)
     opened = as_source(source)
     target = as_target(model, checkpoint_root=rule_set.target.checkpoint_root)
+    relaxed = rule_set.model_copy(update={"policies": rule_set.policies.model_copy(update={"dead_rule": "ignore"})})
+    # A: the model as it is. B: the checkpoint imported, then exported again.
     first = export(rule_set, target, work / "model", like=opened, lossy_casts=lossy_casts, overwrite=True)
     exported = {piece.variable for tensor in first.inverse.tensors for piece in tensor.pieces}
-    before = _values(target, exported)
+    fresh = _values(target, exported)
     transfer(rule_set, opened, target)
+    imported = _values(target, exported)
     second = export(rule_set, target, work / "checkpoint", like=opened, lossy_casts=lossy_casts, overwrite=True)
     written = as_source(work / "checkpoint" / second.files[-1])
+    compared = [tensor.name for tensor in second.inverse.tensors if tensor.copy_of is None]
     checkpoint_differences = [
-        tensor.name
-        for tensor in second.inverse.tensors
-        if tensor.copy_of is None
-        and not same(written.read([tensor.name])[tensor.name], opened.read([tensor.name])[tensor.name])
+        name for name in compared if not same(written.read([name])[name], opened.read([name])[name])
     ]
-    relaxed = rule_set.model_copy(update={"policies": rule_set.policies.model_copy(update={"dead_rule": "ignore"})})
+    # import(A) is the model as it was, unless a cast back rounds (then only values from the checkpoint come back).
     transfer(relaxed, as_source(work / "model" / first.files[-1]), target)
     after = _values(target, exported)
-    model_differences = [name for name in sorted(before) if not same(before[name], after[name])]
+    rounded = set(first.inverse.rounded)
+    model_differences = [name for name in sorted(fresh) if name not in rounded and not same(fresh[name], after[name])]
+    # import(B) is the imported model, every variable (A changed them all, so each is assigned again).
+    transfer(relaxed, written, target)
+    again = _values(target, exported)
+    model_differences += [name for name in sorted(imported) if not same(imported[name], again[name])]
     return RoundTrip(
-        checkpoint_tensors=sum(1 for tensor in second.inverse.tensors if tensor.copy_of is None),
-        model_variables=len(before),
+        checkpoint_tensors=len(compared),
+        model_variables=len(fresh),
         checkpoint_differences=tuple(checkpoint_differences),
-        model_differences=tuple(model_differences),
+        model_differences=tuple(dict.fromkeys(model_differences)),
         dropped=second.inverse.dropped,
     )
 
