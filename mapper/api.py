@@ -380,7 +380,7 @@ def export(
         >>> result.files, np.array_equal(weight, model.get_layer("d").kernel.numpy().T)
         (('model.safetensors',), True)
     """
-    from mapper.run.export import DEFAULT_MAX_SHARD_BYTES, check_export_output, write_export
+    from mapper.run.export import DEFAULT_MAX_SHARD_BYTES, check_export_output, check_not_like, write_export
 
     check_export_output(output, overwrite=overwrite)
     rule_set = as_rules(rules)
@@ -392,9 +392,12 @@ def export(
 
             raise TargetError(f"cannot load {weights} into {variable_target.description}: it is not a Keras model")
         load_weights(os.fspath(weights))
+    reference = as_source(like) if isinstance(like, (str, os.PathLike)) else like
+    if isinstance(reference, Source):
+        check_not_like(output, reference)
     inverse = invert(
         rule_set,
-        as_source(like) if isinstance(like, (str, os.PathLike)) else like,
+        reference,
         variable_target,
         lossy_casts=lossy_casts,
     )

@@ -133,6 +133,15 @@ def test_an_existing_export_is_kept_without_overwrite_and_replaced_whole_with_it
     assert sorted(path.name for path in out.iterdir()) == [WEIGHTS_NAME]  # the old shards and index are gone
 
 
+def test_the_reference_checkpoint_is_never_replaced(imported: Imported, tmp_path: Path) -> None:
+    like = tmp_path / "like"
+    shutil.copytree(imported.directory, like)
+    before = (like / WEIGHTS_NAME).read_bytes()
+    with pytest.raises(OutputError, match="the checkpoint --like reads"):
+        mapper.export(BERT.rules, imported.backbone, like, like=like, overwrite=True)
+    assert (like / WEIGHTS_NAME).read_bytes() == before
+
+
 def test_weights_are_loaded_first(imported: Imported, tmp_path: Path) -> None:
     imported.backbone.save_weights(str(tmp_path / "tuned.weights.h5"))
     fresh = _backbone(imported.directory)

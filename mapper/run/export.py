@@ -26,6 +26,7 @@ from mapper.interrupts import sigterm_raises
 from mapper.ops import NUMPY, apply_numpy
 from mapper.outputs.writers import SafetensorsWriter
 from mapper.plan.inverse import ExportTensor, Inverse, NotInvertibleError, check_elements
+from mapper.sources.base import Source
 from mapper.specs import TensorSpec
 from mapper.targets.base import VariableTarget
 from mapper.text import first_line, quoted
@@ -133,6 +134,27 @@ def check_export_output(directory: str | os.PathLike[str], *, overwrite: bool) -
             path=path,
         )
     return path
+
+
+def check_not_like(directory: str | os.PathLike[str], like: Source) -> None:
+    """Refuse an output directory whose checkpoint files are the ones the reference checkpoint reads.
+
+    Raises:
+        OutputError: naming the file; an export never replaces the checkpoint it takes its names from.
+
+    Example:
+        >>> from mapper.sources.memory import MemorySource
+        >>> check_not_like("out", MemorySource({"w": np.zeros(1)}))
+    """
+    path = Path(directory).resolve()
+    for file in like.input_files():
+        resolved = file.resolve()
+        if resolved.parent == path and resolved.name.endswith((".safetensors", ".json")):
+            raise OutputError(
+                f"cannot export to {directory}: it holds {file.name}, the checkpoint --like reads "
+                f"({like.description}); write the export to another directory",
+                path=directory,
+            )
 
 
 def _value(variable: Any) -> np.ndarray:
@@ -306,6 +328,7 @@ __all__ = [
     "ExportResult",
     "check_export_output",
     "check_fits",
+    "check_not_like",
     "existing_checkpoint",
     "shard",
     "shard_names",
