@@ -158,7 +158,9 @@ def check_not_like(directory: str | os.PathLike[str], like: Source) -> None:
 
 
 def _value(variable: Any) -> np.ndarray:
-    """A variable's value as a NumPy array (a Keras or TensorFlow variable)."""
+    """A variable's value as a NumPy array (a Keras or TensorFlow variable, or an array)."""
+    if isinstance(variable, np.ndarray):
+        return variable
     if hasattr(variable, "numpy"):
         return np.asarray(variable.numpy())
     import keras
