@@ -6,6 +6,7 @@ No TensorFlow: plans are built from rule text and specs, and run backwards on Nu
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,3 +287,18 @@ def test_shards_follow_the_size_limit_and_transformers_names() -> None:
     assert [len(part) for part in parts] == [2, 2, 1]
     assert shard_names(3)[1] == "model-00002-of-00003.safetensors"
     assert [len(part) for part in shard(specs, 10)] == [1] * 5  # a tensor above the limit gets a shard alone
+
+
+def test_the_export_table_merges_over_extends(tmp_path: Path) -> None:
+    from mapper.rules import load_rules
+
+    (tmp_path / "base.toml").write_text(
+        'format = 1\n[export]\nlossy_casts = "allow"\n[[rules]]\nmatch = "b"\ntarget = "b"\n', encoding="utf-8"
+    )
+    (tmp_path / "top.toml").write_text(
+        'format = 1\nextends = ["base.toml"]\n[[export.tied]]\nmatch = "t"\nsame_as = "b"\n'
+        '[[rules]]\nmatch = "t"\nskip = "tied"\n',
+        encoding="utf-8",
+    )
+    export = load_rules(tmp_path / "top.toml").export
+    assert export.lossy_casts == "allow" and [tied.match for tied in export.tied] == ["t"]
