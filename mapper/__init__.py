@@ -1,6 +1,6 @@
 """weight-mapper: declarative rule files that move weights from checkpoints into Keras and TensorFlow models."""
 
-from mapper.api import apply, convert, make_plan, transfer
+from mapper.api import apply, convert, export, invert, make_plan, transfer
 from mapper.authoring.suggest import Suggestion, suggest_rules
 from mapper.errors import (
     ApplyError,
@@ -31,6 +31,8 @@ __all__ = [
     "build_plan",
     "convert",
     "CorruptSourceError",
+    "export",
+    "invert",
     "load_rules",
     "make_plan",
     "MapperError",

@@ -1,4 +1,4 @@
-"""The Python API: make_plan(), apply(), transfer() which does both, and convert() for checkpoints without a model."""
+"""The Python API: make_plan(), apply(), transfer() which does both, convert() without a model, invert() and export()."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from mapper.specs import SourceSet, TargetMap, TensorSpec
 from mapper.targets.base import VariableTarget
 
 if TYPE_CHECKING:
+    from mapper.plan.inverse import Inverse
     from mapper.run.convert import ConvertResult
     from mapper.run.executor import ApplyResult
+    from mapper.run.export import ExportResult
 
 RulesLike = RuleSet | str | os.PathLike[str]
 Method = Literal["assign", "init_from_checkpoint"]
@@ -293,6 +295,127 @@ def convert(
     return write_plan(plan, opened, output, format=chosen, overwrite=overwrite, progress=progress, **options)
 
 
+def invert(
+    rules: RulesLike, like: SourceLike | Mapping[str, TensorSpec], model: object, *, lossy_casts: bool | None = None
+) -> Inverse:
+    """The plan from ``like`` into ``model``, run backwards: how the model's variables give back ``like``'s tensors.
+
+    Args:
+        rules: a RuleSet or the path of a rule file (its ``[export]`` table is used).
+        like: the checkpoint the model was imported from (or one with its names, shapes and dtypes; no tensor is
+            read), or its specs.
+        model: the model (a Keras model, ``tf.Module``, variables, or a TargetMap).
+        lossy_casts: allow (True) or refuse (False) casts back that round, overriding ``[export] lossy_casts``.
+
+    Returns:
+        The Inverse: the tensors an export writes, what it drops (with the skip reasons), and the blockers.
+
+    Raises:
+        PlanError: the plan from ``like`` into ``model`` has errors (the model does not fit the rule file).
+
+    Example:
+        >>> from mapper.rules import parse_rules
+        >>> from mapper.specs import VariableMap
+        >>> rules = parse_rules('format = 1\\n[[rules]]\\nmatch = "w"\\ntarget = "d/kernel"\\nops = [{ cast = "float32" }]')
+        >>> inverse = invert(rules, VariableMap([TensorSpec("w", (2,), "bfloat16")]),
+        ...                  TargetMap(VariableMap([TensorSpec("d/kernel", (2,), "float32")])))
+        >>> inverse.ok, str(inverse.blockers[0]).split(";")[0]
+        (False, '<string> rule 1: the import casts bfloat16 to float32')
+    """
+    from mapper.plan.inverse import invert as invert_plan
+
+    rule_set = as_rules(rules)
+    plan = make_plan(rule_set, like, model, lints=False)
+    if not plan.ok:
+        raise PlanError.from_plan(plan)
+    return invert_plan(plan, rule_set.export, lossy_casts=lossy_casts)
+
+
+def export(
+    rules: RulesLike,
+    model: object,
+    output: str | os.PathLike[str],
+    *,
+    like: SourceLike | Mapping[str, TensorSpec],
+    weights: str | os.PathLike[str] | None = None,
+    max_shard_bytes: int | None = None,
+    overwrite: bool = False,
+    lossy_casts: bool | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExportResult:
+    """Write a model's variables back under the source names a rule file reads: a Hugging Face safetensors checkpoint.
+
+    The plan from ``like`` (the checkpoint the model was imported from: only its names, shapes and dtypes are
+    used) into ``model`` is run backwards (``invert``) and the result written to ``output/model.safetensors``, or
+    to shards and ``model.safetensors.index.json`` above ``max_shard_bytes``. Tensors the rules skip are not
+    written, except the tied ones ``[[export.tied]]`` declares. No ``config.json`` is written: copy the one the
+    model was imported with.
+
+    Args:
+        rules: a RuleSet or the path of a rule file.
+        model: the Keras model (or ``tf.Module``, variables) to export.
+        output: the output directory (created if missing).
+        like: the reference checkpoint (path or Source), or its specs.
+        weights: a ``.weights.h5`` file to load into ``model`` first (it changes the model).
+        max_shard_bytes: the most tensor bytes per shard (default 5 GB, as the Hugging Face hub).
+        overwrite: replace a checkpoint already in ``output``.
+        lossy_casts: allow (True) or refuse (False) casts back that round, overriding the rule file.
+        progress: called as ``progress(done, total)`` in tensors.
+
+    Returns:
+        An ExportResult.
+
+    Raises:
+        PlanError: the model does not fit the rule file (NotInvertibleError, a PlanError: the rules cannot be run
+        backwards, each rule in the way named). OutputError: the output holds a checkpoint (without overwrite) or
+        cannot be written. Nothing is written in any of these cases.
+
+    Example:
+        >>> import tempfile, keras, numpy as np
+        >>> from mapper.rules import parse_rules
+        >>> from mapper.sources.safetensors import SafetensorsSource
+        >>> from mapper.specs import VariableMap
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, name="d")], name="m")
+        >>> rules = parse_rules('format = 1\\n[[rules]]\\nmatch = "(?P<n>.+)[.]weight"\\ntarget = "m/{n}/kernel"\\n'
+        ...                     'ops = [{ transpose = [1, 0] }]\\n[[rules]]\\nmatch = "(?P<n>.+)[.]bias"\\ntarget = "m/{n}/bias"')
+        >>> like = VariableMap([TensorSpec("d.weight", (3, 2), "float32"), TensorSpec("d.bias", (3,), "float32")])
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     result = export(rules, model, f"{tmp}/hf", like=like)
+        ...     weight = SafetensorsSource(f"{tmp}/hf/model.safetensors").read(["d.weight"])["d.weight"]
+        >>> result.files, np.array_equal(weight, model.get_layer("d").kernel.numpy().T)
+        (('model.safetensors',), True)
+    """
+    from mapper.run.export import DEFAULT_MAX_SHARD_BYTES, check_export_output, check_not_like, write_export
+
+    check_export_output(output, overwrite=overwrite)
+    rule_set = as_rules(rules)
+    variable_target = as_target(model, checkpoint_root=rule_set.target.checkpoint_root)
+    if weights is not None:
+        load_weights = getattr(variable_target.obj, "load_weights", None)
+        if load_weights is None:
+            from mapper.errors import TargetError
+
+            raise TargetError(f"cannot load {weights} into {variable_target.description}: it is not a Keras model")
+        load_weights(os.fspath(weights))
+    reference = as_source(like) if isinstance(like, (str, os.PathLike)) else like
+    if isinstance(reference, Source):
+        check_not_like(output, reference)
+    inverse = invert(
+        rule_set,
+        reference,
+        variable_target,
+        lossy_casts=lossy_casts,
+    )
+    return write_export(
+        inverse,
+        variable_target,
+        output,
+        max_shard_bytes=DEFAULT_MAX_SHARD_BYTES if max_shard_bytes is None else max_shard_bytes,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
 __all__ = [
     "apply",
     "as_rules",
@@ -300,6 +423,8 @@ __all__ = [
     "as_sources",
     "as_target",
     "convert",
+    "export",
+    "invert",
     "make_plan",
     "source_specs",
     "transfer",

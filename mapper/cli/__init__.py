@@ -28,7 +28,7 @@ EXIT_BROKEN_PIPE = 141  # the shell's code for a process ended by SIGPIPE: stand
 EXIT_TERMINATED = TERMINATED_CODE  # the shell's code for a process ended by SIGTERM (128 + 15)
 
 # Commands that always load TensorFlow (to build a Keras model, or to stream tensors), so import it anyway.
-_TENSORFLOW_COMMANDS = frozenset({"plan", "apply", "demo", "convert"})
+_TENSORFLOW_COMMANDS = frozenset({"plan", "apply", "demo", "convert", "export"})
 _DEBUG_VARIABLE = "MAPPER_DEBUG"
 
 
@@ -109,14 +109,15 @@ def _exit_code(problem: MapperError) -> int:
 
 
 def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
-    from mapper.cli import authoring, convert, inspect, run
+    from mapper.cli import authoring, convert, export, inspect, run
 
     return {
         "inspect": inspect.inspect,
-        "validate": inspect.validate,
+        "validate": export.validate,
         "plan": run.plan,
         "apply": run.apply,
         "convert": convert.convert,
+        "export": export.export,
         "demo": run.demo,
         "explain": authoring.explain,
         "suggest": authoring.suggest,

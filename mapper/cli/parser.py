@@ -50,6 +50,16 @@ _CONVERT_EXIT_CODES = f"""exit codes:
   {EXIT_OUTPUT}  the output cannot be written: it exists (pass --overwrite), its directory is missing, it is a
      directory or a file a source reads, or the disk is full or read-only; nothing was written{_ENDINGS}"""
 
+_EXPORT_EXIT_CODES = f"""exit codes:
+  {EXIT_OK}  success: the checkpoint was written
+  {EXIT_PROBLEMS}  problems found: an invalid rule file, a model that does not fit it (a plan with errors), or rules that
+     cannot be run backwards (each named, with the reason); nothing was written
+  {EXIT_USAGE}  bad command line
+  {EXIT_INPUT}  an input cannot be read: the --like checkpoint, the model factory, the --weights file
+  {EXIT_APPLY}  exporting failed part-way; no output and no temporary file was left behind
+  {EXIT_OUTPUT}  the output cannot be written: it holds a checkpoint (pass --overwrite), its parent directory is
+     missing, it is a file, or the disk is full or read-only; nothing was written{_ENDINGS}"""
+
 _SOURCE_HELP = (
     "the checkpoint, in one of the source formats below. For rule files that read several sources "
     '(source = "name" in a rule), give each as NAME=PATH and repeat --source'
@@ -160,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in ("plan", "apply"):
         _add_plan_or_apply(verbs, verb)
     _add_convert(verbs)
+    _add_export(verbs)
     return parser
 
 
@@ -219,7 +230,9 @@ def _add_validate(verbs: Any) -> None:
         "(M104 odd templates; with --source, M102 shadowed and M103 overlapping rules). Needs no model.",
         epilog="examples:\n  mapper validate rules/bert.toml\n  mapper validate rules/*.toml\n"
         "  mapper validate rules/bert.toml --source bert/model.ckpt --strict\n"
-        "  mapper validate rules/llama.toml --param num_layers=32\n\n" + _EXIT_CODES,
+        "  mapper validate rules/llama.toml --param num_layers=32\n"
+        "  mapper validate rules/hf-bert-to-keras-hub.toml --roundtrip --source bert/ --target models.py:build\n\n"
+        + _EXIT_CODES,
     )
     validate.add_argument("rules", nargs="+", help="rule files")
     validate.add_argument(
@@ -230,6 +243,15 @@ def _add_validate(verbs: Any) -> None:
     )
     validate.add_argument("--param", action="append", metavar="NAME=VALUE", help=_PARAM_HELP)
     validate.add_argument("--strict", action="store_true", help="fail (exit 1) on lint warnings too")
+    validate.add_argument(
+        "--roundtrip",
+        action="store_true",
+        help="prove the rule file runs both ways on --source and --target: export(import(checkpoint)) is the "
+        "checkpoint and import(export(model)) the model, bit for bit (one rule file)",
+    )
+    validate.add_argument("--target", metavar="MODULE:FACTORY", help="with --roundtrip: " + _TARGET_HELP)
+    validate.add_argument("--source-format", action="append", metavar="FORMAT", help=_SOURCE_FORMAT_HELP)
+    validate.add_argument("--allow-lossy-casts", action="store_true", help="with --roundtrip: as for export")
     validate.add_argument("-q", "--quiet", action="store_true", help="print only problems")
 
 
@@ -373,6 +395,49 @@ def _add_convert(verbs: Any) -> None:
     _add_report_options(convert, "plan report")
     convert.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     convert.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final line")
+
+
+def _add_export(verbs: Any) -> None:
+    export = verbs.add_parser(
+        "export",
+        formatter_class=_Formatter,
+        help="write a model back under the source names its rule file reads: a Hugging Face safetensors checkpoint",
+        description="Run a rule file backwards: plan from --like (the checkpoint the model was imported from; only its\n"
+        "names, shapes and dtypes are used) into the model, invert every assignment (transposes, reshapes,\n"
+        "lossless casts, splits and joins), and write the model's variables under the source names to\n"
+        "OUTPUT/model.safetensors, or to shards and model.safetensors.index.json above --max-shard-size. Tensors\n"
+        "the rules skip are not written, except the tied copies [[export.tied]] declares. No config.json is\n"
+        "written: copy the one the model was imported with. Nothing is written if a rule cannot be run\n"
+        "backwards (each is named, with the reason), if the model does not fit the rule file, or if OUTPUT\n"
+        "holds a checkpoint and --overwrite is not given.",
+        epilog="examples:\n"
+        "  mapper export rules/hf-bert-to-keras-hub.toml --model models.py:build --like bert/ --output hf-out/\n"
+        "  mapper export rules/hf-llama-to-keras-hub.toml --model models.py:llama --weights finetuned.weights.h5 \\\n"
+        "      --like llama/ --output hf-out/ --max-shard-size 2GB --overwrite\n\n" + _EXPORT_EXIT_CODES,
+    )
+    export.add_argument("rules", help="the rule file the model was imported with")
+    export.add_argument("--param", action="append", metavar="NAME=VALUE", help=_PARAM_HELP)
+    export.add_argument("--model", "--target", dest="model", required=True, metavar="MODULE:FACTORY", help=_TARGET_HELP)
+    export.add_argument(
+        "--like",
+        required=True,
+        metavar="CHECKPOINT",
+        help="the checkpoint the model was imported from (or one of the same architecture): its names, shapes and "
+        "dtypes, not its values, say what to write",
+    )
+    export.add_argument("--like-format", metavar="FORMAT", help="open --like as FORMAT instead of detecting it")
+    export.add_argument("--weights", metavar="FILE", help="a .weights.h5 file to load into the model first")
+    export.add_argument("--output", required=True, metavar="DIR", help="the directory to write (created if missing)")
+    export.add_argument(
+        "--max-shard-size", metavar="SIZE", help="the most bytes per shard, e.g. 2GB or 500MB (default: 5GB)"
+    )
+    export.add_argument(
+        "--allow-lossy-casts",
+        action="store_true",
+        help="allow casts back to a narrower dtype than the model's (float32 -> bfloat16), which round",
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace a checkpoint in OUTPUT")
+    export.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final line")
 
 
 def _add_authoring(verbs: Any) -> None:

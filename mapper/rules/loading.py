@@ -55,7 +55,7 @@ def load_rules(
     """
     file = os.fspath(path)
     chain = _collect_chain(file, ())
-    merged = {key: _merged(chain, key) for key in ("params", "policies", "target")}
+    merged = {key: _merged(chain, key) for key in ("params", "policies", "target", "export")}
     merged["params"].update(_checked_overrides(file, merged["params"], params or {}))
     parts = _validated(chain, merged["params"], match_timeout)
     if len(parts) == 1:
@@ -104,6 +104,7 @@ def _composed(file: str, parts: list[RuleSet], merged: Mapping[str, dict[str, An
             "params": merged["params"],
             "target": merged["target"],
             "policies": merged["policies"],
+            "export": merged["export"],
             "extends": head.extends,
             "rules": [entry for part in parts for entry in part.rules],
             "keep": [keep for part in parts for keep in part.keep],

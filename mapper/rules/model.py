@@ -13,6 +13,7 @@ from mapper.errors import RuleFileError
 from mapper.rules.bound import bounded_fullmatch, place
 from mapper.rules.bound import match_timeout as bound_of
 from mapper.rules.common import NOT_BLANK, Frozen, ParamValue, closest, exactly_one, not_blank, params_of
+from mapper.rules.export import ExportSection, Tied
 from mapper.rules.issues import RULES_FORMAT, nesting_issue, pydantic_issue, toml_issue
 from mapper.rules.operations import OPERATION_SPECS, CombineSpec, OperationSpec, SplitSpec, parse_operations
 from mapper.rules.ref import RuleRef
@@ -359,6 +360,7 @@ class RuleSet(Frozen):
     examples: tuple[Example, ...] = Field(
         (), strict=False, description="Source names and what the rules must do with them."
     )
+    export: ExportSection = ExportSection()
 
     _file: str = PrivateAttr("<string>")
 
@@ -502,6 +504,8 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "stack": tuple(CombineSpec.model_fields),
     "policies": tuple(Policies.model_fields),
     "target": tuple(TargetSection.model_fields),
+    "export": tuple(ExportSection.model_fields),
+    "tied": tuple(Tied.model_fields),
 }
 
 

@@ -1,0 +1,583 @@
+"""The inverse of a plan: how a model's variables give back the source's tensors, under their names, shapes and dtypes.
+
+A Plan says, for every target variable, which source tensor fills it and through which operations. Run
+backwards, each assignment gives its source tensor back from the variable: the inverse of each operation, in
+reverse order. Renames, transposes, reshapes, lossless casts, slices that drop only length-1 axes, a split's parts
+(concatenated again), a concat's or stack's members (split or indexed out again) and rearranges all invert
+exactly. What does not invert is said per rule with the reason: a cast back that would round (unless the rule
+file's ``[export] lossy_casts = "allow"``), a slice that drops values, a split with a part missing, two variables
+giving one source name. Source tensors the plan skips are not written (``dropped``), except the ones
+``[[export.tied]]`` declares copies of an exported tensor. Pure: no tensor is read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from mapper.dtypes import FLOATS, INTS
+from mapper.errors import OperationError, PlanError
+from mapper.ops import (
+    Cast,
+    Combine,
+    Concat,
+    Operation,
+    Rearrange,
+    Reshape,
+    Slice,
+    SplitPart,
+    Transpose,
+    infer_all,
+    parse_rearrange,
+)
+from mapper.plan.model import Assignment, Plan
+from mapper.rules.export import ExportSection
+from mapper.rules.ref import RuleRef
+from mapper.specs import TensorSpec, format_shape
+from mapper.text import plural, quoted
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One model variable, and the operations that turn its value into (a part of) a source tensor.
+
+    Example:
+        >>> from mapper.ops import Transpose
+        >>> Piece("dense/kernel", (Transpose((1, 0)),)).variable
+        'dense/kernel'
+    """
+
+    variable: str
+    operations: tuple[Operation, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ExportTensor:
+    """One source tensor an export writes: its pieces, joined by ``combine`` when there are several.
+
+    ``copy_of`` names the exported tensor a tied one repeats (its pieces are then that tensor's).
+
+    Example:
+        >>> t = ExportTensor("w", (2,), "float32", (Piece("v"),), RuleRef("r.toml", 1))
+        >>> t.spec
+        TensorSpec(name='w', shape=(2,), dtype='float32')
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    pieces: tuple[Piece, ...]
+    rule: RuleRef | None
+    combine: Combine | None = None
+    copy_of: str | None = None
+
+    @property
+    def spec(self) -> TensorSpec:
+        """Name, shape and dtype, as a writer declares them."""
+        return TensorSpec(self.name, self.shape, self.dtype)
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The model variables this tensor is made from."""
+        return tuple(piece.variable for piece in self.pieces)
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    """A source tensor an export does not write, or a model variable it does not export, with the reason.
+
+    Example:
+        >>> Left("cls.predictions.bias", "pretraining heads", RuleRef("r.toml", 18)).name
+        'cls.predictions.bias'
+    """
+
+    name: str
+    reason: str
+    rule: RuleRef | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Blocker:
+    """Why (part of) a plan cannot be run backwards: the rule, the names, and what to change.
+
+    Example:
+        >>> print(Blocker(RuleRef("r.toml", 2, "kernels"), ("w",), "a cast back rounds"))
+        r.toml rule 2 ('kernels'): a cast back rounds (for 'w')
+    """
+
+    rule: RuleRef | None
+    names: tuple[str, ...]
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.rule}: " if self.rule is not None else ""
+        return f"{where}{self.reason} (for {quoted(self.names)})"
+
+
+@dataclass(frozen=True)
+class Inverse:
+    """The plan run backwards: every source tensor an export writes, what it leaves out, and what blocks it.
+
+    Example:
+        >>> inverse = Inverse(plan_source="ckpt", plan_target="model")
+        >>> inverse.ok, inverse.specs
+        (True, ())
+    """
+
+    plan_source: str
+    plan_target: str
+    tensors: tuple[ExportTensor, ...] = ()
+    dropped: tuple[Left, ...] = ()  # source tensors the plan skips, so the export does not write them
+    not_exported: tuple[Left, ...] = ()  # model variables no source tensor comes from (kept, or left unfilled)
+    blockers: tuple[Blocker, ...] = ()
+    rounded: tuple[str, ...] = ()  # variables whose cast back rounds (lossy casts allowed): exact only for values
+    # that came from the source's dtype
+    _by_name: dict[str, ExportTensor] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {tensor.name: tensor for tensor in self.tensors})
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing blocks the export."""
+        return not self.blockers
+
+    @property
+    def specs(self) -> tuple[TensorSpec, ...]:
+        """The spec of every tensor an export writes, in order."""
+        return tuple(tensor.spec for tensor in self.tensors)
+
+    def tensor(self, name: str) -> ExportTensor | None:
+        """The export of source name ``name``, if the export writes it."""
+        return self._by_name.get(name)
+
+    def summary(self) -> str:
+        """One line: how many tensors are written, dropped, left out, and what blocks.
+
+        Example:
+            >>> Inverse(plan_source="ckpt", plan_target="m").summary()
+            'inverse of ckpt -> m: 0 tensors written, 0 dropped, 0 variables not exported, invertible'
+        """
+        verdict = "invertible" if self.ok else f"{plural(len(self.blockers), 'blocker')}"
+        return (
+            f"inverse of {self.plan_source} -> {self.plan_target}: {plural(len(self.tensors), 'tensor')} written, "
+            f"{len(self.dropped)} dropped, {plural(len(self.not_exported), 'variable')} not exported, {verdict}"
+        )
+
+
+# --- inverting operations ---------------------------------------------------------------------------------------
+
+# Floats by (significand bits, largest exponent, smallest subnormal exponent): A holds every B value when each is
+# at least as wide.
+_FLOAT_RANGES: dict[str, tuple[int, int, int]] = {
+    "float64": (53, 1024, -1074),
+    "float32": (24, 128, -149),
+    "bfloat16": (8, 128, -133),
+    "float16": (11, 16, -24),
+    "float8_e4m3fn": (4, 9, -9),
+    "float8_e5m2": (3, 16, -16),
+}
+
+
+def _int_bits(dtype: str) -> tuple[int, int, bool]:
+    """(bits, magnitude bits, signed) of an integer dtype name."""
+    signed = not dtype.startswith("u")
+    bits = int(dtype.removeprefix("u").removeprefix("int"))
+    return bits, bits - 1 if signed else bits, signed
+
+
+def exact_cast(from_dtype: str, to_dtype: str) -> bool:
+    """Whether every value of ``from_dtype`` is exactly a value of ``to_dtype`` (a cast that never rounds).
+
+    Example:
+        >>> exact_cast("bfloat16", "float32"), exact_cast("float32", "bfloat16"), exact_cast("int8", "float16")
+        (True, False, True)
+    """
+    if from_dtype == to_dtype or (from_dtype == "bool" and to_dtype in INTS | FLOATS):
+        return True
+    if from_dtype in FLOATS and to_dtype in FLOATS:
+        (bits, top, bottom), (to_bits, to_top, to_bottom) = _FLOAT_RANGES[from_dtype], _FLOAT_RANGES[to_dtype]
+        return bits <= to_bits and top <= to_top and bottom >= to_bottom
+    if from_dtype in INTS and to_dtype in INTS:
+        (bits, _, signed), (to_bits, _, to_signed) = _int_bits(from_dtype), _int_bits(to_dtype)
+        return (signed == to_signed and bits <= to_bits) or (not signed and to_signed and bits < to_bits)
+    if from_dtype in INTS and to_dtype in FLOATS:
+        return _int_bits(from_dtype)[1] <= _FLOAT_RANGES[to_dtype][0]
+    return False
+
+
+class NotInvertibleError(PlanError):
+    """A plan that cannot be run backwards was asked to export; ``blockers`` names each rule in the way and why.
+
+    Example:
+        >>> error = NotInvertibleError.of(Inverse("ckpt", "model", blockers=(Blocker(None, ("w",), "lossy"),)))
+        >>> str(error).splitlines()[0]
+        'cannot export model to the names of ckpt: 1 blocker'
+    """
+
+    @classmethod
+    def of(cls, inverse: Inverse, *, shown: int = 50) -> NotInvertibleError:
+        """The error for ``inverse``'s blockers, the first ``shown`` of them listed."""
+        blockers = inverse.blockers
+        listed = "".join(f"\n  - {blocker}" for blocker in blockers[:shown])
+        more = f"\n  ... and {len(blockers) - shown} more" if len(blockers) > shown else ""
+        return cls(
+            f"cannot export {inverse.plan_target} to the names of {inverse.plan_source}: "
+            f"{plural(len(blockers), 'blocker')}{listed}{more}\nnothing was written",
+            problems=blockers,
+            plan=inverse,
+        )
+
+
+def _slice_inverse(operation: Slice, shape: tuple[int, ...]) -> Operation:
+    """A reshape back, when the slice keeps every element in order (it only drops length-1 axes)."""
+    for item, size in zip(operation.items, shape, strict=False):
+        if isinstance(item, int):
+            if size != 1:
+                raise OperationError(
+                    f"{operation.describe()} keeps one of {size} entries of an axis of shape {format_shape(shape)}; "
+                    "the others are lost, so it cannot be undone",
+                    operation="slice",
+                )
+        elif range(*slice(*item).indices(size)) != range(size):
+            raise OperationError(
+                f"{operation.describe()} does not keep the whole axis of size {size} (shape {format_shape(shape)}) "
+                "in order, so it cannot be undone",
+                operation="slice",
+            )
+    return Reshape(shape)
+
+
+def _rearrange_inverse(operation: Rearrange, shape: tuple[int, ...]) -> Operation:
+    """The rearrangement the other way, every axis size bound."""
+    split_shape, _, _ = operation.plan(shape)
+    left, _ = parse_rearrange(operation.pattern)
+    names = [name for group in left for name in group]
+    before, after = operation.pattern.split("->")
+    return Rearrange(f"{after.strip()} -> {before.strip()}", tuple(zip(names, split_shape, strict=True)))
+
+
+def inverse_operation(operation: Operation, shape: tuple[int, ...], dtype: str, *, lossy: bool = False) -> Operation:
+    """The operation that undoes ``operation`` on a tensor that had ``shape`` and ``dtype`` before it.
+
+    Raises:
+        OperationError: it has no exact inverse (a split part alone, a slice that drops values, a cast back that
+            rounds unless ``lossy``).
+
+    Example:
+        >>> inverse_operation(Transpose((2, 0, 1)), (2, 3, 4), "float32")
+        Transpose(perm=(1, 2, 0), kind='transpose')
+        >>> inverse_operation(Slice((0,)), (1, 17, 8), "float32")
+        Reshape(shape=(1, 17, 8), kind='reshape')
+    """
+    if isinstance(operation, Transpose):
+        return Transpose(tuple(sorted(range(len(operation.perm)), key=operation.perm.__getitem__)))
+    if isinstance(operation, Reshape):
+        return Reshape(shape)
+    if isinstance(operation, Cast):
+        if not lossy and not exact_cast(operation.dtype, dtype):
+            raise OperationError(
+                f"the import casts {dtype} to {operation.dtype}; casting back to {dtype} rounds any value the model "
+                f'changed (a lossy cast on the way back); allow it with [export] lossy_casts = "allow" '
+                "(--allow-lossy-casts), or build the model in the checkpoint's dtype",
+                operation="cast",
+            )
+        return Cast(dtype)
+    if isinstance(operation, Slice):
+        return _slice_inverse(operation, shape)
+    if isinstance(operation, Rearrange):
+        return _rearrange_inverse(operation, shape)
+    raise OperationError(f"{operation.describe()} alone cannot be undone", operation=operation.kind)
+
+
+def rounds(operations: Sequence[Operation], dtype: str) -> bool:
+    """Whether undoing ``operations`` (run on a tensor of ``dtype``) casts back to a dtype that cannot hold every value.
+
+    Example:
+        >>> rounds([Cast("float32")], "bfloat16"), rounds([Cast("bfloat16")], "float32")
+        (True, False)
+    """
+    for operation in operations:
+        if isinstance(operation, Cast) and not exact_cast(operation.dtype, dtype):
+            return True
+        dtype = operation.infer((), dtype)[1] if isinstance(operation, Cast) else dtype
+    return False
+
+
+def inverse_operations(
+    operations: Sequence[Operation], shape: tuple[int, ...], dtype: str, *, lossy: bool = False
+) -> tuple[Operation, ...]:
+    """The operations that undo ``operations`` (run on a tensor of ``shape`` and ``dtype``), in reverse order.
+
+    Example:
+        >>> inverse_operations([Transpose((1, 0)), Reshape((3, 2, 2))], (4, 3), "float32")
+        (Reshape(shape=(3, 4), kind='reshape'), Transpose(perm=(1, 0), kind='transpose'))
+    """
+    undone: list[Operation] = []
+    for operation in operations:
+        undone.append(inverse_operation(operation, shape, dtype, lossy=lossy))
+        shape, dtype = operation.infer(shape, dtype)
+    return tuple(reversed(undone))
+
+
+# --- inverting a plan -------------------------------------------------------------------------------------------
+
+
+def _joined_shape(assignment: Assignment) -> tuple[int, ...]:
+    if assignment.join is None:
+        return assignment.source_shape
+    return assignment.join.combine.infer(list(assignment.source_shapes), assignment.source_dtype)[0]
+
+
+def _member_pick(combine: Combine, position: int, shapes: Sequence[tuple[int, ...]]) -> Operation:
+    """The operation taking member ``position`` out of the joined tensor again."""
+    if isinstance(combine, Concat):
+        axis = combine.axis % len(shapes[0])
+        start = sum(shape[axis] for shape in shapes[:position])
+        return SplitPart(combine.axis, position, len(shapes), start, start + shapes[position][axis])
+    axis = combine.axis % (len(shapes[0]) + 1)
+    return Slice(((None, None, None),) * axis + (position,))
+
+
+class _Builder:
+    """Collects the tensors, what is left and the blockers while a plan is inverted."""
+
+    def __init__(self, lossy: bool) -> None:
+        self.lossy = lossy
+        self.rounded: list[str] = []
+        self.tensors: list[ExportTensor] = []
+        self.blockers: list[Blocker] = []
+
+    def block(self, rule: RuleRef | None, names: Sequence[str], reason: str) -> None:
+        self.blockers.append(Blocker(rule, tuple(names), reason))
+
+    def undo(
+        self, assignment: Assignment, operations: Sequence[Operation], shape: tuple[int, ...]
+    ) -> tuple[Operation, ...] | None:
+        try:
+            undone = inverse_operations(operations, shape, assignment.source_dtype, lossy=self.lossy)
+        except OperationError as error:
+            self.block(assignment.rule, (assignment.target,), str(error))
+            return None
+        if rounds(operations, assignment.source_dtype):
+            self.rounded.append(assignment.target)
+        return undone
+
+    def single(self, assignment: Assignment) -> None:
+        """A variable from one tensor, or from the members of a join."""
+        undone = self.undo(assignment, assignment.operations, _joined_shape(assignment))
+        if undone is None:
+            return
+        if assignment.join is None:
+            self.tensors.append(
+                ExportTensor(
+                    assignment.source,
+                    assignment.source_shape,
+                    assignment.source_dtype,
+                    (Piece(assignment.target, undone),),
+                    assignment.rule,
+                )
+            )
+            return
+        shapes = assignment.source_shapes
+        for position, (name, shape) in enumerate(zip(assignment.source_names, shapes, strict=True)):
+            pick = _member_pick(assignment.join.combine, position, shapes)
+            self.tensors.append(
+                ExportTensor(
+                    name, shape, assignment.source_dtype, (Piece(assignment.target, (*undone, pick)),), assignment.rule
+                )
+            )
+
+    def split(self, parts: list[Assignment]) -> None:
+        """The variables a split filled from one tensor: each undone to its part, then concatenated in order."""
+        first = parts[0]
+        ordered = sorted(parts, key=lambda a: a.operations[0].part)  # type: ignore[union-attr]
+        splits = [a.operations[0] for a in ordered]
+        count = splits[0].parts  # type: ignore[union-attr]
+        numbers = [split.part for split in splits]  # type: ignore[union-attr]
+        if numbers != list(range(count)):
+            missing = sorted(set(range(count)) - set(numbers))
+            self.block(
+                first.rule,
+                [a.target for a in ordered],
+                f"the import splits {first.source!r} into {count} parts, but the plan fills only "
+                f"{len(set(numbers))} (part {', '.join(str(n + 1) for n in missing) or 'twice'} missing), so the "
+                "tensor cannot be joined again",
+            )
+            return
+        pieces: list[Piece] = []
+        for assignment, split in zip(ordered, splits, strict=True):
+            part_shape, _ = split.infer(assignment.source_shape, assignment.source_dtype)
+            undone = self.undo(assignment, assignment.operations[1:], part_shape)
+            if undone is None:
+                return
+            pieces.append(Piece(assignment.target, undone))
+        axis = splits[0].axis  # type: ignore[union-attr]
+        self.tensors.append(
+            ExportTensor(
+                first.source, first.source_shape, first.source_dtype, tuple(pieces), first.rule, combine=Concat(axis)
+            )
+        )
+
+
+def _is_split(assignment: Assignment) -> bool:
+    return bool(assignment.operations) and isinstance(assignment.operations[0], SplitPart)
+
+
+def _tied(plan: Plan, section: ExportSection, builder: _Builder) -> tuple[list[ExportTensor], list[Left]]:
+    """Tied copies of exported tensors for the skipped source tensors ``[[export.tied]]`` names; the rest dropped."""
+    written = {tensor.name: tensor for tensor in builder.tensors}
+    copies: list[ExportTensor] = []
+    dropped: list[Left] = []
+    for skip in plan.skips:
+        if skip.side != "source":
+            continue
+        original = next((found for tied in section.tied if (found := tied.source_of(skip.name)) is not None), None)
+        if original is None:
+            dropped.append(Left(skip.name, skip.reason, skip.rule))
+            continue
+        tensor = written.get(original)
+        if tensor is None:
+            builder.block(
+                skip.rule,
+                (skip.name,),
+                f"[[export.tied]] makes {skip.name!r} a copy of {original!r}, which the export does not write; "
+                f"correct same_as (it writes {quoted(sorted(written))})",
+            )
+        elif skip.source_shape is not None and skip.source_shape != tensor.shape:
+            builder.block(
+                skip.rule,
+                (skip.name,),
+                f"[[export.tied]] makes {skip.name!r} {format_shape(skip.source_shape)} a copy of {original!r}, "
+                f"which is {format_shape(tensor.shape)}",
+            )
+        else:
+            copies.append(
+                ExportTensor(
+                    skip.name, tensor.shape, tensor.dtype, tensor.pieces, skip.rule, tensor.combine, copy_of=original
+                )
+            )
+    return copies, dropped
+
+
+def invert(plan: Plan, export: ExportSection | None = None, *, lossy_casts: bool | None = None) -> Inverse:
+    """The plan run backwards: how to write the plan's source tensors again from the target's variables.
+
+    Args:
+        plan: a plan (made against the checkpoint the model was imported from, or one with its names and shapes).
+        export: the rule file's ``[export]`` table (``rules.export``): tied weights, whether lossy casts back are
+            allowed.
+        lossy_casts: allow (True) or refuse (False) casts back that round, overriding ``export``.
+
+    Returns:
+        The Inverse; ``inverse.blockers`` says, per rule, what cannot be run backwards and why.
+
+    Example:
+        >>> from mapper.rules import parse_rules
+        >>> from mapper.plan.planner import build_plan
+        >>> from mapper.specs import TargetMap, VariableMap
+        >>> rules = parse_rules('format = 1\\n[[rules]]\\nmatch = "w"\\ntarget = "d/kernel"\\nops = [{ transpose = [1, 0] }]')
+        >>> plan = build_plan(rules, VariableMap([TensorSpec("w", (3, 2), "float32")]),
+        ...                   TargetMap(VariableMap([TensorSpec("d/kernel", (2, 3), "float32")])))
+        >>> [(t.name, t.shape, t.pieces[0].variable, t.pieces[0].operations) for t in invert(plan).tensors]
+        [('w', (3, 2), 'd/kernel', (Transpose(perm=(1, 0), kind='transpose'),))]
+    """
+    section = export or ExportSection()
+    lossy = section.lossy_casts == "allow" if lossy_casts is None else lossy_casts
+    builder = _Builder(lossy)
+    if plan.named_sources:
+        builder.block(
+            None,
+            [source.id for source in plan.named_sources],
+            "an export writes one source, and this plan reads several",
+        )
+    splits: dict[tuple[str | None, str], list[Assignment]] = defaultdict(list)
+    for assignment in plan.assignments:
+        if _is_split(assignment):
+            splits[(assignment.source_id, assignment.source)].append(assignment)
+        else:
+            builder.single(assignment)
+    for parts in splits.values():
+        builder.split(parts)
+    copies, dropped = _tied(plan, section, builder)
+    tensors = [*builder.tensors, *copies]
+    _check_one_to_one(tensors, builder)
+    not_exported = [Left(skip.name, skip.reason, skip.rule) for skip in plan.skips if skip.side == "target"] + [
+        Left(entry.name, "nothing fills it (unfilled in the plan)") for entry in plan.unfilled_targets
+    ]
+    return Inverse(
+        plan_source=plan.source if isinstance(plan.source, str) else "several sources",
+        plan_target=plan.target,
+        tensors=tuple(tensors),
+        dropped=tuple(dropped),
+        not_exported=tuple(not_exported),
+        blockers=_merged(builder.blockers),
+        rounded=tuple(builder.rounded),
+    )
+
+
+def _merged(blockers: Sequence[Blocker]) -> tuple[Blocker, ...]:
+    """One blocker per rule and reason, with the names of all (a rule that blocks 24 layers is one line)."""
+    names: dict[tuple[RuleRef | None, str], list[str]] = {}
+    for blocker in blockers:
+        names.setdefault((blocker.rule, blocker.reason), []).extend(blocker.names)
+    merged = [Blocker(rule, tuple(found), reason) for (rule, reason), found in names.items()]
+    return tuple(
+        sorted(merged, key=lambda b: (b.rule is not None, b.rule.file, b.rule.index) if b.rule else (False, "", 0))
+    )
+
+
+def _check_one_to_one(tensors: Sequence[ExportTensor], builder: _Builder) -> None:
+    """A blocker for every source name two variables (or a variable and a tied copy) would both write."""
+    by_name: dict[str, list[ExportTensor]] = defaultdict(list)
+    for tensor in tensors:
+        by_name[tensor.name].append(tensor)
+    for name, found in by_name.items():
+        if len(found) > 1:
+            variables = sorted({variable for tensor in found for variable in tensor.variables})
+            builder.block(
+                found[0].rule,
+                (name,),
+                f"{len(found)} exports write source name {name!r} (from {quoted(variables)}): the rules are not "
+                "one-to-one there, so the export would not know which to write",
+            )
+
+
+def check_elements(tensor: ExportTensor, specs: dict[str, TensorSpec]) -> None:
+    """Raise OperationError unless the pieces, run on variables of ``specs``, give the tensor's shape and dtype.
+
+    Example:
+        >>> t = ExportTensor("w", (3, 2), "float32", (Piece("v", (Transpose((1, 0)),)),), None)
+        >>> check_elements(t, {"v": TensorSpec("v", (2, 3), "float32")})
+    """
+    shapes = []
+    dtype = tensor.dtype
+    for piece in tensor.pieces:
+        spec = specs[piece.variable]
+        shape, dtype = infer_all(piece.operations, spec.shape, spec.dtype)
+        shapes.append(shape)
+    shape = tensor.combine.infer(shapes, dtype)[0] if tensor.combine is not None else shapes[0]
+    if shape != tensor.shape or dtype != tensor.dtype or math.prod(shape) != math.prod(tensor.shape):
+        raise OperationError(
+            f"{tensor.name!r}: the inverse gives {format_shape(shape)} {dtype}, not {format_shape(tensor.shape)} "
+            f"{tensor.dtype}",
+            operation="export",
+        )
+
+
+__all__ = [
+    "Blocker",
+    "ExportTensor",
+    "Inverse",
+    "Left",
+    "NotInvertibleError",
+    "Piece",
+    "check_elements",
+    "rounds",
+    "exact_cast",
+    "inverse_operation",
+    "inverse_operations",
+    "invert",
+]

@@ -1,0 +1,304 @@
+"""Inverse plans (mapper.plan.inverse) and the [export] table: every invertible operation undone exactly, the rest named.
+
+No TensorFlow: plans are built from rule text and specs, and run backwards on NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mapper.errors import OperationError, RuleFileError
+from mapper.ops import Cast, Operation, Rearrange, Reshape, Slice, SplitPart, Transpose, apply_numpy
+from mapper.plan.inverse import Inverse, NotInvertibleError, exact_cast, inverse_operations, invert
+from mapper.plan.planner import build_plan
+from mapper.rules import parse_rules
+from mapper.run.export import shard, shard_names, tensor_value
+from mapper.specs import TargetMap, TensorSpec, VariableMap
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize(
+    ("operations", "shape"),
+    [
+        ((Transpose((1, 0)),), (3, 4)),
+        ((Transpose((2, 3, 1, 0)),), (5, 3, 2, 2)),
+        ((Reshape((2, 3, 4)),), (6, 4)),
+        ((Transpose((1, 0)), Reshape((4, 2, 3))), (6, 4)),
+        ((Slice((0,)),), (1, 17, 8)),
+        ((Slice((0, 0)),), (1, 1, 8)),
+        ((Slice(((None, None, None), 0)),), (3, 1, 4)),
+        ((Rearrange("(heads dim) hidden -> hidden heads dim", (("heads", 2),)),), (8, 6)),
+        ((Cast("float32"), Transpose((1, 0))), (2, 5)),
+    ],
+    ids=[
+        "transpose",
+        "permute",
+        "reshape",
+        "transpose-reshape",
+        "slice-leading",
+        "slice-two",
+        "slice-inner",
+        "rearrange",
+        "identity-cast",
+    ],
+)
+def test_inverse_operations_give_back_the_tensor_exactly(
+    operations: tuple[Operation, ...], shape: tuple[int, ...]
+) -> None:
+    original = RNG.standard_normal(shape).astype("float32")
+    forward = apply_numpy(operations, original)
+    back = apply_numpy(inverse_operations(operations, shape, "float32"), forward)
+    assert back.shape == original.shape and back.dtype == original.dtype
+    assert back.tobytes() == original.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("operation", "shape", "dtype", "words"),
+    [
+        (Cast("float32"), (2,), "bfloat16", "lossy cast on the way back"),
+        (Cast("float32"), (2,), "float16", "lossy cast on the way back"),
+        (Cast("float64"), (2,), "float32", "lossy cast on the way back"),
+        (Slice((0,)), (2, 4), "float32", "keeps one of 2 entries"),
+        (Slice(((0, 2, None),)), (4,), "float32", "does not keep the whole axis"),
+        (Slice(((None, None, -1),)), (4,), "float32", "does not keep the whole axis"),
+        (SplitPart(0, 0, 2, 0, 2), (4,), "float32", "alone cannot be undone"),
+    ],
+    ids=["bf16-import", "f16-import", "f32-import", "slice-drops", "slice-part", "slice-reversed", "split-part"],
+)
+def test_operations_without_an_exact_inverse_say_why(
+    operation: Operation, shape: tuple[int, ...], dtype: str, words: str
+) -> None:
+    # The import casts ``dtype`` up: a bfloat16 checkpoint loaded as float32 rounds on the way back.
+    with pytest.raises(OperationError, match=words):
+        inverse_operations([operation], shape, dtype)
+
+
+def test_a_lossy_cast_back_is_allowed_when_asked() -> None:
+    assert inverse_operations([Cast("float32")], (2,), "bfloat16", lossy=True) == (Cast("bfloat16"),)
+
+
+def test_a_cast_down_on_import_casts_up_on_export_exactly() -> None:
+    # float32 -> float16 on import rounds once; the model's float16 values all come back exactly as float32.
+    assert inverse_operations([Cast("float16")], (2,), "float32") == (Cast("float32"),)
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "exact"),
+    [
+        ("bfloat16", "float32", True),
+        ("float16", "float32", True),
+        ("float32", "float64", True),
+        ("float8_e4m3fn", "bfloat16", True),
+        ("float32", "bfloat16", False),
+        ("bfloat16", "float16", False),
+        ("float16", "bfloat16", False),
+        ("int8", "int16", True),
+        ("uint8", "int16", True),
+        ("int8", "uint16", False),
+        ("int64", "int32", False),
+        ("int16", "float32", True),
+        ("int32", "float32", False),
+        ("int32", "float64", True),
+        ("bool", "float16", True),
+    ],
+)
+def test_exact_cast(source: str, target: str, exact: bool) -> None:
+    assert exact_cast(source, target) is exact
+
+
+def _plan(text: str, sources: list[TensorSpec], targets: list[TensorSpec]) -> object:
+    plan = build_plan(parse_rules("format = 1\n" + text), VariableMap(sources), TargetMap(VariableMap(targets)))
+    assert plan.ok, plan.problems
+    return plan
+
+
+def _export(inverse: Inverse, variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {tensor.name: tensor_value(tensor, variables) for tensor in inverse.tensors}
+
+
+def _import(
+    text: str, values: dict[str, np.ndarray], targets: list[TensorSpec]
+) -> tuple[Inverse, dict[str, np.ndarray]]:
+    """Plan, run the plan forward on NumPy, and invert it: the inverse and the variables it would read."""
+    from mapper.ops import NUMPY, combine_values
+
+    sources = [TensorSpec(name, value.shape, str(value.dtype)) for name, value in values.items()]
+    plan = _plan(text, sources, targets)
+    variables = {}
+    for a in plan.assignments:  # type: ignore[attr-defined]
+        members = [values[name] for name in a.source_names]
+        joined = members[0] if a.join is None else combine_values(a.join.combine, members, NUMPY)
+        variables[a.target] = apply_numpy(a.operations, joined)
+    return invert(plan), variables  # type: ignore[arg-type]
+
+
+def test_a_split_is_joined_again() -> None:
+    fused = RNG.standard_normal((4, 12)).astype("float32")
+    text = """
+[[rules]]
+match = "c_attn"
+split = { axis = -1, parts = 3 }
+targets = ["q/kernel", "k/kernel", "v/kernel"]
+ops = [{ reshape = [4, 2, 2] }]
+"""
+    inverse, variables = _import(
+        text, {"c_attn": fused}, [TensorSpec(f"{p}/kernel", (4, 2, 2), "float32") for p in "qkv"]
+    )
+    assert inverse.ok and [t.name for t in inverse.tensors] == ["c_attn"]
+    assert _export(inverse, variables)["c_attn"].tobytes() == fused.tobytes()
+
+
+@pytest.mark.parametrize(
+    "join",
+    ["concat = { axis = 0, by = 'p', members = ['k', 'v'] }", "stack = { axis = 1, by = 'p', members = ['k', 'v'] }"],
+)
+def test_a_join_is_taken_apart_again(join: str) -> None:
+    values = {"k": RNG.standard_normal((2, 3)).astype("float32"), "v": RNG.standard_normal((2, 3)).astype("float32")}
+    shape = (4, 3) if join.startswith("concat") else (2, 2, 3)
+    text = f'[[rules]]\nmatch = "(?P<p>k|v)"\ntarget = "kv"\n{join}\nops = [{{ transpose = {list(range(len(shape)))[::-1]} }}]\n'
+    inverse, variables = _import(text, values, [TensorSpec("kv", shape[::-1], "float32")])
+    exported = _export(inverse, variables)
+    assert inverse.ok and sorted(exported) == ["k", "v"]
+    assert all(exported[name].tobytes() == values[name].tobytes() for name in values)
+
+
+def test_blockers_name_the_rule_and_the_reason() -> None:
+    text = """
+[[rules]]
+name = "cast up"
+match = "w"
+target = "w"
+ops = [{ cast = "float32" }]
+
+[[rules]]
+name = "first row"
+match = "rows"
+target = "row"
+ops = [{ slice = "0" }]
+"""
+    sources = [TensorSpec("w", (2,), "bfloat16"), TensorSpec("rows", (3, 2), "float32")]
+    targets = [TensorSpec("w", (2,), "float32"), TensorSpec("row", (2,), "float32")]
+    inverse = invert(_plan(text, sources, targets))  # type: ignore[arg-type]
+    assert [blocker.rule.name for blocker in inverse.blockers if blocker.rule] == ["cast up", "first row"]
+    message = str(NotInvertibleError.of(inverse))
+    assert (
+        "'cast up'" in message and "lossy cast" in message and "'first row'" in message and "keeps one of 3" in message
+    )
+    assert invert(
+        _plan(text.replace('"0"', '":"'), sources, [targets[0], TensorSpec("row", (3, 2), "float32")]),  # type: ignore[arg-type]
+        lossy_casts=True,
+    ).ok
+
+
+def test_two_variables_exporting_to_one_name_block() -> None:
+    plan = _plan(
+        '[[rules]]\nmatch = "w"\ntarget = "a"\n', [TensorSpec("w", (2,), "float32")], [TensorSpec("a", (2,), "float32")]
+    )
+    twice = dataclasses.replace(
+        plan, assignments=(*plan.assignments, dataclasses.replace(plan.assignments[0], target="b"))
+    )  # type: ignore[type-var, attr-defined]
+    inverse = invert(twice)
+    assert not inverse.ok and "2 exports write source name 'w'" in str(inverse.blockers[0])
+
+
+def test_an_incomplete_split_blocks() -> None:
+    text = '[[rules]]\nmatch = "qkv"\nsplit = { axis = 0, parts = 3 }\ntargets = ["q", "k", "v"]\n'
+    plan = _plan(text, [TensorSpec("qkv", (6,), "float32")], [TensorSpec(name, (2,), "float32") for name in "qkv"])
+    inverse = invert(dataclasses.replace(plan, assignments=plan.assignments[:2]))  # type: ignore[type-var, attr-defined]
+    assert "part 3 missing" in str(inverse.blockers[0])
+
+
+TIED = """
+[[rules]]
+match = "embed.weight"
+target = "embeddings"
+
+[[rules]]
+match = "lm_head.weight"
+skip = "tied to the token embeddings"
+
+[[rules]]
+match = "position_ids"
+skip = "a buffer"
+
+[[export.tied]]
+match = 'lm_head\\.(?P<p>weight)'
+same_as = "embed.{p}"
+"""
+
+
+def test_skipped_tensors_are_dropped_and_tied_ones_copied() -> None:
+    sources = [
+        TensorSpec("embed.weight", (5, 2), "float32"),
+        TensorSpec("lm_head.weight", (5, 2), "float32"),
+        TensorSpec("position_ids", (1, 5), "int64"),
+    ]
+    rules = parse_rules("format = 1\n" + TIED)
+    plan = build_plan(
+        rules, VariableMap(sources), TargetMap(VariableMap([TensorSpec("embeddings", (5, 2), "float32")]))
+    )
+    inverse = invert(plan, rules.export)
+    assert [(t.name, t.copy_of) for t in inverse.tensors] == [
+        ("embed.weight", None),
+        ("lm_head.weight", "embed.weight"),
+    ]
+    assert [(left.name, left.reason) for left in inverse.dropped] == [("position_ids", "a buffer")]
+    wrong = parse_rules("format = 1\n" + TIED.replace('"embed.{p}"', '"embedding.{p}"'))
+    assert "does not write" in str(invert(plan, wrong.export).blockers[0])
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        ('[export]\nlossy_casts = "sometimes"', "lossy_casts"),
+        ('[export]\nlossy = "allow"', "did you mean 'lossy_casts'"),
+        ('[[export.tied]]\nmatch = "a("\nsame_as = "b"', "invalid regular expression"),
+        ('[[export.tied]]\nmatch = "a"\nsame_as = "{i}"', "i"),
+        ('[[export.tied]]\nmatch = "a"\nsame_as = "b"\nreason = " "', "reason"),
+    ],
+    ids=["lossy-value", "unknown-key", "bad-regex", "unknown-group", "blank-reason"],
+)
+def test_the_export_table_is_validated(table: str, words: str) -> None:
+    with pytest.raises(RuleFileError, match=words):
+        parse_rules("format = 1\n" + table)
+
+
+def test_lossy_casts_allowed_by_the_rule_file() -> None:
+    rules = parse_rules(
+        'format = 1\n[export]\nlossy_casts = "allow"\n[[rules]]\nmatch = "w"\ntarget = "w"\nops = [{ cast = "float32" }]'
+    )
+    plan = build_plan(
+        rules,
+        VariableMap([TensorSpec("w", (2,), "bfloat16")]),
+        TargetMap(VariableMap([TensorSpec("w", (2,), "float32")])),
+    )
+    assert invert(plan, rules.export).ok
+    assert not invert(plan, rules.export, lossy_casts=False).ok
+
+
+def test_shards_follow_the_size_limit_and_transformers_names() -> None:
+    specs = [TensorSpec(f"t{i}", (10,), "float32") for i in range(5)]  # 40 bytes each
+    parts = shard(specs, 100)
+    assert [len(part) for part in parts] == [2, 2, 1]
+    assert shard_names(3)[1] == "model-00002-of-00003.safetensors"
+    assert [len(part) for part in shard(specs, 10)] == [1] * 5  # a tensor above the limit gets a shard alone
+
+
+def test_the_export_table_merges_over_extends(tmp_path: Path) -> None:
+    from mapper.rules import load_rules
+
+    (tmp_path / "base.toml").write_text(
+        'format = 1\n[export]\nlossy_casts = "allow"\n[[rules]]\nmatch = "b"\ntarget = "b"\n', encoding="utf-8"
+    )
+    (tmp_path / "top.toml").write_text(
+        'format = 1\nextends = ["base.toml"]\n[[export.tied]]\nmatch = "t"\nsame_as = "b"\n'
+        '[[rules]]\nmatch = "t"\nskip = "tied"\n',
+        encoding="utf-8",
+    )
+    export = load_rules(tmp_path / "top.toml").export
+    assert export.lossy_casts == "allow" and [tied.match for tied in export.tied] == ["t"]
