@@ -1,8 +1,10 @@
-"""A tensor's bytes handed to a file as they are: a flat byte view of the array, written with positional writes."""
+"""A tensor's bytes handed to a file as they are: a flat byte view, positional writes, on a background thread."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -42,11 +44,74 @@ def write_at(fd: int, data: memoryview, offset: int) -> None:
     """
     view = data.cast("B") if data.format != "B" or data.ndim != 1 else data
     while len(view):
-        done = os.pwrite(fd, view, offset)
+        done = os.pwrite(fd, view[:WRITE_CHUNK], offset)
         if done <= 0:  # pragma: no cover - pwrite raises (ENOSPC, EFBIG) rather than writing nothing
             raise OSError(f"writing at byte {offset} wrote nothing")
         view = view[done:]
         offset += done
 
 
-__all__ = ["raw_bytes", "write_at"]
+class Background:
+    """Writes done on one background thread, in order, while the caller reads and transforms the next batch.
+
+    ``submit`` queues a call; ``end_batch`` waits for the calls of the batch before the one just ended, so that
+    at most one batch is being written while the next is read (memory stays near two batches); ``wait`` waits
+    for all of them. The first failure of a queued call is raised, in the caller's thread, by the next
+    ``submit``, ``end_batch`` or ``wait``; ``close`` drops what was not started and waits for what was.
+
+    Example:
+        >>> done = []
+        >>> background = Background()
+        >>> background.submit(done.append, 1)
+        >>> background.wait()
+        >>> background.close()
+        >>> done
+        [1]
+    """
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future[Any]] = []
+        self._batch_start = 0  # where the batch now being submitted starts in _pending
+
+    def submit(self, call: Callable[..., Any], *args: Any) -> None:
+        """Queue ``call(*args)``; first raise the failure of an earlier call, if one failed."""
+        self._raise_failed()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mapper-writer")
+        self._pending.append(self._pool.submit(call, *args))
+
+    def end_batch(self) -> None:
+        """Wait for the calls queued before the previous ``end_batch``; the last batch's go on in the background."""
+        earlier, self._pending = self._pending[: self._batch_start], self._pending[self._batch_start :]
+        for future in earlier:
+            future.result()
+        self._batch_start = len(self._pending)
+        self._raise_failed()
+
+    def wait(self) -> None:
+        """Wait for every queued call; raise the first failure."""
+        pending, self._pending, self._batch_start = self._pending, [], 0
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        """Cancel the calls not started, wait for the running one, and stop the thread. Safe to call twice."""
+        for future in self._pending:
+            future.cancel()
+        self._pending, self._batch_start = [], 0
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _raise_failed(self) -> None:
+        for future in self._pending:
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                future.result()
+
+
+# Bytes per pwrite: a signal (SIGTERM, Ctrl-C) waits for at most one such write to finish.
+WRITE_CHUNK = 16 * 2**20
+
+
+__all__ = ["WRITE_CHUNK", "Background", "raw_bytes", "write_at"]

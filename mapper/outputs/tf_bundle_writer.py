@@ -21,7 +21,7 @@ from mapper.dtypes import DTYPE_SIZES
 from mapper.errors import TargetError
 from mapper.outputs.base import TensorWriter
 from mapper.outputs.files import OutputFormat, replace_checkpoint
-from mapper.outputs.raw import raw_bytes, write_at
+from mapper.outputs.raw import Background, raw_bytes, write_at
 from mapper.sources.tf_bundle import _HOST_ENDIANNESS, DTYPE_NAMES, data_file_name, masked_crc32c
 from mapper.specs import TensorSpec
 
@@ -50,8 +50,8 @@ class CheckpointWriter(TensorWriter):
     """A name-based TensorFlow checkpoint written directly: ``tf.train.load_checkpoint(path)`` lists the names.
 
     The tensors' places in the one data file are laid out from the specs first (in their order, as ``SaveV2``
-    lays out the tensors it is given), each tensor is written into its place as it comes (``os.pwrite`` of its buffer) and its crc32c
-    taken; ``commit`` syncs the data file, writes and syncs the index, and moves the data file into place and the
+    lays out the tensors it is given), each tensor is written into its place as it comes (``os.pwrite`` of its
+    buffer, on a background thread while the next batch is read: see ``Background``) and its crc32c taken; ``commit`` syncs the data file, writes and syncs the index, and moves the data file into place and the
     index last. No TensorFlow is imported. Like a TF1 ``Saver`` checkpoint it has no object graph: read it by name
     (``tf.train.load_checkpoint``, ``init_from_checkpoint``, or ``mapper``); ``tf.train.Checkpoint.read`` reads it
     in TensorFlow's name-based mode, restoring the variables whose names (``v.name`` without ``:0``) are its keys.
@@ -92,16 +92,25 @@ class CheckpointWriter(TensorWriter):
         self._fd: int | None = os.open(
             self._prefix.with_name(data_file_name(str(self._prefix), 0, 1)), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666
         )
+        self._background = Background()
         os.ftruncate(self._fd, offset)
 
     def _write(self, spec: TensorSpec, value: Any) -> None:
         assert self._fd is not None
         data = raw_bytes(value, order="=")  # TensorFlow writes, and reads, the machine's byte order
-        write_at(self._fd, data, self._offsets[spec.name])
-        self._checksums[spec.name] = masked_crc32c(data)
+        self._background.submit(self._write_tensor, self._fd, spec.name, data)
+
+    def _write_tensor(self, fd: int, name: str, data: memoryview) -> None:
+        """Write one tensor into its place and keep its checksum (on the background thread)."""
+        write_at(fd, data, self._offsets[name])
+        self._checksums[name] = masked_crc32c(data)
+
+    def _end_batch(self) -> None:
+        self._background.end_batch()
 
     def _finish(self) -> None:
         assert self._fd is not None
+        self._background.wait()
         os.fsync(self._fd)
         self._close()
         entries = (
@@ -124,6 +133,9 @@ class CheckpointWriter(TensorWriter):
             shutil.rmtree(self._directory, ignore_errors=True)
 
     def _close(self) -> None:
+        background = getattr(self, "_background", None)
+        if background is not None:
+            background.close()
         fd = getattr(self, "_fd", None)
         if fd is not None:
             self._fd = None

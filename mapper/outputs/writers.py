@@ -24,7 +24,7 @@ from mapper.errors import OutputError, TargetError
 from mapper.outputs.base import FileWriter, TensorWriter, as_numpy
 from mapper.outputs.faults import h5_size
 from mapper.outputs.files import OutputFormat, output_format, replace_checkpoint
-from mapper.outputs.raw import raw_bytes, write_at
+from mapper.outputs.raw import Background, raw_bytes, write_at
 from mapper.outputs.tf_bundle_writer import CheckpointWriter, raw_dtype
 from mapper.sources.safetensors import DTYPES as SAFETENSORS_DTYPES
 from mapper.specs import TensorSpec
@@ -83,8 +83,8 @@ class SafetensorsWriter(FileWriter):
 
     Tensors may be written in any order; the file lists them in the order of the specs, contiguously, as the
     format requires. Each tensor goes from the value given straight to the file (``os.pwrite`` of its buffer, no
-    copy in between) and nothing is held in memory beyond the one being written; the file is synced once, when
-    it is complete, before it is moved into place.
+    copy in between), on a background thread while the next batch is read (see ``Background``: memory stays near
+    two batches); the file is synced once, when it is complete, before it is moved into place.
 
     Example:
         >>> import tempfile
@@ -129,6 +129,7 @@ class SafetensorsWriter(FileWriter):
         self._data_start = 8 + len(text)
         self._temporary = self._new_temporary()
         self._fd: int | None = os.open(self._temporary, os.O_RDWR | getattr(os, "O_BINARY", 0))
+        self._background = Background()
         try:
             write_at(self._fd, memoryview(struct.pack("<Q", len(text)) + text), 0)
             os.ftruncate(self._fd, self._data_start + offset)
@@ -138,14 +139,21 @@ class SafetensorsWriter(FileWriter):
 
     def _write(self, spec: TensorSpec, value: Any) -> None:
         assert self._fd is not None
-        write_at(self._fd, raw_bytes(value), self._data_start + self._offsets[spec.name])
+        self._background.submit(write_at, self._fd, raw_bytes(value), self._data_start + self._offsets[spec.name])
+
+    def _end_batch(self) -> None:
+        self._background.end_batch()
 
     def _finish(self) -> None:
         assert self._fd is not None
+        self._background.wait()
         os.fsync(self._fd)  # once, for the whole file: what the rename into place needs to be durable
         self._close()
 
     def _close(self) -> None:
+        background = getattr(self, "_background", None)
+        if background is not None:
+            background.close()
         fd = getattr(self, "_fd", None)
         if fd is not None:
             self._fd = None
