@@ -52,11 +52,16 @@ PATHS = (
     "copy_fsync",
     "convert_rename",
     "convert_safetensors",
+    "convert_rename_safetensors",
     "convert_h5",
 )
 # convert_rename tells the writer's cost from the operations'; convert_h5 has no goal (see the README).
-CONVERT_PATHS = ("convert", "convert_rename", "convert_safetensors", "convert_h5")
-CONVERT_OUTPUTS = {"convert_safetensors": "model.safetensors", "convert_h5": "model.weights.h5"}
+CONVERT_PATHS = ("convert", "convert_rename", "convert_safetensors", "convert_rename_safetensors", "convert_h5")
+CONVERT_OUTPUTS = {
+    "convert_safetensors": "model.safetensors",
+    "convert_rename_safetensors": "model.safetensors",
+    "convert_h5": "model.weights.h5",
+}
 PATH_LABELS = {
     "keras_hub": "keras-hub: convert_bert.convert_weights(backbone, SafetensorLoader(dir), config)",
     "mapper_rollback": "mapper.apply(plan, dir, backbone) (rollback=True, the default)",
@@ -66,6 +71,7 @@ PATH_LABELS = {
     "copy_fsync": "shutil.copyfile(model.safetensors, out/copy.safetensors), then os.fsync of the copy",
     "convert_rename": "not a goal: as convert, with rename-bert.toml's ops removed (renames only, no transposes)",
     "convert_safetensors": "as convert, into out/model.safetensors instead of a TF checkpoint",
+    "convert_rename_safetensors": "not a goal: as convert_rename, into out/model.safetensors",
     "convert_h5": "not a goal: as convert, into out/model.weights.h5 (HDF5, h5py)",
 }
 REFERENCE_LABELS = {"keras_hub": "kh", "copy": "copy", "copy_fsync": "c+fs"}
@@ -234,7 +240,8 @@ def run_measurement(path: str, size: str, profile: str | None) -> dict[str, Any]
     if path in CONVERT_PATHS:
         float(tf.reduce_sum(tf.constant([1.0, 2.0])))  # TensorFlow's eager context starts outside the timing
         rules = CONVERT_RULES
-        if path == "convert_rename":
+        renames_only = path.startswith("convert_rename")
+        if renames_only:
             rules = output / "rename-only.toml"
             text = CONVERT_RULES.read_text(encoding="utf-8")
             rules.write_text("".join(line for line in text.splitlines(True) if not line.startswith("ops = ")))
@@ -247,12 +254,12 @@ def run_measurement(path: str, size: str, profile: str | None) -> dict[str, Any]
             "batches": result.batches,
             "seconds": result.seconds,
         }
-        if path == "convert_safetensors":
+        if written.suffix == ".safetensors":
             from safetensors import safe_open
 
             with safe_open(str(written), framework="np") as file:
                 extra["output_tensors"] = len(list(file.keys()))
-                wrong = wrong_values(meta, file.get_tensor)
+                wrong = wrong_values(meta, file.get_tensor, transformed=not renames_only)
             extra["output_bytes"] = written.stat().st_size
         elif path == "convert_h5":
             import h5py
@@ -265,7 +272,7 @@ def run_measurement(path: str, size: str, profile: str | None) -> dict[str, Any]
             reader = tf.train.load_checkpoint(str(written))
             extra["output_tensors"] = len(reader.get_variable_to_shape_map())
             extra["output_bytes"] = sum(file.stat().st_size for file in output.glob("ckpt.*"))
-            wrong = wrong_values(meta, reader.get_tensor, transformed=path != "convert_rename")
+            wrong = wrong_values(meta, reader.get_tensor, transformed=not renames_only)
         return {"path": path, **figures, **extra, "wrong": wrong, "pid": os.getpid(), "mapper": mapper.__file__}
 
     import keras_hub
