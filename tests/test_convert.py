@@ -1067,3 +1067,28 @@ def test_cli_convert_help_has_examples(capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     assert "examples:" in out and "mapper convert" in out and "exit codes:" in out
     assert "layers/dense/vars/0" in out  # the note on Keras .weights.h5 names
+
+
+@pytest.mark.parametrize("output_kind", list(SUFFIXES))
+def test_write_plan_runs_without_tensorflow(tmp_path: Path, output_kind: str) -> None:
+    import subprocess
+    import sys
+
+    arrays = port_source()
+    (tmp_path / "src").mkdir()
+    prefix = write_checkpoint(tmp_path / "src", arrays)
+    output = tmp_path / SUFFIXES[output_kind]
+    script = (
+        "import sys\n"
+        "sys.modules['tensorflow'] = None\n"  # importing it fails
+        "from mapper.plan.conversion import plan_conversion\n"
+        "from mapper.rules import parse_rules\n"
+        "from mapper.run.convert import write_plan\n"
+        "from mapper.sources.tf_checkpoint import TFCheckpointSource\n"
+        f"source = TFCheckpointSource({prefix!r})\n"
+        f"write_plan(plan_conversion(parse_rules({PORT_RULES!r}), source), source, {str(output)!r})\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=root, env={"PYTHONPATH": str(root)})
+
+    assert_bit_exact(read_all(output), port_expected(arrays))
