@@ -20,7 +20,13 @@ from mapper import api, cli
 from mapper.api import convert
 from mapper.errors import ApplyError, CorruptSourceError, OutputError, PlanError, TargetError
 from mapper.outputs.files import check_output, output_format
-from mapper.outputs.writers import CheckpointWriter, KerasH5Writer, SafetensorsWriter, open_writer
+from mapper.outputs.writers import (
+    CheckpointWriter,
+    KerasH5Writer,
+    SafetensorsWriter,
+    SaveV2CheckpointWriter,
+    open_writer,
+)
 from mapper.plan import NamedSource, ProblemKind
 from mapper.plan.conversion import OPEN_TARGET, open_target, plan_conversion
 from mapper.rules import parse_rules
@@ -143,7 +149,7 @@ def test_safetensors_output_is_read_by_the_safetensors_library(tmp_path: Path) -
     assert (8 + header_length) % 8 == 0
 
 
-def test_tf_checkpoint_output_of_many_batches_has_one_shard_per_batch(tmp_path: Path) -> None:
+def test_tf_checkpoint_output_of_many_batches_is_one_data_file(tmp_path: Path) -> None:
     arrays = {f"layer_{i}/w": np.full((8, 8), i, np.float32) for i in range(5)}
     calls: list[tuple[int, int]] = []
     output = tmp_path / "ckpt"
@@ -158,8 +164,21 @@ def test_tf_checkpoint_output_of_many_batches_has_one_shard_per_batch(tmp_path: 
 
     assert result.batches == 3
     assert calls == [(2, 5), (4, 5), (5, 5)]
-    assert listing(tmp_path) == [f"ckpt.data-0000{i}-of-00003" for i in range(3)] + ["ckpt.index"]
+    assert listing(tmp_path) == ["ckpt.data-00000-of-00001", "ckpt.index"]
     assert_bit_exact(read_all(output), arrays)
+    assert_bit_exact({name: tf.train.load_checkpoint(str(output)).get_tensor(name) for name in arrays}, arrays)
+
+
+def test_tf_checkpoint_output_with_strings_is_saved_by_tensorflow(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    arrays = {"vocab": np.array([b"a", b"bc", b""], object), "w": np.arange(4, dtype=np.float32)}
+    prefix = write_checkpoint(tmp_path / "src", arrays)
+
+    convert(parse_rules(IDENTITY), open_source(prefix), tmp_path / "ckpt", batch_bytes=8)
+
+    reader = tf.train.load_checkpoint(str(tmp_path / "ckpt"))
+    assert reader.get_tensor("vocab").tolist() == [b"a", b"bc", b""]
+    assert reader.get_tensor("w").tobytes() == arrays["w"].tobytes()
 
 
 def test_keras_weights_h5_output_loads_into_the_model(tmp_path: Path) -> None:
@@ -494,7 +513,10 @@ def test_existing_output_is_refused_then_replaced_with_overwrite(tmp_path: Path,
 def test_overwriting_a_checkpoint_with_fewer_shards_leaves_no_stale_shard(tmp_path: Path) -> None:
     arrays = {f"w{i}": np.full(64, i, np.float32) for i in range(3)}
     output = tmp_path / "ckpt"
-    convert(parse_rules(IDENTITY), MemorySource(arrays), output, batch_bytes=256)
+    with SaveV2CheckpointWriter(output, [TensorSpec(name, (64,), "float32") for name in arrays]) as writer:
+        for name, array in arrays.items():  # SaveV2 writes a data shard per batch
+            writer.write(name, array)
+            writer.end_batch()
     assert len(data_files(str(output))) == 3
 
     convert(parse_rules(IDENTITY), MemorySource(arrays), output, overwrite=True)
@@ -751,9 +773,9 @@ def test_output_format_from_suffix_or_given(name: str, given: str | None, expect
     assert output_format(name, given) == expected
 
 
-@pytest.mark.parametrize("writer_class", [SafetensorsWriter, KerasH5Writer, CheckpointWriter])
+@pytest.mark.parametrize("writer_class", [SafetensorsWriter, KerasH5Writer, CheckpointWriter, SaveV2CheckpointWriter])
 def test_writers_check_values_and_completeness(tmp_path: Path, writer_class: type[Any]) -> None:
-    name = {SafetensorsWriter: "w.safetensors", KerasH5Writer: "w.h5", CheckpointWriter: "ckpt"}[writer_class]
+    name = {SafetensorsWriter: "w.safetensors", KerasH5Writer: "w.h5"}.get(writer_class, "ckpt")
     specs = [TensorSpec("a", (2,), "float32"), TensorSpec("b", (3,), "int32")]
     writer = writer_class(tmp_path / name, specs)
     with pytest.raises(TargetError, match=r"'a' is \[3\] float32, not the \[2\] float32"):
@@ -1045,3 +1067,28 @@ def test_cli_convert_help_has_examples(capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     assert "examples:" in out and "mapper convert" in out and "exit codes:" in out
     assert "layers/dense/vars/0" in out  # the note on Keras .weights.h5 names
+
+
+@pytest.mark.parametrize("output_kind", list(SUFFIXES))
+def test_write_plan_runs_without_tensorflow(tmp_path: Path, output_kind: str) -> None:
+    import subprocess
+    import sys
+
+    arrays = port_source()
+    (tmp_path / "src").mkdir()
+    prefix = write_checkpoint(tmp_path / "src", arrays)
+    output = tmp_path / SUFFIXES[output_kind]
+    script = (
+        "import sys\n"
+        "sys.modules['tensorflow'] = None\n"  # importing it fails
+        "from mapper.plan.conversion import plan_conversion\n"
+        "from mapper.rules import parse_rules\n"
+        "from mapper.run.convert import write_plan\n"
+        "from mapper.sources.tf_checkpoint import TFCheckpointSource\n"
+        f"source = TFCheckpointSource({prefix!r})\n"
+        f"write_plan(plan_conversion(parse_rules({PORT_RULES!r}), source), source, {str(output)!r})\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=root, env={"PYTHONPATH": str(root)})
+
+    assert_bit_exact(read_all(output), port_expected(arrays))

@@ -619,3 +619,31 @@ def test_sigterm_raises_does_nothing_outside_the_main_thread() -> None:
     thread.start()
     thread.join()
     assert seen == [signal.SIG_DFL]
+
+
+# --- writes on the background thread -------------------------------------------------------------------------------
+
+
+def test_a_failed_background_write_is_raised_by_the_next_call_and_close_stops_the_rest() -> None:
+    from mapper.outputs.raw import Background
+
+    done: list[int] = []
+
+    def fail() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    background = Background()
+    background.submit(done.append, 1)
+    background.submit(fail)
+    with pytest.raises(OSError, match="No space left"):
+        background.end_batch()  # raises if the failure already happened; the batch just ended may still be going
+        background.end_batch()  # waits for the batch before: the failure is raised by now
+    background.close()
+    background.close()
+    assert done == [1]
+
+    background = Background()
+    background.submit(fail)
+    with pytest.raises(OSError, match="No space left"):
+        background.wait()
+    background.close()

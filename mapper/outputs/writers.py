@@ -24,6 +24,8 @@ from mapper.errors import OutputError, TargetError
 from mapper.outputs.base import FileWriter, TensorWriter, as_numpy
 from mapper.outputs.faults import h5_size
 from mapper.outputs.files import OutputFormat, output_format, replace_checkpoint
+from mapper.outputs.raw import Background, raw_bytes, write_at
+from mapper.outputs.tf_bundle_writer import CheckpointWriter, raw_dtype
 from mapper.sources.safetensors import DTYPES as SAFETENSORS_DTYPES
 from mapper.specs import TensorSpec
 from mapper.text import quoted, s
@@ -49,7 +51,8 @@ def open_writer(
         overwrite: replace an existing output when committing; without it an existing output is refused.
 
     Returns:
-        A TensorWriter; use it as a context manager, or call ``commit`` / ``abort`` yourself.
+        A TensorWriter; use it as a context manager, or call ``commit`` / ``abort`` yourself. A TF checkpoint is
+        written without TensorFlow (``CheckpointWriter``) unless it holds strings (``SaveV2CheckpointWriter``).
 
     Raises:
         TargetError: the output is refused (see ``check_output``), or a name or dtype cannot be held by the format.
@@ -70,6 +73,8 @@ def open_writer(
         "safetensors": SafetensorsWriter,
         "keras-h5": KerasH5Writer,
     }
+    if chosen == "tf-checkpoint" and not all(raw_dtype(spec.dtype) for spec in specs):
+        return SaveV2CheckpointWriter(path, specs, overwrite=overwrite)  # strings: TensorFlow encodes them
     return writers[chosen](path, specs, overwrite=overwrite)
 
 
@@ -77,7 +82,9 @@ class SafetensorsWriter(FileWriter):
     """A ``.safetensors`` file: the header is laid out from the specs first, then each tensor written in its place.
 
     Tensors may be written in any order; the file lists them in the order of the specs, contiguously, as the
-    format requires. No tensor is held in memory beyond the one being written.
+    format requires. Each tensor goes from the value given straight to the file (``os.pwrite`` of its buffer, no
+    copy in between), on a background thread while the next batch is read (see ``Background``: memory stays near
+    two batches); the file is synced once, when it is complete, before it is moved into place.
 
     Example:
         >>> import tempfile
@@ -121,27 +128,36 @@ class SafetensorsWriter(FileWriter):
         text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the safetensors library writes it
         self._data_start = 8 + len(text)
         self._temporary = self._new_temporary()
-        self._file = self._temporary.open("r+b")
+        self._fd: int | None = os.open(self._temporary, os.O_RDWR | getattr(os, "O_BINARY", 0))
+        self._background = Background()
         try:
-            self._file.write(struct.pack("<Q", len(text)) + text)
-            self._file.truncate(self._data_start + offset)
+            write_at(self._fd, memoryview(struct.pack("<Q", len(text)) + text), 0)
+            os.ftruncate(self._fd, self._data_start + offset)
         except BaseException:
             self._discard()
             raise
 
     def _write(self, spec: TensorSpec, value: Any) -> None:
-        self._file.seek(self._data_start + self._offsets[spec.name])
-        self._file.write(_raw_bytes(value))
+        assert self._fd is not None
+        self._background.submit(write_at, self._fd, raw_bytes(value), self._data_start + self._offsets[spec.name])
+
+    def _end_batch(self) -> None:
+        self._background.end_batch()
 
     def _finish(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        assert self._fd is not None
+        self._background.wait()
+        os.fsync(self._fd)  # once, for the whole file: what the rename into place needs to be durable
+        self._close()
 
     def _close(self) -> None:
-        file = getattr(self, "_file", None)
-        if file is not None and not file.closed:
-            file.close()
+        background = getattr(self, "_background", None)
+        if background is not None:
+            background.close()
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            self._fd = None
+            os.close(fd)
 
 
 class KerasH5Writer(FileWriter):
@@ -246,10 +262,10 @@ class KerasH5Writer(FileWriter):
             file.close()
 
 
-class CheckpointWriter(TensorWriter):
-    """A name-based TensorFlow checkpoint: ``tf.train.load_checkpoint(path)`` lists exactly the names written.
+class SaveV2CheckpointWriter(TensorWriter):
+    """A name-based TensorFlow checkpoint saved by TensorFlow: for tensors ``CheckpointWriter`` cannot write (strings).
 
-    Each batch is saved with one ``tf.raw_ops.SaveV2`` into a temporary directory beside the output, and
+    ``tf.train.load_checkpoint(path)`` lists exactly the names written. Each batch is saved with one ``tf.raw_ops.SaveV2`` into a temporary directory beside the output, and
     ``commit`` merges the parts with ``MergeV2Checkpoints`` (which renames data files, copying nothing) into a
     checkpoint with one data shard per batch, then moves the data files into place and the index last. Like a
     TF1 ``Saver`` checkpoint, it has no object graph: read it by name (``tf.train.load_checkpoint``,
@@ -260,11 +276,11 @@ class CheckpointWriter(TensorWriter):
         >>> import numpy as np
         >>> import tensorflow as tf
         >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     with CheckpointWriter(f"{tmp}/ckpt", [TensorSpec("bert/w", (2,), "bfloat16")]) as writer:
-        ...         writer.write("bert/w", tf.constant([1.5, 2.0], tf.bfloat16))
+        ...     with SaveV2CheckpointWriter(f"{tmp}/ckpt", [TensorSpec("bert/s", (2,), "string")]) as writer:
+        ...         writer.write("bert/s", tf.constant(["a", "bc"]))
         ...     reader = tf.train.load_checkpoint(f"{tmp}/ckpt")
-        ...     print(reader.get_variable_to_dtype_map(), sorted(os.listdir(tmp)))
-        {'bert/w': tf.bfloat16} ['ckpt.data-00000-of-00001', 'ckpt.index']
+        ...     print(reader.get_tensor("bert/s"), sorted(os.listdir(tmp)))
+        [b'a' b'bc'] ['ckpt.data-00000-of-00001', 'ckpt.index']
     """
 
     format: OutputFormat = "tf-checkpoint"
@@ -322,18 +338,11 @@ class CheckpointWriter(TensorWriter):
 # --- helpers ------------------------------------------------------------------------------------------------------
 
 
-def _raw_bytes(value: Any) -> memoryview:
-    """The tensor's bytes, C order, little-endian, without a copy when they already are."""
-    array = np.ascontiguousarray(as_numpy(value))
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    return array.reshape(-1).view(np.uint8).data
-
-
 __all__ = [
     "SAFETENSORS_CODES",
     "CheckpointWriter",
     "KerasH5Writer",
+    "SaveV2CheckpointWriter",
     "SafetensorsWriter",
     "open_writer",
 ]

@@ -7,10 +7,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from mapper.errors import ApplyError, OperationError, PlanError, SourceError
-from mapper.ops import infer_all
+from mapper.ops import NUMPY, apply_operations, combine_values, infer_all
 from mapper.plan import Assignment, Plan
-from mapper.run.values import assignment_value, spec_text, tensor_bytes
+from mapper.run.values import fused_array, spec_text, tensor_bytes
 from mapper.sources.base import Source
 from mapper.text import quoted, s
 
@@ -297,9 +299,12 @@ class ValueStream:
     """Every value a plan gives its targets, read and transformed batch by batch, for writers without variables.
 
     Constructing it runs every check that needs no target (the plan, the sources, ``batch_bytes``);
-    iterating reads one batch at a time and yields it with ``[(assignment, tf.Tensor), ...]`` in the
-    batch's order. Drop the values before asking for the next batch to keep memory bounded by one batch.
-    ``step`` says what the stream was doing, for error messages when iterating fails.
+    iterating reads one batch at a time and yields it with ``[(assignment, NumPy array), ...]`` in the
+    batch's order. No TensorFlow is needed: an untransformed tensor is handed on as its source read it, and a
+    transformed one is copied once with its operations fused into the copy (``fused_array``). A tensor a source
+    returns as a ``tf.Tensor`` (TF checkpoint strings, partitioned tensors) is taken as its NumPy array. Drop the
+    values before asking for the next batch to keep memory bounded by one batch. ``step`` says what the stream
+    was doing, for error messages when iterating fails.
 
     Args:
         plan: a plan without errors.
@@ -311,7 +316,6 @@ class ValueStream:
         ApplyError: ``batch_bytes`` is not a positive int.
 
     Example:
-        >>> import numpy as np
         >>> from mapper.plan import Assignment, RuleRef
         >>> from mapper.ops import SplitPart
         >>> from mapper.sources.memory import MemorySource
@@ -320,7 +324,7 @@ class ValueStream:
         ...                     (2,), "int64") for i in range(2)]
         >>> stream = ValueStream(Plan(("r.toml",), "s", "t", "path", assignments=tuple(parts)),
         ...                      MemorySource({"w": np.arange(4)}))
-        >>> [(a.target, value.numpy().tolist()) for batch, items in stream for a, value in items]
+        >>> [(a.target, value.tolist()) for batch, items in stream for a, value in items]
         [('p0', [0, 1]), ('p1', [2, 3])]
     """
 
@@ -333,25 +337,70 @@ class ValueStream:
         self.batches: list[Batch] = plan_batches(plan, batch_bytes)
         self.step = "starting"
 
-    def __iter__(self) -> Iterator[tuple[Batch, list[tuple[Assignment, Any]]]]:
-        import tensorflow as tf
-
+    def __iter__(self) -> Iterator[tuple[Batch, list[tuple[Assignment, np.ndarray]]]]:
         count = len(self.batches)
         for number, batch in enumerate(self.batches, 1):
             chosen = self.sources[batch.source_id]
             self.step = f"reading batch {number} of {count} ({quoted(batch.names)}) from {chosen.description}"
             values = chosen.read(list(batch.names))
-            items: list[tuple[Assignment, Any]] = []
+            items: list[tuple[Assignment, np.ndarray]] = []
             for assignment in batch.assignments:
                 self.step = (
                     f"transforming {assignment.source!r} for {assignment.target!r} ({assignment.rule}) "
                     f"in batch {number} of {count}"
                 )
-                items.append((assignment, assignment_value(assignment, values, chosen.description, tf)))
+                items.append((assignment, array_value(assignment, values, chosen.description)))
             del values
             self.step = f"writing batch {number} of {count}"
             yield batch, items
             del items  # release the batch before the next one is read
+
+
+def array_value(assignment: Assignment, values: Mapping[str, Any], where: str) -> np.ndarray:
+    """The assignment's target value as a NumPy array, from the batch's values, with no TensorFlow.
+
+    Each member is checked against the shape and dtype the plan read it with. Without a join or operations the
+    member itself is returned (no copy); otherwise the result of ``fused_array`` (one copy, operations fused into
+    it), or for strings the result of NumPy's own operations.
+
+    Raises:
+        SourceError: a member does not have the shape and dtype the plan read it with.
+
+    Example:
+        >>> from mapper.ops import Transpose
+        >>> from mapper.plan import RuleRef
+        >>> a = Assignment("t", "t", "w", RuleRef("r.toml", 1), (Transpose((1, 0)),), (1, 2), "int64", (2, 1), "int64")
+        >>> array_value(a, {"w": np.array([[1, 2]])}, "memory").tolist()
+        [[1], [2]]
+        >>> array_value(a, {"w": np.zeros(2, "int64")}, "memory")
+        Traceback (most recent call last):
+        mapper.errors.SourceError: reading 'w' from memory gave [2] int64, not the [1, 2] int64 its specs promised; ...
+    """
+    members = [_as_array(values[name]) for name in assignment.source_names]
+    for (array, dtype), name, shape in zip(members, assignment.source_names, assignment.source_shapes, strict=True):
+        if tuple(array.shape) != shape or dtype != assignment.source_dtype:
+            raise SourceError(
+                f"reading {name!r} from {where} gave {spec_text(tuple(array.shape), dtype)}, not the "
+                f"{spec_text(shape, assignment.source_dtype)} its specs promised; the source is damaged "
+                "or changed while applying",
+                path=where,
+            )
+    arrays = [array for array, _ in members]
+    if assignment.combine is None and not assignment.operations:
+        return arrays[0]
+    if arrays[0].dtype.kind in "OSU":  # strings: NumPy's operations on object arrays (no cast applies to them)
+        joined = arrays[0] if assignment.combine is None else combine_values(assignment.combine, arrays, NUMPY)
+        return np.asarray(apply_operations(assignment.operations, joined, NUMPY))
+    result, _ = fused_array(arrays, assignment)
+    return result
+
+
+def _as_array(value: Any) -> tuple[np.ndarray, str]:
+    """A source's value as a NumPy array (a ``tf.Tensor``'s on the CPU without a copy), and its dtype's name."""
+    if hasattr(value, "numpy"):  # a tf.Tensor: its dtype name says "string" where NumPy says "object"
+        return np.asarray(value.numpy()), str(value.dtype.name)
+    array = np.asarray(value)
+    return array, str(array.dtype)
 
 
 __all__ = [
@@ -360,6 +409,7 @@ __all__ = [
     "Batch",
     "Sources",
     "ValueStream",
+    "array_value",
     "check_batch_bytes",
     "check_plan",
     "check_sources",

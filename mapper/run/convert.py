@@ -69,8 +69,9 @@ def write_plan(
         output: the output file, or a TF checkpoint prefix.
         format: ``"tf-checkpoint"``, ``"safetensors"`` or ``"keras-h5"``; None to go by the output's suffix.
         overwrite: replace an existing output.
-        batch_bytes: upper bound on the source bytes read at once; memory stays near one batch (twice, for a TF
-            checkpoint, which saves a batch at a time) plus the largest tensor.
+        batch_bytes: upper bound on the source bytes read at once; memory stays near two batches (one being
+            written while the next is read and transformed) plus the largest tensor. No TensorFlow is needed,
+            except for a TF checkpoint holding strings (saved with ``SaveV2``) or a source that reads with it.
         progress: called as ``progress(done, total)`` with counts of tensors after each batch.
 
     Returns:
