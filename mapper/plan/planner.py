@@ -151,7 +151,8 @@ class _Planner:
         self.keep_hits = [0] * len(self.rules.keep)
         self._find_kept_targets()
         self._check_source_names(set(self.source) if isinstance(self.source, SourceSet) else set())
-        for source_id, specs, matcher in matchers(self.rules.rules, self.source):
+        skips = [index for index, rule in enumerate(self.rules.rules) if rule.skip is not None]
+        for source_id, specs, matcher in matchers(self.rules.rules, self.source, matchless=skips):
             self._match_all(specs, matcher, source_id)
         self._finish_groups()
         self._finish()
