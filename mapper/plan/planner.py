@@ -31,7 +31,7 @@ from mapper.plan.mismatches import Mismatches, MismatchKey
 from mapper.plan.records import collector_paused, positional
 from mapper.plan.resolution import Misfit, Outcomes
 from mapper.rules import Guard, Rule, RuleSet, TemplateError
-from mapper.specs import SourceSet, TargetMap, TensorSpec, format_shape
+from mapper.specs import PATH_NAMESPACE, SourceSet, TargetMap, TensorSpec, format_shape
 
 # Missing-target problems that get a "closest names" hint: a search over every target name each time.
 _HINTED = 20
@@ -141,12 +141,19 @@ class _Planner:
     # What each rule does with a name it matched: chosen once per rule, so the loop over names does not ask.
     takers: list[_Taker] = field(default_factory=list)
     outcomes: Outcomes = field(init=False)  # what the rules make of sources, remembered by shapes
+    find: Callable[[str], TensorSpec | None] = field(init=False)  # the target variable a rule's name names
 
     def run(self) -> None:
         self.refs = [self.rules.rule_ref(index) for index in range(len(self.rules.rules))]
         self.renderers = [rule.renderers() for rule in self.rules.rules]
         self.takers = [self._taker(index, rule) for index, rule in enumerate(self.rules.rules)]
         self.outcomes = Outcomes(self.rules.rules)
+        # TargetMap.lookup, without asking which namespace for every name.
+        self.find = (
+            self.target.variables.get
+            if self.namespace == PATH_NAMESPACE
+            else partial(self.target.lookup, self.namespace)
+        )
         self.rule_hits = [0] * len(self.rules.rules)
         self.keep_hits = [0] * len(self.rules.keep)
         self._find_kept_targets()
@@ -273,7 +280,7 @@ class _Planner:
         """Decide what one target gets from one source tensor (or one group of them)."""
         ref = self.refs[index]
         spec = specs[0]
-        target_spec = self.target.lookup(self.namespace, key)
+        target_spec = self.find(key)
         if target_spec is None:
             self._missing_target(_label(specs), tuple(member.name for member in specs), key, ref)
             return
