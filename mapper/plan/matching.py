@@ -66,6 +66,7 @@ class RuleMatcher:
         # The starts of every prefix at those lengths: a name whose start is not one starts with no longer prefix.
         self._stems = {prefix[:length] for prefix in buckets for length in self._lengths if length <= len(prefix)}
         self._memo: dict[str, _Candidates] = {}
+        self._by_stem: dict[str, _Candidates] = {}
         self._interned: dict[tuple[int, ...], _Candidates] = {}
 
     def every(self, name: str) -> list[tuple[int, Any]]:
@@ -87,21 +88,30 @@ class RuleMatcher:
 
     def _candidates(self, name: str) -> _Candidates:
         # Which rules a name may match depends only on its first `longest prefix` characters, and names of
-        # one model share those (layer_0/attention/...), so the answer is remembered per such start; starts with
-        # the same rules share one record, and with it what was found for each digit shape.
+        # one model share those (layer_0/attention/...), so the answer is remembered per such start. It depends in
+        # fact only on the longest of those starts that begins some prefix (the stem), which many starts share.
         start = name[: self._longest]
         candidates = self._memo.get(start)
         if candidates is None:
-            indices: list[int] = []
+            stem = ""
             for length in self._lengths:
-                stem = name[:length]
-                if length > len(name) or stem not in self._stems:
+                if length > len(name) or name[:length] not in self._stems:
                     break
-                indices.extend(self._buckets.get(stem, ()))
-            key = tuple(sorted(indices))
-            candidates = self._interned.setdefault(key, _Candidates(key))
+                stem = name[:length]
+            candidates = self._by_stem.get(stem)
+            if candidates is None:
+                candidates = self._by_stem[stem] = self._of_stem(stem)
             self._memo[start] = candidates
         return candidates
+
+    def _of_stem(self, stem: str) -> _Candidates:
+        """The rules whose prefix ``stem`` starts with, in order, in the record all stems with those rules share.
+
+        With the record they share what was found for each digit shape.
+        """
+        prefixes = [stem[:length] for length in self._lengths if length <= len(stem)]
+        key = tuple(sorted(index for prefix in prefixes for index in self._buckets.get(prefix, ())))
+        return self._interned.setdefault(key, _Candidates(key))
 
     def first(self, name: str) -> tuple[int, Any] | None:
         """``(index, match)`` of the first pattern matching all of ``name``, or None.
