@@ -292,8 +292,8 @@ class _Planner:
             self._report(outcome, index, specs, combine, target_spec)
             return
         operations, failure = outcome
-        guard = self.rules.rules[index].guard
-        if failure is not None and guard is not None:
+        guard = self.rules.rules[index].guard if failure is not None else None  # only a guard fails
+        if guard is not None and failure is not None:
             for member in specs:
                 self._guard_failed(guard, failure, member, target_spec, ref, source_id=source_id)
             return
