@@ -179,6 +179,11 @@ def run(sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS) -> dict[str, Any
 
 
 if __name__ == "__main__":
+    import argparse
     import json
 
-    print(json.dumps(run(), indent=2))
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="build_plan calls per size (default %(default)s)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="numbers of names")
+    arguments = parser.parse_args()
+    print(json.dumps(run(tuple(arguments.sizes), arguments.repeats), indent=2))

@@ -9,7 +9,7 @@ from typing import Any
 
 import regex
 
-from mapper.rules.bound import match_timeout, placement, proven_length, set_end, timed_out
+from mapper.rules.bound import digit_blind, match_timeout, placement, proven_length, set_end, timed_out
 from mapper.specs import SourceSet, TensorSpec
 
 
@@ -18,8 +18,9 @@ class RuleMatcher:
 
     Each pattern's literal prefix (the text every match must start with) buckets the rules, so a name is
     tried only against rules whose prefix it starts with, in their original order. That keeps planning
-    linear in names even with hundreds of rules. Every match runs under the rules' time bound
-    (:func:`mapper.rules.bound.match_timeout`); one that runs past it raises ``MatchTimeoutError``.
+    linear in names even with hundreds of rules. Names that differ only in their digits (``layer_3/...``,
+    ``layer_7/...``) are then usually decided once: see :meth:`first`. Every match runs under the rules' time
+    bound (:func:`mapper.rules.bound.match_timeout`); one that runs past it raises ``MatchTimeoutError``.
 
     Example:
         >>> from mapper.rules import Rule
@@ -28,8 +29,12 @@ class RuleMatcher:
         (0, 1, 1)
     """
 
-    def __init__(self, patterns: Sequence[Any], *, only: Collection[int] | None = None) -> None:
+    def __init__(
+        self, patterns: Sequence[Any], *, only: Collection[int] | None = None, matchless: Collection[int] = ()
+    ) -> None:
         self._patterns = list(patterns)
+        # Patterns whose match object the caller does not need (a skip rule's): see first().
+        self._matchless = [index in matchless for index in range(len(self._patterns))]
         # The compiled pattern's own fullmatch where there is one: it skips a method call per try.
         self._fullmatch = [(getattr(pattern, "_pattern", None) or pattern).fullmatch for pattern in self._patterns]
         self._timeouts = [match_timeout(placement(pattern)[2]) for pattern in self._patterns]
@@ -38,26 +43,39 @@ class RuleMatcher:
             proven_length(pattern.match, timeout)
             for pattern, timeout in zip(self._patterns, self._timeouts, strict=True)
         ]
+        compiled = [isinstance(getattr(pattern, "_pattern", None), regex.Pattern) for pattern in self._patterns]
         # For ASCII names within the proven length, the standard library's engine where it matches the same as
         # the regex package (only a regex-compiled pattern is known to: anything else keeps its own fullmatch).
         self._quick = [
-            (quick_fullmatch(pattern.match) or fullmatch)
-            if proven >= 0 and isinstance(getattr(pattern, "_pattern", None), regex.Pattern)
-            else fullmatch
-            for pattern, fullmatch, proven in zip(self._patterns, self._fullmatch, self._proven, strict=True)
+            (quick_fullmatch(pattern.match) or fullmatch) if proven >= 0 and known else fullmatch
+            for pattern, fullmatch, proven, known in zip(
+                self._patterns, self._fullmatch, self._proven, compiled, strict=True
+            )
         ]
         buckets: dict[str, list[int]] = {}
+        # Rules whose pattern after its literal prefix cannot tell one digit from another (bound.digit_blind).
+        self._blind = [False] * len(self._patterns)
         for index, pattern in enumerate(self._patterns):
+            prefix, rest = _prefix_and_rest(pattern.match)
+            self._blind[index] = compiled[index] and digit_blind(rest)
             if only is None or index in only:
-                buckets.setdefault(literal_prefix(pattern.match), []).append(index)
+                buckets.setdefault(prefix, []).append(index)
         self._buckets = buckets
         self._lengths = sorted({len(prefix) for prefix in buckets})
         self._longest = self._lengths[-1] if self._lengths else 0
-        self._memo: dict[str, list[int]] = {}
+        # The starts of every prefix at those lengths: a name whose start is not one starts with no longer prefix.
+        self._stems = {prefix[:length] for prefix in buckets for length in self._lengths if length <= len(prefix)}
+        self._memo: dict[str, _Candidates] = {}
+        self._by_stem: dict[str, _Candidates] = {}
+        self._interned: dict[tuple[int, ...], _Candidates] = {}
 
     def every(self, name: str) -> list[tuple[int, Any]]:
         """``(index, match)`` of every pattern matching all of ``name``, in order (for lints and explain)."""
-        return [(index, matched) for index in self._candidates(name) if (matched := self._try(index, name)) is not None]
+        return [
+            (index, matched)
+            for index in self._candidates(name).indices
+            if (matched := self._try(index, name)) is not None
+        ]
 
     def _try(self, index: int, name: str) -> Any:
         if len(name) <= self._proven[index]:
@@ -68,26 +86,70 @@ class RuleMatcher:
         except TimeoutError:
             raise timed_out(self._patterns[index], name, timeout, index=index + 1) from None
 
-    def _candidates(self, name: str) -> list[int]:
+    def _candidates(self, name: str) -> _Candidates:
         # Which rules a name may match depends only on its first `longest prefix` characters, and names of
-        # one model share those (layer_0/attention/...), so the answer is remembered per such start.
+        # one model share those (layer_0/attention/...), so the answer is remembered per such start. It depends in
+        # fact only on the longest of those starts that begins some prefix (the stem), which many starts share.
         start = name[: self._longest]
         candidates = self._memo.get(start)
         if candidates is None:
-            candidates = []
+            stem = ""
             for length in self._lengths:
-                if length > len(name):
+                if length > len(name) or name[:length] not in self._stems:
                     break
-                bucket = self._buckets.get(name[:length])
-                if bucket:
-                    candidates.extend(bucket)
-            candidates.sort()
+                stem = name[:length]
+            candidates = self._by_stem.get(stem)
+            if candidates is None:
+                candidates = self._by_stem[stem] = self._of_stem(stem)
             self._memo[start] = candidates
         return candidates
 
+    def _of_stem(self, stem: str) -> _Candidates:
+        """The rules whose prefix ``stem`` starts with, in order, in the record all stems with those rules share.
+
+        With the record they share what was found for each digit shape.
+        """
+        prefixes = [stem[:length] for length in self._lengths if length <= len(stem)]
+        key = tuple(sorted(index for prefix in prefixes for index in self._buckets.get(prefix, ())))
+        return self._interned.setdefault(key, _Candidates(key))
+
     def first(self, name: str) -> tuple[int, Any] | None:
-        """``(index, match)`` of the first pattern matching all of ``name``, or None."""
-        candidates = self._candidates(name)
+        """``(index, match)`` of the first pattern matching all of ``name``, or None.
+
+        Names that differ only in their digits usually go to one rule, and are then matched against it alone: among
+        the rules a name may match (by its start), the first match for an ASCII name is remembered under the name
+        with its digits written as 0, when every rule tried up to it is digit-blind after its literal prefix
+        (:func:`mapper.rules.bound.digit_blind`) and ran without the clock. Those rules answer alike for every name
+        of that shape (their prefixes are in the start, which is the same). A remembered pattern given as
+        ``matchless`` is not even run: the match is None.
+        """
+        candidates = self._memo.get(name[: self._longest]) or self._candidates(name)
+        if not name.isascii():
+            return self._search(name, candidates.indices)
+        shape = name.encode().translate(_ZEROS)
+        index = candidates.winners.get(shape)
+        if index is not None:
+            if index == _NO_RULE:
+                return None
+            if self._matchless[index]:
+                return index, None
+            matched = self._quick[index](name)
+            if matched is not None:  # always, as digit_blind proves; else the search below decides
+                return index, matched
+        found = self._search(name, candidates.indices)
+        self._remember(candidates, shape, name, found)
+        return found
+
+    def _remember(self, candidates: _Candidates, shape: bytes, name: str, found: tuple[int, Any] | None) -> None:
+        """Remember the first match for names of ``shape`` if every rule tried tells no digit from another."""
+        indices = candidates.indices
+        tried = indices if found is None else indices[: indices.index(found[0]) + 1]
+        length, proven, blind = len(name), self._proven, self._blind
+        if all(blind[index] and length <= proven[index] for index in tried):
+            candidates.winners[shape] = _NO_RULE if found is None else found[0]
+
+    def _search(self, name: str, candidates: tuple[int, ...]) -> tuple[int, Any] | None:
+        """The first of ``candidates`` matching all of ``name``, tried in order."""
         fullmatch, timeouts, proven, length = self._fullmatch, self._timeouts, self._proven, len(name)
         unclocked = self._quick if name.isascii() else fullmatch
         try:
@@ -104,12 +166,28 @@ class RuleMatcher:
         return None
 
 
+# ASCII digits to 0: names that differ only in digits get one shape.
+_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+_NO_RULE = -1
+
+
+class _Candidates:
+    """The rules names with one start may match, in order, and the first match remembered per digit shape."""
+
+    __slots__ = ("indices", "winners")
+
+    def __init__(self, indices: tuple[int, ...]) -> None:
+        self.indices = indices
+        self.winners: dict[bytes, int] = {}
+
+
 def matchers(
-    rules: Sequence[Any], source: Mapping[str, TensorSpec] | SourceSet
+    rules: Sequence[Any], source: Mapping[str, TensorSpec] | SourceSet, *, matchless: Collection[int] = ()
 ) -> Iterator[tuple[str | None, Mapping[str, TensorSpec], RuleMatcher]]:
     """Each source's id (None for a single unnamed source), its specs, and a matcher of the rules that read it.
 
     A rule with ``source = "name"`` reads only that named source; a rule without one reads every source.
+    ``matchless`` goes to each RuleMatcher.
 
     Example:
         >>> from mapper.rules import Rule
@@ -121,7 +199,7 @@ def matchers(
     maps = list(source.items()) if isinstance(source, SourceSet) else [(None, source)]
     for source_id, specs in maps:
         only = {index for index, rule in enumerate(rules) if rule.source in (None, source_id)}
-        yield source_id, specs, RuleMatcher(rules, only=only)
+        yield source_id, specs, RuleMatcher(rules, only=only, matchless=matchless)
 
 
 # Escapes on which the two engines disagree for ASCII names: `\s` (the regex package leaves out \x1c-\x1f).
@@ -164,8 +242,13 @@ def literal_prefix(pattern: str) -> str:
         >>> literal_prefix(r"model\\.layers\\.\\d+")
         'model.layers.'
     """
+    return _prefix_and_rest(pattern)[0]
+
+
+def _prefix_and_rest(pattern: str) -> tuple[str, str]:
+    """:func:`literal_prefix` and the pattern text after it: a full match is the prefix, then a full match of the rest."""
     if _has_top_level_alternation(pattern):
-        return ""
+        return "", pattern
     prefix: list[str] = []
     position = 0
     while position < len(pattern):
@@ -184,7 +267,7 @@ def literal_prefix(pattern: str) -> str:
             break  # the literal may repeat zero times
         prefix.append(literal)
         position += width
-    return "".join(prefix)
+    return "".join(prefix), pattern[position:]
 
 
 # Constructs after which a plain scan cannot tell where groups and sets end: comments, and flags that switch

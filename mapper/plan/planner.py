@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import gc
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from mapper.errors import OperationError, TargetError
@@ -27,11 +26,12 @@ from mapper.plan import (
 )
 from mapper.plan.groups import Groups
 from mapper.plan.matching import RuleMatcher, matchers
-from mapper.plan.messages import leftovers, qualified, shape_hint, source_guard_failure, unfilled_fix
+from mapper.plan.messages import leftovers, qualified, shape_hint, unfilled_fix
 from mapper.plan.mismatches import Mismatches, MismatchKey
-from mapper.plan.resolution import check_member_dtypes, transformed
-from mapper.rules import Guard, RuleSet, TemplateError
-from mapper.specs import SourceSet, TargetMap, TensorSpec, format_shape
+from mapper.plan.records import collector_paused, positional
+from mapper.plan.resolution import Misfit, Outcomes
+from mapper.rules import Guard, Rule, RuleSet, TemplateError
+from mapper.specs import PATH_NAMESPACE, SourceSet, TargetMap, TensorSpec, format_shape
 
 # Missing-target problems that get a "closest names" hint: a search over every target name each time.
 _HINTED = 20
@@ -89,7 +89,7 @@ def build_plan(
             f"names only in: {', '.join(target.namespaces)}; set [target] namespace to one of those"
         )
     state = _Planner(rules, source, target, namespace)
-    with _collector_paused():
+    with collector_paused():
         state.run()
     return Plan(
         rule_files=(rules.file,),
@@ -106,20 +106,12 @@ def build_plan(
     )
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while planning, restoring its state after.
+# The records made per source name, made without the dataclasses' __init__ (half the time; see records.py).
+_skip = positional(Skip)
+_assignment = positional(Assignment)
 
-    Planning allocates a few objects per name and frees none of them, which makes the collector walk the
-    whole heap again and again (a third of the time for 100,000 names, measured). Nothing here forms a cycle.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+# What the planner does with one source tensor a rule matched: (match, spec, source id).
+_Taker = Callable[[Any, TensorSpec, str | None], None]
 
 
 @dataclass
@@ -146,28 +138,76 @@ class _Planner:
     unreadable: set[int] = field(default_factory=set)  # rules that name a source the plan was not given
     failed: set[str] = field(default_factory=set)  # targets a rule's error is about: not reported again as unfilled
     mismatches: Mismatches = field(default_factory=Mismatches)  # one problem per rule and shapes
+    # What each rule does with a name it matched: chosen once per rule, so the loop over names does not ask.
+    takers: list[_Taker] = field(default_factory=list)
+    outcomes: Outcomes = field(init=False)  # what the rules make of sources, remembered by shapes
+    find: Callable[[str], TensorSpec | None] = field(init=False)  # the target variable a rule's name names
 
     def run(self) -> None:
         self.refs = [self.rules.rule_ref(index) for index in range(len(self.rules.rules))]
         self.renderers = [rule.renderers() for rule in self.rules.rules]
+        self.takers = [self._taker(index, rule) for index, rule in enumerate(self.rules.rules)]
+        self.outcomes = Outcomes(self.rules.rules)
+        # TargetMap.lookup, without asking which namespace for every name.
+        self.find = (
+            self.target.variables.get
+            if self.namespace == PATH_NAMESPACE
+            else partial(self.target.lookup, self.namespace)
+        )
         self.rule_hits = [0] * len(self.rules.rules)
         self.keep_hits = [0] * len(self.rules.keep)
         self._find_kept_targets()
         self._check_source_names(set(self.source) if isinstance(self.source, SourceSet) else set())
-        for source_id, specs, matcher in matchers(self.rules.rules, self.source):
+        skips = [index for index, rule in enumerate(self.rules.rules) if rule.skip is not None]
+        for source_id, specs, matcher in matchers(self.rules.rules, self.source, matchless=skips):
             self._match_all(specs, matcher, source_id)
         self._finish_groups()
         self._finish()
 
     def _match_all(self, specs: Mapping[str, TensorSpec], matcher: RuleMatcher, source_id: str | None) -> None:
+        first, hits, takers = matcher.first, self.rule_hits, self.takers
         for name, spec in specs.items():
-            found = matcher.first(name)
+            found = first(name)
             if found is None:
                 self.unused.append(TensorEntry(name, spec.shape, spec.dtype, source_id))
                 continue
             index, matched = found
-            self.rule_hits[index] += 1
-            self._apply_rule(index, matched, spec, source_id)
+            hits[index] += 1
+            takers[index](matched, spec, source_id)
+
+    def _taker(self, index: int, rule: Rule) -> _Taker:
+        """What to do with a name rule ``index`` matched, decided once per rule: the loop over names runs it."""
+        if rule.skip is not None:
+            return self._skipper(index, rule.skip)
+        if rule.split is None and rule.combine is None:
+            return self._filler(index)
+        return partial(self._split_or_join, index)
+
+    def _skipper(self, index: int, reason: str) -> _Taker:
+        """A skip rule's: record the skip."""
+        skips, ref, kind = self.skips, self.refs[index], SkipKind.RULE
+
+        def skip(_matched: Any, spec: TensorSpec, source_id: str | None) -> None:
+            # Skip(name, kind, reason, rule, source_shape, target_shape, target, detail, source_id)
+            skips.append(_skip(spec.name, kind, reason, ref, spec.shape, None, None, None, source_id))
+
+        return skip
+
+    def _filler(self, index: int) -> _Taker:
+        """A rule's with one target and no join: render the target's name and resolve it."""
+        render, resolve = self.renderers[index][0], self._resolve
+
+        def fill(matched: Any, spec: TensorSpec, source_id: str | None) -> None:
+            try:
+                key = render(matched)
+            except TemplateError as error:
+                self._problem(
+                    ProblemKind.BAD_TEMPLATE, f"source {spec.name!r}: {error}", self.refs[index], (spec.name,)
+                )
+                return
+            resolve(index, key, (spec,), (), None, source_id=source_id)
+
+        return fill
 
     def _check_source_names(self, known: set[str]) -> None:
         for index, rule in enumerate(self.rules.rules):
@@ -198,14 +238,10 @@ class _Planner:
                     self.keep_hits[index] += 1
                     break
 
-    def _apply_rule(self, index: int, matched: Any, spec: TensorSpec, source_id: str | None) -> None:
+    def _split_or_join(self, index: int, matched: Any, spec: TensorSpec, source_id: str | None) -> None:
+        """A split or join rule's: each part's target resolved, or each member added to its group."""
         rule = self.rules.rules[index]
         ref = self.refs[index]
-        if rule.skip is not None:
-            self.skips.append(
-                Skip(spec.name, SkipKind.RULE, rule.skip, ref, source_shape=spec.shape, source_id=source_id)
-            )
-            return
         parts: list[SplitPart | None] = [None]
         if rule.split is not None:
             try:
@@ -244,36 +280,39 @@ class _Planner:
         """Decide what one target gets from one source tensor (or one group of them)."""
         ref = self.refs[index]
         spec = specs[0]
-        names = tuple(member.name for member in specs)
-        target_spec = self.target.lookup(self.namespace, key)
+        target_spec = self.find(key)
         if target_spec is None:
-            self._missing_target(_label(specs), names, key, ref)
+            self._missing_target(_label(specs), tuple(member.name for member in specs), key, ref)
             return
         if target_spec.name in self.kept:
             self._kept_skips(index, specs, target_spec, source_id)
             return
-        outcome = self._outcome(index, specs, prefix, combine, target_spec)
-        if outcome is None:
-            return  # a problem says why
+        outcome = self.outcomes.of(index, specs, prefix, combine, target_spec)
+        if isinstance(outcome, Misfit):
+            self._report(outcome, index, specs, combine, target_spec)
+            return
         operations, failure = outcome
-        guard = self.rules.rules[index].guard
-        if failure is not None and guard is not None:
+        guard = self.rules.rules[index].guard if failure is not None else None  # only a guard fails
+        if guard is not None and failure is not None:
             for member in specs:
                 self._guard_failed(guard, failure, member, target_spec, ref, source_id=source_id)
             return
+        join = None if combine is None else Join(combine, tuple(JoinMember(m.name, m.shape) for m in specs[1:]))
+        # Assignment(target, target_key, source, rule, operations, source_shape, source_dtype, target_shape,
+        # target_dtype, join, source_id)
         self._assign(
-            Assignment(
-                target=target_spec.name,
-                target_key=key,
-                source=spec.name,
-                rule=ref,
-                operations=operations,
-                source_shape=spec.shape,
-                source_dtype=spec.dtype,
-                target_shape=target_spec.shape,
-                target_dtype=target_spec.dtype,
-                join=None if combine is None else Join(combine, tuple(JoinMember(m.name, m.shape) for m in specs[1:])),
-                source_id=source_id,
+            _assignment(
+                target_spec.name,
+                key,
+                spec.name,
+                ref,
+                operations,
+                spec.shape,
+                spec.dtype,
+                target_spec.shape,
+                target_spec.dtype,
+                join,
+                source_id,
             )
         )
 
@@ -299,54 +338,29 @@ class _Planner:
                 )
             )
 
-    def _outcome(
+    def _report(
         self,
+        misfit: Misfit,
         index: int,
         specs: tuple[TensorSpec, ...],
-        prefix: tuple[Operation, ...],
         combine: Combine | None,
         target_spec: TensorSpec,
-    ) -> tuple[tuple[Operation, ...], str | None] | None:
-        """The operations for one target and why its guard fails (None: it passes); None after a problem."""
-        rule = self.rules.rules[index]
-        same_shape = rule.guard is not None and rule.guard.same_shape
-        failure = source_guard_failure(rule.guard, specs)
-        if failure is not None:
-            return (), failure
-        try:
-            if combine is not None:
-                check_member_dtypes(combine, specs)
-            operations, shape, dtype = transformed(rule.ops, specs, prefix, combine, target_spec)
-        except OperationError as error:
-            if same_shape:
-                return (), f"operations do not fit: {error}"
-            self._misfit(
-                ProblemKind.BAD_OPERATION,
-                f"{specs[0].dtype} -> target {target_spec.name!r}: {error}",
-                index,
-                specs,
-                target_spec,
-            )
-            return None
-        if shape != target_spec.shape:
-            if same_shape:
-                return (
-                    operations,
-                    f"shape {format_shape(shape)} does not equal the target's {format_shape(target_spec.shape)}",
-                )
-            self._mismatch(index, specs, shape, target_spec, shown=bool(operations or combine))
-            return None
-        if dtype != target_spec.dtype:
+    ) -> None:
+        """The problem for what rule ``index`` makes of ``specs`` not fitting ``target_spec``."""
+        if misfit.kind == "shape":
+            self._mismatch(index, specs, misfit.shape, target_spec, shown=misfit.shown)
+        elif misfit.kind == "operation":
+            what = f"{specs[0].dtype} -> target {target_spec.name!r}: {misfit.error}"
+            self._misfit(ProblemKind.BAD_OPERATION, what, index, specs, target_spec)
+        else:
             self.failed.add(target_spec.name)
             self._problem(
                 ProblemKind.DTYPE_MISMATCH,
-                f"{_label(specs)} {'are' if combine else 'is'} {dtype} but target {target_spec.name!r} is "
+                f"{_label(specs)} {'are' if combine else 'is'} {misfit.dtype} but target {target_spec.name!r} is "
                 f'{target_spec.dtype}; add {{ cast = "{target_spec.dtype}" }} to the rule\'s ops',
                 self.refs[index],
                 (*(member.name for member in specs), target_spec.name),
             )
-            return None
-        return operations, None
 
     def _misfit(
         self, kind: ProblemKind, what: str, index: int, specs: tuple[TensorSpec, ...], target_spec: TensorSpec

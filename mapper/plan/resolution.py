@@ -3,11 +3,114 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from mapper.errors import OperationError
 from mapper.ops import Combine, Operation, infer_all
-from mapper.rules import OperationSpec, resolve_operations
-from mapper.specs import TensorSpec
+from mapper.plan.messages import source_guard_failure
+from mapper.rules import OperationSpec, Rule, resolve_operations
+from mapper.specs import TensorSpec, format_shape
+
+Outcome = tuple[tuple[Operation, ...], str | None]
+"""The operations that fill a target, and why the rule's guard fails on them (None: it passes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Misfit:
+    """Why what a rule makes of its sources cannot fill a target, for the planner to report with the names.
+
+    Example:
+        >>> Misfit("dtype", (2,), "int8").kind
+        'dtype'
+    """
+
+    kind: Literal["operation", "shape", "dtype"]
+    shape: tuple[int, ...] = ()
+    """The shape the sources become (kind "shape")."""
+    dtype: str = ""
+    """The dtype they become (kind "dtype")."""
+    error: str = ""
+    """What the operation error says (kind "operation")."""
+    shown: bool = False
+    """Whether operations or a join changed the shape, so a report shows what it became."""
+
+
+def outcome(
+    rule: Rule,
+    specs: Sequence[TensorSpec],
+    prefix: tuple[Operation, ...],
+    combine: Combine | None,
+    target: TensorSpec,
+) -> Outcome | Misfit:
+    """What ``rule`` makes of ``specs`` (one tensor or a group's members) for ``target``, or why it cannot fill it.
+
+    The source side of the guard decides first; a guard with ``same_shape`` turns a misfit into a failure.
+
+    Example:
+        >>> from mapper.rules import Rule
+        >>> rule = Rule(match="w", target="v", ops=[{"transpose": [1, 0]}])
+        >>> outcome(rule, [TensorSpec("w", (2, 3), "float32")], (), None, TensorSpec("v", (3, 2), "float32"))
+        ((Transpose(perm=(1, 0), kind='transpose'),), None)
+        >>> outcome(rule, [TensorSpec("w", (2, 3), "float32")], (), None, TensorSpec("v", (2, 3), "float32")).kind
+        'shape'
+    """
+    guard = rule.guard
+    same_shape = guard is not None and guard.same_shape
+    failure = source_guard_failure(guard, specs)
+    if failure is not None:
+        return (), failure
+    try:
+        if combine is not None:
+            check_member_dtypes(combine, specs)
+        operations, shape, dtype = transformed(rule.ops, specs, prefix, combine, target)
+    except OperationError as error:
+        if same_shape:
+            return (), f"operations do not fit: {error}"
+        return Misfit("operation", error=str(error))
+    if shape != target.shape:
+        if same_shape:
+            return operations, f"shape {format_shape(shape)} does not equal the target's {format_shape(target.shape)}"
+        return Misfit("shape", shape, shown=bool(operations or combine))
+    if dtype != target.dtype:
+        return Misfit("dtype", dtype=dtype)
+    return operations, None
+
+
+class Outcomes:
+    """:func:`outcome` for the rules of one plan, remembered for single tensors.
+
+    What one tensor becomes depends only on the rule, its shape and dtype, the split part and the target's shape
+    and dtype, and the layers of a model repeat those: planning a name then costs one look-up.
+
+    Example:
+        >>> from mapper.rules import Rule
+        >>> outcomes = Outcomes([Rule(match="w", target="v")])
+        >>> outcomes.of(0, (TensorSpec("w", (2,), "float32"),), (), None, TensorSpec("v", (2,), "float32"))
+        ((), None)
+    """
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self._rules = rules
+        self._known: dict[tuple[Any, ...], Outcome | Misfit] = {}
+
+    def of(
+        self,
+        index: int,
+        specs: tuple[TensorSpec, ...],
+        prefix: tuple[Operation, ...],
+        combine: Combine | None,
+        target: TensorSpec,
+    ) -> Outcome | Misfit:
+        """:func:`outcome` of rule ``index``; a join's is worked out each time (it fills one target)."""
+        if combine is not None:
+            return outcome(self._rules[index], specs, prefix, combine, target)
+        (spec,) = specs
+        key = (index, spec.shape, spec.dtype, prefix, target.shape, target.dtype)
+        found = self._known.get(key)
+        if found is None:
+            found = self._known[key] = outcome(self._rules[index], specs, prefix, None, target)
+        return found
 
 
 def transformed(
@@ -60,4 +163,4 @@ def check_member_dtypes(combine: Combine, members: Sequence[TensorSpec]) -> None
         )
 
 
-__all__ = ["check_member_dtypes", "transformed"]
+__all__ = ["Misfit", "Outcome", "Outcomes", "check_member_dtypes", "outcome", "transformed"]

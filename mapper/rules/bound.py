@@ -220,6 +220,32 @@ def _group_opening(pattern: str, position: int) -> tuple[str, int] | None:
 _COUNTED = regex.compile(r"\{[0-9]*(?:,[0-9]*)?\}")
 
 
+def digit_blind(pattern: str) -> bool:
+    """Whether ``pattern`` provably cannot tell one digit from another (a name and the name with other digits).
+
+    It then matches a name exactly when it matches the name with any of its digits replaced by other digits.
+    True for patterns :func:`proven_length` covers (no backreferences, flags or lookarounds) in which no digit
+    appears except in counted quantifiers (``{2,4}``) and group names: ``\\d``, ``\\w``, ``.`` and sets without
+    a digit (a range between two non-digits holds all ten digits or none) treat every digit alike.
+
+    Example:
+        >>> digit_blind(r"layer_(?P<i2>\\d+)/w{2}"), digit_blind("block_3/.*"), digit_blind("[0-5]"), digit_blind(r"(a)\\1")
+        (True, False, False, False)
+    """
+    if _choices(pattern) is None:
+        return False
+    position = 0
+    while position < len(pattern):
+        step = _token(pattern, position)
+        if step is None:  # pragma: no cover - _choices read every token already
+            return False
+        kind, width = step
+        if kind == "atom" and any(char.isdigit() for char in pattern[position : position + width]):
+            return False
+        position += width
+    return True
+
+
 def set_end(pattern: str, start: int) -> int | None:
     """Where the character set opening at ``start`` closes (its ``]``); None for a nested set or POSIX class.
 
@@ -267,6 +293,7 @@ __all__ = [
     "DEFAULT_MATCH_TIMEOUT",
     "MATCH_TIMEOUT_VARIABLE",
     "bounded_fullmatch",
+    "digit_blind",
     "match_timeout",
     "place",
     "placement",
