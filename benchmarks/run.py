@@ -239,7 +239,7 @@ def check_goals(
     """Each goal of the issue with its limit, what was measured, and whether it was met."""
     goals: list[dict[str, Any]] = []
     for name, limit in GOALS.items():
-        for path in ("mapper_assign", "mapper_assign_norollback"):
+        for path in ("mapper_assign", "mapper_assign_memory", "mapper_assign_norollback"):
             entry = summary.get(name, {}).get(path, {})
             if "seconds_ratio" in entry:
                 goals.append(
@@ -250,7 +250,7 @@ def check_goals(
                         "met": entry["seconds_ratio"] <= limit,
                     }
                 )
-        for path in ("mapper_assign", "mapper_assign_norollback"):
+        for path in ("mapper_assign", "mapper_assign_memory", "mapper_assign_norollback"):
             entry = summary.get(name, {}).get(path, {})
             if "extra_peak" in entry and name in metas:
                 budget = 1.5 * metas[name]["largest_bytes"] + MEMORY_SLACK

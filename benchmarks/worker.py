@@ -23,14 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models
 
 NATIVE_PATHS = ("native", "tf_init_from_checkpoint", "tf_chunked_restore")
-MAPPER_PATHS = ("mapper_assign", "mapper_assign_norollback", "mapper_init_from_checkpoint")
+MAPPER_PATHS = ("mapper_assign", "mapper_assign_memory", "mapper_assign_norollback", "mapper_init_from_checkpoint")
+# The executor's all-or-nothing mode for each apply path: "verify" is the default.
+ROLLBACKS = {"mapper_assign": "verify", "mapper_assign_memory": "memory", "mapper_assign_norollback": "off"}
 PATHS = NATIVE_PATHS + MAPPER_PATHS
 PATH_LABELS = {
     "native": "tf.train.Checkpoint(model=m).read(p).assert_consumed()",
     "tf_init_from_checkpoint": "tf.compat.v1.train.init_from_checkpoint(p, {key: v.value})",
     "tf_chunked_restore": "reference: RestoreV2 per 64 MiB/64 tensors + AssignVariableOp, bare TF",
-    "mapper_assign": 'apply_plan(method="assign", rollback=True)',
-    "mapper_assign_norollback": 'apply_plan(method="assign", rollback=False)',
+    "mapper_assign": 'apply_plan(method="assign"), rollback="verify" (the default)',
+    "mapper_assign_memory": 'apply_plan(method="assign", rollback="memory")',
+    "mapper_assign_norollback": 'apply_plan(method="assign", rollback="off")',
     "mapper_init_from_checkpoint": 'apply_plan(method="init_from_checkpoint")',
 }
 KIB = 1024
@@ -235,7 +238,7 @@ def _mapper(model: Any, meta: dict[str, Any], path: str, extra: dict[str, Any]) 
         target_variables=len(target.map.variables),
     )
     method = "init_from_checkpoint" if path == "mapper_init_from_checkpoint" else "assign"
-    rollback = path != "mapper_assign_norollback"
+    rollback = ROLLBACKS.get(path, "verify")
 
     options: dict[str, Any] = {}
     if os.environ.get("WEIGHT_MAPPER_BENCH_BATCH_BYTES"):  # an experiment knob; run.py never sets it
