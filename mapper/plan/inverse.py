@@ -6,7 +6,9 @@ reverse order. Renames, transposes, reshapes, lossless casts, slices that drop o
 (concatenated again), a concat's or stack's members (split or indexed out again) and rearranges all invert
 exactly. What does not invert is said per rule with the reason: a cast back that would round (unless the rule
 file's ``[export] lossy_casts = "allow"``), a slice that drops values, a split with a part missing, two variables
-giving one source name. Source tensors the plan skips are not written (``dropped``), except the ones
+giving one source name. A slice that keeps one block of each leading axis (RoBERTa's position table) is undone
+when ``[[export.restore]]`` declares the tensor: the model gives the block, the ``--like`` checkpoint the rest
+(``ExportTensor.restore``). Source tensors the plan skips are not written (``dropped``), except the ones
 ``[[export.tied]]`` declares copies of an exported tensor. Pure: no tensor is read.
 """
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from mapper.errors import OperationError, PlanError
 from mapper.ops import Combine, Concat, Operation, Slice, SplitPart, infer_all
 from mapper.plan.model import Assignment, Plan
+from mapper.plan.restore import Restored, restore_operations
 from mapper.plan.undo import exact_cast, inverse_operation, inverse_operations, rounds
 from mapper.rules.export import ExportSection
 from mapper.rules.ref import RuleRef
@@ -45,7 +48,8 @@ class Piece:
 class ExportTensor:
     """One source tensor an export writes: its pieces, joined by ``combine`` when there are several.
 
-    ``copy_of`` names the exported tensor a tied one repeats (its pieces are then that tensor's).
+    ``copy_of`` names the exported tensor a tied one repeats (its pieces are then that tensor's). ``restore``, when
+    set, says the pieces give only a block of the tensor, and the rest comes from the ``--like`` checkpoint.
 
     Example:
         >>> t = ExportTensor("w", (2,), "float32", (Piece("v"),), RuleRef("r.toml", 1))
@@ -60,6 +64,7 @@ class ExportTensor:
     rule: RuleRef | None
     combine: Combine | None = None
     copy_of: str | None = None
+    restore: Restored | None = None
 
     @property
     def spec(self) -> TensorSpec:
@@ -137,6 +142,11 @@ class Inverse:
         """The spec of every tensor an export writes, in order."""
         return tuple(tensor.spec for tensor in self.tensors)
 
+    @property
+    def restored(self) -> tuple[str, ...]:
+        """The tensors an export writes in part from the ``--like`` checkpoint (``[[export.restore]]``)."""
+        return tuple(tensor.name for tensor in self.tensors if tensor.restore is not None)
+
     def tensor(self, name: str) -> ExportTensor | None:
         """The export of source name ``name``, if the export writes it."""
         return self._by_name.get(name)
@@ -149,9 +159,11 @@ class Inverse:
             'inverse of ckpt -> m: 0 tensors written, 0 dropped, 0 variables not exported, invertible'
         """
         verdict = "invertible" if self.ok else f"{plural(len(self.blockers), 'blocker')}"
+        restored = f" ({len(self.restored)} in part from --like)" if self.restored else ""
         return (
-            f"inverse of {self.plan_source} -> {self.plan_target}: {plural(len(self.tensors), 'tensor')} written, "
-            f"{len(self.dropped)} dropped, {plural(len(self.not_exported), 'variable')} not exported, {verdict}"
+            f"inverse of {self.plan_source} -> {self.plan_target}: {plural(len(self.tensors), 'tensor')} written"
+            f"{restored}, {len(self.dropped)} dropped, {plural(len(self.not_exported), 'variable')} not exported, "
+            f"{verdict}"
         )
 
 
@@ -200,8 +212,9 @@ def _member_pick(combine: Combine, position: int, shapes: Sequence[tuple[int, ..
 class _Builder:
     """Collects the tensors, what is left and the blockers while a plan is inverted."""
 
-    def __init__(self, lossy: bool) -> None:
+    def __init__(self, lossy: bool, section: ExportSection) -> None:
         self.lossy = lossy
+        self.section = section
         self.rounded: list[str] = []
         self.tensors: list[ExportTensor] = []
         self.blockers: list[Blocker] = []
@@ -221,21 +234,45 @@ class _Builder:
             self.rounded.append(assignment.target)
         return undone
 
+    def whole(self, assignment: Assignment) -> tuple[tuple[Operation, ...], Restored | None] | None:
+        """A tensor one rule reads whole, undone; what its slice drops restored from --like if [[export.restore]] asks."""
+        operations, shape, dtype = assignment.operations, assignment.source_shape, assignment.source_dtype
+        entry = self.section.restore_for(assignment.source)
+        restored = None
+        try:
+            undone = inverse_operations(operations, shape, dtype, lossy=self.lossy)
+        except OperationError as error:
+            if entry is None or error.operation != "slice":
+                self.block(assignment.rule, (assignment.target,), str(error))
+                return None
+            try:
+                undone, region = restore_operations(operations, shape, dtype, lossy=self.lossy)
+            except OperationError as failed:
+                self.block(assignment.rule, (assignment.target,), str(failed))
+                return None
+            restored = Restored(assignment.source, region, entry.reason)
+        if rounds(operations, dtype):
+            self.rounded.append(assignment.target)
+        return undone, restored
+
     def single(self, assignment: Assignment) -> None:
         """A variable from one tensor, or from the members of a join."""
+        if assignment.join is None:
+            found = self.whole(assignment)
+            if found is not None:
+                self.tensors.append(
+                    ExportTensor(
+                        assignment.source,
+                        assignment.source_shape,
+                        assignment.source_dtype,
+                        (Piece(assignment.target, found[0]),),
+                        assignment.rule,
+                        restore=found[1],
+                    )
+                )
+            return
         undone = self.undo(assignment, assignment.operations, _joined_shape(assignment))
         if undone is None:
-            return
-        if assignment.join is None:
-            self.tensors.append(
-                ExportTensor(
-                    assignment.source,
-                    assignment.source_shape,
-                    assignment.source_dtype,
-                    (Piece(assignment.target, undone),),
-                    assignment.rule,
-                )
-            )
             return
         shapes = assignment.source_shapes
         for position, (name, shape) in enumerate(zip(assignment.source_names, shapes, strict=True)):
@@ -312,7 +349,14 @@ def _tied(plan: Plan, section: ExportSection, builder: _Builder) -> tuple[list[E
         else:
             copies.append(
                 ExportTensor(
-                    skip.name, tensor.shape, tensor.dtype, tensor.pieces, skip.rule, tensor.combine, copy_of=original
+                    skip.name,
+                    tensor.shape,
+                    tensor.dtype,
+                    tensor.pieces,
+                    skip.rule,
+                    tensor.combine,
+                    copy_of=original,
+                    restore=tensor.restore,
                 )
             )
     return copies, dropped
@@ -323,8 +367,8 @@ def invert(plan: Plan, export: ExportSection | None = None, *, lossy_casts: bool
 
     Args:
         plan: a plan (made against the checkpoint the model was imported from, or one with its names and shapes).
-        export: the rule file's ``[export]`` table (``rules.export``): tied weights, whether lossy casts back are
-            allowed.
+        export: the rule file's ``[export]`` table (``rules.export``): tied weights, tensors restored in part from
+            ``--like``, whether lossy casts back are allowed.
         lossy_casts: allow (True) or refuse (False) casts back that round, overriding ``export``.
 
     Returns:
@@ -342,7 +386,7 @@ def invert(plan: Plan, export: ExportSection | None = None, *, lossy_casts: bool
     """
     section = export or ExportSection()
     lossy = section.lossy_casts == "allow" if lossy_casts is None else lossy_casts
-    builder = _Builder(lossy)
+    builder = _Builder(lossy, section)
     if plan.named_sources:
         builder.block(
             None,
@@ -404,6 +448,8 @@ def _check_one_to_one(tensors: Sequence[ExportTensor], builder: _Builder) -> Non
 def check_elements(tensor: ExportTensor, specs: dict[str, TensorSpec]) -> None:
     """Raise OperationError unless the pieces, run on variables of ``specs``, give the tensor's shape and dtype.
 
+    For a tensor restored in part from ``--like``, the pieces give the block the model holds.
+
     Example:
         >>> from mapper.ops import Transpose
         >>> t = ExportTensor("w", (3, 2), "float32", (Piece("v", (Transpose((1, 0)),)),), None)
@@ -416,9 +462,10 @@ def check_elements(tensor: ExportTensor, specs: dict[str, TensorSpec]) -> None:
         shape, dtype = infer_all(piece.operations, spec.shape, spec.dtype)
         shapes.append(shape)
     shape = tensor.combine.infer(shapes, dtype)[0] if tensor.combine is not None else shapes[0]
-    if shape != tensor.shape or dtype != tensor.dtype or math.prod(shape) != math.prod(tensor.shape):
+    expected = tensor.shape if tensor.restore is None else tensor.restore.part_shape(tensor.shape)
+    if shape != expected or dtype != tensor.dtype or math.prod(shape) != math.prod(expected):
         raise OperationError(
-            f"{tensor.name!r}: the inverse gives {format_shape(shape)} {dtype}, not {format_shape(tensor.shape)} "
+            f"{tensor.name!r}: the inverse gives {format_shape(shape)} {dtype}, not {format_shape(expected)} "
             f"{tensor.dtype}",
             operation="export",
         )
@@ -431,6 +478,7 @@ __all__ = [
     "Left",
     "NotInvertibleError",
     "Piece",
+    "Restored",
     "check_elements",
     "rounds",
     "exact_cast",

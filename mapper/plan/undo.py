@@ -53,20 +53,28 @@ def exact_cast(from_dtype: str, to_dtype: str) -> bool:
     return False
 
 
+RESTORE_HINT = (
+    "; if the --like checkpoint holds the dropped values, declare the source tensor in [[export.restore]] "
+    "(match, reason) and the export writes them back from it"
+)
+
+
 def _slice_inverse(operation: Slice, shape: tuple[int, ...]) -> Operation:
     """A reshape back, when the slice keeps every element in order (it only drops length-1 axes)."""
+    blocks = all(isinstance(item, int) or item[2] in (None, 1) for item in operation.items)
+    hint = RESTORE_HINT if blocks else ""
     for item, size in zip(operation.items, shape, strict=False):
         if isinstance(item, int):
             if size != 1:
                 raise OperationError(
                     f"{operation.describe()} keeps one of {size} entries of an axis of shape {format_shape(shape)}; "
-                    "the others are lost, so it cannot be undone",
+                    f"the others are lost, so it cannot be undone{hint}",
                     operation="slice",
                 )
         elif range(*slice(*item).indices(size)) != range(size):
             raise OperationError(
                 f"{operation.describe()} does not keep the whole axis of size {size} (shape {format_shape(shape)}) "
-                "in order, so it cannot be undone",
+                f"in order, so it cannot be undone{hint}",
                 operation="slice",
             )
     return Reshape(shape)
@@ -144,4 +152,4 @@ def inverse_operations(
     return tuple(reversed(undone))
 
 
-__all__ = ["exact_cast", "inverse_operation", "inverse_operations", "rounds"]
+__all__ = ["RESTORE_HINT", "exact_cast", "inverse_operation", "inverse_operations", "rounds"]
