@@ -413,6 +413,7 @@ def export(
         max_shard_bytes=DEFAULT_MAX_SHARD_BYTES if max_shard_bytes is None else max_shard_bytes,
         overwrite=overwrite,
         progress=progress,
+        like=reference if isinstance(reference, Source) else None,
     )
 
 

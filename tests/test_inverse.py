@@ -6,6 +6,7 @@ No TensorFlow: plans are built from rule text and specs, and run backwards on Nu
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,10 @@ from mapper.ops import Cast, Operation, Rearrange, Reshape, Slice, SplitPart, Tr
 from mapper.plan.inverse import Inverse, NotInvertibleError, exact_cast, inverse_operations, invert
 from mapper.plan.planner import build_plan
 from mapper.rules import parse_rules
-from mapper.run.export import shard, shard_names, tensor_value
+from mapper.run.export import RestoreError, shard, shard_names, tensor_value, write_export
+from mapper.sources.safetensors import SafetensorsSource
 from mapper.specs import TargetMap, TensorSpec, VariableMap
+from mapper.targets.base import VariableTarget
 
 RNG = np.random.default_rng(0)
 
@@ -260,8 +263,22 @@ def test_skipped_tensors_are_dropped_and_tied_ones_copied() -> None:
         ('[[export.tied]]\nmatch = "a("\nsame_as = "b"', "invalid regular expression"),
         ('[[export.tied]]\nmatch = "a"\nsame_as = "{i}"', "i"),
         ('[[export.tied]]\nmatch = "a"\nsame_as = "b"\nreason = " "', "reason"),
+        ('[[export.restore]]\nmatch = "a"', "export.restore.0.reason': this key is required"),
+        ('[[export.restore]]\nmatch = "a("\nreason = "r"', "invalid regular expression"),
+        ('[[export.restore]]\nmatch = "a"\nreason = " "', "reason is empty"),
+        ('[[export.restore]]\nmatch = "a"\nreason = "r"\nfrom = "b"', "unknown key 'from'"),
     ],
-    ids=["lossy-value", "unknown-key", "bad-regex", "unknown-group", "blank-reason"],
+    ids=[
+        "lossy-value",
+        "unknown-key",
+        "bad-regex",
+        "unknown-group",
+        "blank-reason",
+        "restore-no-reason",
+        "restore-bad-regex",
+        "restore-blank-reason",
+        "restore-unknown-key",
+    ],
 )
 def test_the_export_table_is_validated(table: str, words: str) -> None:
     with pytest.raises(RuleFileError, match=words):
@@ -302,3 +319,120 @@ def test_the_export_table_merges_over_extends(tmp_path: Path) -> None:
     )
     export = load_rules(tmp_path / "top.toml").export
     assert export.lossy_casts == "allow" and [tied.match for tied in export.tied] == ["t"]
+
+
+def _restoring(slice_text: str, shape: tuple[int, ...], *, declared: bool = True, more: str = "") -> str:
+    restore = '[[export.restore]]\nmatch = "table"\nreason = "rows the import drops"\n' if declared else ""
+    return f'{restore}[[rules]]\nmatch = "table"\ntarget = "t"\nops = [{{ cast = "float32" }}, {{ slice = "{slice_text}" }}{more}]\n'
+
+
+@pytest.mark.parametrize(
+    ("slice_text", "shape", "more", "region"),
+    [
+        ("2:", (7, 3), "", ((2, 7),)),
+        (":-1", (5, 2), "", ((0, 4),)),
+        ("1:3, 1:", (4, 5, 2), "", ((1, 3), (1, 5))),
+        ("3", (5, 2), "", ((3, 4),)),
+        ("2:", (6, 4), ", { transpose = [1, 0] }", ((2, 6),)),
+    ],
+    ids=["prefix", "suffix", "two-axes", "one-row", "then-transpose"],
+)
+def test_a_declared_slice_is_restored_from_like_bit_for_bit(
+    slice_text: str, shape: tuple[int, ...], more: str, region: tuple[tuple[int, int], ...]
+) -> None:
+    from mapper.sources.memory import MemorySource
+
+    original = RNG.standard_normal(shape).astype("float32")
+    forward = apply_numpy([Slice.parse(slice_text)], original)
+    target = forward.T if more else forward
+    text = _restoring(slice_text, shape, more=more)
+    rules = parse_rules("format = 1\n" + text)
+    plan = build_plan(
+        rules,
+        VariableMap([TensorSpec("table", shape, "float32")]),
+        TargetMap(VariableMap([TensorSpec("t", target.shape, "float32")])),
+    )
+    inverse = invert(plan, rules.export)
+    assert inverse.ok and inverse.restored == ("table",)
+    tensor = inverse.tensors[0]
+    assert tensor.restore is not None and tensor.restore.region == region
+    assert "(1 in part from --like)" in inverse.summary()
+    tuned = target + 1  # the model changed its block; the rest comes from like as it is
+    exported = tensor_value(tensor, {"t": tuned}, MemorySource({"table": original}))
+    expected = original.copy()
+    block = tuple(slice(start, stop) for start, stop in region)
+    expected[block] = (tuned.T if more else tuned).reshape(expected[block].shape)
+    assert exported.shape == shape and exported.dtype == original.dtype and exported.tobytes() == expected.tobytes()
+    untouched = tensor_value(tensor, {"t": target}, MemorySource({"table": original}))
+    assert untouched.tobytes() == original.tobytes()  # export(import(x)) is x
+
+
+@pytest.mark.parametrize(
+    ("text", "shape", "target", "words"),
+    [
+        (_restoring("2:", (7, 3), declared=False), (7, 3), (5, 3), "declare the source tensor in [[export.restore]]"),
+        (_restoring("3", (5, 2), declared=False), (5, 2), (2,), "declare the source tensor in [[export.restore]]"),
+        (_restoring("::2", (6, 3)), (6, 3), (3, 3), "does not keep one block of each axis"),
+        (
+            '[[export.restore]]\nmatch = "table"\nreason = "r"\n[[rules]]\nmatch = "table"\ntarget = "t"\n'
+            'ops = [{ transpose = [1, 0] }, { slice = "1:" }]\n',
+            (4, 3),
+            (2, 4),
+            "but transpose",
+        ),
+    ],
+    ids=["undeclared", "undeclared-row", "steps", "not-first"],
+)
+def test_a_slice_that_drops_values_blocks_naming_the_fix(
+    text: str, shape: tuple[int, ...], target: tuple[int, ...], words: str
+) -> None:
+    rules = parse_rules("format = 1\n" + text)
+    plan = build_plan(
+        rules,
+        VariableMap([TensorSpec("table", shape, "float32")]),
+        TargetMap(VariableMap([TensorSpec("t", target, "float32")])),
+    )
+    inverse = invert(plan, rules.export)
+    assert not inverse.ok and inverse.restored == ()
+    assert words in str(NotInvertibleError.of(inverse))
+    assert "[[export.restore]]" in str(inverse.blockers[0])
+
+
+def _restore_inverse() -> tuple[Inverse, VariableTarget]:
+    rules = parse_rules("format = 1\n" + _restoring("2:", (6, 2)))
+    plan = build_plan(
+        rules,
+        VariableMap([TensorSpec("table", (6, 2), "float32")]),
+        TargetMap(VariableMap([TensorSpec("t", (4, 2), "float32")])),
+    )
+    target = VariableTarget(
+        "m", TargetMap(VariableMap([TensorSpec("t", (4, 2), "float32")])), {"t": np.ones((4, 2), "float32")}
+    )
+    return invert(plan, rules.export), target
+
+
+@pytest.mark.parametrize(
+    ("like", "words"),
+    [
+        (None, "it was given only names and shapes"),
+        ({"table": np.zeros((7, 2), "float32")}, "it is [7, 2] float32 there, but the export writes [6, 2] float32"),
+        ({"table": np.zeros((6, 2), "float16")}, "it is [6, 2] float16 there"),
+        ({"other": np.zeros((6, 2), "float32")}, "it is not there"),
+    ],
+    ids=["no-like", "other-shape", "other-dtype", "missing-tensor"],
+)
+def test_a_restore_without_its_like_tensor_writes_nothing(
+    like: dict[str, np.ndarray] | None, words: str, tmp_path: Path
+) -> None:
+    from mapper.sources.memory import MemorySource
+
+    inverse, target = _restore_inverse()
+    source = None if like is None else MemorySource(like)
+    with pytest.raises(RestoreError, match=re.escape(words)) as raised:
+        write_export(inverse, target, tmp_path / "out", like=source)
+    assert raised.value.names == ("table",)
+    assert not (tmp_path / "out").exists()
+    good = MemorySource({"table": np.full((6, 2), 7, "float32")})
+    written = write_export(inverse, target, tmp_path / "ok", like=good)
+    value = SafetensorsSource(tmp_path / "ok" / written.files[0]).read(["table"])["table"]
+    assert value.tolist() == [[7.0, 7.0]] * 2 + [[1.0, 1.0]] * 4

@@ -6,7 +6,9 @@ reverse order. Renames, transposes, reshapes, lossless casts, slices that drop o
 (concatenated again), a concat's or stack's members (split or indexed out again) and rearranges all invert
 exactly. What does not invert is said per rule with the reason: a cast back that would round (unless the rule
 file's ``[export] lossy_casts = "allow"``), a slice that drops values, a split with a part missing, two variables
-giving one source name. Source tensors the plan skips are not written (``dropped``), except the ones
+giving one source name. A slice that keeps one block of each leading axis (RoBERTa's position table) is undone
+when ``[[export.restore]]`` declares the tensor: the model gives the block, the ``--like`` checkpoint the rest
+(``ExportTensor.restore``). Source tensors the plan skips are not written (``dropped``), except the ones
 ``[[export.tied]]`` declares copies of an exported tensor. Pure: no tensor is read.
 """
 
@@ -17,22 +19,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mapper.dtypes import FLOATS, INTS
 from mapper.errors import OperationError, PlanError
-from mapper.ops import (
-    Cast,
-    Combine,
-    Concat,
-    Operation,
-    Rearrange,
-    Reshape,
-    Slice,
-    SplitPart,
-    Transpose,
-    infer_all,
-    parse_rearrange,
-)
+from mapper.ops import Combine, Concat, Operation, Slice, SplitPart, infer_all
 from mapper.plan.model import Assignment, Plan
+from mapper.plan.restore import Restored, restore_operations
+from mapper.plan.undo import exact_cast, inverse_operation, inverse_operations, rounds
 from mapper.rules.export import ExportSection
 from mapper.rules.ref import RuleRef
 from mapper.specs import TensorSpec, format_shape
@@ -57,7 +48,8 @@ class Piece:
 class ExportTensor:
     """One source tensor an export writes: its pieces, joined by ``combine`` when there are several.
 
-    ``copy_of`` names the exported tensor a tied one repeats (its pieces are then that tensor's).
+    ``copy_of`` names the exported tensor a tied one repeats (its pieces are then that tensor's). ``restore``, when
+    set, says the pieces give only a block of the tensor, and the rest comes from the ``--like`` checkpoint.
 
     Example:
         >>> t = ExportTensor("w", (2,), "float32", (Piece("v"),), RuleRef("r.toml", 1))
@@ -72,6 +64,7 @@ class ExportTensor:
     rule: RuleRef | None
     combine: Combine | None = None
     copy_of: str | None = None
+    restore: Restored | None = None
 
     @property
     def spec(self) -> TensorSpec:
@@ -149,6 +142,11 @@ class Inverse:
         """The spec of every tensor an export writes, in order."""
         return tuple(tensor.spec for tensor in self.tensors)
 
+    @property
+    def restored(self) -> tuple[str, ...]:
+        """The tensors an export writes in part from the ``--like`` checkpoint (``[[export.restore]]``)."""
+        return tuple(tensor.name for tensor in self.tensors if tensor.restore is not None)
+
     def tensor(self, name: str) -> ExportTensor | None:
         """The export of source name ``name``, if the export writes it."""
         return self._by_name.get(name)
@@ -161,51 +159,12 @@ class Inverse:
             'inverse of ckpt -> m: 0 tensors written, 0 dropped, 0 variables not exported, invertible'
         """
         verdict = "invertible" if self.ok else f"{plural(len(self.blockers), 'blocker')}"
+        restored = f" ({len(self.restored)} in part from --like)" if self.restored else ""
         return (
-            f"inverse of {self.plan_source} -> {self.plan_target}: {plural(len(self.tensors), 'tensor')} written, "
-            f"{len(self.dropped)} dropped, {plural(len(self.not_exported), 'variable')} not exported, {verdict}"
+            f"inverse of {self.plan_source} -> {self.plan_target}: {plural(len(self.tensors), 'tensor')} written"
+            f"{restored}, {len(self.dropped)} dropped, {plural(len(self.not_exported), 'variable')} not exported, "
+            f"{verdict}"
         )
-
-
-# --- inverting operations ---------------------------------------------------------------------------------------
-
-# Floats by (significand bits, largest exponent, smallest subnormal exponent): A holds every B value when each is
-# at least as wide.
-_FLOAT_RANGES: dict[str, tuple[int, int, int]] = {
-    "float64": (53, 1024, -1074),
-    "float32": (24, 128, -149),
-    "bfloat16": (8, 128, -133),
-    "float16": (11, 16, -24),
-    "float8_e4m3fn": (4, 9, -9),
-    "float8_e5m2": (3, 16, -16),
-}
-
-
-def _int_bits(dtype: str) -> tuple[int, int, bool]:
-    """(bits, magnitude bits, signed) of an integer dtype name."""
-    signed = not dtype.startswith("u")
-    bits = int(dtype.removeprefix("u").removeprefix("int"))
-    return bits, bits - 1 if signed else bits, signed
-
-
-def exact_cast(from_dtype: str, to_dtype: str) -> bool:
-    """Whether every value of ``from_dtype`` is exactly a value of ``to_dtype`` (a cast that never rounds).
-
-    Example:
-        >>> exact_cast("bfloat16", "float32"), exact_cast("float32", "bfloat16"), exact_cast("int8", "float16")
-        (True, False, True)
-    """
-    if from_dtype == to_dtype or (from_dtype == "bool" and to_dtype in INTS | FLOATS):
-        return True
-    if from_dtype in FLOATS and to_dtype in FLOATS:
-        (bits, top, bottom), (to_bits, to_top, to_bottom) = _FLOAT_RANGES[from_dtype], _FLOAT_RANGES[to_dtype]
-        return bits <= to_bits and top <= to_top and bottom >= to_bottom
-    if from_dtype in INTS and to_dtype in INTS:
-        (bits, _, signed), (to_bits, _, to_signed) = _int_bits(from_dtype), _int_bits(to_dtype)
-        return (signed == to_signed and bits <= to_bits) or (not signed and to_signed and bits < to_bits)
-    if from_dtype in INTS and to_dtype in FLOATS:
-        return _int_bits(from_dtype)[1] <= _FLOAT_RANGES[to_dtype][0]
-    return False
 
 
 class NotInvertibleError(PlanError):
@@ -231,97 +190,6 @@ class NotInvertibleError(PlanError):
         )
 
 
-def _slice_inverse(operation: Slice, shape: tuple[int, ...]) -> Operation:
-    """A reshape back, when the slice keeps every element in order (it only drops length-1 axes)."""
-    for item, size in zip(operation.items, shape, strict=False):
-        if isinstance(item, int):
-            if size != 1:
-                raise OperationError(
-                    f"{operation.describe()} keeps one of {size} entries of an axis of shape {format_shape(shape)}; "
-                    "the others are lost, so it cannot be undone",
-                    operation="slice",
-                )
-        elif range(*slice(*item).indices(size)) != range(size):
-            raise OperationError(
-                f"{operation.describe()} does not keep the whole axis of size {size} (shape {format_shape(shape)}) "
-                "in order, so it cannot be undone",
-                operation="slice",
-            )
-    return Reshape(shape)
-
-
-def _rearrange_inverse(operation: Rearrange, shape: tuple[int, ...]) -> Operation:
-    """The rearrangement the other way, every axis size bound."""
-    split_shape, _, _ = operation.plan(shape)
-    left, _ = parse_rearrange(operation.pattern)
-    names = [name for group in left for name in group]
-    before, after = operation.pattern.split("->")
-    return Rearrange(f"{after.strip()} -> {before.strip()}", tuple(zip(names, split_shape, strict=True)))
-
-
-def inverse_operation(operation: Operation, shape: tuple[int, ...], dtype: str, *, lossy: bool = False) -> Operation:
-    """The operation that undoes ``operation`` on a tensor that had ``shape`` and ``dtype`` before it.
-
-    Raises:
-        OperationError: it has no exact inverse (a split part alone, a slice that drops values, a cast back that
-            rounds unless ``lossy``).
-
-    Example:
-        >>> inverse_operation(Transpose((2, 0, 1)), (2, 3, 4), "float32")
-        Transpose(perm=(1, 2, 0), kind='transpose')
-        >>> inverse_operation(Slice((0,)), (1, 17, 8), "float32")
-        Reshape(shape=(1, 17, 8), kind='reshape')
-    """
-    if isinstance(operation, Transpose):
-        return Transpose(tuple(sorted(range(len(operation.perm)), key=operation.perm.__getitem__)))
-    if isinstance(operation, Reshape):
-        return Reshape(shape)
-    if isinstance(operation, Cast):
-        if not lossy and not exact_cast(operation.dtype, dtype):
-            raise OperationError(
-                f"the import casts {dtype} to {operation.dtype}; casting back to {dtype} rounds any value the model "
-                f'changed (a lossy cast on the way back); allow it with [export] lossy_casts = "allow" '
-                "(--allow-lossy-casts), or build the model in the checkpoint's dtype",
-                operation="cast",
-            )
-        return Cast(dtype)
-    if isinstance(operation, Slice):
-        return _slice_inverse(operation, shape)
-    if isinstance(operation, Rearrange):
-        return _rearrange_inverse(operation, shape)
-    raise OperationError(f"{operation.describe()} alone cannot be undone", operation=operation.kind)
-
-
-def rounds(operations: Sequence[Operation], dtype: str) -> bool:
-    """Whether undoing ``operations`` (run on a tensor of ``dtype``) casts back to a dtype that cannot hold every value.
-
-    Example:
-        >>> rounds([Cast("float32")], "bfloat16"), rounds([Cast("bfloat16")], "float32")
-        (True, False)
-    """
-    for operation in operations:
-        if isinstance(operation, Cast) and not exact_cast(operation.dtype, dtype):
-            return True
-        dtype = operation.infer((), dtype)[1] if isinstance(operation, Cast) else dtype
-    return False
-
-
-def inverse_operations(
-    operations: Sequence[Operation], shape: tuple[int, ...], dtype: str, *, lossy: bool = False
-) -> tuple[Operation, ...]:
-    """The operations that undo ``operations`` (run on a tensor of ``shape`` and ``dtype``), in reverse order.
-
-    Example:
-        >>> inverse_operations([Transpose((1, 0)), Reshape((3, 2, 2))], (4, 3), "float32")
-        (Reshape(shape=(3, 4), kind='reshape'), Transpose(perm=(1, 0), kind='transpose'))
-    """
-    undone: list[Operation] = []
-    for operation in operations:
-        undone.append(inverse_operation(operation, shape, dtype, lossy=lossy))
-        shape, dtype = operation.infer(shape, dtype)
-    return tuple(reversed(undone))
-
-
 # --- inverting a plan -------------------------------------------------------------------------------------------
 
 
@@ -344,8 +212,9 @@ def _member_pick(combine: Combine, position: int, shapes: Sequence[tuple[int, ..
 class _Builder:
     """Collects the tensors, what is left and the blockers while a plan is inverted."""
 
-    def __init__(self, lossy: bool) -> None:
+    def __init__(self, lossy: bool, section: ExportSection) -> None:
         self.lossy = lossy
+        self.section = section
         self.rounded: list[str] = []
         self.tensors: list[ExportTensor] = []
         self.blockers: list[Blocker] = []
@@ -365,21 +234,45 @@ class _Builder:
             self.rounded.append(assignment.target)
         return undone
 
+    def whole(self, assignment: Assignment) -> tuple[tuple[Operation, ...], Restored | None] | None:
+        """A tensor one rule reads whole, undone; what its slice drops restored from --like if [[export.restore]] asks."""
+        operations, shape, dtype = assignment.operations, assignment.source_shape, assignment.source_dtype
+        entry = self.section.restore_for(assignment.source)
+        restored = None
+        try:
+            undone = inverse_operations(operations, shape, dtype, lossy=self.lossy)
+        except OperationError as error:
+            if entry is None or error.operation != "slice":
+                self.block(assignment.rule, (assignment.target,), str(error))
+                return None
+            try:
+                undone, region = restore_operations(operations, shape, dtype, lossy=self.lossy)
+            except OperationError as failed:
+                self.block(assignment.rule, (assignment.target,), str(failed))
+                return None
+            restored = Restored(assignment.source, region, entry.reason)
+        if rounds(operations, dtype):
+            self.rounded.append(assignment.target)
+        return undone, restored
+
     def single(self, assignment: Assignment) -> None:
         """A variable from one tensor, or from the members of a join."""
+        if assignment.join is None:
+            found = self.whole(assignment)
+            if found is not None:
+                self.tensors.append(
+                    ExportTensor(
+                        assignment.source,
+                        assignment.source_shape,
+                        assignment.source_dtype,
+                        (Piece(assignment.target, found[0]),),
+                        assignment.rule,
+                        restore=found[1],
+                    )
+                )
+            return
         undone = self.undo(assignment, assignment.operations, _joined_shape(assignment))
         if undone is None:
-            return
-        if assignment.join is None:
-            self.tensors.append(
-                ExportTensor(
-                    assignment.source,
-                    assignment.source_shape,
-                    assignment.source_dtype,
-                    (Piece(assignment.target, undone),),
-                    assignment.rule,
-                )
-            )
             return
         shapes = assignment.source_shapes
         for position, (name, shape) in enumerate(zip(assignment.source_names, shapes, strict=True)):
@@ -456,7 +349,14 @@ def _tied(plan: Plan, section: ExportSection, builder: _Builder) -> tuple[list[E
         else:
             copies.append(
                 ExportTensor(
-                    skip.name, tensor.shape, tensor.dtype, tensor.pieces, skip.rule, tensor.combine, copy_of=original
+                    skip.name,
+                    tensor.shape,
+                    tensor.dtype,
+                    tensor.pieces,
+                    skip.rule,
+                    tensor.combine,
+                    copy_of=original,
+                    restore=tensor.restore,
                 )
             )
     return copies, dropped
@@ -467,8 +367,8 @@ def invert(plan: Plan, export: ExportSection | None = None, *, lossy_casts: bool
 
     Args:
         plan: a plan (made against the checkpoint the model was imported from, or one with its names and shapes).
-        export: the rule file's ``[export]`` table (``rules.export``): tied weights, whether lossy casts back are
-            allowed.
+        export: the rule file's ``[export]`` table (``rules.export``): tied weights, tensors restored in part from
+            ``--like``, whether lossy casts back are allowed.
         lossy_casts: allow (True) or refuse (False) casts back that round, overriding ``export``.
 
     Returns:
@@ -486,7 +386,7 @@ def invert(plan: Plan, export: ExportSection | None = None, *, lossy_casts: bool
     """
     section = export or ExportSection()
     lossy = section.lossy_casts == "allow" if lossy_casts is None else lossy_casts
-    builder = _Builder(lossy)
+    builder = _Builder(lossy, section)
     if plan.named_sources:
         builder.block(
             None,
@@ -548,7 +448,10 @@ def _check_one_to_one(tensors: Sequence[ExportTensor], builder: _Builder) -> Non
 def check_elements(tensor: ExportTensor, specs: dict[str, TensorSpec]) -> None:
     """Raise OperationError unless the pieces, run on variables of ``specs``, give the tensor's shape and dtype.
 
+    For a tensor restored in part from ``--like``, the pieces give the block the model holds.
+
     Example:
+        >>> from mapper.ops import Transpose
         >>> t = ExportTensor("w", (3, 2), "float32", (Piece("v", (Transpose((1, 0)),)),), None)
         >>> check_elements(t, {"v": TensorSpec("v", (2, 3), "float32")})
     """
@@ -559,9 +462,10 @@ def check_elements(tensor: ExportTensor, specs: dict[str, TensorSpec]) -> None:
         shape, dtype = infer_all(piece.operations, spec.shape, spec.dtype)
         shapes.append(shape)
     shape = tensor.combine.infer(shapes, dtype)[0] if tensor.combine is not None else shapes[0]
-    if shape != tensor.shape or dtype != tensor.dtype or math.prod(shape) != math.prod(tensor.shape):
+    expected = tensor.shape if tensor.restore is None else tensor.restore.part_shape(tensor.shape)
+    if shape != expected or dtype != tensor.dtype or math.prod(shape) != math.prod(expected):
         raise OperationError(
-            f"{tensor.name!r}: the inverse gives {format_shape(shape)} {dtype}, not {format_shape(tensor.shape)} "
+            f"{tensor.name!r}: the inverse gives {format_shape(shape)} {dtype}, not {format_shape(expected)} "
             f"{tensor.dtype}",
             operation="export",
         )
@@ -574,6 +478,7 @@ __all__ = [
     "Left",
     "NotInvertibleError",
     "Piece",
+    "Restored",
     "check_elements",
     "rounds",
     "exact_cast",

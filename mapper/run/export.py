@@ -1,7 +1,8 @@
 """Carrying out an inverse plan: a model's variables written as a Hugging Face safetensors checkpoint, sharded if large.
 
-Every tensor is computed from the model's variables (the inverse operations, then a join), written and released
-before the next, so memory stays near the largest tensor. The files are written into a temporary directory inside
+Every tensor is computed from the model's variables (the inverse operations, then a join; a tensor restored in part
+from ``--like`` around that tensor read from it), written and released before the next, so memory stays near the
+largest tensor. The files are written into a temporary directory inside
 the output directory, each through the safetensors writer (under a temporary name, moved into place when complete),
 and moved into the output directory only when all are complete, the index last; if anything fails, nothing at the
 output changes.
@@ -21,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from mapper.errors import ApplyError, OperationError, OutputError, TargetError
+from mapper.errors import ApplyError, OperationError, OutputError, SourceError, TargetError
 from mapper.interrupts import sigterm_raises
 from mapper.ops import NUMPY, apply_numpy
 from mapper.outputs.writers import SafetensorsWriter
 from mapper.plan.inverse import ExportTensor, Inverse, NotInvertibleError, check_elements
 from mapper.sources.base import Source
-from mapper.specs import TensorSpec
+from mapper.specs import TensorSpec, format_shape
 from mapper.targets.base import VariableTarget
 from mapper.text import first_line, quoted
 
@@ -35,6 +36,22 @@ WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 # As transformers' save_pretrained and the Hugging Face hub: shards of at most 5 GB (10**9 bytes each).
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
+
+
+class RestoreError(SourceError):
+    """The values an export restores from ``--like`` cannot be had: no checkpoint to read, or its tensor differs.
+
+    Raised before anything is written; ``names`` are the tensors in question, ``path`` the --like checkpoint ("" when
+    none was given).
+
+    Example:
+        >>> RestoreError("no --like", names=("pos",)).names
+        ('pos',)
+    """
+
+    def __init__(self, message: str, *, names: Sequence[str], path: str = "") -> None:
+        super().__init__(message, path=path)
+        self.names = tuple(names)
 
 
 @dataclass(frozen=True)
@@ -168,8 +185,46 @@ def _value(variable: Any) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(variable))
 
 
-def tensor_value(tensor: ExportTensor, variables: Mapping[str, Any]) -> np.ndarray:
+def check_restorable(inverse: Inverse, like: Source | None) -> None:
+    """Raise RestoreError unless ``like`` holds every tensor the export restores in part, with its shape and dtype.
+
+    Example:
+        >>> from mapper.sources.memory import MemorySource
+        >>> from mapper.plan.inverse import Piece, Restored
+        >>> t = ExportTensor("pos", (4,), "float32", (Piece("v"),), None, restore=Restored("pos", ((2, 4),), "pad"))
+        >>> check_restorable(Inverse("c", "m", (t,)), MemorySource({"pos": np.zeros(4, "float32")}))
+        >>> check_restorable(Inverse("c", "m", (t,)), MemorySource({"pos": np.zeros(5, "float32")}))
+        Traceback (most recent call last):
+        mapper.run.export.RestoreError: cannot restore 'pos' in part from --like ...: it is [5] float32 there, ...
+    """
+    restoring = [(tensor, restore) for tensor in inverse.tensors if (restore := tensor.restore) is not None]
+    if not restoring:
+        return
+    if like is None:
+        raise RestoreError(
+            f"the export writes {quoted([tensor.name for tensor, _ in restoring])} in part from the --like checkpoint "
+            f"([[export.restore]]: {restoring[0][1].reason}), but it was given only names and shapes: pass the "
+            "checkpoint the model was imported from as --like (like=path or Source)",
+            names=[tensor.name for tensor, _ in restoring],
+        )
+    specs = like.specs()
+    for tensor, restore in restoring:
+        found = specs.get(restore.like_name)
+        if found is None or found.shape != tensor.shape or found.dtype != tensor.dtype:
+            there = "not there" if found is None else f"{format_shape(found.shape)} {found.dtype} there"
+            raise RestoreError(
+                f"cannot restore {tensor.name!r} in part from --like ({like.description}): it is {there}, but the "
+                f"export writes {format_shape(tensor.shape)} {tensor.dtype} ({restore.describe()}); pass the "
+                "checkpoint the model was imported from as --like",
+                names=(tensor.name,),
+                path=like.description,
+            )
+
+
+def tensor_value(tensor: ExportTensor, variables: Mapping[str, Any], like: Source | None = None) -> np.ndarray:
     """The value of one exported tensor: each piece's variable through its operations, joined if there are several.
+
+    A tensor restored in part (``tensor.restore``) is ``like``'s tensor with the block the model gives written in.
 
     Example:
         >>> from mapper.ops import Transpose
@@ -179,10 +234,22 @@ def tensor_value(tensor: ExportTensor, variables: Mapping[str, Any]) -> np.ndarr
         [[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]]
     """
     parts = [apply_numpy(piece.operations, _value(variables[piece.variable])) for piece in tensor.pieces]
-    if tensor.combine is None:
-        return parts[0]
-    result: np.ndarray = tensor.combine.apply(parts, NUMPY)
-    return result
+    result: np.ndarray = parts[0] if tensor.combine is None else tensor.combine.apply(parts, NUMPY)
+    if tensor.restore is None:
+        return result
+    if like is None:
+        raise RestoreError(f"{tensor.name!r} is restored in part from --like, and none is given", names=(tensor.name,))
+    # A copy: the source's buffer is read-only or someone else's. One tensor read, then written into.
+    whole = np.array(like.read([tensor.restore.like_name])[tensor.restore.like_name])
+    if whole.shape != tensor.shape or str(whole.dtype) != tensor.dtype:
+        raise RestoreError(
+            f"{tensor.restore.like_name!r} in --like is {format_shape(whole.shape)} {whole.dtype}, not "
+            f"{format_shape(tensor.shape)} {tensor.dtype}",
+            names=(tensor.name,),
+            path=like.description,
+        )
+    whole[tensor.restore.index()] = result
+    return whole
 
 
 def check_fits(inverse: Inverse, target: VariableTarget) -> None:
@@ -220,6 +287,7 @@ def write_export(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    like: Source | None = None,
 ) -> ExportResult:
     """Write the model's variables as the source's tensors: ``model.safetensors``, or shards and an index.
 
@@ -232,6 +300,8 @@ def write_export(
         overwrite: replace a checkpoint already in ``directory`` (its old shards are removed once the new one is
             in place).
         progress: called as ``progress(done, total)`` in tensors after each one.
+        like: the checkpoint the model was imported from, read for the tensors the export restores in part
+            (``[[export.restore]]``; one tensor at a time); not needed when it restores none.
 
     Returns:
         An ExportResult.
@@ -239,6 +309,7 @@ def write_export(
     Raises:
         NotInvertibleError: the inverse has blockers (each names its rule and why).
         TargetError: the model's variables do not fit the plan.
+        RestoreError: a tensor is restored in part, and ``like`` is missing or its tensor has another shape or dtype.
         OutputError: the output is refused, or writing it failed (a full disk); nothing changed at the output.
         ApplyError: computing or writing a tensor failed part-way; nothing changed at the output.
 
@@ -261,6 +332,7 @@ def write_export(
     if not inverse.tensors:
         raise TargetError(f"the export of {target.description} writes no tensor: every source tensor was skipped")
     check_fits(inverse, target)
+    check_restorable(inverse, like)
     shards = shard(inverse.specs, max_shard_bytes)
     names = shard_names(len(shards))
     created = not path.exists()
@@ -268,13 +340,13 @@ def write_export(
     work = Path(tempfile.mkdtemp(prefix=".export.", suffix=".partial", dir=path))
     try:
         with sigterm_raises():
-            _write_shards(inverse, target, work, shards, names, progress=progress)
+            _write_shards(inverse, target, work, shards, names, progress=progress, like=like)
             files = _install(path, work, shards, names)
     except BaseException as error:
         shutil.rmtree(work, ignore_errors=True)
         if created:
             shutil.rmtree(path, ignore_errors=True)
-        if isinstance(error, (OutputError, TargetError)) or not isinstance(error, Exception):
+        if isinstance(error, (OutputError, TargetError, RestoreError)) or not isinstance(error, Exception):
             raise
         raise ApplyError(
             f"exporting {target.description} to {path} failed: {type(error).__name__}: {first_line(error)}\n"
@@ -293,6 +365,7 @@ def _write_shards(
     names: list[str],
     *,
     progress: Callable[[int, int], None] | None,
+    like: Source | None,
 ) -> None:
     """Every shard written into ``work``, tensor by tensor, and the index when there are several."""
     done, total = 0, len(inverse.tensors)
@@ -300,7 +373,7 @@ def _write_shards(
     for specs, name in zip(shards, names, strict=True):
         with SafetensorsWriter(work / name, specs) as writer:
             for spec in specs:
-                writer.write(spec.name, tensor_value(by_name[spec.name], target.variables))
+                writer.write(spec.name, tensor_value(by_name[spec.name], target.variables, like))
                 done += 1
                 if progress is not None:
                     progress(done, total)
@@ -328,9 +401,11 @@ __all__ = [
     "INDEX_NAME",
     "WEIGHTS_NAME",
     "ExportResult",
+    "RestoreError",
     "check_export_output",
     "check_fits",
     "check_not_like",
+    "check_restorable",
     "existing_checkpoint",
     "shard",
     "shard_names",

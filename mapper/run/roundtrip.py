@@ -1,7 +1,9 @@
 """The round-trip proof of a rule file: export(import(checkpoint)) is the checkpoint, import(export(model)) the model.
 
 Both directions are compared bit for bit (shape, dtype and bytes): every source tensor the rules do not skip must
-come back as it was read, and every variable the export writes must come back as it was before the export.
+come back as it was read, and every variable the export writes must come back as it was before the export. A tensor
+the rule file restores in part from the checkpoint (``[[export.restore]]``) is compared whole; only the block the
+model holds is proven by the export, the rest is the checkpoint's own.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class RoundTrip:
     checkpoint_differences: tuple[str, ...] = ()
     model_differences: tuple[str, ...] = ()
     dropped: tuple[Left, ...] = ()  # source tensors the rules skip, which an export does not write
+    restored: tuple[str, ...] = ()  # source tensors an export writes in part from the checkpoint ([[export.restore]])
 
     @property
     def ok(self) -> bool:
@@ -43,9 +46,11 @@ class RoundTrip:
     def summary(self) -> str:
         """One line for each direction that differs, or one line saying both came back."""
         if self.ok:
+            restored = f", {len(self.restored)} restored in part from the checkpoint" if self.restored else ""
             return (
                 f"round trip: {plural(self.checkpoint_tensors, 'checkpoint tensor')} and "
-                f"{plural(self.model_variables, 'model variable')} came back bit-identical ({len(self.dropped)} dropped)"
+                f"{plural(self.model_variables, 'model variable')} came back bit-identical ({len(self.dropped)} dropped"
+                f"{restored})"
             )
         lines = []
         if self.checkpoint_differences:
@@ -158,6 +163,7 @@ def _roundtrip(rules: Any, source: SourceLike, model: object, lossy_casts: bool 
         checkpoint_differences=tuple(checkpoint_differences),
         model_differences=tuple(dict.fromkeys(model_differences)),
         dropped=second.inverse.dropped,
+        restored=second.inverse.restored,
     )
 
 
