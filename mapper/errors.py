@@ -11,6 +11,7 @@ MapperError
 ├── TargetError (LookupError)         a target object or variable cannot be used
 │   └── OutputError                   the output cannot be written: exists, no directory, read-only, disk full
 └── ApplyError (RuntimeError)         applying a plan failed; the target was left unchanged
+    └── PartialApplyError             applying failed part-way and the target is partly assigned; names both parts
 """
 
 from __future__ import annotations
@@ -203,7 +204,9 @@ class TargetError(MapperError, LookupError):
 
 
 class ApplyError(MapperError, RuntimeError):
-    """Applying a plan failed; with rollback (the default) every variable was given back its previous value.
+    """Applying a plan failed and the target is unchanged (nothing was assigned, or everything was restored).
+
+    When the target is left partly assigned, the error is the subclass PartialApplyError.
 
     Example:
         >>> str(ApplyError("read failed"))
@@ -229,3 +232,23 @@ class OutputError(TargetError):
         super().__init__(message)
         self.path = os.fspath(path)
         self.errno = errno
+
+
+class PartialApplyError(ApplyError):
+    """Applying failed part-way and the target is partly assigned: ``assigned`` were given their new values, ``not_assigned`` not.
+
+    Raised when a failure in the assignment pass could not be undone: with ``rollback="verify"`` a source that
+    changed after it was verified (or a fault such as EIO), with ``rollback="off"`` any failure, with
+    ``rollback="memory"`` a restore that failed too. Both lists hold target names, in the plan's order; reload the
+    model (or apply again once the cause is fixed).
+
+    Example:
+        >>> error = PartialApplyError("reading failed", assigned=["a"], not_assigned=["b", "c"])
+        >>> error.assigned, error.not_assigned, isinstance(error, ApplyError)
+        (('a',), ('b', 'c'), True)
+    """
+
+    def __init__(self, message: str, *, assigned: Sequence[str], not_assigned: Sequence[str]) -> None:
+        super().__init__(message)
+        self.assigned = tuple(assigned)
+        self.not_assigned = tuple(not_assigned)

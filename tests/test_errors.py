@@ -12,6 +12,7 @@ from mapper.errors import (
     MatchTimeoutError,
     OperationError,
     OutputError,
+    PartialApplyError,
     PlanError,
     RuleFileError,
     RuleIssue,
@@ -31,6 +32,7 @@ TREE = [
     pytest.param(TargetError, (MapperError, LookupError), id="TargetError"),
     pytest.param(OutputError, (TargetError, MapperError, LookupError), id="OutputError"),
     pytest.param(ApplyError, (MapperError, RuntimeError), id="ApplyError"),
+    pytest.param(PartialApplyError, (ApplyError, MapperError, RuntimeError), id="PartialApplyError"),
 ]
 
 

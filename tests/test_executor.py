@@ -14,7 +14,7 @@ import tensorflow as tf
 from checkpoints import data_files, distinct_values, flip_bytes, functional_model, weights_of, write_keras_checkpoint
 
 from mapper.dtypes import numpy_dtype
-from mapper.errors import ApplyError, CorruptSourceError, PlanError, SourceError, TargetError
+from mapper.errors import ApplyError, CorruptSourceError, PartialApplyError, PlanError, SourceError, TargetError
 from mapper.ops import Cast, Operation, Reshape, Transpose, apply_numpy, infer_all
 from mapper.plan import Assignment, Plan, Problem, ProblemKind, RuleRef, Severity
 from mapper.run.batches import MAX_BATCH_TENSORS
@@ -168,7 +168,7 @@ def test_result_counts_each_source_tensor_once() -> None:
         }
     )
 
-    result = apply_plan(plan, source, target)
+    result = apply_plan(plan, source, target, rollback="memory")
 
     assert (result.assigned, result.bytes_read, result.batches, result.method) == (3, 24 + 12, 1, "assign")
     assert source.reads == ["shared", "other"]
@@ -203,7 +203,12 @@ def test_batches_respect_batch_bytes(sizes: list[int], budget: int, expected: li
     calls: list[tuple[int, int]] = []
 
     result = apply_plan(
-        identity_plan(source_arrays), source, target, batch_bytes=budget, progress=lambda *a: calls.append(a)
+        identity_plan(source_arrays),
+        source,
+        target,
+        batch_bytes=budget,
+        progress=lambda *a: calls.append(a),
+        rollback="memory",
     )
 
     assert source.calls == [[f"t{i}" for i in batch] for batch in expected]
@@ -220,7 +225,7 @@ def test_batches_hold_at_most_max_tensors() -> None:
     source = CountingSource(MemorySource(source_arrays))
     target = make_target(zeros_like(source_arrays))
 
-    apply_plan(identity_plan(source_arrays), source, target)
+    apply_plan(identity_plan(source_arrays), source, target, rollback="memory")
 
     assert [len(batch) for batch in source.calls] == [MAX_BATCH_TENSORS, 5]
     assert_values(target, source_arrays)
@@ -232,7 +237,7 @@ def test_only_planned_tensors_are_read() -> None:
     planned = {"layer_1/w": "a", "layer_4/w": "b"}
     target = make_target(zeros_like(source_arrays, planned))
 
-    apply_plan(identity_plan(source_arrays, planned), source, target)
+    apply_plan(identity_plan(source_arrays, planned), source, target, rollback="memory")
 
     assert source.reads == ["layer_1/w", "layer_4/w"]
     assert_values(target, {"a": source_arrays["layer_1/w"], "b": source_arrays["layer_4/w"]})
@@ -319,7 +324,7 @@ PRECHECK_CASES: list[Any] = [
     pytest.param(
         {"target_objects": {"b/w": np.zeros(4, "int32")}},
         TargetError,
-        ["'b/w'", "ndarray", "not a tf.Variable"],
+        ["'b/w'", "ndarray", "not a keras.Variable of the active Keras backend (tensorflow) or a tf.Variable"],
         id="target-not-a-variable",
     ),
     pytest.param(
@@ -440,7 +445,7 @@ def test_failure_in_a_later_batch_restores_earlier_batches(
     before = values(target)
 
     with pytest.raises(raised) as error:
-        apply_plan(identity_plan(source_arrays), source, target, batch_bytes=2 * 256)
+        apply_plan(identity_plan(source_arrays), source, target, batch_bytes=2 * 256, rollback="memory")
 
     assert len(source.calls) == 3
     assert_values(target, before)
@@ -473,7 +478,14 @@ def test_failing_progress_callback_is_rolled_back() -> None:
             raise ValueError("progress bar closed")
 
     with pytest.raises(ApplyError, match="reporting progress after batch 2 of 2") as error:
-        apply_plan(identity_plan(source_arrays), MemorySource(source_arrays), target, batch_bytes=32, progress=progress)
+        apply_plan(
+            identity_plan(source_arrays),
+            MemorySource(source_arrays),
+            target,
+            batch_bytes=32,
+            progress=progress,
+            rollback="memory",
+        )
 
     assert isinstance(error.value.__cause__, ValueError)
     assert_values(target, before)
@@ -512,7 +524,7 @@ def test_source_that_returns_other_data_than_its_specs_is_rolled_back(
     before = values(target)
 
     with pytest.raises(ApplyError, match=expected) as raised:
-        apply_plan(plan, LyingSource(source_arrays, as_tensor=as_tensor), target, batch_bytes=16)
+        apply_plan(plan, LyingSource(source_arrays, as_tensor=as_tensor), target, batch_bytes=16, rollback="memory")
 
     assert "the 1 variable assigned before the failure was restored" in str(raised.value)
     assert_values(target, before)
@@ -523,10 +535,12 @@ def test_rollback_false_leaves_earlier_batches_assigned_and_says_so() -> None:
     source = CountingSource(MemorySource(source_arrays), fail_on=2, error=SourceError("gone", path="x"))
     target = make_target(zeros_like(source_arrays))
 
-    with pytest.raises(ApplyError, match="rollback=False, 2 of 4 variables were already assigned") as error:
+    with pytest.raises(PartialApplyError, match="with rollback='off' nothing is restored") as error:
         apply_plan(identity_plan(source_arrays), source, target, batch_bytes=32, rollback=False)
 
-    assert "may be partly assigned" in str(error.value)
+    assert "test model is partly assigned: 2 of 4 variables have their new values" in str(error.value)
+    assert error.value.assigned == ("layer_0/w", "layer_1/w")
+    assert error.value.not_assigned == ("layer_2/w", "layer_3/w")
     after = values(target)
     for name in ["layer_0/w", "layer_1/w"]:
         np.testing.assert_array_equal(after[name], source_arrays[name])
@@ -609,7 +623,7 @@ def test_mirrored_rollback_restores_every_replica(strategy: tf.distribute.Mirror
     source = CountingSource(MemorySource(source_arrays), fail_on=3, error=SourceError("gone", path="x"))
 
     with pytest.raises(ApplyError, match="restored"):
-        apply_plan(identity_plan(source_arrays), source, target, batch_bytes=8)
+        apply_plan(identity_plan(source_arrays), source, target, batch_bytes=8, rollback="memory")
 
     for name, variable in target.variables.items():
         for replica, old in zip(replica_values(variable, strategy), before[name], strict=True):
@@ -699,7 +713,7 @@ def test_checkpoint_reads_one_restore_per_batch_and_only_planned_tensors(tmp_pat
     planned = {name: name for name in source_arrays if name != "unused/w"}
     target = make_target(zeros_like(source_arrays, planned))
 
-    result = apply_plan(identity_plan(source_arrays, planned), source, target, batch_bytes=3 * 256)
+    result = apply_plan(identity_plan(source_arrays, planned), source, target, batch_bytes=3 * 256, rollback="memory")
 
     assert [len(call) for call in source.calls] == [3, 3, 1]
     assert [name for call in source.calls for name in call] == list(planned)
@@ -772,7 +786,7 @@ def test_corrupted_tensor_in_second_batch_rolls_back_the_first(tmp_path: Path, m
     before = values(target)
 
     with pytest.raises(ApplyError) as raised:
-        apply_plan(identity_plan(source_arrays), source, target, method=method, batch_bytes=2 * 256)
+        apply_plan(identity_plan(source_arrays), source, target, method=method, batch_bytes=2 * 256, rollback="memory")
 
     message = str(raised.value)
     assert "batch 2 of 3" in message
@@ -787,7 +801,7 @@ def test_corrupted_tensor_without_rollback_leaves_the_first_batch_assigned(tmp_p
     prefix, source_arrays = corrupted_checkpoint(tmp_path)
     target = make_target(zeros_like(source_arrays))
 
-    with pytest.raises(ApplyError, match="may be partly assigned") as raised:
+    with pytest.raises(PartialApplyError, match="is partly assigned") as raised:
         apply_plan(
             identity_plan(source_arrays), TFCheckpointSource(prefix), target, batch_bytes=2 * 256, rollback=False
         )
@@ -1063,7 +1077,7 @@ def test_porting_operations_give_the_numpy_computed_values(
     source = _port_source(source_kind, tmp_path, arrays_by_name)
     plan, target = port_plan(rules_text, source, expected)
 
-    result = apply_plan(plan, source, target)
+    result = apply_plan(plan, source, target, rollback="memory")
 
     assert_values(target, expected)
     # Every source tensor is read once, whatever number of targets it feeds.
@@ -1090,7 +1104,7 @@ def test_split_parts_share_one_read_in_one_batch() -> None:
     source = CountingSource(MemorySource(arrays_by_name))
     plan, target = port_plan(SPLIT_RULES, source, expected)
 
-    result = apply_plan(plan, source, target, batch_bytes=1)  # every tensor in a batch of its own
+    result = apply_plan(plan, source, target, batch_bytes=1, rollback="memory")  # every tensor in a batch of its own
 
     assert source.calls == [["h.0.attn.c_attn.weight"], ["h.0.attn.c_attn.bias"]]
     assert result.batches == 2
@@ -1106,7 +1120,7 @@ def test_concat_members_are_read_in_one_batch_even_over_budget() -> None:
     (joined,) = [a for a in plan.assignments if a.combine is not None]
     assert joined.members == ("attn.q.weight", "attn.k.weight", "attn.v.weight")
 
-    apply_plan(plan, source, target, batch_bytes=16)
+    apply_plan(plan, source, target, batch_bytes=16, rollback="memory")
 
     assert sorted(map(sorted, source.calls)) == [["attn.k.weight", "attn.q.weight", "attn.v.weight"], ["other"]]
     assert_values(target, expected)
@@ -1290,7 +1304,7 @@ def test_multi_source_apply_reads_each_source_for_its_own_tensors(tmp_path: Path
     plan, target = multi_plan(sources, expected)
     assert {a.source_id for a in plan.assignments} == {"backbone", "head"}
 
-    result = apply_plan(plan, sources, target)
+    result = apply_plan(plan, sources, target, rollback="memory")
 
     assert_values(target, expected)
     assert sorted(n for call in sources["backbone"].calls for n in call) == sorted(
@@ -1412,7 +1426,7 @@ def test_multi_source_failure_in_the_second_source_rolls_back_the_first(tmp_path
     before = values(target)
 
     with pytest.raises(ApplyError, match="variables assigned before the failure were restored"):
-        apply_plan(plan, sources, target)
+        apply_plan(plan, sources, target, rollback="memory")
 
     assert len(sources["backbone"].calls) == 1
     assert_values(target, before)

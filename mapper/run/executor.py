@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import difflib
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mapper.errors import ApplyError, TargetError
+from mapper.errors import ApplyError, PartialApplyError
+from mapper.naming import group_names
 from mapper.plan import Assignment, Plan
 from mapper.run.batches import (
     DEFAULT_BATCH_BYTES,
@@ -21,13 +22,18 @@ from mapper.run.batches import (
     plan_batches,
     resolve_sources,
 )
-from mapper.run.values import assignment_value, spec_text, transform
+from mapper.run.deferral import signals_deferred
+from mapper.run.slots import Slots, check_targets
+from mapper.run.values import assignment_value, check_reads, host_value, transform
 from mapper.sources.base import Source
 from mapper.targets.base import VariableTarget
 from mapper.text import first_line, quoted, s
 
 Method = Literal["assign", "init_from_checkpoint"]
 METHODS: tuple[Method, ...] = ("assign", "init_from_checkpoint")
+Rollback = Literal["verify", "memory", "off"]
+ROLLBACKS: tuple[Rollback, ...] = ("verify", "memory", "off")
+_INSTALL_TF = "pip install 'weight-mapper[tensorflow]' (or tensorflow-cpu)"
 
 
 @dataclass(frozen=True)
@@ -35,12 +41,13 @@ class ApplyResult:
     """What ``apply_plan`` did.
 
     ``assigned`` counts target variables given a value (in TF1 graph mode: given an initializer that
-    will, when run, read the value); ``bytes_read`` counts source bytes, each source tensor once.
+    will, when run, read the value); ``bytes_read`` counts source bytes, each source tensor once (the
+    ``"verify"`` pass reads them once more); ``rollback`` is the mode the apply ran in.
 
     Example:
         >>> result = ApplyResult(assigned=2, bytes_read=48, batches=1, method="assign", seconds=0.01)
-        >>> result.assigned, result.method
-        (2, 'assign')
+        >>> result.assigned, result.method, result.rollback
+        (2, 'assign', 'verify')
     """
 
     assigned: int
@@ -48,6 +55,7 @@ class ApplyResult:
     batches: int
     method: Method
     seconds: float
+    rollback: Rollback = "verify"
 
 
 def apply_plan(
@@ -57,15 +65,16 @@ def apply_plan(
     *,
     method: Method = "assign",
     batch_bytes: int = DEFAULT_BATCH_BYTES,
-    rollback: bool = True,
+    rollback: Rollback | bool = "verify",
     progress: Callable[[int, int], None] | None = None,
 ) -> ApplyResult:
     """Give every variable the plan assigns its value from ``source``, all or nothing.
 
     Everything checkable is checked before the first variable changes: the plan has no errors and is
-    consistent, every target variable exists with the planned shape and dtype, every source tensor
-    (every member of a concat or stack) exists with the planned shape and dtype in the source it is
-    planned from, and the method fits the plan and the sources.
+    consistent, every target variable exists with the planned shape and dtype (and, sharded under JAX, a
+    layout that holds it) and is a variable of the active Keras backend, every source tensor (every member
+    of a concat or stack) exists with the planned shape and dtype in the source it is planned from, and the
+    method fits the plan and the sources.
 
     With ``method="assign"`` source tensors are read in batches of at most ``batch_bytes`` bytes (and
     ``MAX_BATCH_TENSORS`` tensors; a tensor, or a concat/stack group, larger than the budget is read
@@ -75,16 +84,34 @@ def apply_plan(
     variable adopts; an untransformed one read from a safetensors or TF checkpoint source, which hand
     over their buffers, is not copied at all. Each batch is released before the next is read.
     ``method="init_from_checkpoint"`` hands the same batches to ``tf.compat.v1.train.init_from_checkpoint``:
-    it needs TensorFlow checkpoint sources (ones with a ``checkpoint_prefix``) and a plan that neither
-    transforms nor joins tensors; in TF1 graph mode it sets the variables' initializers instead of assigning
-    (run ``tf.compat.v1.global_variables_initializer()`` afterwards).
+    it needs TensorFlow, TensorFlow variables, TensorFlow checkpoint sources (ones with a ``checkpoint_prefix``)
+    and a plan that neither transforms nor joins tensors; in TF1 graph mode it sets the variables' initializers
+    instead of assigning (run ``tf.compat.v1.global_variables_initializer()`` afterwards).
 
-    If anything fails after the first assignment and ``rollback`` is true, every variable already
-    assigned gets its previous value back before the error is raised. The previous values are kept
-    without copying (TensorFlow variables are copy-on-write), but they do keep the old buffers alive:
-    with ``rollback=False`` memory stays bounded by one batch plus the largest tensor, and a failure
-    leaves the target partly assigned. A ``KeyboardInterrupt`` is rolled back too and then re-raised
-    as it is, so that Ctrl-C keeps stopping the program.
+    Any Keras 3 backend's variables are assigned with what that backend provides: TensorFlow variables through
+    ``AssignVariableOp`` (TensorFlow is imported only for them, for ``init_from_checkpoint`` and for checkpoint
+    tensors only ``RestoreV2`` can read); Keras variables on JAX from an array built shard by shard in the
+    variable's own sharding (``jax.make_array_from_callback``: each device gets its slice, nothing is gathered,
+    the layout is kept); on torch from a tensor sharing the host array's memory, which Keras copies into the
+    parameter.
+
+    ``rollback`` chooses what "all or nothing" costs:
+
+    - ``"verify"`` (the default): before the first assignment every planned tensor is read once, in the same
+      bounded batches, checked (length; crc32c for TF checkpoints; shape and dtype against the plan) and
+      discarded; then the assignment pass runs with SIGINT and SIGTERM held back (delivered, e.g. as
+      ``KeyboardInterrupt``, once it ends; only in the main thread: elsewhere Python does not deliver signals
+      to this thread anyway). Extra memory: one batch plus the largest tensor; extra time: one more read of
+      the source (from the page cache, usually). If the assignment pass still fails (a file changed between
+      the passes, EIO), PartialApplyError names the variables assigned and those not.
+    - ``"memory"``: the value each variable had is kept and put back on any failure, ``KeyboardInterrupt``
+      included (then re-raised). Free on TensorFlow (variables are copy-on-write; the old buffers stay alive
+      until the apply ends) and JAX (arrays are immutable); on torch, whose parameters change in place, every
+      assigned variable is copied first (the model's size in extra memory).
+    - ``"off"``: no verification, no restore; the fastest. A failure raises PartialApplyError saying how many
+      variables were assigned.
+
+    ``True`` means ``"memory"`` and ``False`` ``"off"`` (the former boolean option).
 
     Args:
         plan: a plan from ``build_plan`` (or ``Plan.from_json``) for this source and target.
@@ -93,7 +120,7 @@ def apply_plan(
         target: the variables to assign.
         method: ``"assign"`` (the default; any source, any plan) or ``"init_from_checkpoint"``.
         batch_bytes: upper bound on the source bytes read at once.
-        rollback: restore the assigned variables if applying fails part-way.
+        rollback: ``"verify"``, ``"memory"`` or ``"off"`` (see above).
         progress: called as ``progress(done, total)`` with counts of assignments after each batch.
 
     Returns:
@@ -102,18 +129,19 @@ def apply_plan(
     Raises:
         PlanError: the plan has error-level problems, or an assignment's join and operations do not
             produce its target shape and dtype.
-        TargetError: a planned target variable is missing or has another shape or dtype.
+        TargetError: a planned target variable is missing, has another shape or dtype, a layout that cannot
+            hold it, or is not a variable of the active Keras backend (e.g. a tf.Variable under JAX).
         SourceError: a planned source, or a tensor of it, is missing or has another shape or dtype.
-        ApplyError: the method does not fit, or applying failed (the cause is chained; the message
-            says whether the target was restored).
+        ApplyError: the method or rollback mode does not fit, or applying failed and the target is unchanged
+            (the cause is chained). PartialApplyError: applying failed and the target is partly assigned.
 
     Example:
-        >>> import numpy as np, tensorflow as tf
+        >>> import keras, numpy as np
         >>> from mapper.plan import Assignment, Plan, RuleRef
         >>> from mapper.ops import Transpose
         >>> from mapper.sources.memory import MemorySource
         >>> from mapper.specs import TargetMap, TensorSpec, VariableMap
-        >>> variable = tf.Variable(np.zeros((3, 2), "float32"))
+        >>> variable = keras.Variable(np.zeros((3, 2), "float32"))
         >>> target = VariableTarget("demo", TargetMap(VariableMap([TensorSpec("d/kernel", (3, 2), "float32")])),
         ...                         {"d/kernel": variable})
         >>> rule = RuleRef("r.toml", 1)
@@ -125,25 +153,49 @@ def apply_plan(
         >>> variable.numpy().tolist()
         [[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]]
     """
-    import tensorflow as tf
-
     started = time.perf_counter()
-    eager = tf.executing_eagerly()
+    mode = rollback_mode(rollback)
     sources = resolve_sources(plan, source)
-    slots = _check(plan, sources, target, method=method, batch_bytes=batch_bytes, eager=eager)
+    slots, tf = _check(plan, sources, target, method=method, batch_bytes=batch_bytes)
     batches = plan_batches(plan, batch_bytes)
-    if method == "init_from_checkpoint" and not eager:
+    if method == "init_from_checkpoint" and not tf.executing_eagerly():
         for source_id, chosen in sources.items():
             mine = [a for a in plan.assignments if a.source_id == source_id]
             if mine:
-                tf.compat.v1.train.init_from_checkpoint(chosen.checkpoint_prefix, _init_map(mine, slots))
+                tf.compat.v1.train.init_from_checkpoint(chosen.checkpoint_prefix, _init_map(mine, slots.by_name))
         if progress is not None:
             progress(len(plan.assignments), len(plan.assignments))
         read = sum(batch.nbytes for batch in batches)
-        return ApplyResult(len(plan.assignments), read, len(batches), method, time.perf_counter() - started)
-    run = _Run(plan, sources, target, slots, rollback=rollback)
-    run.execute(batches, method, progress)
-    return ApplyResult(run.assigned, run.bytes_read, len(batches), method, time.perf_counter() - started)
+        return ApplyResult(len(plan.assignments), read, len(batches), method, time.perf_counter() - started, mode)
+    run = _Run(plan, sources, target, slots, mode=mode, tf=tf)
+    if mode == "verify":
+        run.verify(batches)
+        with signals_deferred():
+            run.execute(batches, method, progress)
+    else:
+        run.execute(batches, method, progress)
+    return ApplyResult(run.assigned, run.bytes_read, len(batches), method, time.perf_counter() - started, mode)
+
+
+def rollback_mode(rollback: Rollback | bool) -> Rollback:
+    """The rollback mode ``rollback`` names: one of ROLLBACKS, or ``True`` ("memory") / ``False`` ("off").
+
+    Example:
+        >>> rollback_mode(True), rollback_mode(False), rollback_mode("verify")
+        ('memory', 'off', 'verify')
+        >>> rollback_mode("undo")
+        Traceback (most recent call last):
+        mapper.errors.ApplyError: unknown rollback mode 'undo': use one of 'verify', 'memory', 'off' (or True / False)
+    """
+    if rollback is True:
+        return "memory"
+    if rollback is False:
+        return "off"
+    if rollback in ROLLBACKS:
+        return rollback
+    raise ApplyError(
+        f"unknown rollback mode {rollback!r}: use one of {', '.join(map(repr, ROLLBACKS))} (or True / False)"
+    )
 
 
 def init_from_checkpoint_map(plan: Plan, target: VariableTarget) -> dict[str, Any] | list[tuple[str, Any]]:
@@ -165,7 +217,8 @@ def init_from_checkpoint_map(plan: Plan, target: VariableTarget) -> dict[str, An
         PlanError: the plan has error-level problems or is inconsistent.
         TargetError: a planned target variable is missing or has another shape or dtype.
         ApplyError: the plan has operations or joins, which ``init_from_checkpoint`` cannot run, or reads
-            several named sources (one map serves one checkpoint).
+            several named sources (one map serves one checkpoint), or TensorFlow is missing or the target's
+            variables are not TensorFlow variables.
 
     Example:
         >>> import numpy as np, tensorflow as tf
@@ -179,8 +232,6 @@ def init_from_checkpoint_map(plan: Plan, target: VariableTarget) -> dict[str, An
         >>> list(mapping), mapping["layer/bias"] is variable
         (['layer/bias'], True)
     """
-    import tensorflow as tf
-
     check_plan(plan)
     _check_init_from_checkpoint_plan(plan)
     ids = list(dict.fromkeys(a.source_id for a in plan.assignments))
@@ -189,43 +240,64 @@ def init_from_checkpoint_map(plan: Plan, target: VariableTarget) -> dict[str, An
             f"the plan reads {len(ids)} sources ({', '.join(repr(i) for i in ids)}), and one init_from_checkpoint map "
             "serves one checkpoint; use apply_plan(plan, {name: source, ...}, target, method='init_from_checkpoint')"
         )
-    slots = _check_targets(plan, target, eager=tf.executing_eagerly())
-    return _init_map(plan.assignments, slots)
+    tf = _import_tensorflow()
+    slots = check_targets(plan, target, eager=tf.executing_eagerly())
+    _check_tensorflow_slots(slots, target)
+    return _init_map(plan.assignments, slots.by_name)
 
 
 # --- checks ---------------------------------------------------------------------------------------
 
 
 def _check(
-    plan: Plan,
-    sources: Mapping[str | None, Source],
-    target: VariableTarget,
-    *,
-    method: str,
-    batch_bytes: int,
-    eager: bool,
-) -> dict[str, _Slot]:
-    """Every check that can run before the first assignment; returns the unwrapped target variables."""
+    plan: Plan, sources: Mapping[str | None, Source], target: VariableTarget, *, method: str, batch_bytes: int
+) -> tuple[Slots, Any]:
+    """Every check that can run before the first assignment; the target's slots and TensorFlow if it is used."""
     check_plan(plan)
     if method not in METHODS:
         raise ApplyError(f"unknown method {method!r}: use one of {', '.join(map(repr, METHODS))}")
     check_batch_bytes(batch_bytes)
+    tf = sys.modules.get("tensorflow")
     if method == "init_from_checkpoint":
         _check_init_from_checkpoint_plan(plan)
+        tf = _import_tensorflow()
         for chosen in sources.values():
             if chosen.checkpoint_prefix is None:
                 raise ApplyError(
                     f"method='init_from_checkpoint' reads TensorFlow checkpoints only, and {chosen.description} is a "
                     f"{type(chosen).__name__} with no checkpoint prefix; use method='assign', which reads any source"
                 )
-    elif not eager:
+    eager = tf is None or tf.executing_eagerly()
+    if method == "assign" and not eager:
         raise ApplyError(
             "method='assign' needs eager execution, but TensorFlow is building a graph here; in TF1 graph code use "
             "method='init_from_checkpoint' and run tf.compat.v1.global_variables_initializer() in a session"
         )
-    slots = _check_targets(plan, target, eager=eager)
+    slots = check_targets(plan, target, eager=eager)
+    if method == "init_from_checkpoint":
+        _check_tensorflow_slots(slots, target)
     check_sources(plan, sources)
-    return slots
+    return slots, tf
+
+
+def _import_tensorflow() -> Any:
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        raise ApplyError(
+            f"method='init_from_checkpoint' runs TensorFlow's own restore, and TensorFlow cannot be imported "
+            f"({error}); {_INSTALL_TF}, or use method='assign', which needs no TensorFlow"
+        ) from error
+    return tf
+
+
+def _check_tensorflow_slots(slots: Slots, target: VariableTarget) -> None:
+    if slots.by_name and not slots.tensorflow:
+        raise ApplyError(
+            f"method='init_from_checkpoint' assigns TensorFlow variables, and the variables of {target.description} "
+            f"are Keras variables on the {slots.kind!r} backend; use method='assign', which reads TensorFlow "
+            "checkpoints into any backend"
+        )
 
 
 def _check_init_from_checkpoint_plan(plan: Plan) -> None:
@@ -240,86 +312,31 @@ def _check_init_from_checkpoint_plan(plan: Plan) -> None:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Slot:
-    """A target variable ready to assign: the tf.Variable behind it and its per-device parts."""
-
-    name: str
-    variable: Any  # the tf.Variable (a MirroredVariable under a distribution strategy)
-    parts: tuple[Any, ...]  # plain resource variables holding the values: the variable, or its replicas
-    fast: bool  # assign with a raw AssignVariableOp on the handle
-
-
-def _check_targets(plan: Plan, target: VariableTarget, *, eager: bool) -> dict[str, _Slot]:
-    import tensorflow as tf
-
-    slots: dict[str, _Slot] = {}
-    for assignment in plan.assignments:
-        name = assignment.target
-        if name not in target.variables:
-            close = difflib.get_close_matches(name, list(target.variables), n=3)
-            hint = f"; closest names: {', '.join(map(repr, close))}" if close else ""
-            raise TargetError(
-                f"{target.description} has no variable {name!r}, which the plan assigns from {assignment.source!r} "
-                f"({assignment.rule}){hint}; the model changed since the plan was made, so plan again"
-            )
-        slot = _slot(name, target.variables[name], tf, eager=eager)
-        shape = _shape_of(slot.variable)
-        dtype = slot.variable.dtype.base_dtype.name  # base: TF1 reference variables say "float32_ref"
-        if shape != assignment.target_shape or dtype != assignment.target_dtype:
-            raise TargetError(
-                f"variable {name!r} of {target.description} is {spec_text(shape, dtype)}, but the plan assigns it "
-                f"{spec_text(assignment.target_shape, assignment.target_dtype)} from {assignment.source!r} "
-                f"({assignment.rule}); the model changed since the plan was made, so plan again"
-            )
-        slots[name] = slot
-    return slots
-
-
-def _slot(name: str, variable: Any, tf: Any, *, eager: bool) -> _Slot:
-    inner = variable
-    if not isinstance(inner, tf.Variable):
-        # A Keras 3 variable holds its tf.Variable as ``.value`` (outside autocast and stateless scopes).
-        inner = getattr(variable, "value", None)
-        if not isinstance(inner, tf.Variable):
-            raise TargetError(
-                f"target variable {name!r} is a {type(variable).__name__}, not a tf.Variable or a built Keras 3 "
-                "variable; build the model (call it once or model.build(shape)) before applying, outside any "
-                "autocast or stateless scope"
-            )
-    if isinstance(inner, tf.distribute.DistributedValues):
-        return _Slot(name, inner, tuple(inner.values), fast=False)
-    return _Slot(name, inner, (inner,), fast=eager and hasattr(inner, "handle"))
-
-
-def _shape_of(variable: Any) -> tuple[int | None, ...] | None:
-    """The variable's static shape; None (and None dimensions) where a TF1 graph leaves it unknown."""
-    shape = variable.shape
-    return None if shape.rank is None else tuple(shape.as_list())
-
-
 # --- running --------------------------------------------------------------------------------------
 
 
 class _Run:
-    """One application of a plan: assigns batch after batch, remembering what to restore on failure."""
+    """One application of a plan: verifies, then assigns batch after batch, remembering what to restore on failure."""
 
     def __init__(
         self,
         plan: Plan,
         sources: Mapping[str | None, Source],
         target: VariableTarget,
-        slots: Mapping[str, _Slot],
+        slots: Slots,
         *,
-        rollback: bool,
+        mode: Rollback,
+        tf: Any,
     ) -> None:
         self.plan = plan
         self.sources = sources
         self.target = target
         self.slots = slots
-        self.rollback = rollback
-        # (resource variable, its value before we touched it) for every part about to be or already assigned.
+        self.mode = mode
+        self.tf = tf
+        # (slot, what its snapshot kept) for every slot about to be or already assigned ("memory" mode).
         self.saved: list[tuple[Any, Any]] = []
+        self.order: list[str] = []  # target names in the order they are assigned
         self.touched = 0  # assignments done, in earlier batches and in this one
         self.partial = False  # an init_from_checkpoint batch was running: some of it may be assigned
         self.assigned = 0
@@ -329,124 +346,174 @@ class _Run:
         self.current: Assignment | None = None
         self.action = ""
 
-    def execute(self, batches: Sequence[Batch], method: str, progress: Callable[[int, int], None] | None) -> None:
-        import tensorflow as tf
+    def verify(self, batches: Sequence[Batch]) -> None:
+        """Read every batch once and check what it gives, changing nothing; ApplyError (target unchanged) if one fails."""
+        count = len(batches)
+        for number, batch in enumerate(batches, 1):
+            chosen = self.sources[batch.source_id]
+            where = chosen.description
+            self.step = f"verifying the source: reading batch {number} of {count} ({quoted(batch.names)}) from {where}"
+            try:
+                values = chosen.read(list(batch.names))
+                for assignment in batch.assignments:
+                    check_reads(assignment, values, where)
+            except Exception as error:
+                raise self._failed(error) from error
+            del values  # one batch at a time
 
+    def execute(self, batches: Sequence[Batch], method: str, progress: Callable[[int, int], None] | None) -> None:
+        """The assignment pass."""
         total = len(self.plan.assignments)
+        self.order = [assignment.target for batch in batches for assignment in batch.assignments]
+        assign = self._assign_tf if self.slots.tensorflow else self._assign_host
         try:
             for number, batch in enumerate(batches, 1):
-                if self.rollback:
+                if self.mode == "memory":
                     self.step = f"saving the previous values of batch {number} of {len(batches)}"
-                    self._save(batch.assignments, tf)
+                    self._save(batch.assignments)
                 if method == "assign":
-                    self._assign_batch(number, len(batches), batch, tf)
+                    assign(number, len(batches), batch)
                 else:
-                    self._init_batch(number, len(batches), batch, tf)
+                    self._init_batch(number, len(batches), batch)
                 self.bytes_read += batch.nbytes
                 self.assigned += len(batch.assignments)
                 if progress is not None:
                     self.step = f"reporting progress after batch {number} of {len(batches)}"
                     progress(self.assigned, total)
         except Exception as error:
-            raise self._failed(error, tf) from error
-        except BaseException:  # KeyboardInterrupt, SystemExit: undo, then let it stop the program
-            self._restore(tf)
+            raise self._failed(error) from error
+        except BaseException:  # KeyboardInterrupt, SystemExit: undo if we can, then let it stop the program
+            if self.mode == "memory":
+                self._restore()
             raise
 
-    def _save(self, assignments: Sequence[Assignment], tf: Any) -> None:
-        read = tf.raw_ops.ReadVariableOp
+    def _save(self, assignments: Sequence[Assignment]) -> None:
+        slots = self.slots.by_name
         for assignment in assignments:
-            for part in self.slots[assignment.target].parts:
-                # The read tensor shares the variable's buffer; assigning later allocates a new one
-                # because this reference is alive (copy-on-write), so no copy is made here.
-                self.saved.append((part, read(resource=part.handle, dtype=part.dtype)))
+            slot = slots[assignment.target]
+            self.saved.append((slot, slot.snapshot()))
 
-    def _assign_batch(self, number: int, count: int, batch: Batch, tf: Any) -> None:
+    def _read(self, number: int, count: int, batch: Batch) -> tuple[Mapping[str, Any], str, frozenset[str]]:
         chosen = self.sources[batch.source_id]
         where = chosen.description
         self.step = f"reading batch {number} of {count} ({quoted(batch.names)}) from {where}"
         values = chosen.read(list(batch.names))
         self.step = f"batch {number} of {count}"
-        handed = _handed_over(batch, chosen)
-        assign = tf.raw_ops.AssignVariableOp
-        slots = self.slots
+        return values, where, _handed_over(batch, chosen)
+
+    def _assign_tf(self, number: int, count: int, batch: Batch) -> None:
+        values, where, handed = self._read(number, count, batch)
+        tf = self.tf
+        tensor = tf.Tensor
+        slots = self.slots.by_name
         value: Any = None
         # Per-tensor work is kept to the minimum: about 10 us of Python per variable besides the assign op.
         for assignment in batch.assignments:
             self.current, self.action = assignment, "transforming"
             if assignment.combine is None:
                 value = values[assignment.source]
-                if assignment.operations or not isinstance(value, tf.Tensor):
+                if assignment.operations or not isinstance(value, tensor):
                     value = transform((value,), assignment, where, tf, adopt=assignment.source in handed)
             else:
                 value = assignment_value(assignment, values, where, tf)
             self.action = "assigning"
-            slot = slots[assignment.target]
-            if slot.fast:  # shape and dtype are checked by the op
-                assign(resource=slot.variable.handle, value=value, validate_shape=True)
-            else:
-                slot.variable.assign(value, read_value=False)
+            slots[assignment.target].assign(value)
             self.touched += 1
         self.current = None
         del values, value  # release the batch before the next one is read
 
-    def _init_batch(self, number: int, count: int, batch: Batch, tf: Any) -> None:
+    def _assign_host(self, number: int, count: int, batch: Batch) -> None:
+        values, where, handed = self._read(number, count, batch)
+        slots = self.slots.by_name
+        host: Any = None
+        for assignment in batch.assignments:
+            self.current, self.action = assignment, "transforming"
+            members = [values[name] for name in assignment.source_names]
+            adopt = assignment.combine is None and assignment.source in handed
+            host, owned = host_value(members, assignment, where, adopt=adopt)
+            self.action = "assigning"
+            slots[assignment.target].assign(host, owned=owned)
+            self.touched += 1
+        self.current = None
+        del values, host  # release the batch before the next one is read
+
+    def _init_batch(self, number: int, count: int, batch: Batch) -> None:
         chosen = self.sources[batch.source_id]
         self.step = (
             f"init_from_checkpoint on batch {number} of {count} "
             f"({quoted([a.source for a in batch.assignments])}) from {chosen.description}"
         )
         self.partial = True
-        tf.compat.v1.train.init_from_checkpoint(chosen.checkpoint_prefix, _init_map(batch.assignments, self.slots))
+        self.tf.compat.v1.train.init_from_checkpoint(
+            chosen.checkpoint_prefix, _init_map(batch.assignments, self.slots.by_name)
+        )
         self.partial = False
         self.touched += len(batch.assignments)
 
-    def _restore(self, tf: Any) -> list[str]:
-        """Put back every saved value (each part was saved once, before its first change); returns failures."""
+    def _restore(self) -> list[str]:
+        """Put back every saved value (each slot was saved once, before its first change); returns failures."""
         failed: list[str] = []
-        assign = tf.raw_ops.AssignVariableOp
-        for part, value in reversed(self.saved):
+        for slot, saved in reversed(self.saved):
             try:
-                assign(resource=part.handle, value=value, validate_shape=True)
+                slot.restore(saved)
             except Exception:  # keep restoring the others; the names are reported
-                failed.append(part.name)
+                failed.append(slot.name)
         self.saved.clear()
         return failed
 
-    def _failed(self, error: Exception, tf: Any) -> ApplyError:
-        total = len(self.plan.assignments)
+    def _failed(self, error: Exception) -> ApplyError:
         step = self.step
         if self.current is not None:
             current = self.current
             step = f"{self.action} {current.source!r} for {current.target!r} ({current.rule}) in {step}"
         head = f"applying the plan to {self.target.description} failed while {step}: {type(error).__name__}: "
         head += first_line(error)
-        more = " (and possibly some of the failing batch)" if self.partial else ""
         nothing = not self.touched and not self.partial
         unchanged = f"{head}\nno variable had been assigned yet, so {self.target.description} is unchanged; fix the "
         unchanged += "cause and apply again"
-        if not self.rollback:
-            if nothing:
-                return ApplyError(unchanged)
-            return ApplyError(
-                f"{head}\nwith rollback=False, {self.touched} of {total} variables{more} were already assigned and were "
-                f"not restored: {self.target.description} may be partly assigned; fix the cause and apply again"
-            )
+        if self.mode != "memory":
+            return ApplyError(unchanged) if nothing else self._partly(head)
         # Restore even when nothing is known to be assigned: a failed assign to a distributed variable
         # may have changed some of its replicas.
-        failed = self._restore(tf)
+        failed = self._restore()
         if failed:
-            return ApplyError(
+            return self._partly(
                 f"{head}\nrestoring the previous values failed too for {len(failed)} variable{s(len(failed))} "
                 f"({quoted(failed)}): {self.target.description} may be partly assigned; reload it"
             )
         if nothing:
             return ApplyError(unchanged)
+        more = " (and possibly some of the failing batch)" if self.partial else ""
         return ApplyError(
             f"{head}\nthe {self.touched} variable{s(self.touched)} assigned before the failure{more} "
             f"{'was' if self.touched == 1 and not more else 'were'} restored to their previous values, so "
             f"{self.target.description} is unchanged; fix the cause and apply again"
         )
+
+    def _partly(self, message: str) -> PartialApplyError:
+        """The error for a target left partly assigned: which variables were assigned, which not."""
+        done, rest = self.order[: self.touched], self.order[self.touched :]
+        if self.mode == "memory":
+            return PartialApplyError(message, assigned=done, not_assigned=rest)
+        total = len(self.plan.assignments)
+        more = " (and possibly some of the failing batch)" if self.partial else ""
+        why = (
+            "with rollback='off' nothing is restored"
+            if self.mode == "off"
+            else "the source was verified before the first assignment, so it changed or failed to read since"
+        )
+        return PartialApplyError(
+            f"{message}\n{why}: {self.target.description} is partly assigned: {len(done)} of {total} variables"
+            f"{more} have their new values ({_names(done)}), {len(rest)} do not ({_names(rest)}); fix the cause and "
+            "apply again, or reload the model",
+            assigned=done,
+            not_assigned=rest,
+        )
+
+
+def _names(names: Sequence[str]) -> str:
+    """A long list of variable names, folded into patterns (``layer_{0..11}/w``) and cut to a few."""
+    return quoted(group_names(names)) if names else "none"
 
 
 def _handed_over(batch: Batch, source: Source) -> frozenset[str]:
@@ -462,11 +529,20 @@ def _handed_over(batch: Batch, source: Source) -> frozenset[str]:
     return frozenset(name for name, count in uses.items() if count == 1)
 
 
-def _init_map(assignments: Sequence[Assignment], slots: Mapping[str, _Slot]) -> dict[str, Any] | list[tuple[str, Any]]:
+def _init_map(assignments: Sequence[Assignment], slots: Mapping[str, Any]) -> dict[str, Any] | list[tuple[str, Any]]:
     pairs = [(a.source, slots[a.target].variable) for a in assignments]
     mapping = dict(pairs)
     return mapping if len(mapping) == len(pairs) else pairs
 
 
 # The batching and checking names are re-exported: they lived here before run/batches.py and run/values.py.
-__all__ = ["METHODS", "ApplyResult", "Method", "apply_plan", "init_from_checkpoint_map"]
+__all__ = [
+    "METHODS",
+    "ROLLBACKS",
+    "ApplyResult",
+    "Method",
+    "Rollback",
+    "apply_plan",
+    "init_from_checkpoint_map",
+    "rollback_mode",
+]

@@ -1,8 +1,9 @@
-"""Turning the tensors a batch read into the values a plan gives its targets: join, transform, check, as tf.Tensors."""
+"""Turning the tensors a batch read into the values a plan gives its targets: join, transform, check; host or TF."""
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -70,6 +71,69 @@ def transform(members: Sequence[Any], assignment: Assignment, where: str, tf: An
         return tf.convert_to_tensor(apply_operations(assignment.operations, joined, NUMPY))
     result, owned = fused_array(arrays, assignment)
     return to_tensor(result, tf, adopt=owned or (adopt and _is_whole(result, arrays[0])))
+
+
+def check_reads(assignment: Assignment, values: Mapping[str, Any], where: str) -> None:
+    """SourceError unless every member the assignment reads has the shape and dtype the plan read it with.
+
+    Example:
+        >>> from mapper.plan import RuleRef
+        >>> a = Assignment("t", "t", "w", RuleRef("r.toml", 1), (), (2,), "float32", (2,), "float32")
+        >>> check_reads(a, {"w": np.zeros(2, "float64")}, "memory")
+        Traceback (most recent call last):
+        mapper.errors.SourceError: reading 'w' from memory gave [2] float64, not the [2] float32 its specs promised; ...
+    """
+    for name, shape in zip(assignment.source_names, assignment.source_shapes, strict=True):
+        _check_read(name, shape, _found(values[name]), assignment, where)
+
+
+def host_value(
+    members: Sequence[Any], assignment: Assignment, where: str, *, adopt: bool = False
+) -> tuple[np.ndarray, bool]:
+    """The assignment's value as a NumPy array on the host, checked and copied at most once; and whether it is new.
+
+    The members are checked against the plan, joined and transformed as ``fused_array`` does (a ``tf.Tensor``
+    from a TensorFlow checkpoint's ``RestoreV2`` becomes NumPy first, sharing its buffer). ``True`` means nothing
+    else holds the result (a new buffer, or with ``adopt`` the only member, handed over whole), so a backend may
+    keep it as the variable's buffer; ``False`` means it may be the caller's array or a view of it.
+
+    Raises:
+        SourceError: a member does not have the shape and dtype the plan read it with.
+
+    Example:
+        >>> from mapper.ops import Transpose
+        >>> from mapper.plan import RuleRef
+        >>> a = Assignment("t", "t", "w", RuleRef("r.toml", 1), (Transpose((1, 0)),), (1, 2), "int64", (2, 1), "int64")
+        >>> value, new = host_value([np.array([[1, 2]])], a, "memory")
+        >>> value.tolist(), new
+        ([[1], [2]], True)
+    """
+    arrays = [_as_host(member) for member in members]
+    for value, name, shape in zip(arrays, assignment.source_names, assignment.source_shapes, strict=True):
+        _check_read(name, shape, _found(value), assignment, where)
+    if assignment.combine is None and not assignment.operations:
+        return arrays[0], adopt
+    result, owned = fused_array(arrays, assignment)
+    return result, owned or (adopt and _is_whole(result, arrays[0]))
+
+
+def _as_host(value: Any) -> np.ndarray:
+    """A NumPy array from a NumPy array or a tf.Tensor (whose ``.numpy()`` shares its buffer on the CPU)."""
+    if isinstance(value, np.ndarray):
+        return value
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(value, tf.Tensor):
+        array: np.ndarray = value.numpy()
+        return array
+    return np.asarray(value)
+
+
+def _found(value: Any) -> tuple[tuple[Any, ...], str]:
+    """Shape and dtype name of a NumPy array or a tf.Tensor, as the read checks compare them."""
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(value, tf.Tensor):
+        return tuple(value.shape), value.dtype.name
+    return tuple(getattr(value, "shape", ())), str(getattr(value, "dtype", type(value).__name__))
 
 
 def fused_array(arrays: Sequence[np.ndarray], assignment: Assignment) -> tuple[np.ndarray, bool]:
@@ -192,7 +256,7 @@ def to_tensor(value: Any, tf: Any, *, adopt: bool = False) -> Any:
     carried = array.dtype.kind in "biuf" and array.dtype.type.__module__ == "numpy"  # what DLPack can carry
     # A handed-over array is adopted whatever its size: tf.convert_to_tensor costs about 45 us even for a small
     # one (5,000 small variables: 0.45 s), a DLPack hand-over under 2 us.
-    shared = _writable_view(array) if adopt and carried and _ready(array) else None
+    shared = writable_view(array) if adopt and carried and _ready(array) else None
     if shared is None and (array.nbytes <= NUMPY_OPS_MAX_BYTES or not carried):
         return tf.convert_to_tensor(array)
     if shared is None:
@@ -204,8 +268,15 @@ def to_tensor(value: Any, tf: Any, *, adopt: bool = False) -> Any:
         return tf.convert_to_tensor(shared)
 
 
-def _writable_view(array: np.ndarray) -> np.ndarray | None:
-    """A writable view of the array (the array itself is not changed); None if its memory is read-only."""
+def writable_view(array: np.ndarray) -> np.ndarray | None:
+    """A writable view of the array (the array itself is not changed); None if its memory is read-only.
+
+    Example:
+        >>> frozen = np.zeros(2).view()  # read-only over a writable buffer, as the sources hand arrays over
+        >>> frozen.flags.writeable = False
+        >>> writable_view(frozen).flags.writeable, frozen.flags.writeable
+        (True, False)
+    """
     if array.flags.writeable:
         return array
     view = array.view()
