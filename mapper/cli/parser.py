@@ -296,7 +296,17 @@ def _add_plan_or_apply(verbs: Any, verb: str) -> None:
             "--method",
             choices=("assign", "init_from_checkpoint"),
             default="assign",
-            help="assign (default; batched reads, any operations) or init_from_checkpoint (no operations)",
+            help="assign (default; batched reads, any operations) or init_from_checkpoint (no operations; needs "
+            "TensorFlow and KERAS_BACKEND=tensorflow)",
+        )
+        sub.add_argument(
+            "--rollback",
+            choices=("verify", "memory", "off"),
+            default="verify",
+            help="how a failure part-way is kept from leaving a half-assigned model: verify (default; read and check "
+            "the source once before assigning), memory (keep the old values to put back) or off (fastest). The "
+            "model lives only in this process and --output is written only after success, so on the command line "
+            "every mode leaves the output as it was",
         )
         sub.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final line")
     else:

@@ -58,7 +58,7 @@ def apply(args: argparse.Namespace) -> int:
         raise PlanError.from_plan(planned)
     started = time.perf_counter()
     progress = progress_bar(args.quiet)
-    result = apply_plan(planned, source, target, method=args.method, progress=progress)
+    result = apply_plan(planned, source, target, method=args.method, rollback=args.rollback, progress=progress)
     if progress is not None:
         progress.close()
     root = load_rule_file(args, args.rules).target.checkpoint_root
