@@ -96,3 +96,31 @@ def test_the_ported_backbone_still_runs_on_this_backend(ported: Ported) -> None:
     hidden = outputs["sequence_output"] if isinstance(outputs, dict) else outputs
     values = keras.ops.convert_to_numpy(hidden)
     assert values.shape[:2] == (1, 4) and np.isfinite(values).all()
+
+
+def test_a_bert_sharded_over_four_jax_devices_is_filled_shard_by_shard(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The README's "Distributed models" example: heads and the feed-forward split over a 4-device model axis."""
+    if keras.backend.backend() != "jax" or len(keras.distribution.list_devices()) < 4:
+        pytest.skip("needs the JAX backend with 4 devices (tests/conftest.py sets XLA_FLAGS)")
+    (family,) = [family for family in FAMILIES if family.name == "bert"]
+    directory = family.save(tmp_path_factory.mktemp("sharded-bert"))
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    reference = weights_by_path(family.keras_hub_reference(directory))
+    devices = keras.distribution.list_devices()[:4]
+    mesh = keras.distribution.DeviceMesh((1, 4), ["batch", "model"], devices)
+    layout = keras.distribution.LayoutMap(mesh)
+    layout[".*(query|key|value)/kernel"] = (None, "model", None)
+    layout[".*intermediate_dense/kernel"] = (None, "model")
+    with keras.distribution.ModelParallel(layout_map=layout, batch_dim_name="batch").scope():
+        backbone = family.keras_hub_backbone(config)
+    shardings = {weight.path: weight.value.sharding for weight in backbone.weights}
+    split = [path for path, sharding in shardings.items() if not sharding.is_fully_replicated]
+    assert len(split) == 2 * 4  # two layers: query, key, value and the intermediate kernel
+
+    mapper.transfer(family.rules, directory, backbone)
+
+    assert {weight.path: weight.value.sharding for weight in backbone.weights} == shardings
+    ported = weights_by_path(backbone)
+    assert [path for path, value in reference.items() if value.tobytes() != ported[path].tobytes()] == []
