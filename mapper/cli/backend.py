@@ -88,12 +88,10 @@ def selected_backend(args: argparse.Namespace, backend: str | None = None) -> st
     chosen = configured_backend() if backend is None else backend
     if chosen in BACKENDS or not loads_a_model(args):
         return chosen
-    where = (
-        "the 'backend' of keras.json" if not os.environ.get("KERAS_BACKEND") and backend is None else "KERAS_BACKEND"
-    )
+    named = f"KERAS_BACKEND={chosen!r}" if os.environ.get("KERAS_BACKEND") or backend is not None else None
     raise UsageError(
-        f"{where}={chosen!r} is not a Keras backend weight-mapper runs on; set KERAS_BACKEND to one of "
-        f"{', '.join(BACKENDS)} (unset, Keras reads ~/.keras/keras.json, else uses tensorflow)"
+        f"{named or f'the backend {chosen!r} of keras.json'} is not a Keras backend weight-mapper runs on; set "
+        f"KERAS_BACKEND to one of {', '.join(BACKENDS)} (unset, Keras reads ~/.keras/keras.json, else uses tensorflow)"
     )
 
 

@@ -74,14 +74,18 @@ class Ran:
     tensorflow: list[str]
 
 
-def mapper_runs(tmp: Path, *commands: list[str], backend: str = BACKEND, block_tf: bool | None = None) -> list[Ran]:
-    """Run each ``mapper`` command, in order, in one fresh process on ``backend``; TensorFlow blocked as in this run
-    unless ``block_tf`` says. The TensorFlow modules of each result are the ones loaded by the end of that command."""
+def mapper_runs(
+    tmp: Path, *commands: list[str], backend: str | None = BACKEND, block_tf: bool | None = None, **environ: str
+) -> list[Ran]:
+    """Run each ``mapper`` command, in order, in one fresh process on ``backend`` (None: KERAS_BACKEND unset) with
+    ``environ``; TensorFlow blocked as in this run unless ``block_tf`` says. The TensorFlow modules of each result are
+    the ones loaded by the end of that command."""
     results = tmp / f"results-{len(list(tmp.glob('results-*')))}.json"
     blocked = os.environ.get("MAPPER_TEST_BLOCK_TF") == "1" if block_tf is None else block_tf
     environment = {
-        **os.environ,
-        "KERAS_BACKEND": backend,
+        **{key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"},
+        **({"KERAS_BACKEND": backend} if backend is not None else {}),
+        **environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         "MAPPER_TEST_RESULTS": str(results),
         "MAPPER_TEST_BLOCK_TF": "1" if blocked else "0",
@@ -100,9 +104,9 @@ def mapper_runs(tmp: Path, *commands: list[str], backend: str = BACKEND, block_t
     return [Ran(**result) for result in json.loads(results.read_text())]
 
 
-def mapper(tmp: Path, *argv: str, backend: str = BACKEND, block_tf: bool | None = None) -> Ran:
+def mapper(tmp: Path, *argv: str, backend: str | None = BACKEND, block_tf: bool | None = None, **environ: str) -> Ran:
     """Run ``mapper ARGV`` in a fresh process (see ``mapper_runs``)."""
-    return mapper_runs(tmp, list(argv), backend=backend, block_tf=block_tf)[0]
+    return mapper_runs(tmp, list(argv), backend=backend, block_tf=block_tf, **environ)[0]
 
 
 def assert_no_tensorflow_unless_its_backend(ran: Ran) -> None:
@@ -145,6 +149,25 @@ def test_an_unknown_keras_backend_is_a_usage_error_naming_the_accepted_ones(
     assert all(name in ran.err for name in BACKENDS)
     assert "Traceback" not in ran.err
     assert files_in(tmp_path) == []
+
+
+def test_without_keras_backend_the_backend_of_keras_json_is_used_as_keras_does(
+    tmp_path: Path, pretrained: tuple[dict[str, np.ndarray], Path]
+) -> None:
+    home = tmp_path / "keras-home"
+    home.mkdir()
+    (home / "keras.json").write_text(json.dumps({"backend": "theano", "floatx": "float32"}))
+    argv = ["plan", str(demo.PATH_RULES), "--source", str(pretrained[1]), "--target", TARGET]
+
+    refused = mapper(tmp_path, *argv, backend=None, KERAS_HOME=str(home))
+    (home / "keras.json").write_text(json.dumps({"backend": BACKEND, "floatx": "float32"}))
+    chosen = mapper(tmp_path, *argv, "--format", "json", backend=None, KERAS_HOME=str(home))
+
+    assert refused.code == cli.EXIT_USAGE, refused.err
+    assert refused.err.startswith("mapper: error: the backend 'theano' of keras.json is not a Keras backend")
+    assert chosen.code == cli.EXIT_OK, chosen.err
+    assert json.loads(chosen.out)["plan"]["target"].startswith("keras.Model")
+    assert_no_tensorflow_unless_its_backend(chosen)
 
 
 def test_a_command_that_builds_no_model_ignores_the_keras_backend(
