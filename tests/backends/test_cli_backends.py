@@ -23,6 +23,7 @@ from mapper import cli, demo
 from mapper.cli.backend import BACKENDS, importable
 
 pytestmark = pytest.mark.backends
+pytest.importorskip("keras")  # the fixtures build the demo's models on this run's backend
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKEND = os.environ.get("KERAS_BACKEND") or "tensorflow"
