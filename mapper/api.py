@@ -159,13 +159,18 @@ def apply(
             (TensorFlow checkpoints, plans without operations).
         checkpoint_root: for targets given as objects, the root keyword of the checkpoint namespace.
         progress: called as ``progress(done, total)`` after each batch.
-        **options: passed to ``mapper.run.executor.apply_plan`` (``batch_bytes``, ``rollback``).
+        **options: passed to ``mapper.run.executor.apply_plan``: ``batch_bytes``, and ``rollback``:
+            ``"verify"`` (the default: every planned tensor is read and checked once before the first
+            assignment, then the variables are assigned with Ctrl-C and SIGTERM held back until the pass ends),
+            ``"memory"`` (replaced values are kept and restored on failure; on torch that copies each assigned
+            variable) or ``"off"`` (neither; the fastest). ``True`` / ``False`` mean ``"memory"`` / ``"off"``.
 
     Returns:
         What was done: counts, bytes read, time taken.
 
     Raises:
-        PlanError: the plan has errors. ApplyError, SourceError, TargetError: see ``apply_plan``.
+        PlanError: the plan has errors. ApplyError (the target is unchanged), PartialApplyError (it is partly
+        assigned, and the error names which variables), SourceError, TargetError: see ``apply_plan``.
 
     Example:
         >>> import keras, numpy as np

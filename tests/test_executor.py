@@ -777,6 +777,43 @@ def corrupted_checkpoint(
 
 
 @pytest.mark.parametrize("method", ["assign", "init_from_checkpoint"])
+def test_verify_finds_a_corrupted_tensor_before_the_first_assignment(tmp_path: Path, method: str) -> None:
+    """The default: the crc32c mismatch in batch 2 is found by the verify pass; no assignment pass is started."""
+    prefix, source_arrays = corrupted_checkpoint(tmp_path)
+    source = CountingSource(TFCheckpointSource(prefix))
+    target = make_target(zeros_like(source_arrays))
+    before = values(target)
+
+    with pytest.raises(ApplyError, match="verifying the source: reading batch 2 of 3") as raised:
+        apply_plan(identity_plan(source_arrays), source, target, method=method, batch_bytes=2 * 256)
+
+    assert type(raised.value) is ApplyError
+    assert isinstance(raised.value.__cause__, CorruptSourceError)
+    assert "no variable had been assigned yet" in str(raised.value)
+    assert source.calls == [["layer_0/w", "layer_1/w"], ["layer_2/w", "layer_3/w"]]
+    assert_values(target, before)
+
+
+def test_verify_then_a_failing_assignment_pass_names_what_was_assigned() -> None:
+    """A read that fails only in the assignment pass (the source changed after the verify pass): partly assigned."""
+    source_arrays = arrays(6, shape=(8, 8))
+    source = CountingSource(MemorySource(source_arrays), fail_on=3 + 2, error=SourceError("gone", path="x"))
+    target = make_target(zeros_like(source_arrays))
+
+    with pytest.raises(PartialApplyError, match="verified before the first assignment") as raised:
+        apply_plan(identity_plan(source_arrays), source, target, batch_bytes=2 * 256)
+
+    assert raised.value.assigned == ("layer_0/w", "layer_1/w")
+    assert raised.value.not_assigned == tuple(f"layer_{i}/w" for i in range(2, 6))
+    assert "2 of 6 variables have their new values ('layer_{0,1}/w')" in str(raised.value)
+    after = values(target)
+    for name in raised.value.assigned:
+        np.testing.assert_array_equal(after[name], source_arrays[name])
+    for name in raised.value.not_assigned:
+        np.testing.assert_array_equal(after[name], np.zeros((8, 8), "float32"))
+
+
+@pytest.mark.parametrize("method", ["assign", "init_from_checkpoint"])
 def test_corrupted_tensor_in_second_batch_rolls_back_the_first(tmp_path: Path, method: str) -> None:
     prefix, source_arrays = corrupted_checkpoint(tmp_path)
     source = TFCheckpointSource(prefix)

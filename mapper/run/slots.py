@@ -278,7 +278,9 @@ class JaxSlot:
         try:
             self.sharding.shard_shape(tuple(shape))
         except ValueError as error:
-            return f" (its layout {self.sharding} cannot hold {list(shape)}: {str(error).split(' (full shape')[0]})"
+            reason = str(error).split(" implies that ")[-1].split(" (full shape")[0]
+            layout = getattr(self.sharding, "spec", self.sharding)
+            return f" (its sharding {layout} cannot hold {list(shape)}: {reason})"
         return None
 
     def assign(self, host: np.ndarray, *, owned: bool) -> None:

@@ -205,9 +205,12 @@ def _check_variables(values: list[Any], labels: list[str], kind: str) -> None:
     ]
     if bad:
         more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
+        backend = f" of the active Keras backend ({keras.backend.backend()})" if keras is not None else ""
         raise TargetError(
             f"the {kind} given as target holds {len(bad)} value(s) that are not variables "
-            f"({', '.join(bad[:SHOWN])}{more}); expected keras.Variable or tf.Variable values"
+            f"({', '.join(bad[:SHOWN])}{more}); expected keras.Variable values{backend} or tf.Variable values "
+            "(PyTorch parameters and JAX arrays are assigned through the Keras model that holds them as "
+            "keras.Variable objects)"
         )
 
 
