@@ -96,7 +96,8 @@ def _marked_tf(path: Path) -> bool:
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """Under MAPPER_TEST_NO_TF, do not import test modules marked ``tf``, nor helper modules that import TensorFlow.
+    """Under MAPPER_TEST_NO_TF, do not import test modules marked ``tf`` or importing Keras at the top, nor helper
+    modules that import TensorFlow.
 
     Test modules marked ``tf`` as a whole may import TensorFlow at the top; so may the helpers in tests/ (collected
     only for their doctests). A conftest's collection hooks see only its own directory: ``mapper/`` is handled in
@@ -106,13 +107,14 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if not NO_TF or collection_path.suffix != ".py" or collection_path.name == "conftest.py":
         return None
     if collection_path.name.startswith("test_"):
-        return True if _marked_tf(collection_path) else None
+        # Marked tf, or a backends module that imports Keras at its top: neither can be imported without Keras.
+        return True if _marked_tf(collection_path) or _imports_at_top(collection_path, BLOCKED) else None
     return True if _imports_tensorflow(collection_path) else None
 
 
 @functools.cache
-def _imports_tensorflow_at_top(path: Path) -> bool:
-    """Whether the module at ``path`` imports ``tensorflow`` or ``tf_keras`` outside any function or class."""
+def _imports_at_top(path: Path, packages: tuple[str, ...]) -> bool:
+    """Whether the module at ``path`` imports one of ``packages`` outside any function or class."""
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -120,7 +122,7 @@ def _imports_tensorflow_at_top(path: Path) -> bool:
             names = [node.module]
         else:
             continue
-        if any(name.split(".")[0] in TENSORFLOW for name in names):
+        if any(name.split(".")[0] in packages for name in names):
             return True
     return False
 
@@ -133,7 +135,7 @@ def _check_backend_modules(items: list[pytest.Item]) -> None:
             for item in items
             if item.get_closest_marker("backends")
             and item.path.suffix == ".py"
-            and _imports_tensorflow_at_top(item.path)
+            and _imports_at_top(item.path, TENSORFLOW)
         }
     )
     if offending:
