@@ -240,8 +240,11 @@ def _add_demo(verbs: Any) -> None:
         help="run the built-in example: a 10-class checkpoint into a 5-class model, keeping the new head",
         description="Save a small 'pretrained' 10-class Keras model as a TensorFlow checkpoint, then inspect, plan and\n"
         "apply rules/keras-same-architecture.toml into a new 5-class model, and check that the backbone was\n"
-        "restored and the new head kept its initial values.",
-        epilog="examples:\n  mapper demo\n  mapper demo --workdir demo-output   # keep the checkpoints to look at",
+        "restored and the new head kept its initial values. On the Keras backends jax and torch (KERAS_BACKEND),\n"
+        "which need no TensorFlow, the weights are saved as safetensors under their Keras paths and restored with\n"
+        "rules/keras-same-architecture-paths.toml into model.weights.h5.",
+        epilog="examples:\n  mapper demo\n  mapper demo --workdir demo-output   # keep the checkpoints to look at\n"
+        "  KERAS_BACKEND=jax mapper demo",
     )
     demo.add_argument("--workdir", type=Path, help="where to write checkpoints (default: a temporary directory)")
 
