@@ -371,3 +371,24 @@ def test_a_string_tensor_without_tensorflow_is_a_named_error(tf_checkpoint: tupl
         return
     with pytest.raises(SourceError, match=r"needs TensorFlow, which is not installed .*weight-mapper\[tensorflow\]"):
         source.read(["vocab"])
+
+
+def test_an_index_the_own_reader_cannot_parse_needs_tensorflow_and_says_so(tmp_path: Path) -> None:
+    from mapper.errors import CorruptSourceError, SourceError
+    from mapper.sources.tf_checkpoint import TFCheckpointSource
+
+    (tmp_path / "ckpt.index").write_bytes(b"not an SSTable, and too short to be one")
+    (tmp_path / "ckpt.data-00000-of-00001").write_bytes(b"")
+
+    with pytest.raises(SourceError) as raised:
+        TFCheckpointSource(tmp_path / "ckpt")
+
+    if importable("tensorflow"):  # TensorFlow's reader gets the last word, and finds the index damaged
+        assert isinstance(raised.value, CorruptSourceError)
+        assert "cannot read the index file" in str(raised.value)
+    else:
+        assert not isinstance(raised.value, CorruptSourceError)
+        assert "reading an index in a layout weight-mapper's own reader does not parse needs TensorFlow" in str(
+            raised.value
+        )
+        assert "pip install 'weight-mapper[tensorflow]'" in str(raised.value)
