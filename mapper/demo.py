@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mapper.errors import OutputError
+
 # The rule file for the TensorFlow backend's checkpoint (tf.train.Checkpoint keys), and for every backend's
 # safetensors file (Keras variable paths).
 RULES = Path(__file__).resolve().parent.parent / "rules" / "keras-same-architecture.toml"
@@ -59,10 +61,13 @@ def new_model() -> Any:
 
 
 def write_pretrained_checkpoint(directory: Path) -> tuple[Any, Path]:
-    """Save the pretrained model with ``tf.train.Checkpoint(model=...).write`` under ``directory``.
+    """Save the pretrained model with ``tf.train.Checkpoint(model=...).write`` under ``directory`` (TensorFlow backend).
 
     Returns:
         The pretrained model and the checkpoint prefix.
+
+    Raises:
+        OutputError: Keras runs on another backend, where its variables are not ``tf.Variable``s.
 
     Example:
         >>> import tempfile
@@ -71,9 +76,18 @@ def write_pretrained_checkpoint(directory: Path) -> tuple[Any, Path]:
         ...     prefix.name, sorted(path.name for path in prefix.parent.iterdir())
         ('ckpt', ['ckpt.data-00000-of-00001', 'ckpt.index'])
     """
+    model = pretrained_model()
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise OutputError(
+            f"cannot write the demo's TF checkpoint under {directory}: tf.train.Checkpoint saves tf.Variables, which "
+            f"a Keras model's variables are only on the TensorFlow backend (this is {keras.backend.backend()!r}); "
+            "use write_pretrained_safetensors",
+            path=directory,
+        )
     import tensorflow as tf
 
-    model = pretrained_model()
     directory.mkdir(parents=True, exist_ok=True)
     prefix = directory / "ckpt"
     tf.train.Checkpoint(model=model).write(str(prefix))
