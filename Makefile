@@ -20,11 +20,15 @@ $(STAMP): pyproject.toml
 demo: env
 	$(BIN)/mapper demo
 
+# The whole suite on TensorFlow, then the tests marked `backends` on JAX and on PyTorch with TensorFlow made
+# unimportable (tests/conftest.py): they prove that applying into those backends needs no TensorFlow.
 test: env
 	$(BIN)/python -m ruff check mapper tests benchmarks
 	$(BIN)/python -m ruff format --check mapper tests benchmarks
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q
+	KERAS_BACKEND=jax MAPPER_TEST_BLOCK_TF=1 $(BIN)/python -m pytest -q -m backends tests/backends
+	KERAS_BACKEND=torch MAPPER_TEST_BLOCK_TF=1 $(BIN)/python -m pytest -q -m backends tests/backends
 
 # The TensorFlow-free part of the suite, with TensorFlow made unimportable (tests/conftest.py): a quick check
 # while working on rules, plans and reports, and proof that they need no TensorFlow. CI runs `make test`.

@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mapper.errors import OutputError
+
+# The rule file for the TensorFlow backend's checkpoint (tf.train.Checkpoint keys), and for every backend's
+# safetensors file (Keras variable paths).
 RULES = Path(__file__).resolve().parent.parent / "rules" / "keras-same-architecture.toml"
+PATH_RULES = RULES.with_name("keras-same-architecture-paths.toml")
 FEATURES = 16
 
 
@@ -56,10 +61,13 @@ def new_model() -> Any:
 
 
 def write_pretrained_checkpoint(directory: Path) -> tuple[Any, Path]:
-    """Save the pretrained model with ``tf.train.Checkpoint(model=...).write`` under ``directory``.
+    """Save the pretrained model with ``tf.train.Checkpoint(model=...).write`` under ``directory`` (TensorFlow backend).
 
     Returns:
         The pretrained model and the checkpoint prefix.
+
+    Raises:
+        OutputError: Keras runs on another backend, where its variables are not ``tf.Variable``s.
 
     Example:
         >>> import tempfile
@@ -68,13 +76,76 @@ def write_pretrained_checkpoint(directory: Path) -> tuple[Any, Path]:
         ...     prefix.name, sorted(path.name for path in prefix.parent.iterdir())
         ('ckpt', ['ckpt.data-00000-of-00001', 'ckpt.index'])
     """
+    model = pretrained_model()
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise OutputError(
+            f"cannot write the demo's TF checkpoint under {directory}: tf.train.Checkpoint saves tf.Variables, which "
+            f"a Keras model's variables are only on the TensorFlow backend (this is {keras.backend.backend()!r}); "
+            "use write_pretrained_safetensors",
+            path=directory,
+        )
     import tensorflow as tf
 
-    model = pretrained_model()
     directory.mkdir(parents=True, exist_ok=True)
     prefix = directory / "ckpt"
     tf.train.Checkpoint(model=model).write(str(prefix))
     return model, prefix
+
+
+def write_pretrained_safetensors(directory: Path) -> tuple[Any, Path]:
+    """Save the pretrained model's weights under their Keras paths as ``directory/model.safetensors`` (no TensorFlow).
+
+    Returns:
+        The pretrained model and the safetensors file.
+
+    Example:
+        >>> import tempfile
+        >>> from mapper.sources.safetensors import SafetensorsSource
+        >>> with tempfile.TemporaryDirectory() as scratch:
+        ...     model, path = write_pretrained_safetensors(Path(scratch) / "pretrained")
+        ...     list(SafetensorsSource(path).specs())[:2]
+        ['bn/beta', 'bn/gamma']
+    """
+    import numpy as np
+
+    from mapper.outputs.writers import open_writer
+    from mapper.specs import TensorSpec
+
+    model = pretrained_model()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "model.safetensors"
+    values = {variable.path: np.asarray(variable.numpy()) for variable in model.weights}
+    specs = [TensorSpec(name, value.shape, value.dtype.name) for name, value in sorted(values.items())]
+    with open_writer(path, specs, overwrite=True) as writer:
+        for name, value in values.items():
+            writer.write(name, value)
+    return model, path
+
+
+def write_pretrained(directory: Path, backend: str) -> tuple[Any, Path]:
+    """The demo's pretrained weights for the Keras ``backend``: a TF checkpoint on tensorflow, else safetensors.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as scratch:
+        ...     write_pretrained(Path(scratch), "jax")[1].name
+        'model.safetensors'
+    """
+    if backend == "tensorflow":
+        return write_pretrained_checkpoint(directory)
+    return write_pretrained_safetensors(directory)
+
+
+def rules_for(backend: str) -> Path:
+    """The demo's rule file for what ``write_pretrained`` writes on ``backend``.
+
+    Example:
+        >>> rules_for("tensorflow").name, rules_for("torch").name
+        ('keras-same-architecture.toml', 'keras-same-architecture-paths.toml')
+    """
+    return RULES if backend == "tensorflow" else PATH_RULES
 
 
 def compare_with_pretrained(model: Any, pretrained: Any, initial: dict[str, Any]) -> list[tuple[str, bool, str]]:
@@ -92,10 +163,10 @@ def compare_with_pretrained(model: Any, pretrained: Any, initial: dict[str, Any]
     """
     import numpy as np
 
-    expected = {variable.path: variable.numpy() for variable in pretrained.weights}
+    expected = {variable.path: np.asarray(variable.numpy()) for variable in pretrained.weights}
     results = []
     for variable in model.weights:
-        value = variable.numpy()
+        value = np.asarray(variable.numpy())
         if variable.path.startswith("head/"):
             same = bool(np.array_equal(value, initial[variable.path]))
             found = "kept its initial value" if same else "CHANGED, but should have kept its initial value"

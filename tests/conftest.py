@@ -1,8 +1,13 @@
-"""Shared pytest setup: quiet TensorFlow logs, two logical CPU devices, and the TensorFlow-free quick run.
+"""Shared pytest setup: quiet TensorFlow logs, two logical CPU devices, the TensorFlow-free runs, four JAX devices.
 
 ``MAPPER_TEST_NO_TF=1`` (``make test-quick``) runs the suite as if TensorFlow were not installed: importing
 ``tensorflow``, ``tf_keras``, ``keras`` or ``keras_hub`` raises ImportError, tests marked ``tf`` are deselected, and
 so are the doctests of modules that import one of them (their examples build models or read TF checkpoints).
+
+``MAPPER_TEST_BLOCK_TF=1`` (``make test`` with ``KERAS_BACKEND=jax`` or ``torch``, on ``-m backends tests/backends``)
+makes only ``tensorflow`` and ``tf_keras`` unimportable: Keras and keras-hub run on the other backend, so every test
+marked ``backends`` proves its part needs no TensorFlow. Under ``KERAS_BACKEND=jax`` the CPU is split into four XLA
+devices (``XLA_FLAGS``, unless set), for sharded (``ModelParallel``) targets.
 """
 
 from __future__ import annotations
@@ -17,21 +22,34 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-NO_TF = os.environ.get("MAPPER_TEST_NO_TF", "") not in ("", "0")
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+NO_TF = _flag("MAPPER_TEST_NO_TF")
+BLOCK_TF = _flag("MAPPER_TEST_BLOCK_TF")
 BLOCKED = ("tensorflow", "tf_keras", "keras", "keras_hub")
+TENSORFLOW = ("tensorflow", "tf_keras")  # what MAPPER_TEST_BLOCK_TF blocks: Keras itself runs on jax or torch
 
 
-def _block_tensorflow() -> None:
-    """Make every import of a blocked package fail as if it were not installed (None in sys.modules does that)."""
-    loaded = [name for name in sys.modules if name.split(".")[0] in BLOCKED]
+def _block(packages: tuple[str, ...], flag: str) -> None:
+    """Make every import of ``packages`` fail as if they were not installed (None in sys.modules does that)."""
+    loaded = [name for name in sys.modules if name.split(".")[0] in packages]
     if loaded:
-        raise pytest.UsageError(f"MAPPER_TEST_NO_TF=1, but {', '.join(sorted(loaded)[:3])} was imported already")
-    for name in BLOCKED:
+        raise pytest.UsageError(f"{flag}=1, but {', '.join(sorted(loaded)[:3])} was imported already")
+    for name in packages:
         sys.modules[name] = None  # type: ignore[assignment]
 
 
 if NO_TF:
-    _block_tensorflow()
+    _block(BLOCKED, "MAPPER_TEST_NO_TF")
+elif BLOCK_TF:
+    _block(TENSORFLOW, "MAPPER_TEST_BLOCK_TF")
+
+# Four XLA CPU devices for the sharded JAX targets; XLA reads the flag once, when JAX first initialises a backend.
+if os.environ.get("KERAS_BACKEND") == "jax":
+    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
 
 # Doctests whose examples need TensorFlow only through what they call: converting a MemorySource streams its values
@@ -78,7 +96,8 @@ def _marked_tf(path: Path) -> bool:
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """Under MAPPER_TEST_NO_TF, do not import test modules marked ``tf``, nor helper modules that import TensorFlow.
+    """Under MAPPER_TEST_NO_TF, do not import test modules marked ``tf`` or importing Keras at the top, nor helper
+    modules that import TensorFlow.
 
     Test modules marked ``tf`` as a whole may import TensorFlow at the top; so may the helpers in tests/ (collected
     only for their doctests). A conftest's collection hooks see only its own directory: ``mapper/`` is handled in
@@ -88,16 +107,49 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if not NO_TF or collection_path.suffix != ".py" or collection_path.name == "conftest.py":
         return None
     if collection_path.name.startswith("test_"):
-        return True if _marked_tf(collection_path) else None
+        # Marked tf, or a backends module that imports Keras at its top: neither can be imported without Keras.
+        return True if _marked_tf(collection_path) or _imports_at_top(collection_path, BLOCKED) else None
     return True if _imports_tensorflow(collection_path) else None
+
+
+@functools.cache
+def _imports_at_top(path: Path, packages: tuple[str, ...]) -> bool:
+    """Whether the module at ``path`` imports one of ``packages`` outside any function or class."""
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        if any(name.split(".")[0] in packages for name in names):
+            return True
+    return False
+
+
+def _check_backend_modules(items: list[pytest.Item]) -> None:
+    """A test marked ``backends`` runs on every backend: its module may not import TensorFlow at the top."""
+    offending = sorted(
+        {
+            str(item.path)
+            for item in items
+            if item.get_closest_marker("backends")
+            and item.path.suffix == ".py"
+            and _imports_at_top(item.path, TENSORFLOW)
+        }
+    )
+    if offending:
+        raise pytest.UsageError(f"tests marked 'backends' must not import TensorFlow at module level: {offending}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under MAPPER_TEST_NO_TF, deselect the tests marked ``tf``, and the doctests that need TensorFlow.
 
     Test modules marked as a whole were not collected at all (``pytest_ignore_collect``); this hook sees every item,
-    the doctests of ``mapper/`` included (they import without TensorFlow: the package imports it lazily).
+    the doctests of ``mapper/`` included (they import without TensorFlow: the package imports it lazily). In every
+    run, a module with tests marked ``backends`` must not import TensorFlow at its top.
     """
+    _check_backend_modules(items)
     if not NO_TF:
         return
     deselected = [item for item in items if item.get_closest_marker("tf") or _doctest_needs_tf(item)]

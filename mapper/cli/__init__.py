@@ -27,8 +27,6 @@ EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 EXIT_BROKEN_PIPE = 141  # the shell's code for a process ended by SIGPIPE: standard output was closed early
 EXIT_TERMINATED = TERMINATED_CODE  # the shell's code for a process ended by SIGTERM (128 + 15)
 
-# Commands that always load TensorFlow (to build a Keras model, or to stream tensors), so import it anyway.
-_TENSORFLOW_COMMANDS = frozenset({"plan", "apply", "demo", "convert", "export"})
 _DEBUG_VARIABLE = "MAPPER_DEBUG"
 
 
@@ -71,11 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, *, debug: bool) -> int:
     """Run the verb; a MapperError (or a UsageError) becomes its message on standard error and its exit code."""
-    from mapper.cli.inputs import UsageError, needs_tensorflow
+    from mapper.cli.backend import needs_tensorflow, selected_backend
+    from mapper.cli.inputs import UsageError
     from mapper.cli.terminal import error, import_tensorflow_quietly, show_traceback
 
     try:
-        if needs_tensorflow(args, _TENSORFLOW_COMMANDS):
+        # On the TensorFlow backend, TensorFlow is imported first, quietly; on JAX and PyTorch only if it is needed.
+        if needs_tensorflow(args, selected_backend(args)):
             import_tensorflow_quietly()
         return _handlers()[args.command](args)
     except UsageError as problem:

@@ -72,24 +72,19 @@ def sources(values: Sequence[str]) -> str | dict[str, str]:
     return named or plain[0]
 
 
-def needs_tensorflow(args: argparse.Namespace, always: frozenset[str] = frozenset()) -> bool:
-    """Whether the command will load TensorFlow: it is one of ``always``, builds a ``--target`` or reads a TF checkpoint.
-
-    The CLI then imports TensorFlow quietly first (``import_tensorflow_quietly``), so that no verb shows its
-    start-up chatter; a command that reads only other formats does not pay for the import.
+def reads_a_tf_checkpoint(args: argparse.Namespace) -> bool:
+    """Whether one of the command's ``--source`` values is a TF checkpoint, or is opened as one (``--source-format``).
 
     Example:
-        >>> needs_tensorflow(argparse.Namespace(command="validate", source=None))
+        >>> reads_a_tf_checkpoint(argparse.Namespace(command="validate", source=None))
         False
-        >>> needs_tensorflow(argparse.Namespace(command="explain", source=["w.npz"], target="models.py:build"))
-        True
-        >>> needs_tensorflow(argparse.Namespace(command="validate", source=["head=x"], source_format=["tf-checkpoint"]))
+        >>> reads_a_tf_checkpoint(argparse.Namespace(command="explain", source=["w.npz"]))
+        False
+        >>> reads_a_tf_checkpoint(argparse.Namespace(command="validate", source=["head=x"], source_format=["tf-checkpoint"]))
         True
     """
     from mapper.sources.tf_checkpoint import is_tf_checkpoint
 
-    if args.command in always or getattr(args, "target", None):
-        return True
     given = getattr(args, "source", None)
     values: list[str] = [] if given is None else [given] if isinstance(given, str) else list(given)
     if any(value.rpartition("=")[2] == "tf-checkpoint" for value in getattr(args, "source_format", None) or ()):
@@ -231,7 +226,16 @@ def load_target_factory(spec: str) -> object:
     try:
         return factory()
     except (Exception, SystemExit) as problem:
-        raise TargetError(f"--target {spec!r}: the target factory {attribute}() {_raised(problem)}") from problem
+        raise TargetError(
+            f"--target {spec!r}: the target factory {attribute}() {_raised(problem)}{_install_hint(problem)}"
+        ) from problem
+
+
+def _install_hint(problem: BaseException) -> str:
+    """What to install when ``problem`` is a missing Keras backend (``tensorflow`` on the default backend)."""
+    from mapper.cli.backend import missing_package_hint
+
+    return missing_package_hint(problem)
 
 
 def _raised(problem: BaseException) -> str:
@@ -267,7 +271,9 @@ def _import_module(spec: str, module_name: str) -> Any:
         where = f" at {problem.filename}:{problem.lineno}" if problem.filename else ""
         raise TargetError(f"--target {spec!r}: {module_name!r} has a syntax error{where}: {problem.msg}") from problem
     except ImportError as problem:
-        raise TargetError(f"--target {spec!r}: cannot import {module_name!r}: {problem}") from problem
+        raise TargetError(
+            f"--target {spec!r}: cannot import {module_name!r}: {problem}{_install_hint(problem)}"
+        ) from problem
     except (Exception, SystemExit) as problem:
         raise TargetError(f"--target {spec!r}: importing {module_name!r} {_raised(problem)}") from problem
 

@@ -262,8 +262,11 @@ def _add_demo(verbs: Any) -> None:
         help="run the built-in example: a 10-class checkpoint into a 5-class model, keeping the new head",
         description="Save a small 'pretrained' 10-class Keras model as a TensorFlow checkpoint, then inspect, plan and\n"
         "apply rules/keras-same-architecture.toml into a new 5-class model, and check that the backbone was\n"
-        "restored and the new head kept its initial values.",
-        epilog="examples:\n  mapper demo\n  mapper demo --workdir demo-output   # keep the checkpoints to look at",
+        "restored and the new head kept its initial values. On the Keras backends jax and torch (KERAS_BACKEND),\n"
+        "which need no TensorFlow, the weights are saved as safetensors under their Keras paths and restored with\n"
+        "rules/keras-same-architecture-paths.toml into model.weights.h5.",
+        epilog="examples:\n  mapper demo\n  mapper demo --workdir demo-output   # keep the checkpoints to look at\n"
+        "  KERAS_BACKEND=jax mapper demo",
     )
     demo.add_argument("--workdir", type=Path, help="where to write checkpoints (default: a temporary directory)")
 
@@ -318,7 +321,17 @@ def _add_plan_or_apply(verbs: Any, verb: str) -> None:
             "--method",
             choices=("assign", "init_from_checkpoint"),
             default="assign",
-            help="assign (default; batched reads, any operations) or init_from_checkpoint (no operations)",
+            help="assign (default; batched reads, any operations) or init_from_checkpoint (no operations; needs "
+            "TensorFlow and KERAS_BACKEND=tensorflow)",
+        )
+        sub.add_argument(
+            "--rollback",
+            choices=("verify", "memory", "off"),
+            default="verify",
+            help="how a failure part-way is kept from leaving a half-assigned model: verify (default; read and check "
+            "the source once before assigning), memory (keep the old values to put back) or off (fastest). The "
+            "model lives only in this process and --output is written only after success, so on the command line "
+            "every mode leaves the output as it was",
         )
         sub.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final line")
     else:

@@ -1,4 +1,4 @@
-"""Saving a target's weights after apply: to a TF checkpoint or a Keras .weights.h5, never half a file."""
+"""Saving a target's weights after apply: to a Keras .weights.h5 (any backend) or a TF checkpoint, never half a file."""
 
 from __future__ import annotations
 
@@ -30,11 +30,18 @@ def save_format(path: Path) -> OutputFormat:
     return "keras-h5" if path.name.endswith(_KERAS_SUFFIX) else "tf-checkpoint"
 
 
-def check_output(path: Path, *, overwrite: bool, sources: Iterable[Source] = ()) -> None:
+def check_output(path: Path, *, overwrite: bool, sources: Iterable[Source] = (), backend: str | None = None) -> None:
     """Refuse an output before any work: a file suffix, a missing or read-only directory, an existing output, a source.
 
-    A file suffix is refused as ``check_suffix`` says, and a directory given as the output. An existing output is refused without ``overwrite``; an output that is, or shares a file with, one of
-    ``sources`` always.
+    A file suffix is refused as ``check_suffix`` says, a TF checkpoint that cannot be written as
+    ``check_tf_checkpoint`` says, and a directory given as the output. An existing output is refused without
+    ``overwrite``; an output that is, or shares a file with, one of ``sources`` always.
+
+    Args:
+        path: the output, as for ``save_target``.
+        overwrite: an existing output may be replaced.
+        sources: the sources the weights come from.
+        backend: the Keras backend the saved model runs on; None if it is not a Keras model (a tf.Module).
 
     Example:
         >>> check_output(Path("/no/such/dir/ckpt"), overwrite=False)
@@ -44,6 +51,8 @@ def check_output(path: Path, *, overwrite: bool, sources: Iterable[Source] = ())
     """
     check_suffix(path)
     chosen = save_format(path)
+    if chosen == "tf-checkpoint":
+        check_tf_checkpoint(path, backend)
     files.check_output(path, chosen, overwrite=overwrite)
     files.check_not_a_source(path, chosen, sources, action="apply")
 
@@ -79,6 +88,60 @@ def check_suffix(path: Path) -> None:
     )
 
 
+def check_tf_checkpoint(path: Path, backend: str | None) -> None:
+    """Refuse a TF checkpoint output that cannot be written: TensorFlow is missing, or the model is not on it.
+
+    A TF checkpoint is written by ``tf.train.Checkpoint``, which saves ``tf.Variable``s: a Keras model's variables
+    are those only on the TensorFlow backend. Any backend can save ``NAME.weights.h5`` instead.
+
+    Raises:
+        OutputError: TensorFlow cannot be imported, or ``backend`` is a Keras backend other than tensorflow;
+            the message names the ``.weights.h5`` file to write instead.
+
+    Example:
+        >>> check_tf_checkpoint(Path("out/ckpt"), "jax")
+        Traceback (most recent call last):
+        mapper.errors.OutputError: cannot write the TF checkpoint out/ckpt: ... write out/ckpt.weights.h5 ...
+    """
+    instead = f"write {path.with_name(path.name + _KERAS_SUFFIX)} (Keras weights, written on every backend)"
+    if backend is not None and backend != "tensorflow":
+        raise OutputError(
+            f"cannot write the TF checkpoint {path}: it is written by tf.train.Checkpoint, which saves tf.Variables, "
+            f"and on the Keras backend {backend!r} a model's variables are not tf.Variables; {instead}, or run on "
+            "KERAS_BACKEND=tensorflow",
+            path=path,
+        )
+    if not _tensorflow_importable():
+        raise OutputError(
+            f"cannot write the TF checkpoint {path}: writing one needs TensorFlow, which is not installed; {instead}, "
+            "or pip install 'weight-mapper[tensorflow]' (or 'weight-mapper[tensorflow-cpu]')",
+            path=path,
+        )
+
+
+def _tensorflow_importable() -> bool:
+    """Whether ``import tensorflow`` would work (it is installed and not blocked), without importing it."""
+    import importlib.util
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"] is not None
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _keras_backend(obj: object) -> str | None:
+    """The Keras backend ``obj`` runs on if it is a Keras model (or layer), else None."""
+    import sys
+
+    keras = sys.modules.get("keras")
+    if keras is None or not isinstance(obj, keras.Layer):
+        return None
+    return str(keras.backend.backend())
+
+
 def save_target(
     target: VariableTarget,
     path: Path,
@@ -89,8 +152,9 @@ def save_target(
 ) -> None:
     """Save the target's weights, written under a temporary name and moved into place only when complete.
 
-    A path ending in ``.weights.h5`` is written with Keras ``save_weights``; any other path is a TF checkpoint
-    prefix written with ``tf.train.Checkpoint(**{checkpoint_root: model}).write``.
+    A path ending in ``.weights.h5`` is written with Keras ``save_weights``, on every Keras backend; any other path
+    is a TF checkpoint prefix written with ``tf.train.Checkpoint(**{checkpoint_root: model}).write``, which needs
+    TensorFlow and, for a Keras model, the TensorFlow backend (see ``check_tf_checkpoint``).
 
     Args:
         target: the target whose model or module is saved.
@@ -102,7 +166,7 @@ def save_target(
 
     Raises:
         TargetError: the target has no model or module to save.
-        OutputError: the output is refused (see ``check_output``), does not fit (the free space, with a margin
+        OutputError: the output is refused (see ``check_output``; checked before anything is written), does not fit (the free space, with a margin
             for HDF5, or the file size limit), or writing it failed (a full disk, a read-only directory). Nothing
             is left at the output then: an existing one keeps its contents, and no temporary file remains (after
             SIGTERM, ``Terminated``, neither).
@@ -117,8 +181,8 @@ def save_target(
         ['ckpt-1.data-00000-of-00001', 'ckpt-1.index']
     """
     sources = tuple(sources)
-    check_output(path, overwrite=overwrite, sources=sources)
     obj = target.obj
+    check_output(path, overwrite=overwrite, sources=sources, backend=_keras_backend(obj))
     if obj is None:
         raise TargetError(
             f"cannot save {target.description}: saving needs a Keras model or a tf.Module, not bare variables"
@@ -168,4 +232,4 @@ def _verify_h5(partial: Path, path: Path) -> None:
         ) from error
 
 
-__all__ = ["check_output", "check_suffix", "save_format", "save_target"]
+__all__ = ["check_output", "check_suffix", "check_tf_checkpoint", "save_format", "save_target"]

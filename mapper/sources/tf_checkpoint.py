@@ -218,8 +218,7 @@ class TFCheckpointSource:
 
     def _restore(self, wanted: list[str]) -> dict[str, Any]:
         """The named tensors read with one ``RestoreV2``, as ``tf.Tensor``s."""
-        import tensorflow as tf
-
+        tf = _import_tensorflow(f"reading {quoted(wanted)} (string tensors, or tensors saved in slices)", self.prefix)
         dtypes = [tf.as_dtype(self._specs[name].dtype) for name in wanted]
         try:
             tensors = _restore(tf, self.prefix, wanted, dtypes)
@@ -250,6 +249,19 @@ class TFCheckpointSource:
         else:
             message += f"; it has {len(self._specs)} tensors, list them with specs()"
         return message
+
+
+def _import_tensorflow(purpose: str, prefix: str) -> Any:
+    """Import TensorFlow for what only it can read from checkpoint ``prefix``, or SourceError saying what to install."""
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        raise SourceError(
+            f"checkpoint {prefix!r}: {purpose} needs TensorFlow, which is not installed (every other tensor is read "
+            "without it): pip install 'weight-mapper[tensorflow]' (or 'weight-mapper[tensorflow-cpu]')",
+            path=prefix,
+        ) from error
+    return tf
 
 
 def _restore(tf: Any, prefix: str, names: list[str], dtypes: list[Any]) -> list[Any]:
@@ -435,8 +447,7 @@ def _open_specs(prefix: str, index: BundleIndex | None) -> VariableMap:
 
 def _tf_specs(prefix: str) -> VariableMap:
     """The specs TensorFlow's checkpoint reader gives (an index this module does not understand)."""
-    import tensorflow as tf
-
+    tf = _import_tensorflow("reading an index in a layout weight-mapper's own reader does not parse", prefix)
     try:
         reader = tf.train.load_checkpoint(prefix)
         shapes = reader.get_variable_to_shape_map()
