@@ -82,7 +82,7 @@ def arrays(
 
 
 class CountingSource:
-    """Wraps a real source and records each ``read`` call's names; optionally fails on one call."""
+    """Wraps a real source and records each ``read`` (and ``verify``) call's names; optionally fails on one call."""
 
     def __init__(self, inner: Any, *, fail_on: int | None = None, error: BaseException | None = None) -> None:
         self.inner = inner
@@ -98,12 +98,21 @@ class CountingSource:
         return self.inner.specs()  # type: ignore[no-any-return]
 
     def read(self, names: Sequence[str]) -> Mapping[str, Any]:
+        self._count(names)
+        return self.inner.read(names)  # type: ignore[no-any-return]
+
+    def _verify(self, names: Sequence[str]) -> None:
+        self._count(names)
+        self.inner.verify(names)
+
+    def _count(self, names: Sequence[str]) -> None:
         self.calls.append(list(names))
         if self.fail_on is not None and len(self.calls) == self.fail_on:
             raise self.error or RuntimeError("read failed")
-        return self.inner.read(names)  # type: ignore[no-any-return]
 
-    def __getattr__(self, name: str) -> Any:  # prefix, when the inner source has one
+    def __getattr__(self, name: str) -> Any:  # prefix, and verify (counted too), when the inner source has them
+        if name == "verify" and hasattr(self.inner, "verify"):
+            return self._verify
         return getattr(self.inner, name)
 
 

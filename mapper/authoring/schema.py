@@ -19,7 +19,7 @@ def rules_schema() -> dict[str, Any]:
     Example:
         >>> schema = rules_schema()
         >>> schema["$schema"], sorted(schema["properties"])[:3]
-        ('https://json-schema.org/draft/2020-12/schema', ['description', 'examples', 'extends'])
+        ('https://json-schema.org/draft/2020-12/schema', ['description', 'examples', 'export'])
     """
     schema = RuleSet.model_json_schema()
     return {
