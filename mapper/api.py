@@ -325,10 +325,13 @@ def invert(
     from mapper.plan.inverse import invert as invert_plan
 
     rule_set = as_rules(rules)
-    plan = make_plan(rule_set, like, model, lints=False)
+    reference = as_source(like) if isinstance(like, (str, os.PathLike)) else like
+    plan = make_plan(rule_set, reference, model, lints=False)
     if not plan.ok:
         raise PlanError.from_plan(plan)
-    return invert_plan(plan, rule_set.export, lossy_casts=lossy_casts)
+    specs, _ = source_specs(reference)  # the skipped tensors [[export.restore]] copies whole: their shapes and dtypes
+    sources = None if isinstance(specs, SourceSet) else specs
+    return invert_plan(plan, rule_set.export, lossy_casts=lossy_casts, sources=sources)
 
 
 def export(
@@ -348,8 +351,8 @@ def export(
     The plan from ``like`` (the checkpoint the model was imported from: only its names, shapes and dtypes are
     used) into ``model`` is run backwards (``invert``) and the result written to ``output/model.safetensors``, or
     to shards and ``model.safetensors.index.json`` above ``max_shard_bytes``. Tensors the rules skip are not
-    written, except the tied ones ``[[export.tied]]`` declares. No ``config.json`` is written: copy the one the
-    model was imported with.
+    written, except the tied ones ``[[export.tied]]`` declares and the ones ``[[export.restore]]`` declares (copied
+    whole from ``like``). No ``config.json`` is written: copy the one the model was imported with.
 
     Args:
         rules: a RuleSet or the path of a rule file.

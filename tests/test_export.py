@@ -3,7 +3,8 @@
 The checkpoint is transformers' own (tests/families/bert.py); the export is checked the way a user would check it:
 the config.json the model was saved with beside the exported model.safetensors, ``BertModel.from_pretrained``, and
 its outputs against the Keras backbone's on the same inputs. Sharding, overwriting, loading weights first and every
-refusal (nothing written in each) are checked on the same model.
+refusal (nothing written in each) are checked on the same model. RoBERTa is checked the same way: its export holds
+the position rows and the token type table the import drops, restored from --like, so transformers loads every weight.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import numpy as np
 import pytest
 from families import Family
 from families.bert import FAMILIES as BERT_FAMILIES
+from families.roberta import FAMILIES as ROBERTA_FAMILIES
 
 import mapper
 from mapper.cli import main
 from mapper.errors import OutputError, PlanError
 from mapper.plan.inverse import NotInvertibleError
-from mapper.run.export import INDEX_NAME, WEIGHTS_NAME
+from mapper.run.export import INDEX_NAME, WEIGHTS_NAME, RestoreError
 from mapper.run.roundtrip import same
 from mapper.sources.safetensors import SafetensorsSource
 
@@ -196,6 +198,59 @@ def test_a_lossy_cast_back_when_allowed_gives_back_a_bfloat16_checkpoint(bfloat1
     original = SafetensorsSource(bfloat16 / WEIGHTS_NAME)
     expected = original.read(list(original.specs()))
     assert all(same(value, expected[name]) for name, value in _exported(tmp_path / "out").items())
+
+
+# --- RoBERTa: tensors the import drops, restored from --like ([[export.restore]]) -------------------------------
+
+ROBERTA: Family = ROBERTA_FAMILIES[0]  # RobertaModel: no prefix, with a pooler
+TOKEN_TYPES = "embeddings.token_type_embeddings.weight"
+
+
+@pytest.fixture(scope="module")
+def roberta(tmp_path_factory: pytest.TempPathFactory) -> Imported:
+    """transformers' RoBERTa with zero token type embeddings (as checkpoints converted from fairseq), imported."""
+    from safetensors.numpy import save_file
+
+    directory = ROBERTA.save(tmp_path_factory.mktemp("roberta") / "hf")
+    tensors = SafetensorsSource(directory / WEIGHTS_NAME)
+    values = {name: np.array(value) for name, value in tensors.read(list(tensors.specs())).items()}
+    values[TOKEN_TYPES] = np.zeros_like(values[TOKEN_TYPES])  # RobertaBackbone has no token types: zero adds none
+    save_file(values, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    backbone = ROBERTA.keras_hub_backbone(json.loads((directory / "config.json").read_text(encoding="utf-8")))
+    mapper.transfer(ROBERTA.rules, directory, backbone)
+    return Imported(directory, backbone, values)
+
+
+def test_transformers_opens_a_roberta_export_with_every_weight_and_computes_what_keras_does(
+    roberta: Imported, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = mapper.export(ROBERTA.rules, roberta.backbone, out, like=roberta.directory)
+    assert set(result.inverse.restored) == {"embeddings.position_embeddings.weight", TOKEN_TYPES}
+    exported = _exported(out)
+    # Every tensor but the pooler's (RobertaBackbone has none), bit for bit: the token types copied from --like.
+    assert set(exported) == {name for name in roberta.tensors if not name.startswith("pooler.")}
+    assert [name for name, value in exported.items() if not same(value, roberta.tensors[name])] == []
+    shutil.copy(roberta.directory / "config.json", out / "config.json")
+    model, info = transformers.RobertaModel.from_pretrained(str(out), add_pooling_layer=False, output_loading_info=True)
+    assert not info["missing_keys"]  # nothing initialised fresh
+    rng = np.random.default_rng(7)
+    tokens = rng.integers(2, 50, size=(2, 9))  # not padding_idx (1): positions count from padding_idx + 1
+    mask = np.ones((2, 9), dtype="int64")
+    tokens[1, 6:], mask[1, 6:] = 1, 0
+    with torch.no_grad():
+        theirs = model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    ours = np.asarray(roberta.backbone({"token_ids": tokens, "padding_mask": mask}))
+    real = mask.astype(bool)  # padding positions differ by convention; compare the real tokens
+    np.testing.assert_allclose(ours[real], theirs[real], rtol=1e-3, atol=1e-3)
+
+
+def test_a_roberta_export_from_names_and_shapes_alone_is_refused(roberta: Imported, tmp_path: Path) -> None:
+    specs = SafetensorsSource(roberta.directory / WEIGHTS_NAME).specs()  # no values: nothing to restore from
+    with pytest.raises(RestoreError, match="it was given only names and shapes") as raised:
+        mapper.export(ROBERTA.rules, roberta.backbone, tmp_path / "out", like=dict(specs))
+    assert set(raised.value.names) == {"embeddings.position_embeddings.weight", TOKEN_TYPES}
+    assert not (tmp_path / "out").exists()
 
 
 # --- the command line ---------------------------------------------------------------------------------------------

@@ -398,19 +398,79 @@ def test_a_slice_that_drops_values_blocks_naming_the_fix(
     assert "[[export.restore]]" in str(inverse.blockers[0])
 
 
-def _restore_inverse() -> tuple[Inverse, VariableTarget]:
+SKIPPED = """
+[[export.restore]]
+match = "table"
+reason = "the model has no place for it"
+
+[[rules]]
+match = "w"
+target = "t"
+
+[[rules]]
+match = "table"
+skip = "no place for it"
+
+[[rules]]
+match = "ids"
+skip = "a buffer"
+"""
+
+
+def _skipped_plan(table: TensorSpec, text: str = SKIPPED) -> tuple[object, object, VariableMap]:
+    rules = parse_rules("format = 1\n" + text)
+    sources = VariableMap([TensorSpec("w", (4, 2), "float32"), table, TensorSpec("ids", (1, 6), "int64")])
+    plan = build_plan(rules, sources, TargetMap(VariableMap([TensorSpec("t", (4, 2), "float32")])))
+    return plan, rules.export, sources
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int64"])
+def test_a_declared_skipped_tensor_is_copied_whole_from_like(dtype: str) -> None:
+    from mapper.sources.memory import MemorySource
+
+    table = (RNG.standard_normal((3, 5)) * 100).astype(dtype)
+    plan, export, sources = _skipped_plan(TensorSpec("table", table.shape, dtype))
+    inverse = invert(plan, export, sources=sources)  # type: ignore[arg-type]
+    assert inverse.ok and inverse.restored == ("table",)
+    assert [left.name for left in inverse.dropped] == ["ids"]  # undeclared skips are still dropped
+    tensor = inverse.tensor("table")
+    assert tensor is not None and tensor.restore is not None and tensor.restore.whole and tensor.pieces == ()
+    assert (tensor.shape, tensor.dtype, tensor.restore.reason) == ((3, 5), dtype, "the model has no place for it")
+    assert "(1 whole from --like)" in inverse.summary() and "the whole tensor from --like's 'table'" in (
+        tensor.restore.describe()
+    )
+    exported = tensor_value(tensor, {}, MemorySource({"table": table}))
+    assert exported.shape == table.shape and exported.dtype == table.dtype and exported.tobytes() == table.tobytes()
+
+
+def test_a_skipped_tensor_restored_whole_needs_the_checkpoints_specs_and_yields_to_tied() -> None:
+    plan, export, _ = _skipped_plan(TensorSpec("table", (4, 2), "float32"))
+    blocked = invert(plan, export)  # type: ignore[arg-type]
+    assert not blocked.ok and "copies the skipped 'table' whole from --like" in str(blocked.blockers[0])
+    tied = SKIPPED + '[[export.tied]]\nmatch = "table"\nsame_as = "w"\n'
+    plan, export, sources = _skipped_plan(TensorSpec("table", (4, 2), "float32"), tied)
+    inverse = invert(plan, export, sources=sources)  # type: ignore[arg-type]
+    assert inverse.ok and inverse.restored == () and inverse.tensor("table").copy_of == "w"  # type: ignore[union-attr]
+
+
+def _restore_inverse(whole: bool) -> tuple[Inverse, VariableTarget]:
+    """An export of ``table`` [6, 2]: its rows 2: from the model, or (skipped on import) all of it from --like."""
+    target = VariableTarget(
+        "m", TargetMap(VariableMap([TensorSpec("t", (4, 2), "float32")])), {"t": np.ones((4, 2), "float32")}
+    )
+    if whole:
+        plan, export, sources = _skipped_plan(TensorSpec("table", (6, 2), "float32"))
+        return invert(plan, export, sources=sources), target  # type: ignore[arg-type]
     rules = parse_rules("format = 1\n" + _restoring("2:", (6, 2)))
     plan = build_plan(
         rules,
         VariableMap([TensorSpec("table", (6, 2), "float32")]),
         TargetMap(VariableMap([TensorSpec("t", (4, 2), "float32")])),
     )
-    target = VariableTarget(
-        "m", TargetMap(VariableMap([TensorSpec("t", (4, 2), "float32")])), {"t": np.ones((4, 2), "float32")}
-    )
     return invert(plan, rules.export), target
 
 
+@pytest.mark.parametrize("whole", [False, True], ids=["in-part", "whole"])
 @pytest.mark.parametrize(
     ("like", "words"),
     [
@@ -422,17 +482,18 @@ def _restore_inverse() -> tuple[Inverse, VariableTarget]:
     ids=["no-like", "other-shape", "other-dtype", "missing-tensor"],
 )
 def test_a_restore_without_its_like_tensor_writes_nothing(
-    like: dict[str, np.ndarray] | None, words: str, tmp_path: Path
+    like: dict[str, np.ndarray] | None, words: str, whole: bool, tmp_path: Path
 ) -> None:
     from mapper.sources.memory import MemorySource
 
-    inverse, target = _restore_inverse()
+    inverse, target = _restore_inverse(whole)
     source = None if like is None else MemorySource(like)
     with pytest.raises(RestoreError, match=re.escape(words)) as raised:
         write_export(inverse, target, tmp_path / "out", like=source)
     assert raised.value.names == ("table",)
+    assert ("whole" if whole else "in part") in str(raised.value)
     assert not (tmp_path / "out").exists()
     good = MemorySource({"table": np.full((6, 2), 7, "float32")})
     written = write_export(inverse, target, tmp_path / "ok", like=good)
     value = SafetensorsSource(tmp_path / "ok" / written.files[0]).read(["table"])["table"]
-    assert value.tolist() == [[7.0, 7.0]] * 2 + [[1.0, 1.0]] * 4
+    assert value.tolist() == [[7.0, 7.0]] * (6 if whole else 2) + [[1.0, 1.0]] * (0 if whole else 4)

@@ -35,12 +35,13 @@ TIMM_RULES = Path(__file__).resolve().parent.parent / "rules" / "timm-resnet-to-
 # Rule files that cannot run backwards (for some checkpoints), and what every blocker must then say, naming its rule.
 # Mistral's file rounds every tensor through float16, as keras-hub's converter does, so the import itself loses what
 # float16 cannot hold. (RoBERTa's position table drops the rows before padding_idx + 1, slice "2:": its file
-# declares them in [[export.restore]], and the export writes them back from the checkpoint.)
+# declares them in [[export.restore]], and the export writes them back from the checkpoint; it declares the token
+# type table, which the import skips, too: the export copies it whole from the checkpoint.)
 NOT_INVERTIBLE = {
     "hf-mistral-to-keras-hub.toml": "the import casts float16 to float32",
 }
-# Tensors an export writes in part from the checkpoint ([[export.restore]]), by rule file.
-RESTORED = {"hf-roberta-to-keras-hub.toml": r"(?:roberta\.)?embeddings\.position_embeddings\.weight"}
+# Tensors an export writes in part or whole from the checkpoint ([[export.restore]]), by rule file.
+RESTORED = {"hf-roberta-to-keras-hub.toml": r"(?:roberta\.)?embeddings\.(?:position|token_type)_embeddings\.weight"}
 RESNETS = {
     "timm-resnet18": TinyResNet("resnet18", filters=(64, 16), blocks=(2, 1), strides=(1, 2)),
     "timm-resnet50": TinyResNet("resnet50", filters=(64, 8), blocks=(1, 2), strides=(1, 2)),
@@ -77,8 +78,10 @@ def test_catalogue_family_round_trips_bit_identically(family: Family, tmp_path: 
     assert trip.ok, trip.summary()
     pattern = RESTORED.get(family.rules.name)  # only what the rule file declares is written in part from the checkpoint
     assert bool(trip.restored) is (pattern is not None)
-    assert all(re.fullmatch(pattern or "", name) for name in trip.restored), trip.restored
     checkpoint = SafetensorsSource(directory / "model.safetensors").specs()
+    # Every tensor declared is restored (compared bit for bit with the rest), none dropped: a skipped one too.
+    assert set(trip.restored) == {name for name in checkpoint if re.fullmatch(pattern or "", name)}, trip.restored
+    assert not {left.name for left in trip.dropped} & set(trip.restored)
     assert trip.checkpoint_tensors + len(trip.dropped) == len(checkpoint)
     assert trip.model_variables == len(backbone.weights)
     for left in trip.dropped:  # only what the family says the rule file skips is left out

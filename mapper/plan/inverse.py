@@ -9,19 +9,20 @@ file's ``[export] lossy_casts = "allow"``), a slice that drops values, a split w
 giving one source name. A slice that keeps one block of each leading axis (RoBERTa's position table) is undone
 when ``[[export.restore]]`` declares the tensor: the model gives the block, the ``--like`` checkpoint the rest
 (``ExportTensor.restore``). Source tensors the plan skips are not written (``dropped``), except the ones
-``[[export.tied]]`` declares copies of an exported tensor. Pure: no tensor is read.
+``[[export.tied]]`` declares copies of an exported tensor and the ones ``[[export.restore]]`` declares, copied whole
+from ``--like``. Pure: no tensor is read.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mapper.errors import OperationError, PlanError
 from mapper.ops import Combine, Concat, Operation, Slice, SplitPart, infer_all
-from mapper.plan.model import Assignment, Plan
+from mapper.plan.model import Assignment, Plan, Skip
 from mapper.plan.restore import Restored, restore_operations
 from mapper.plan.undo import exact_cast, inverse_operation, inverse_operations, rounds
 from mapper.rules.export import ExportSection
@@ -49,7 +50,8 @@ class ExportTensor:
     """One source tensor an export writes: its pieces, joined by ``combine`` when there are several.
 
     ``copy_of`` names the exported tensor a tied one repeats (its pieces are then that tensor's). ``restore``, when
-    set, says the pieces give only a block of the tensor, and the rest comes from the ``--like`` checkpoint.
+    set, says the pieces give only a block of the tensor, and the rest comes from the ``--like`` checkpoint; a
+    tensor the import skips has no pieces, and comes whole from there (``restore.whole``).
 
     Example:
         >>> t = ExportTensor("w", (2,), "float32", (Piece("v"),), RuleRef("r.toml", 1))
@@ -144,7 +146,7 @@ class Inverse:
 
     @property
     def restored(self) -> tuple[str, ...]:
-        """The tensors an export writes in part from the ``--like`` checkpoint (``[[export.restore]]``)."""
+        """The tensors an export writes in part or whole from the ``--like`` checkpoint (``[[export.restore]]``)."""
         return tuple(tensor.name for tensor in self.tensors if tensor.restore is not None)
 
     def tensor(self, name: str) -> ExportTensor | None:
@@ -159,7 +161,11 @@ class Inverse:
             'inverse of ckpt -> m: 0 tensors written, 0 dropped, 0 variables not exported, invertible'
         """
         verdict = "invertible" if self.ok else f"{plural(len(self.blockers), 'blocker')}"
-        restored = f" ({len(self.restored)} in part from --like)" if self.restored else ""
+        whole = sum(1 for tensor in self.tensors if tensor.restore is not None and tensor.restore.whole)
+        counts = [
+            f"{count} {how}" for count, how in ((len(self.restored) - whole, "in part"), (whole, "whole")) if count
+        ]
+        restored = f" ({', '.join(counts)} from --like)" if counts else ""
         return (
             f"inverse of {self.plan_source} -> {self.plan_target}: {plural(len(self.tensors), 'tensor')} written"
             f"{restored}, {len(self.dropped)} dropped, {plural(len(self.not_exported), 'variable')} not exported, "
@@ -319,50 +325,89 @@ def _is_split(assignment: Assignment) -> bool:
     return bool(assignment.operations) and isinstance(assignment.operations[0], SplitPart)
 
 
-def _tied(plan: Plan, section: ExportSection, builder: _Builder) -> tuple[list[ExportTensor], list[Left]]:
-    """Tied copies of exported tensors for the skipped source tensors ``[[export.tied]]`` names; the rest dropped."""
-    written = {tensor.name: tensor for tensor in builder.tensors}
-    copies: list[ExportTensor] = []
+def _tied_copy(
+    skip: Skip, original: str, written: Mapping[str, ExportTensor], builder: _Builder
+) -> ExportTensor | None:
+    """The copy ``[[export.tied]]`` makes of exported ``original`` for skipped ``skip``; None (a blocker) if it cannot."""
+    tensor = written.get(original)
+    if tensor is None:
+        builder.block(
+            skip.rule,
+            (skip.name,),
+            f"[[export.tied]] makes {skip.name!r} a copy of {original!r}, which the export does not write; "
+            f"correct same_as (it writes {quoted(sorted(written))})",
+        )
+        return None
+    if skip.source_shape is not None and skip.source_shape != tensor.shape:
+        builder.block(
+            skip.rule,
+            (skip.name,),
+            f"[[export.tied]] makes {skip.name!r} {format_shape(skip.source_shape)} a copy of {original!r}, "
+            f"which is {format_shape(tensor.shape)}",
+        )
+        return None
+    return ExportTensor(
+        skip.name,
+        tensor.shape,
+        tensor.dtype,
+        tensor.pieces,
+        skip.rule,
+        tensor.combine,
+        copy_of=original,
+        restore=tensor.restore,
+    )
+
+
+def _restored_whole(
+    skip: Skip, reason: str, sources: Mapping[str, TensorSpec] | None, builder: _Builder
+) -> ExportTensor | None:
+    """Skipped ``skip`` copied whole from ``--like`` (``[[export.restore]]``); None (a blocker) without its dtype."""
+    spec = None if sources is None else sources.get(skip.name)
+    if spec is None:
+        builder.block(
+            skip.rule,
+            (skip.name,),
+            f"[[export.restore]] copies the skipped {skip.name!r} whole from --like, but the inverse was not given "
+            "the checkpoint's specs to take its shape and dtype from: pass sources= (mapper.invert does)",
+        )
+        return None
+    return ExportTensor(spec.name, spec.shape, spec.dtype, (), skip.rule, restore=Restored(spec.name, None, reason))
+
+
+def _skipped(
+    plan: Plan, section: ExportSection, sources: Mapping[str, TensorSpec] | None, builder: _Builder
+) -> tuple[list[ExportTensor], list[Left]]:
+    """The skipped source tensors an export writes anyway, and the rest (dropped).
+
+    ``[[export.tied]]`` makes a copy of an exported tensor; else ``[[export.restore]]`` copies it whole from ``--like``.
+    """
+    exported = {tensor.name: tensor for tensor in builder.tensors}
+    written: list[ExportTensor] = []
     dropped: list[Left] = []
     for skip in plan.skips:
         if skip.side != "source":
             continue
         original = next((found for tied in section.tied if (found := tied.source_of(skip.name)) is not None), None)
-        if original is None:
+        entry = section.restore_for(skip.name) if original is None else None
+        if original is not None:
+            tensor = _tied_copy(skip, original, exported, builder)
+        elif entry is not None:
+            tensor = _restored_whole(skip, entry.reason, sources, builder)
+        else:
             dropped.append(Left(skip.name, skip.reason, skip.rule))
             continue
-        tensor = written.get(original)
-        if tensor is None:
-            builder.block(
-                skip.rule,
-                (skip.name,),
-                f"[[export.tied]] makes {skip.name!r} a copy of {original!r}, which the export does not write; "
-                f"correct same_as (it writes {quoted(sorted(written))})",
-            )
-        elif skip.source_shape is not None and skip.source_shape != tensor.shape:
-            builder.block(
-                skip.rule,
-                (skip.name,),
-                f"[[export.tied]] makes {skip.name!r} {format_shape(skip.source_shape)} a copy of {original!r}, "
-                f"which is {format_shape(tensor.shape)}",
-            )
-        else:
-            copies.append(
-                ExportTensor(
-                    skip.name,
-                    tensor.shape,
-                    tensor.dtype,
-                    tensor.pieces,
-                    skip.rule,
-                    tensor.combine,
-                    copy_of=original,
-                    restore=tensor.restore,
-                )
-            )
-    return copies, dropped
+        if tensor is not None:
+            written.append(tensor)
+    return written, dropped
 
 
-def invert(plan: Plan, export: ExportSection | None = None, *, lossy_casts: bool | None = None) -> Inverse:
+def invert(
+    plan: Plan,
+    export: ExportSection | None = None,
+    *,
+    lossy_casts: bool | None = None,
+    sources: Mapping[str, TensorSpec] | None = None,
+) -> Inverse:
     """The plan run backwards: how to write the plan's source tensors again from the target's variables.
 
     Args:
@@ -370,6 +415,8 @@ def invert(plan: Plan, export: ExportSection | None = None, *, lossy_casts: bool
         export: the rule file's ``[export]`` table (``rules.export``): tied weights, tensors restored in part from
             ``--like``, whether lossy casts back are allowed.
         lossy_casts: allow (True) or refuse (False) casts back that round, overriding ``export``.
+        sources: the specs of the checkpoint the plan reads: the shape and dtype of a skipped tensor that
+            ``[[export.restore]]`` copies whole from ``--like`` (without them, such a tensor blocks).
 
     Returns:
         The Inverse; ``inverse.blockers`` says, per rule, what cannot be run backwards and why.
@@ -401,7 +448,7 @@ def invert(plan: Plan, export: ExportSection | None = None, *, lossy_casts: bool
             builder.single(assignment)
     for parts in splits.values():
         builder.split(parts)
-    copies, dropped = _tied(plan, section, builder)
+    copies, dropped = _skipped(plan, section, sources, builder)
     tensors = [*builder.tensors, *copies]
     _check_one_to_one(tensors, builder)
     not_exported = [Left(skip.name, skip.reason, skip.rule) for skip in plan.skips if skip.side == "target"] + [
@@ -448,13 +495,20 @@ def _check_one_to_one(tensors: Sequence[ExportTensor], builder: _Builder) -> Non
 def check_elements(tensor: ExportTensor, specs: dict[str, TensorSpec]) -> None:
     """Raise OperationError unless the pieces, run on variables of ``specs``, give the tensor's shape and dtype.
 
-    For a tensor restored in part from ``--like``, the pieces give the block the model holds.
+    For a tensor restored in part from ``--like``, the pieces give the block the model holds; one restored whole
+    has none.
 
     Example:
         >>> from mapper.ops import Transpose
         >>> t = ExportTensor("w", (3, 2), "float32", (Piece("v", (Transpose((1, 0)),)),), None)
         >>> check_elements(t, {"v": TensorSpec("v", (2, 3), "float32")})
     """
+    if not tensor.pieces:
+        if tensor.restore is None or not tensor.restore.whole:
+            raise OperationError(
+                f"{tensor.name!r}: no variable gives it, and it is not restored whole", operation="export"
+            )
+        return
     shapes = []
     dtype = tensor.dtype
     for piece in tensor.pieces:

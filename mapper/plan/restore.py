@@ -3,7 +3,8 @@
 A rule whose slice keeps one block of each leading axis (RoBERTa's position table: ``slice = "2:"``) cannot be
 undone from the model alone: the dropped rows are nowhere in it. When ``[[export.restore]]`` declares the source
 tensor, the export undoes the other operations to get the block, and writes it in place in the ``--like``
-checkpoint's tensor of that name. Pure: no tensor is read here.
+checkpoint's tensor of that name. A tensor the import skips, when declared, is copied whole from ``--like``
+(``Restored.whole``). Pure: no tensor is read here.
 """
 
 from __future__ import annotations
@@ -21,28 +22,38 @@ from mapper.specs import format_shape
 class Restored:
     """Where the model's values go in a source tensor; everything else comes from ``--like``'s tensor ``like_name``.
 
-    ``region`` holds ``(start, stop)`` along each leading axis; the axes after them are whole.
+    ``region`` holds ``(start, stop)`` along each leading axis; the axes after them are whole. A region of None
+    means the model gives nothing: the import skips the tensor, and the export copies it whole from ``--like``.
 
     Example:
         >>> restored = Restored("pos", ((2, 26),), "padding rows")
         >>> restored.part_shape((26, 16)), restored.describe()
         ((24, 16), "rows 2:26 of axis 0 from the model, the rest from --like's 'pos'")
+        >>> Restored("types", None, "skipped").describe()
+        "the whole tensor from --like's 'types' (the import skips it)"
     """
 
     like_name: str
-    region: tuple[tuple[int, int], ...]
+    region: tuple[tuple[int, int], ...] | None
     reason: str
 
+    @property
+    def whole(self) -> bool:
+        """Whether all of the tensor comes from ``--like`` (the import skips it)."""
+        return self.region is None
+
     def part_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        """The shape of the block the model gives, in a source tensor of ``shape``."""
-        return _block_shape(self.region, shape)
+        """The shape of the block the model gives, in a source tensor of ``shape`` (``(0,)`` when it gives none)."""
+        return (0,) if self.region is None else _block_shape(self.region, shape)
 
     def index(self) -> tuple[slice, ...]:
-        """The index of the block, for ``array[...]``."""
-        return tuple(slice(start, stop) for start, stop in self.region)
+        """The index of the block, for ``array[...]`` (an empty block when the model gives none)."""
+        return (slice(0, 0),) if self.region is None else tuple(slice(start, stop) for start, stop in self.region)
 
     def describe(self) -> str:
         """The block in words, for reports and errors."""
+        if self.region is None:
+            return f"the whole tensor from --like's {self.like_name!r} (the import skips it)"
         axes = [f"{start}:{stop} of axis {axis}" for axis, (start, stop) in enumerate(self.region)]
         return f"rows {', '.join(axes)} from the model, the rest from --like's {self.like_name!r}"
 

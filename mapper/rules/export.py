@@ -68,12 +68,13 @@ class Tied(Frozen):
 
 
 class Restore(Frozen):
-    """One ``[[export.restore]]`` entry: source tensors whose import drops part of them, written back from ``--like``.
+    """One ``[[export.restore]]`` entry: source tensors an import drops (in part or whole), written back from ``--like``.
 
     RoBERTa's position table is the case: the import slices off the rows before ``padding_idx`` (``slice = "2:"``),
     so the model does not hold them; an export writes the model's rows after those of the ``--like`` checkpoint.
     Only a slice that keeps one block of each leading axis (step 1) is restored this way, and only when nothing but
-    casts comes before it in the rule's operations.
+    casts comes before it in the rule's operations. A tensor the import skips (RoBERTa's token type table) is
+    copied whole from ``--like``.
 
     Example:
         >>> restore = Restore(match=r"(?:roberta\\.)?embeddings\\.position_embeddings\\.weight", reason="padding rows")
@@ -83,7 +84,7 @@ class Restore(Frozen):
 
     match: str = Field(
         description="A regular expression over source names (as the reference lists them, matching all of the "
-        "name) whose dropped values an export takes from the --like checkpoint."
+        "name) whose dropped values an export takes from the --like checkpoint (all of them, for a skipped tensor)."
     )
     reason: str = Field(
         json_schema_extra=NOT_BLANK,
@@ -134,8 +135,9 @@ class ExportSection(Frozen):
     restore: tuple[Restore, ...] = Field(
         (),
         strict=False,
-        description="Source tensors whose import drops part of them (a slice of leading rows): an export writes "
-        "that part back from the --like checkpoint, around the model's values.",
+        description="Source tensors whose import drops part of them (a slice of leading rows) or all of them (a "
+        "skip): an export writes that part back from the --like checkpoint, around the model's values, or copies "
+        "the skipped tensor whole.",
     )
 
     def restore_for(self, name: str) -> Restore | None:

@@ -1,8 +1,8 @@
 """Carrying out an inverse plan: a model's variables written as a Hugging Face safetensors checkpoint, sharded if large.
 
 Every tensor is computed from the model's variables (the inverse operations, then a join; a tensor restored in part
-from ``--like`` around that tensor read from it), written and released before the next, so memory stays near the
-largest tensor. The files are written into a temporary directory inside
+from ``--like`` around that tensor read from it; one restored whole read from it as it is), written and released
+before the next, so memory stays near the largest tensor. The files are written into a temporary directory inside
 the output directory, each through the safetensors writer (under a temporary name, moved into place when complete),
 and moved into the output directory only when all are complete, the index last; if anything fails, nothing at the
 output changes.
@@ -27,6 +27,7 @@ from mapper.interrupts import sigterm_raises
 from mapper.ops import NUMPY, apply_numpy
 from mapper.outputs.writers import SafetensorsWriter
 from mapper.plan.inverse import ExportTensor, Inverse, NotInvertibleError, check_elements
+from mapper.plan.restore import Restored
 from mapper.sources.base import Source
 from mapper.specs import TensorSpec, format_shape
 from mapper.targets.base import VariableTarget
@@ -185,8 +186,12 @@ def _value(variable: Any) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(variable))
 
 
+def _how(restore: Restored) -> str:
+    return "whole" if restore.whole else "in part"
+
+
 def check_restorable(inverse: Inverse, like: Source | None) -> None:
-    """Raise RestoreError unless ``like`` holds every tensor the export restores in part, with its shape and dtype.
+    """Raise RestoreError unless ``like`` holds every tensor the export restores (in part or whole), as it writes it.
 
     Example:
         >>> from mapper.sources.memory import MemorySource
@@ -202,7 +207,8 @@ def check_restorable(inverse: Inverse, like: Source | None) -> None:
         return
     if like is None:
         raise RestoreError(
-            f"the export writes {quoted([tensor.name for tensor, _ in restoring])} in part from the --like checkpoint "
+            f"the export writes {quoted([tensor.name for tensor, _ in restoring])} {_how(restoring[0][1])} from the "
+            "--like checkpoint "
             f"([[export.restore]]: {restoring[0][1].reason}), but it was given only names and shapes: pass the "
             "checkpoint the model was imported from as --like (like=path or Source)",
             names=[tensor.name for tensor, _ in restoring],
@@ -213,7 +219,7 @@ def check_restorable(inverse: Inverse, like: Source | None) -> None:
         if found is None or found.shape != tensor.shape or found.dtype != tensor.dtype:
             there = "not there" if found is None else f"{format_shape(found.shape)} {found.dtype} there"
             raise RestoreError(
-                f"cannot restore {tensor.name!r} in part from --like ({like.description}): it is {there}, but the "
+                f"cannot restore {tensor.name!r} {_how(restore)} from --like ({like.description}): it is {there}, but the "
                 f"export writes {format_shape(tensor.shape)} {tensor.dtype} ({restore.describe()}); pass the "
                 "checkpoint the model was imported from as --like",
                 names=(tensor.name,),
@@ -224,7 +230,8 @@ def check_restorable(inverse: Inverse, like: Source | None) -> None:
 def tensor_value(tensor: ExportTensor, variables: Mapping[str, Any], like: Source | None = None) -> np.ndarray:
     """The value of one exported tensor: each piece's variable through its operations, joined if there are several.
 
-    A tensor restored in part (``tensor.restore``) is ``like``'s tensor with the block the model gives written in.
+    A tensor restored in part (``tensor.restore``) is ``like``'s tensor with the block the model gives written in;
+    one restored whole (the import skips it) is ``like``'s tensor as it is.
 
     Example:
         >>> from mapper.ops import Transpose
@@ -233,23 +240,34 @@ def tensor_value(tensor: ExportTensor, variables: Mapping[str, Any], like: Sourc
         >>> tensor_value(t, {"v": np.arange(6, dtype="float32").reshape(2, 3)}).tolist()
         [[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]]
     """
-    parts = [apply_numpy(piece.operations, _value(variables[piece.variable])) for piece in tensor.pieces]
-    result: np.ndarray = parts[0] if tensor.combine is None else tensor.combine.apply(parts, NUMPY)
-    if tensor.restore is None:
-        return result
+    restore = tensor.restore
+    if restore is None:
+        return _from_model(tensor, variables)
     if like is None:
-        raise RestoreError(f"{tensor.name!r} is restored in part from --like, and none is given", names=(tensor.name,))
-    # A copy: the source's buffer is read-only or someone else's. One tensor read, then written into.
-    whole = np.array(like.read([tensor.restore.like_name])[tensor.restore.like_name])
-    if whole.shape != tensor.shape or str(whole.dtype) != tensor.dtype:
         raise RestoreError(
-            f"{tensor.restore.like_name!r} in --like is {format_shape(whole.shape)} {whole.dtype}, not "
+            f"{tensor.name!r} is restored {_how(restore)} from --like, and none is given", names=(tensor.name,)
+        )
+    read = np.asarray(like.read([restore.like_name])[restore.like_name])
+    if read.shape != tensor.shape or str(read.dtype) != tensor.dtype:
+        raise RestoreError(
+            f"{restore.like_name!r} in --like is {format_shape(read.shape)} {read.dtype}, not "
             f"{format_shape(tensor.shape)} {tensor.dtype}",
             names=(tensor.name,),
             path=like.description,
         )
-    whole[tensor.restore.index()] = result
+    if restore.whole:  # the import skips it: --like's tensor as it is
+        return read
+    # A copy: the source's buffer is read-only or someone else's. One tensor read, then written into.
+    whole = np.array(read)
+    whole[restore.index()] = _from_model(tensor, variables)
     return whole
+
+
+def _from_model(tensor: ExportTensor, variables: Mapping[str, Any]) -> np.ndarray:
+    """Each piece's variable through its operations, joined if there are several."""
+    parts = [apply_numpy(piece.operations, _value(variables[piece.variable])) for piece in tensor.pieces]
+    result: np.ndarray = parts[0] if tensor.combine is None else tensor.combine.apply(parts, NUMPY)
+    return result
 
 
 def check_fits(inverse: Inverse, target: VariableTarget) -> None:
@@ -300,7 +318,7 @@ def write_export(
         overwrite: replace a checkpoint already in ``directory`` (its old shards are removed once the new one is
             in place).
         progress: called as ``progress(done, total)`` in tensors after each one.
-        like: the checkpoint the model was imported from, read for the tensors the export restores in part
+        like: the checkpoint the model was imported from, read for the tensors the export restores in part or whole
             (``[[export.restore]]``; one tensor at a time); not needed when it restores none.
 
     Returns:
@@ -309,7 +327,7 @@ def write_export(
     Raises:
         NotInvertibleError: the inverse has blockers (each names its rule and why).
         TargetError: the model's variables do not fit the plan.
-        RestoreError: a tensor is restored in part, and ``like`` is missing or its tensor has another shape or dtype.
+        RestoreError: a tensor is restored from ``like``, and it is missing or its tensor has another shape or dtype.
         OutputError: the output is refused, or writing it failed (a full disk); nothing changed at the output.
         ApplyError: computing or writing a tensor failed part-way; nothing changed at the output.
 

@@ -3,7 +3,8 @@
 Both directions are compared bit for bit (shape, dtype and bytes): every source tensor the rules do not skip must
 come back as it was read, and every variable the export writes must come back as it was before the export. A tensor
 the rule file restores in part from the checkpoint (``[[export.restore]]``) is compared whole; only the block the
-model holds is proven by the export, the rest is the checkpoint's own.
+model holds is proven by the export, the rest is the checkpoint's own. A skipped tensor it restores whole is compared
+too (it is the checkpoint's, copied), and is not counted as dropped.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class RoundTrip:
     checkpoint_differences: tuple[str, ...] = ()
     model_differences: tuple[str, ...] = ()
     dropped: tuple[Left, ...] = ()  # source tensors the rules skip, which an export does not write
-    restored: tuple[str, ...] = ()  # source tensors an export writes in part from the checkpoint ([[export.restore]])
+    restored: tuple[str, ...] = ()  # source tensors an export writes in part or whole from the checkpoint
+    # ([[export.restore]])
 
     @property
     def ok(self) -> bool:
@@ -46,7 +48,7 @@ class RoundTrip:
     def summary(self) -> str:
         """One line for each direction that differs, or one line saying both came back."""
         if self.ok:
-            restored = f", {len(self.restored)} restored in part from the checkpoint" if self.restored else ""
+            restored = f", {len(self.restored)} restored from the checkpoint" if self.restored else ""
             return (
                 f"round trip: {plural(self.checkpoint_tensors, 'checkpoint tensor')} and "
                 f"{plural(self.model_variables, 'model variable')} came back bit-identical ({len(self.dropped)} dropped"
