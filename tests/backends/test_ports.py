@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ class Ported:
     """One transformers checkpoint loaded by keras-hub (the reference) and through the rule file, on one backend."""
 
     family: Family
+    directory: Path
     reference: dict[str, np.ndarray]
     initial: dict[str, np.ndarray]
     ported: dict[str, np.ndarray]
@@ -56,7 +58,7 @@ def ported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     backbone = family.keras_hub_backbone(config)
     initial = weights_by_path(backbone)
     plan = mapper.transfer(family.rules, directory, backbone)
-    return Ported(family, reference, initial, weights_by_path(backbone), backbone, plan)
+    return Ported(family, directory, reference, initial, weights_by_path(backbone), backbone, plan)
 
 
 def test_both_families_are_ported() -> None:
@@ -83,6 +85,21 @@ def test_every_weight_came_from_the_checkpoint(ported: Ported) -> None:
     assert {assignment.target for assignment in ported.plan.assignments} == set(ported.reference)
     unchanged = [path for path, value in ported.initial.items() if np.array_equal(value, ported.ported[path])]
     assert unchanged == []  # random initial values: a weight equal to its initial value was not loaded
+
+
+def test_the_ported_backbone_exports_back_to_the_checkpoint_on_this_backend(
+    ported: Ported, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``mapper export`` reads the variables through this backend: the checkpoint comes back bit for bit."""
+    from safetensors.numpy import load_file
+
+    exported = tmp_path_factory.mktemp(f"{ported.family.name}-export")
+    mapper.export(ported.family.rules, ported.backbone, exported, like=ported.directory, overwrite=True)
+    checkpoint = load_file(str(ported.directory / "model.safetensors"))
+    written = load_file(str(exported / "model.safetensors"))
+    assert written.keys() <= checkpoint.keys() and written
+    different = [name for name, value in written.items() if value.tobytes() != checkpoint[name].tobytes()]
+    assert different == []
 
 
 def test_the_ported_backbone_still_runs_on_this_backend(ported: Ported) -> None:
