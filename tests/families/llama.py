@@ -41,7 +41,12 @@ def _llama_untied() -> Any:
 FAMILIES = (
     # Llama 3.2 1B/3B style: the output projection is the token embedding, so no lm_head.weight is saved.
     Family(
-        "llama-tied-embeddings", RULES / "hf-llama-to-keras-hub.toml", "Llama3Backbone", "convert_llama3", _llama_tied
+        "llama-tied-embeddings",
+        RULES / "hf-llama-to-keras-hub.toml",
+        "Llama3Backbone",
+        "convert_llama3",
+        _llama_tied,
+        exporter="llama3",
     ),
     # Llama 3 8B style: lm_head.weight fills the embedding's reverse_embeddings.
     Family(
@@ -50,5 +55,6 @@ FAMILIES = (
         "Llama3Backbone",
         "convert_llama3",
         _llama_untied,
+        exporter="llama3",
     ),
 )
