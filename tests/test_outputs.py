@@ -647,3 +647,15 @@ def test_a_failed_background_write_is_raised_by_the_next_call_and_close_stops_th
     with pytest.raises(OSError, match="No space left"):
         background.wait()
     background.close()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ""])
+def test_writing_after_commit_is_an_output_error(tmp_path: Path, suffix: str) -> None:
+    from mapper.outputs.writers import open_writer
+
+    path = tmp_path / f"out{suffix}"
+    writer = open_writer(path, [TensorSpec("w", (2,), "float32")], format="safetensors" if suffix else "tf-checkpoint")
+    writer.write("w", np.ones(2, np.float32))
+    writer.commit()
+    with pytest.raises(OutputError, match="already committed or aborted"):
+        writer._write(TensorSpec("w", (2,), "float32"), np.ones(2, np.float32))  # past base's checks: the fd itself

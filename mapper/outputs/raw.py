@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mapper.errors import OutputError
 from mapper.outputs.base import as_numpy
 
 
@@ -49,6 +50,23 @@ def write_at(fd: int, data: memoryview, offset: int) -> None:
             raise OSError(f"writing at byte {offset} wrote nothing")
         view = view[done:]
         offset += done
+
+
+def open_descriptor(fd: int | None, path: str) -> int:
+    """``fd``, the writer's open temporary file; OutputError if the writer was already committed or aborted.
+
+    Example:
+        >>> open_descriptor(3, "out.safetensors")
+        3
+        >>> open_descriptor(None, "out.safetensors")
+        Traceback (most recent call last):
+        mapper.errors.OutputError: cannot write out.safetensors: its writer was already committed or aborted; open a new writer
+    """
+    if fd is None:
+        raise OutputError(
+            f"cannot write {path}: its writer was already committed or aborted; open a new writer", path=path
+        )
+    return fd
 
 
 class Background:
@@ -122,4 +140,4 @@ class Background:
 WRITE_CHUNK = 16 * 2**20
 
 
-__all__ = ["WRITE_CHUNK", "Background", "raw_bytes", "write_at"]
+__all__ = ["WRITE_CHUNK", "Background", "open_descriptor", "raw_bytes", "write_at"]

@@ -21,7 +21,7 @@ from mapper.dtypes import DTYPE_SIZES
 from mapper.errors import TargetError
 from mapper.outputs.base import TensorWriter
 from mapper.outputs.files import OutputFormat, replace_checkpoint
-from mapper.outputs.raw import Background, raw_bytes, write_at
+from mapper.outputs.raw import Background, open_descriptor, raw_bytes, write_at
 from mapper.sources.tf_bundle import _HOST_ENDIANNESS, DTYPE_NAMES, data_file_name, masked_crc32c
 from mapper.specs import TensorSpec
 
@@ -96,9 +96,9 @@ class CheckpointWriter(TensorWriter):
         os.ftruncate(self._fd, offset)
 
     def _write(self, spec: TensorSpec, value: Any) -> None:
-        assert self._fd is not None
+        fd = open_descriptor(self._fd, str(self.path))
         data = raw_bytes(value, order="=")  # TensorFlow writes, and reads, the machine's byte order
-        self._background.submit(self._write_tensor, self._fd, spec.name, data)
+        self._background.submit(self._write_tensor, fd, spec.name, data)
 
     def _write_tensor(self, fd: int, name: str, data: memoryview) -> None:
         """Write one tensor into its place and keep its checksum (on the background thread)."""
@@ -109,9 +109,9 @@ class CheckpointWriter(TensorWriter):
         self._background.end_batch()
 
     def _finish(self) -> None:
-        assert self._fd is not None
+        fd = open_descriptor(self._fd, str(self.path))
         self._background.wait()
-        os.fsync(self._fd)
+        os.fsync(fd)
         self._close()
         entries = (
             (spec.name, spec.dtype, spec.shape, self._offsets[spec.name], spec.nbytes, self._checksums[spec.name])

@@ -24,7 +24,7 @@ from mapper.errors import OutputError, TargetError
 from mapper.outputs.base import FileWriter, TensorWriter, as_numpy
 from mapper.outputs.faults import h5_size
 from mapper.outputs.files import OutputFormat, output_format, replace_checkpoint
-from mapper.outputs.raw import Background, raw_bytes, write_at
+from mapper.outputs.raw import Background, open_descriptor, raw_bytes, write_at
 from mapper.outputs.tf_bundle_writer import CheckpointWriter, raw_dtype
 from mapper.sources.safetensors import DTYPES as SAFETENSORS_DTYPES
 from mapper.specs import TensorSpec
@@ -138,16 +138,16 @@ class SafetensorsWriter(FileWriter):
             raise
 
     def _write(self, spec: TensorSpec, value: Any) -> None:
-        assert self._fd is not None
-        self._background.submit(write_at, self._fd, raw_bytes(value), self._data_start + self._offsets[spec.name])
+        fd = open_descriptor(self._fd, str(self.path))
+        self._background.submit(write_at, fd, raw_bytes(value), self._data_start + self._offsets[spec.name])
 
     def _end_batch(self) -> None:
         self._background.end_batch()
 
     def _finish(self) -> None:
-        assert self._fd is not None
+        fd = open_descriptor(self._fd, str(self.path))
         self._background.wait()
-        os.fsync(self._fd)  # once, for the whole file: what the rename into place needs to be durable
+        os.fsync(fd)  # once, for the whole file: what the rename into place needs to be durable
         self._close()
 
     def _close(self) -> None:
