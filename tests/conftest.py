@@ -52,23 +52,18 @@ if os.environ.get("KERAS_BACKEND") == "jax":
     os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
 
-# Doctests whose examples need TensorFlow only through what they call: converting a MemorySource streams its values
-# through mapper.run.batches.ValueStream, which imports TensorFlow.
-_DOCTESTS_NEEDING_TF = frozenset({"mapper.api.convert", "mapper.run.convert.write_plan"})
+def _imported(node: ast.AST) -> list[str]:
+    """The top-level package names an import statement imports; [] for any other node (relative imports too)."""
+    if isinstance(node, ast.Import):
+        return [alias.name.split(".")[0] for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return [node.module.split(".")[0]]
+    return []
 
 
 def _imports_blocked(source: str) -> bool:
     """Whether Python ``source`` imports a blocked package anywhere (most modules do it inside the function)."""
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        else:
-            continue
-        if any(name.split(".")[0] in BLOCKED for name in names):
-            return True
-    return False
+    return any(name in BLOCKED for node in ast.walk(ast.parse(source)) for name in _imported(node))
 
 
 @functools.cache
@@ -78,10 +73,10 @@ def _imports_tensorflow(path: Path) -> bool:
 
 
 def _doctest_needs_tf(item: pytest.Item) -> bool:
-    """A doctest needs TensorFlow if its module imports it, one of its examples does, or it is listed above."""
+    """A doctest needs TensorFlow if its module imports it or one of its examples does."""
     if not isinstance(item, pytest.DoctestItem) or item.dtest is None:
         return False
-    if item.name in _DOCTESTS_NEEDING_TF or (item.path.suffix == ".py" and _imports_tensorflow(item.path)):
+    if item.path.suffix == ".py" and _imports_tensorflow(item.path):
         return True
     return any(_imports_blocked(example.source) for example in item.dtest.examples)
 
@@ -115,16 +110,8 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 @functools.cache
 def _imports_at_top(path: Path, packages: tuple[str, ...]) -> bool:
     """Whether the module at ``path`` imports one of ``packages`` outside any function or class."""
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        else:
-            continue
-        if any(name.split(".")[0] in packages for name in names):
-            return True
-    return False
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    return any(name in packages for node in body for name in _imported(node))
 
 
 def _check_backend_modules(items: list[pytest.Item]) -> None:
