@@ -12,11 +12,10 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from families import Family, all_families
+from families import Family, all_families, weights_by_path
 
 import mapper
 from mapper.plan import Plan
@@ -38,11 +37,6 @@ class Loaded:
     initial: dict[str, np.ndarray]
     ported: dict[str, np.ndarray]
     plan: Plan
-
-
-def weights_by_path(model: Any) -> dict[str, np.ndarray]:
-    """Every weight of a Keras model by its path, as NumPy arrays."""
-    return {weight.path: np.array(weight.numpy()) for weight in model.weights}
 
 
 @pytest.fixture(scope="module", params=FAMILIES, ids=[family.name for family in FAMILIES])

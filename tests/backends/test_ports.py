@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from families import RULES, Family, all_families
+from families import RULES, Family, all_families, weights_by_path
 
 import mapper
 from mapper.plan import Plan
@@ -42,11 +42,6 @@ class Ported:
     ported: dict[str, np.ndarray]
     backbone: Any
     plan: Plan
-
-
-def weights_by_path(model: Any) -> dict[str, np.ndarray]:
-    """Every weight of a Keras model by its path, as NumPy arrays (copied off the backend's tensors)."""
-    return {weight.path: np.array(keras.ops.convert_to_numpy(weight.value)) for weight in model.weights}
 
 
 @pytest.fixture(scope="module", params=FAMILIES, ids=[family.name for family in FAMILIES])

@@ -143,6 +143,13 @@ def position_ids(prefix: str) -> Callable[[Mapping[str, Any]], dict[str, np.ndar
     return buffers
 
 
+def weights_by_path(model: Any) -> dict[str, np.ndarray]:
+    """Every weight of a Keras model by its path, as NumPy arrays copied off the backend's tensors (any backend)."""
+    import keras
+
+    return {weight.path: np.array(keras.ops.convert_to_numpy(weight.value)) for weight in model.weights}
+
+
 def seeded(seed: int) -> None:
     """Seed torch so that a family's random weights are the same in every run."""
     import torch
