@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -1603,3 +1606,22 @@ def test_fused_transforms_copy_once_and_match_numpy(
     else:
         writable(source.returned["w"]).reshape(-1)[0] = 12345.0
         assert target.variables["t"].numpy().reshape(-1)[0] == 12345.0
+
+
+def test_tensorflow_targets_are_refused_on_jax_where_tensorflow_is_installed() -> None:
+    """The backends run blocks TensorFlow, so this case runs here: JAX backend, TensorFlow importable, a tf.Module."""
+    root = Path(__file__).resolve().parent.parent
+    test = "tests/backends/test_apply_keras.py::test_tensorflow_targets_need_the_tensorflow_backend"
+    environment = {key: value for key, value in os.environ.items() if key != "MAPPER_TEST_BLOCK_TF"}
+    environment |= {"KERAS_BACKEND": "jax", "PYTHONPATH": str(root)}
+    finished = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        cwd=root,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stdout[-2000:]
+    assert "1 passed" in finished.stdout
