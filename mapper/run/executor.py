@@ -23,9 +23,10 @@ from mapper.run.batches import (
     resolve_sources,
 )
 from mapper.run.deferral import signals_deferred
+from mapper.run.direct import Staging, split_batch, write_direct
 from mapper.run.slots import Slots, check_targets
 from mapper.run.values import assignment_value, check_reads, host_value, transform
-from mapper.sources.base import Source, VerifyingSource
+from mapper.sources.base import DirectSource, Source, VerifyingSource
 from mapper.targets.base import VariableTarget
 from mapper.text import first_line, quoted, s
 
@@ -345,6 +346,8 @@ class _Run:
         # The assignment being transformed or assigned, if any: the error message is built from it only on failure.
         self.current: Assignment | None = None
         self.action = ""
+        self.writing: str | None = None  # a variable being written in place: it may hold part of its new value
+        self.staging = Staging()
 
     def verify(self, batches: Sequence[Batch]) -> None:
         """Read every batch once and check what it gives, changing nothing; ApplyError (target unchanged) if one fails.
@@ -371,15 +374,18 @@ class _Run:
     def execute(self, batches: Sequence[Batch], method: str, progress: Callable[[int, int], None] | None) -> None:
         """The assignment pass."""
         total = len(self.plan.assignments)
-        self.order = [assignment.target for batch in batches for assignment in batch.assignments]
+        split = [self._split(batch, method) for batch in batches]
+        self.order = [a.target for direct, rest in split for a in (*direct, *rest.assignments)]
         assign = self._assign_tf if self.slots.tensorflow else self._assign_host
         try:
-            for number, batch in enumerate(batches, 1):
+            for number, (batch, (direct, rest)) in enumerate(zip(batches, split, strict=True), 1):
                 if self.mode == "memory":
                     self.step = f"saving the previous values of batch {number} of {len(batches)}"
                     self._save(batch.assignments)
                 if method == "assign":
-                    assign(number, len(batches), batch)
+                    self._write_direct(number, len(batches), batch, direct)
+                    if rest.assignments:
+                        assign(number, len(batches), rest)
                 else:
                     self._init_batch(number, len(batches), batch)
                 self.bytes_read += batch.nbytes
@@ -393,6 +399,29 @@ class _Run:
             if self.mode == "memory":
                 self._restore()
             raise
+
+    def _split(self, batch: Batch, method: str) -> tuple[tuple[Assignment, ...], Batch]:
+        """The batch's assignments written directly (not in "memory" mode, whose snapshots keep the old buffers)."""
+        if method != "assign" or self.mode == "memory":
+            return (), batch
+        return split_batch(batch, self.sources[batch.source_id], self.slots.by_name)
+
+    def _write_direct(self, number: int, count: int, batch: Batch, direct: Sequence[Assignment]) -> None:
+        if not direct:
+            return
+        chosen = self.sources[batch.source_id]
+        assert isinstance(chosen, DirectSource)  # split_batch writes directly only from one
+        self.step = f"batch {number} of {count} (read straight into the variables) from {chosen.description}"
+        slots = self.slots.by_name
+        for assignment in direct:
+            self.current, self.action = assignment, "reading into the variable"
+            slot = slots[assignment.target]
+            # A slot that fills its variable's own memory leaves it partly written if the read fails midway.
+            self.writing = assignment.target if slot.fills_own_memory else None
+            write_direct(assignment, chosen, slot, self.staging)
+            self.writing = None
+            self.touched += 1
+        self.current = None
 
     def _save(self, assignments: Sequence[Assignment]) -> None:
         slots = self.slots.by_name
@@ -475,7 +504,7 @@ class _Run:
             step = f"{self.action} {current.source!r} for {current.target!r} ({current.rule}) in {step}"
         head = f"applying the plan to {self.target.description} failed while {step}: {type(error).__name__}: "
         head += first_line(error)
-        nothing = not self.touched and not self.partial
+        nothing = not self.touched and not self.partial and self.writing is None
         unchanged = f"{head}\nno variable had been assigned yet, so {self.target.description} is unchanged; fix the "
         unchanged += "cause and apply again"
         if self.mode != "memory":
@@ -504,6 +533,8 @@ class _Run:
             return PartialApplyError(message, assigned=done, not_assigned=rest)
         total = len(self.plan.assignments)
         more = " (and possibly some of the failing batch)" if self.partial else ""
+        if self.writing is not None:
+            more = f" ({self.writing!r}, being read into its own memory, holds part of its new value)"
         why = (
             "with rollback='off' nothing is restored"
             if self.mode == "off"

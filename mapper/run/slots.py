@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import difflib
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -16,6 +16,10 @@ from mapper.run.values import aligned_empty, spec_text, writable_view
 from mapper.targets.base import VariableTarget
 
 TENSORFLOW = "tensorflow"
+# Dtypes a variable can be given in place from host memory (what DLPack carries and NumPy holds natively).
+_IN_PLACE_DTYPES = frozenset(
+    ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+)
 # Keras backends whose variables this module assigns; NumPy and OpenVINO variables cannot be assigned in place.
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -210,6 +214,31 @@ class TFSlot:
         else:
             self.variable.assign(value, read_value=False)
 
+    fills_own_memory: ClassVar[bool] = False  # write_in_place fills a staging buffer, then one op copies it
+
+    def writes_in_place(self, dtype: str) -> bool:
+        """Whether ``write_in_place`` can give this variable a value of ``dtype``.
+
+        It can for an eager plain resource variable of rank 1 or more and a dtype DLPack carries (not under a
+        distribution strategy: replicas take ``assign``).
+        """
+        return self.fast and dtype in _IN_PLACE_DTYPES and bool(self.variable.shape.rank)
+
+    def write_in_place(self, fill: Callable[[np.ndarray], None], staging: Any) -> None:
+        """``fill`` the value into ``staging``, then copy it into the variable's own buffer.
+
+        The copy is a ``ResourceScatterUpdate`` over every row, so no buffer of the variable's size is allocated.
+        TensorFlow copies the variable first if anything else still holds its buffer (copy on write), as any update
+        in place does.
+        """
+        tf = self.tf
+        shape = tuple(self.variable.shape.as_list())
+        host = staging.array(shape, self.variable.dtype.name)
+        fill(host)
+        updates = tf.experimental.dlpack.from_dlpack(host.__dlpack__())
+        rows = tf.range(shape[0], dtype=tf.int64 if shape[0] > 2**31 - 1 else tf.int32)
+        tf.raw_ops.ResourceScatterUpdate(resource=self.variable.handle, indices=rows, updates=updates)
+
     def snapshot(self) -> list[tuple[Any, Any]]:
         """The present value of each part, without a copy.
 
@@ -345,6 +374,24 @@ class TorchSlot:
     def assign(self, host: np.ndarray, *, owned: bool) -> None:  # noqa: ARG002 - Keras copies into the parameter
         """Hand ``host`` to torch without a copy (``torch.from_numpy``); Keras copies it into the parameter."""
         self.variable.assign(to_torch(host))
+
+    fills_own_memory: ClassVar[bool] = True  # write_in_place reads into the parameter itself
+
+    def writes_in_place(self, dtype: str) -> bool:
+        """Whether ``write_in_place`` can fill this parameter: a contiguous CPU tensor of a dtype NumPy holds."""
+        value = self.variable._value  # not .value, which an autocast scope would hand out as a cast copy
+        return dtype in _IN_PLACE_DTYPES and value.device.type == "cpu" and bool(value.is_contiguous())
+
+    def write_in_place(self, fill: Callable[[np.ndarray], None], staging: Any) -> None:  # noqa: ARG002 - no copy
+        """``fill`` the parameter's own memory, as Keras's assign (``copy_``) would change it, without a buffer between.
+
+        The parameter's version counter is bumped, as an in-place torch operation does, so autograd still notices.
+        """
+        import torch
+
+        value = self.variable._value
+        fill(value.detach().numpy())
+        torch.autograd.graph.increment_version(value)
 
     def snapshot(self) -> Any:
         """A copy of the present value: torch parameters change in place, so this costs the variable's size."""

@@ -365,9 +365,11 @@ def read_at(handle: Any, view: memoryview, offset: int) -> int:
     return done
 
 
-# Verification reads go through one buffer of this size, reused: large enough that a read costs little per call,
-# small enough to stay in cache and never to count as memory.
-VERIFY_CHUNK = 4 * 2**20
+# Reads go through one buffer of this size, reused: small enough to stay in the core's L2 cache. Measured on the
+# 2-core VM, 418 MiB from the page cache: 0.06 s through a 128 KiB buffer, 0.27-0.32 s through one of 256 KiB or
+# more or straight into a tensor-sized buffer (the kernel's copy is slow into lines not in cache); through this
+# buffer and then NumPy's copy into the tensor's buffer, 0.10 s.
+VERIFY_CHUNK = 128 * 2**10
 
 
 def scan_at(
@@ -397,3 +399,53 @@ def scan_at(
         if got < want:
             break
     return done
+
+
+def copy_at(
+    handle: Any,
+    offset: int,
+    destination: memoryview,
+    scratch: np.ndarray,
+    each: Callable[[memoryview], None] | None = None,
+) -> int:
+    """Fill ``destination`` (bytes) from the file at ``offset`` through ``scratch``, calling ``each`` on every chunk.
+
+    Faster than one positional read straight into a large destination (see ``VERIFY_CHUNK``), and ``each`` (a
+    checksum) sees every chunk while it is still in cache. Returns the count copied: less than the destination's
+    length if the file ends first (the caller names the error).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryFile() as file:
+        ...     _ = file.write(b"0123456789")
+        ...     file.flush()
+        ...     target = bytearray(6)
+        ...     copy_at(file, 3, memoryview(target), np.empty(4, np.uint8)), bytes(target)
+        (6, b'345678')
+    """
+    done = 0
+    total = len(destination)
+
+    def land(chunk: memoryview) -> None:
+        nonlocal done
+        if each is not None:
+            each(chunk)
+        destination[done : done + len(chunk)] = chunk
+        done += len(chunk)
+
+    scan_at(handle, offset, total, scratch, land)
+    return done
+
+
+def writable_bytes(array: Any) -> memoryview:
+    """The memory of a writable C-contiguous array as a flat byte view, without a copy; ValueError if it is not one.
+
+    Example:
+        >>> array = np.zeros(2, "float32")
+        >>> view = writable_bytes(array)
+        >>> view[:4] = np.float32(1.5).tobytes(); len(view), array.tolist()
+        (8, [1.5, 0.0])
+    """
+    if not isinstance(array, np.ndarray) or not array.flags.c_contiguous or not array.flags.writeable:
+        raise ValueError("the destination must be a writable, C-contiguous NumPy array")
+    return array.reshape(-1).view(np.uint8).data

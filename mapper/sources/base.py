@@ -75,3 +75,29 @@ class VerifyingSource(Protocol):
     def verify(self, names: Sequence[str]) -> None:
         """Check that the named tensors read in full; raises SourceError (CorruptSourceError) naming one that does not."""
         ...
+
+
+@runtime_checkable
+class DirectSource(Protocol):
+    """A source that can read one tensor straight into memory the caller owns, such as a variable's own buffer.
+
+    ``reads_into(name)`` says whether ``read_into`` can serve that tensor (one whole tensor stored as raw bytes
+    in this machine's byte order). ``read_into(name, destination)`` fills ``destination``, a writable C-contiguous
+    array of the tensor's byte length, with the same checks as ``read`` (lengths; checksums where the format
+    stores them); if a check fails, it raises and ``destination`` holds some of the bytes. The executor uses it to
+    assign without allocating a tensor-sized buffer (fresh memory costs page faults).
+
+    Example:
+        >>> from mapper.sources.memory import MemorySource
+        >>> import numpy as np
+        >>> isinstance(MemorySource({"w": np.zeros(2)}), DirectSource)
+        False
+    """
+
+    def reads_into(self, name: str) -> bool:
+        """Whether ``read_into`` can read tensor ``name``."""
+        ...
+
+    def read_into(self, name: str, destination: Any) -> None:
+        """Fill ``destination`` with tensor ``name``'s bytes; raises SourceError (CorruptSourceError) if it cannot."""
+        ...

@@ -6,6 +6,7 @@ import io
 import math
 import os
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +20,18 @@ from mapper.sources._common import (
     VERIFY_CHUNK,
     aligned_buffer,
     check_names,
+    copy_at,
     files_with_suffix,
     head,
     index_weight_map,
     little_endian,
     numpy_dtype,
     parse_json,
-    read_at,
     scan_at,
     shard_files,
     short_repr,
     weight_map_suffixes,
+    writable_bytes,
 )
 from mapper.specs import TensorSpec, VariableMap
 from mapper.text import quoted
@@ -242,9 +244,52 @@ class SafetensorsSource:
         for file, entries in by_file.items():
             self._with_file(file, entries, lambda handle, entry: _verify_entry(handle, entry, buffer))
 
+    def reads_into(self, name: str) -> bool:
+        """Whether ``read_into`` reads tensor ``name``: any tensor of the source, on a little-endian machine.
+
+        Example:
+            >>> import sys, tempfile
+            >>> from safetensors.numpy import save_file
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     save_file({"w": np.zeros(2, "float32")}, f"{tmp}/x.safetensors")
+            ...     SafetensorsSource(f"{tmp}/x.safetensors").reads_into("w") == (sys.byteorder == "little")
+            True
+        """
+        return name in self._entries and sys.byteorder == "little"
+
+    def read_into(self, name: str, destination: Any) -> None:
+        """Fill ``destination`` (a writable C-contiguous array of the tensor's byte length) with tensor ``name``.
+
+        The same checks as ``read``, through one small buffer: nothing tensor-sized is allocated.
+
+        Raises:
+            SourceError: ``reads_into(name)`` is false, or ``destination`` has another byte length.
+            CorruptSourceError: as ``read``.
+
+        Example:
+            >>> import tempfile
+            >>> from safetensors.numpy import save_file
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     save_file({"w": np.arange(3, dtype="int32")}, f"{tmp}/x.safetensors")
+            ...     destination = np.zeros(3, "int32")
+            ...     SafetensorsSource(f"{tmp}/x.safetensors").read_into("w", destination)
+            >>> destination.tolist()
+            [0, 1, 2]
+        """
+        entry = self._entries.get(name)
+        if entry is None or not self.reads_into(name) or destination.nbytes != entry.end - entry.begin:
+            raise SourceError(
+                f"safetensors source {self._path!r} cannot read {name!r} into a buffer of {destination.nbytes} bytes",
+                path=self._path,
+            )
+        view = writable_bytes(destination)
+        scratch = aligned_buffer(VERIFY_CHUNK)
+        self._with_file(entry.file, [entry], lambda handle, entry: _fill(handle, entry, view, scratch))
+
     def _read_file(self, file: str, entries: list[_Entry]) -> dict[str, np.ndarray]:
         """The arrays of ``entries``, all in ``file``, each read with positional reads into its own buffer."""
-        return self._with_file(file, entries, _read_entry)
+        scratch = aligned_buffer(VERIFY_CHUNK)
+        return self._with_file(file, entries, lambda handle, entry: _read_entry(handle, entry, scratch))
 
     @staticmethod
     def _with_file(file: str, entries: list[_Entry], each: Callable[[io.RawIOBase, _Entry], _T]) -> dict[str, _T]:
@@ -260,21 +305,25 @@ class SafetensorsSource:
             raise CorruptSourceError(f"cannot read safetensors file {file!r}: {error}", path=file) from error
 
 
-def _read_entry(handle: io.RawIOBase, entry: _Entry) -> np.ndarray:
-    """One tensor read from ``handle`` into an aligned buffer, as a read-only array.
+def _read_entry(handle: io.RawIOBase, entry: _Entry, scratch: np.ndarray) -> np.ndarray:
+    """One tensor read from ``handle`` into an aligned buffer (through ``scratch``), as a read-only array.
 
     The length is checked read by read: the file may become shorter at any moment, and a short read is then a
     CorruptSourceError naming the tensor (with a memory map, the same thing would kill the process with SIGBUS).
     """
-    nbytes = entry.end - entry.begin
-    buffer = aligned_buffer(nbytes)
-    done = read_at(handle, memoryview(buffer.data), entry.begin)
-    if done < nbytes:
-        raise _changed(entry.file, entry.begin + done, [entry])
+    buffer = aligned_buffer(entry.end - entry.begin)
+    _fill(handle, entry, memoryview(buffer.data).cast("B"), scratch)
     dtype = little_endian(numpy_dtype(entry.spec.dtype, path=entry.file))
     array = buffer.view(dtype).reshape(entry.spec.shape)
     array.flags.writeable = False
     return array
+
+
+def _fill(handle: io.RawIOBase, entry: _Entry, destination: memoryview, scratch: np.ndarray) -> None:
+    """Copy the entry's bytes into ``destination`` through ``scratch``; CorruptSourceError if the file ends first."""
+    done = copy_at(handle, entry.begin, destination, scratch)
+    if done < entry.end - entry.begin:
+        raise _changed(entry.file, entry.begin + done, [entry])
 
 
 def _verify_entry(handle: io.RawIOBase, entry: _Entry, buffer: np.ndarray) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from mapper.dtypes import DTYPE_SIZES
 from mapper.errors import CorruptSourceError
-from mapper.sources._common import VERIFY_CHUNK, aligned_buffer, numpy_dtype, read_at, scan_at
+from mapper.sources._common import VERIFY_CHUNK, aligned_buffer, copy_at, numpy_dtype, scan_at, writable_bytes
 
 # TensorFlow's DataType enum (tensorflow/core/framework/types.proto), named as ``tf.as_dtype(n).name`` names them.
 DTYPE_NAMES = {
@@ -325,25 +325,78 @@ def read_tensors(prefix: str, index: BundleIndex, entries: Sequence[BundleEntry]
 
 def _read_shard(prefix: str, path: str, entries: list[BundleEntry]) -> dict[str, np.ndarray]:
     """The tensors of ``entries``, all in the data file ``path``."""
+    scratch = aligned_buffer(VERIFY_CHUNK)
     try:
         with Path(path).open("rb", buffering=0) as handle:
-            return {entry.key: _read_entry(prefix, path, handle, entry) for entry in entries}
+            return {entry.key: _read_entry(prefix, path, handle, entry, scratch) for entry in entries}
     except OSError as error:  # opening failed, or EIO while reading
-        raise CorruptSourceError(
-            f"cannot read data file {Path(path).name!r} of checkpoint {prefix!r}: {error}; "
-            "copy or write the checkpoint again",
-            path=prefix,
-        ) from error
+        raise _unreadable(prefix, path, error) from error
 
 
-def _read_entry(prefix: str, path: str, handle: Any, entry: BundleEntry) -> np.ndarray:
+def _read_entry(prefix: str, path: str, handle: Any, entry: BundleEntry, scratch: np.ndarray) -> np.ndarray:
     """One tensor's bytes read into a new aligned buffer and checked (length, checksum), as a read-only array."""
     dtype = _checked_dtype(prefix, entry)
     buffer = aligned_buffer(entry.size)
-    _check_read(prefix, path, entry, read_at(handle, memoryview(buffer.data), entry.offset), masked_crc32c(buffer))
+    _fill(prefix, path, handle, entry, memoryview(buffer.data).cast("B"), scratch=scratch)
     array = buffer.view(dtype).reshape(entry.shape)  # the caller reads only bundles in this machine's byte order
     array.flags.writeable = False
     return array
+
+
+def read_tensor_into(prefix: str, index: BundleIndex, entry: BundleEntry, destination: np.ndarray) -> None:
+    """Fill ``destination`` with the bytes of ``entry`` (``raw``), checked (length, crc32c) as ``read_tensors`` does.
+
+    ``destination`` is the caller's writable, C-contiguous array of the entry's byte length (a variable's own
+    memory, say): nothing tensor-sized is allocated. If a check fails it holds some of the bytes read.
+
+    Raises:
+        CorruptSourceError: as ``read_tensors``; also if ``destination`` does not have the entry's byte length.
+        ValueError: ``destination`` is not a writable C-contiguous NumPy array.
+
+    Example:
+        >>> import tempfile
+        >>> import tensorflow as tf
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     prefix = tf.train.Checkpoint(w=tf.Variable([1.5, 2.0])).write(f"{tmp}/ckpt")
+        ...     index = read_index(prefix + ".index")
+        ...     [entry] = [entry for entry in index.entries if entry.raw]
+        ...     destination = np.zeros(2, "float32")
+        ...     read_tensor_into(prefix, index, entry, destination)
+        >>> destination.tolist()
+        [1.5, 2.0]
+    """
+    _checked_dtype(prefix, entry)
+    if destination.nbytes != entry.size:
+        raise _damaged(prefix, entry, f"the destination holds {destination.nbytes} bytes, not {entry.size}")
+    view = writable_bytes(destination)
+    path = str(Path(prefix).with_name(data_file_name(prefix, entry.shard, index.num_shards)))
+    scratch = aligned_buffer(VERIFY_CHUNK)
+    try:
+        with Path(path).open("rb", buffering=0) as handle:
+            _fill(prefix, path, handle, entry, view, scratch=scratch)
+    except OSError as error:
+        raise _unreadable(prefix, path, error) from error
+
+
+def _fill(
+    prefix: str, path: str, handle: Any, entry: BundleEntry, destination: memoryview, *, scratch: np.ndarray
+) -> None:
+    """Copy the entry's bytes into ``destination`` through ``scratch``, checking length and crc32c chunk by chunk."""
+    crc = 0
+
+    def update(chunk: memoryview) -> None:
+        nonlocal crc
+        crc = crc32c.crc32c(chunk, crc)
+
+    done = copy_at(handle, entry.offset, destination, scratch, update)
+    _check_read(prefix, path, entry, done, _mask(crc))
+
+
+def _unreadable(prefix: str, path: str, error: OSError) -> CorruptSourceError:
+    return CorruptSourceError(
+        f"cannot read data file {Path(path).name!r} of checkpoint {prefix!r}: {error}; copy or write the checkpoint again",
+        path=prefix,
+    )
 
 
 def verify_tensors(prefix: str, index: BundleIndex, entries: Sequence[BundleEntry]) -> None:
@@ -374,11 +427,7 @@ def verify_tensors(prefix: str, index: BundleIndex, entries: Sequence[BundleEntr
                 for entry in sorted(group, key=lambda entry: entry.offset):
                     _verify_entry(prefix, path, handle, entry, buffer)
         except OSError as error:
-            raise CorruptSourceError(
-                f"cannot read data file {Path(path).name!r} of checkpoint {prefix!r}: {error}; "
-                "copy or write the checkpoint again",
-                path=prefix,
-            ) from error
+            raise _unreadable(prefix, path, error) from error
 
 
 def _verify_entry(prefix: str, path: str, handle: Any, entry: BundleEntry, buffer: np.ndarray) -> None:

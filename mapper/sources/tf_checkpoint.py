@@ -17,6 +17,7 @@ from mapper.sources.tf_bundle import (
     BundleIndex,
     data_file_name,
     read_index,
+    read_tensor_into,
     read_tensors,
     verify_tensors,
 )
@@ -215,6 +216,48 @@ class TFCheckpointSource:
         rest = [name for name in wanted if name not in self._raw]
         if rest:
             self._restore(rest)
+
+    def reads_into(self, name: str) -> bool:
+        """Whether ``read_into`` reads tensor ``name``: a whole tensor of a fixed-size dtype, as ``read`` reads raw.
+
+        Example:
+            >>> import tempfile
+            >>> import tensorflow as tf
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     prefix = tf.train.Checkpoint(w=tf.Variable([1.0]), s=tf.Variable(b"x")).write(f"{tmp}/ckpt")
+            ...     source = TFCheckpointSource(prefix)
+            ...     source.reads_into("w/.ATTRIBUTES/VARIABLE_VALUE"), source.reads_into("s/.ATTRIBUTES/VARIABLE_VALUE")
+            (True, False)
+        """
+        return name in self._raw
+
+    def read_into(self, name: str, destination: Any) -> None:
+        """Fill ``destination`` (a writable C-contiguous array of the tensor's byte length) with tensor ``name``.
+
+        The same checks as ``read`` (byte length, crc32c), through one small buffer: nothing tensor-sized is
+        allocated.
+
+        Raises:
+            SourceError: ``reads_into(name)`` is false. CorruptSourceError: as ``read``.
+
+        Example:
+            >>> import tempfile
+            >>> import numpy as np, tensorflow as tf
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     prefix = tf.train.Checkpoint(w=tf.Variable([1.0, 2.0])).write(f"{tmp}/ckpt")
+            ...     destination = np.zeros(2, "float32")
+            ...     TFCheckpointSource(prefix).read_into("w/.ATTRIBUTES/VARIABLE_VALUE", destination)
+            >>> destination.tolist()
+            [1.0, 2.0]
+        """
+        entry = self._raw.get(name)
+        if entry is None or self._index is None:
+            raise SourceError(
+                f"checkpoint {self.prefix!r} cannot read {name!r} into a buffer (it is not a whole tensor stored as "
+                "raw bytes); read it with read()",
+                path=self.prefix,
+            )
+        read_tensor_into(self.prefix, self._index, entry, destination)
 
     def _restore(self, wanted: list[str]) -> dict[str, Any]:
         """The named tensors read with one ``RestoreV2``, as ``tf.Tensor``s."""

@@ -1,0 +1,219 @@
+"""Direct writes (mapper/run/direct.py): large untransformed tensors read straight into the variables, every backend.
+
+Runs under KERAS_BACKEND=tensorflow, jax and torch; imports no TensorFlow (the TF checkpoints are written by
+test_apply_keras's ``write_bundle``).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+import mapper
+from mapper.errors import ApplyError, CorruptSourceError, PartialApplyError
+from mapper.rules import parse_rules
+from mapper.run.direct import DIRECT_MIN_BYTES, Staging, split_batch
+from mapper.run.executor import apply_plan
+from mapper.sources import open_source
+from mapper.sources.base import DirectSource
+from mapper.targets.variables import target_from
+from tests.backends.test_apply_keras import write_source
+
+pytestmark = pytest.mark.backends
+
+BACKEND = keras.backend.backend()
+# JAX arrays are immutable: every assignment makes a new one, so there is no memory of the variable's to read into.
+DIRECT = BACKEND in ("tensorflow", "torch")
+only_direct = pytest.mark.skipif(not DIRECT, reason="JAX variables are not written in place")
+WIDE = 512  # a 512 x 512 float32 kernel is 1 MiB: written directly
+RULES = """
+format = 1
+[[rules]]
+match = '(?P<layer>big|small)\\.(?P<p>weight|bias)'
+target = "{layer}/{p}"
+values = { p = { weight = "kernel", bias = "bias" } }
+[[rules]]
+match = 'turned\\.weight'
+target = "turned/kernel"
+ops = [{ transpose = [1, 0] }]
+"""
+
+
+def build_model() -> keras.Model:
+    inputs = keras.Input((WIDE,), name="x")
+    outputs = [
+        keras.layers.Dense(WIDE, name="big")(inputs),
+        keras.layers.Dense(4, name="small")(inputs),
+        keras.layers.Dense(WIDE, name="turned", use_bias=False)(inputs),
+    ]
+    return keras.Model(inputs, outputs, name="m")
+
+
+def arrays(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "big.weight": rng.standard_normal((WIDE, WIDE)).astype("float32"),
+        "big.bias": rng.standard_normal(WIDE).astype("float32"),
+        "small.weight": rng.standard_normal((WIDE, 4)).astype("float32"),
+        "small.bias": rng.standard_normal(4).astype("float32"),
+        "turned.weight": rng.standard_normal((WIDE, WIDE)).astype("float32"),
+    }
+
+
+def expected(source: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {
+        "big/kernel": source["big.weight"],
+        "big/bias": source["big.bias"],
+        "small/kernel": source["small.weight"],
+        "small/bias": source["small.bias"],
+        "turned/kernel": source["turned.weight"].T,
+    }
+
+
+def values_of(model: keras.Model) -> dict[str, np.ndarray]:
+    return {variable.path: np.array(variable.numpy(), copy=True) for variable in model.weights}
+
+
+class Recording:
+    """Wraps a real DirectSource, recording which names each path served; ``fail_into`` makes read_into fail."""
+
+    def __init__(self, inner: Any, fail_into: str | None = None) -> None:
+        self.inner = inner
+        self.fail_into = fail_into
+        self.read_names: list[str] = []
+        self.into_names: list[str] = []
+
+    description = property(lambda self: self.inner.description)
+    checkpoint_prefix = property(lambda self: self.inner.checkpoint_prefix)
+    hands_over_reads = property(lambda self: self.inner.hands_over_reads)
+
+    def specs(self) -> Any:
+        return self.inner.specs()
+
+    def input_files(self) -> Any:
+        return self.inner.input_files()
+
+    def read(self, names: Any) -> Any:
+        self.read_names += list(names)
+        return self.inner.read(names)
+
+    def verify(self, names: Any) -> None:
+        self.inner.verify(names)
+
+    def reads_into(self, name: str) -> bool:
+        return bool(self.inner.reads_into(name))
+
+    def read_into(self, name: str, destination: Any) -> None:
+        self.into_names.append(name)
+        if name == self.fail_into:
+            destination.reshape(-1)[: destination.size // 2] = 0  # half written, as a read failing midway leaves it
+            raise OSError(errno.EIO, "Input/output error")
+        self.inner.read_into(name, destination)
+
+
+KINDS = ["safetensors", "tf-checkpoint"]
+
+
+@pytest.mark.parametrize("rollback", ["verify", "off", "memory"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_large_plain_copies_are_read_into_the_variables(tmp_path: Path, kind: str, rollback: str) -> None:
+    source_values = arrays()
+    source = Recording(open_source(write_source(kind, tmp_path, source_values)))
+    assert isinstance(source, DirectSource)
+    model = build_model()
+    plan = mapper.make_plan(parse_rules(RULES, file="direct.toml"), source, model)
+
+    apply_plan(plan, source, target_from(model), rollback=rollback)  # type: ignore[arg-type]
+
+    after = values_of(model)
+    for name, array in expected(source_values).items():
+        np.testing.assert_array_equal(after[name], array, err_msg=name)
+    # "memory" mode keeps every old buffer alive, so it assigns through read() as before.
+    direct = DIRECT and rollback != "memory"
+    assert source.into_names == (["big.weight"] if direct else [])
+    assert ("big.weight" in source.read_names) == (not direct)
+    assert "turned.weight" in source.read_names  # transposed: not a plain copy
+
+
+@only_direct
+def test_only_plain_large_single_use_copies_are_direct(tmp_path: Path) -> None:
+    source = open_source(write_source("safetensors", tmp_path, arrays()))
+    model = build_model()
+    plan = mapper.make_plan(parse_rules(RULES, file="direct.toml"), source, model)
+    from mapper.run.batches import plan_batches
+    from mapper.run.slots import check_targets
+
+    slots = check_targets(plan, target_from(model)).by_name
+    [batch] = plan_batches(plan, 64 * 2**20)
+    direct, rest = split_batch(batch, source, slots)
+
+    assert [a.source for a in direct] == ["big.weight"]
+    assert sorted(rest.names) == ["big.bias", "small.bias", "small.weight", "turned.weight"]
+    assert 4 * WIDE * WIDE >= DIRECT_MIN_BYTES > 4 * WIDE * 4
+
+
+@only_direct
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_failing_direct_read_in_the_assignment_pass(tmp_path: Path, kind: str) -> None:
+    source = Recording(open_source(write_source(kind, tmp_path, arrays())), fail_into="big.weight")
+    model = build_model()
+    plan = mapper.make_plan(parse_rules(RULES, file="direct.toml"), source, model)
+    before = values_of(model)
+
+    with pytest.raises(ApplyError) as error:
+        apply_plan(plan, source, target_from(model))
+
+    after = values_of(model)
+    message = str(error.value)
+    assert "reading into the variable 'big.weight'" in message
+    if BACKEND == "torch":  # the parameter's own memory was being filled: the error says so
+        assert isinstance(error.value, PartialApplyError)
+        assert "'big/kernel', being read into its own memory, holds part of its new value" in message
+        assert not np.array_equal(after["big/kernel"], before["big/kernel"])
+    else:  # TensorFlow fills a staging buffer first: the variable is untouched
+        assert type(error.value) is ApplyError
+        assert "is unchanged" in message
+        for name, array in before.items():
+            np.testing.assert_array_equal(after[name], array, err_msg=name)
+
+
+@only_direct
+def test_a_damaged_tensor_is_found_by_the_direct_read_itself(tmp_path: Path) -> None:
+    """With rollback "off" nothing verifies first: read_into's own crc32c check stops the damaged tensor."""
+    prefix = write_source("tf-checkpoint", tmp_path, arrays())
+    data = Path(f"{prefix}.data-00000-of-00001")
+    content = bytearray(data.read_bytes())
+    content[4 * WIDE + 100] ^= 0x01  # inside big.weight, which follows big.bias (the tensors are sorted by name)
+    data.write_bytes(bytes(content))
+    source = open_source(prefix)
+    model = build_model()
+    plan = mapper.make_plan(parse_rules(RULES, file="direct.toml"), source, model)
+    before = values_of(model)
+
+    with pytest.raises(ApplyError, match=r"'big\.weight'.*checksum mismatch") as error:
+        apply_plan(plan, source, target_from(model), rollback="off")
+
+    assert isinstance(error.value.__cause__, CorruptSourceError)
+    if BACKEND == "tensorflow":  # the staging buffer was checked before the variable was written
+        assert type(error.value) is ApplyError
+        for name, array in before.items():
+            np.testing.assert_array_equal(values_of(model)[name], array, err_msg=name)
+    else:
+        assert isinstance(error.value, PartialApplyError)
+        assert "'big/kernel', being read into its own memory" in str(error.value)
+
+
+def test_staging_grows_and_is_reused() -> None:
+    staging = Staging()
+    first = staging.array((4,), "float32")
+    small = staging.capacity
+    second = staging.array((2,), "float64")
+    assert staging.capacity == small and second.ctypes.data == first.ctypes.data
+    staging.array((small,), "float32")
+    assert staging.capacity >= small * 4
