@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from mapper.dtypes import numpy_dtype
 from mapper.plan import Assignment
 from mapper.run.batches import Batch
-from mapper.run.values import tensor_bytes
+from mapper.run.values import fused_into, tensor_bytes
 from mapper.sources.base import DirectSource, Source
 
 # Tensors at least this large are written directly. Below it a batch's one read and the variable adopting its
@@ -59,8 +60,8 @@ def split_batch(batch: Batch, source: Source, slots: Mapping[str, Any]) -> tuple
     """The batch's assignments to write directly, and the batch of the others (what is still read with ``read``).
 
     Direct: the source can read the tensor into a buffer (``DirectSource``), the slot can take it in place
-    (``writes_in_place``), the assignment copies one tensor unchanged (no join, no operation), the tensor feeds
-    no other assignment of the batch, and it has at least ``DIRECT_MIN_BYTES``.
+    (``writes_in_place``), the assignment reads one tensor (no join; operations are fused into the copy), the
+    tensor feeds no other assignment of the batch, and it has at least ``DIRECT_MIN_BYTES``.
 
     Example:
         >>> from mapper.plan import RuleRef
@@ -87,9 +88,7 @@ def split_batch(batch: Batch, source: Source, slots: Mapping[str, Any]) -> tuple
 
 
 def _direct(assignment: Assignment, slot: Any, source: DirectSource, uses: int) -> bool:
-    if assignment.combine is not None or assignment.operations or uses != 1:
-        return False
-    if _nbytes(assignment) < DIRECT_MIN_BYTES or assignment.source_dtype != assignment.target_dtype:
+    if assignment.combine is not None or uses != 1 or _nbytes(assignment) < DIRECT_MIN_BYTES:
         return False
     writes = getattr(slot, "writes_in_place", None)
     return bool(writes is not None and writes(assignment.target_dtype) and source.reads_into(assignment.source))
@@ -99,8 +98,11 @@ def _nbytes(assignment: Assignment) -> int:
     return sum(tensor_bytes(shape, assignment.source_dtype) for shape in assignment.source_shapes)
 
 
-def write_direct(assignment: Assignment, source: DirectSource, slot: Any, staging: Staging) -> None:
+def write_direct(assignment: Assignment, source: DirectSource, slot: Any, staging: Staging, read: Staging) -> None:
     """Read the assignment's tensor into the slot's variable: into its memory, or through ``staging`` into it.
+
+    A tensor with operations is read whole into ``read`` first (so a failing read changes no variable), then
+    transformed in one copy into the variable (``fused_into``).
 
     Example:
         >>> import tempfile
@@ -113,11 +115,17 @@ def write_direct(assignment: Assignment, source: DirectSource, slot: Any, stagin
         >>> a = Assignment("t", "t", name, RuleRef("r.toml", 1), (), (2, 3), "float32", (2, 3), "float32")
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     prefix = tf.train.Checkpoint(w=tf.Variable(tf.ones([2, 3]))).write(f"{tmp}/ckpt")
-        ...     write_direct(a, TFCheckpointSource(prefix), TFSlot.of("t", variable, tf, eager=True), Staging())
+        ...     slot = TFSlot.of("t", variable, tf, eager=True)
+        ...     write_direct(a, TFCheckpointSource(prefix), slot, Staging(), Staging())
         >>> variable.numpy().tolist()
         [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
     """
-    slot.write_in_place(lambda destination: source.read_into(assignment.source, destination), staging)
+    if not assignment.operations:
+        slot.write_in_place(lambda destination: source.read_into(assignment.source, destination), staging)
+        return
+    member = read.array(assignment.source_shapes[0], numpy_dtype(assignment.source_dtype))
+    source.read_into(assignment.source, member)
+    slot.write_in_place(lambda destination: fused_into(member, assignment, destination), staging)
 
 
 __all__ = ["DIRECT_MIN_BYTES", "Staging", "split_batch", "write_direct"]

@@ -347,7 +347,8 @@ class _Run:
         self.current: Assignment | None = None
         self.action = ""
         self.writing: str | None = None  # a variable being written in place: it may hold part of its new value
-        self.staging = Staging()
+        self.staging = Staging()  # values on their way into TensorFlow variables
+        self.read_staging = Staging()  # tensors read whole before their operations are fused into the variable
 
     def verify(self, batches: Sequence[Batch]) -> None:
         """Read every batch once and check what it gives, changing nothing; ApplyError (target unchanged) if one fails.
@@ -417,8 +418,8 @@ class _Run:
             self.current, self.action = assignment, "reading into the variable"
             slot = slots[assignment.target]
             # A slot that fills its variable's own memory leaves it partly written if the read fails midway.
-            self.writing = assignment.target if slot.fills_own_memory else None
-            write_direct(assignment, chosen, slot, self.staging)
+            self.writing = assignment.target if slot.fills_own_memory and not assignment.operations else None
+            write_direct(assignment, chosen, slot, self.staging, self.read_staging)
             self.writing = None
             self.touched += 1
         self.current = None

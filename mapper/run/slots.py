@@ -322,6 +322,21 @@ class JaxSlot:
         array = jax.make_array_from_callback(host.shape, self.sharding, lambda index: np.asarray(host[index]))
         self.variable.assign(array)
 
+    fills_own_memory: ClassVar[bool] = False  # a new array is made from a new host buffer
+
+    def writes_in_place(self, dtype: str) -> bool:
+        """Whether ``write_in_place`` takes ``dtype``: any NumPy holds natively, and bfloat16."""
+        return dtype in _IN_PLACE_DTYPES or dtype == "bfloat16"
+
+    def write_in_place(self, fill: Callable[[np.ndarray], None], staging: Any) -> None:  # noqa: ARG002 - owned buffer
+        """``fill`` a new host buffer and build the variable's new array from it (JAX arrays are immutable).
+
+        The buffer is the value's only copy on the host: nothing tensor-sized is read into another buffer first.
+        """
+        host = aligned_empty(tuple(self.variable.shape), self.variable.dtype)
+        fill(host)
+        self.assign(host, owned=True)
+
     def snapshot(self) -> Any:
         """The present jax.Array: immutable, so kept without a copy."""
         return self.variable.value

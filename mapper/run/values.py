@@ -161,6 +161,29 @@ def fused_array(arrays: Sequence[np.ndarray], assignment: Assignment) -> tuple[n
     return result, fuse.copied
 
 
+def fused_into(array: np.ndarray, assignment: Assignment, out: np.ndarray) -> None:
+    """Write the value of a one-member assignment into ``out``, its operations fused into that one copy.
+
+    As ``fused_array`` without the new buffer at the end: the operations are views where they can be, and the
+    final copy (with any pending cast) lands in ``out``, a variable's own memory say.
+
+    Raises:
+        SourceError: the member does not have the shape and dtype the plan read it with.
+
+    Example:
+        >>> from mapper.ops import Transpose
+        >>> from mapper.plan import RuleRef
+        >>> a = Assignment("t", "t", "w", RuleRef("r.toml", 1), (Transpose((1, 0)),), (2, 3), "int64", (3, 2), "int64")
+        >>> out = np.zeros((3, 2), "int64")
+        >>> fused_into(np.arange(6).reshape(2, 3), a, out)
+        >>> out.tolist()
+        [[0, 3], [1, 4], [2, 5]]
+    """
+    _check_read(assignment.source, assignment.source_shapes[0], _found(array), assignment, "the staging buffer")
+    result = apply_operations(assignment.operations, array, _Fuse().backend)
+    np.copyto(out, result, casting="unsafe")
+
+
 def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
     """A new uninitialised C-contiguous array whose data starts on a 64-byte boundary.
 
