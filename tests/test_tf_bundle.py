@@ -264,3 +264,40 @@ def test_verify_keeps_no_tensor_sized_buffer(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert read >= big.nbytes
     assert verified < big.nbytes // 3
+
+
+@CALLS
+def test_small_tensors_back_to_back_take_one_read_per_run(tmp_path: Path, monkeypatch: Any, call: str) -> None:
+    values = {f"t{number:03d}": np.full((10, 10), number, "float32") for number in range(60)}  # 400 bytes each
+    prefix = checkpoints.write_save_v2(str(tmp_path / "ckpt"), values)
+    source = TFCheckpointSource(prefix)
+    reads: list[int] = []
+    preadv = os.preadv
+
+    def counting(fd: int, buffers: list[Any], offset: int) -> int:
+        reads.append(offset)
+        return preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", counting)
+    result = getattr(source, call)(list(values))
+
+    assert len(reads) == 1  # 24,000 bytes, back to back: one run
+    if call == "read":
+        for name, array in values.items():
+            np.testing.assert_array_equal(result[name], array)
+            assert result[name].ctypes.data % 64 == 0 and not result[name].flags.writeable
+
+
+@CALLS
+def test_a_damaged_tensor_inside_a_run_is_named(tmp_path: Path, call: str) -> None:
+    values = {f"t{number}": np.full(25, number, "float32") for number in range(5)}
+    prefix = checkpoints.write_save_v2(str(tmp_path / "ckpt"), values)
+    source = TFCheckpointSource(prefix)
+    entry = source._raw["t3"]
+    data = checkpoints.data_files(prefix)[0]
+    content = bytearray(data.read_bytes())
+    content[entry.offset + 7] ^= 0x10
+    data.write_bytes(bytes(content))
+
+    with pytest.raises(CorruptSourceError, match=r"cannot read 't3'.*checksum mismatch"):
+        getattr(source, call)(list(values))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 import sys
 from collections.abc import Iterator, Sequence
@@ -13,7 +14,7 @@ import numpy as np
 
 from mapper.dtypes import DTYPE_SIZES
 from mapper.errors import CorruptSourceError
-from mapper.sources._common import VERIFY_CHUNK, aligned_buffer, copy_at, numpy_dtype, scan_at, writable_bytes
+from mapper.sources._common import VERIFY_CHUNK, aligned_buffer, copy_at, numpy_dtype, read_at, scan_at, writable_bytes
 
 # TensorFlow's DataType enum (tensorflow/core/framework/types.proto), named as ``tf.as_dtype(n).name`` names them.
 DTYPE_NAMES = {
@@ -324,13 +325,55 @@ def read_tensors(prefix: str, index: BundleIndex, entries: Sequence[BundleEntry]
 
 
 def _read_shard(prefix: str, path: str, entries: list[BundleEntry]) -> dict[str, np.ndarray]:
-    """The tensors of ``entries``, all in the data file ``path``."""
+    """The tensors of ``entries``, all in the data file ``path``, sorted by offset."""
     scratch = aligned_buffer(VERIFY_CHUNK)
+    arrays: dict[str, np.ndarray] = {}
     try:
         with Path(path).open("rb", buffering=0) as handle:
-            return {entry.key: _read_entry(prefix, path, handle, entry, scratch) for entry in entries}
+            for run in _runs(entries):
+                if len(run) > 1 and _read_run(handle, run, scratch):
+                    arrays |= {entry.key: _from_run(prefix, path, entry, run[0], scratch) for entry in run}
+                else:
+                    arrays |= {entry.key: _read_entry(prefix, path, handle, entry, scratch) for entry in run}
     except OSError as error:  # opening failed, or EIO while reading
         raise _unreadable(prefix, path, error) from error
+    return arrays
+
+
+def _runs(entries: list[BundleEntry]) -> Iterator[list[BundleEntry]]:
+    """``entries`` (sorted by offset) in runs that one read serves: back to back and together within VERIFY_CHUNK.
+
+    Thousands of small tensors then cost a read per run, not one each (per-read overhead dominates them).
+    """
+    run: list[BundleEntry] = []
+    for entry in entries:
+        if run and (
+            entry.offset != run[-1].offset + run[-1].size or entry.offset + entry.size - run[0].offset > VERIFY_CHUNK
+        ):
+            yield run
+            run = []
+        run.append(entry)
+    if run:
+        yield run
+
+
+def _read_run(handle: Any, run: list[BundleEntry], scratch: np.ndarray) -> bool:
+    """Read a run's bytes into ``scratch`` with one read; False if the file ended first (each entry is then read alone)."""
+    span = run[-1].offset + run[-1].size - run[0].offset
+    return read_at(handle, memoryview(scratch.data).cast("B")[:span], run[0].offset) == span
+
+
+def _from_run(prefix: str, path: str, entry: BundleEntry, first: BundleEntry, scratch: np.ndarray) -> np.ndarray:
+    """One entry of a run read into ``scratch``: checked (length, checksum), copied into its own aligned buffer."""
+    dtype = _checked_dtype(prefix, entry)
+    start = entry.offset - first.offset
+    chunk = scratch[start : start + entry.size]
+    _check_read(prefix, path, entry, entry.size, _mask(crc32c.crc32c(chunk.data)))
+    buffer = aligned_buffer(entry.size)
+    buffer[:] = chunk
+    array = buffer.view(dtype).reshape(entry.shape)
+    array.flags.writeable = False
+    return array
 
 
 def _read_entry(prefix: str, path: str, handle: Any, entry: BundleEntry, scratch: np.ndarray) -> np.ndarray:
@@ -424,10 +467,22 @@ def verify_tensors(prefix: str, index: BundleIndex, entries: Sequence[BundleEntr
         path = str(Path(prefix).with_name(data_file_name(prefix, shard, index.num_shards)))
         try:
             with Path(path).open("rb", buffering=0) as handle:
-                for entry in sorted(group, key=lambda entry: entry.offset):
-                    _verify_entry(prefix, path, handle, entry, buffer)
+                for run in _runs(sorted(group, key=lambda entry: entry.offset)):
+                    _verify_run(prefix, path, handle, run, buffer)
         except OSError as error:
             raise _unreadable(prefix, path, error) from error
+
+
+def _verify_run(prefix: str, path: str, handle: Any, run: list[BundleEntry], buffer: np.ndarray) -> None:
+    """A run's lengths and checksums checked: with one read if it has several entries and the file holds it all."""
+    if len(run) > 1 and _read_run(handle, run, buffer):
+        for entry in run:
+            _checked_dtype(prefix, entry)
+            start = entry.offset - run[0].offset
+            _check_read(prefix, path, entry, entry.size, _mask(crc32c.crc32c(buffer[start : start + entry.size].data)))
+        return
+    for entry in run:
+        _verify_entry(prefix, path, handle, entry, buffer)
 
 
 def _verify_entry(prefix: str, path: str, handle: Any, entry: BundleEntry, buffer: np.ndarray) -> None:
@@ -446,7 +501,7 @@ def _verify_entry(prefix: str, path: str, handle: Any, entry: BundleEntry, buffe
 def _checked_dtype(prefix: str, entry: BundleEntry) -> np.dtype[Any]:
     """The entry's NumPy dtype, after checking that the index gives it the byte length its shape needs."""
     dtype = numpy_dtype(str(entry.dtype_name), path=prefix)
-    expected = int(np.prod(entry.shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(entry.shape) * dtype.itemsize
     if entry.size != expected:
         raise _damaged(prefix, entry, f"the index gives it {entry.size} bytes, not the {expected} its shape needs")
     return dtype
