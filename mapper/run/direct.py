@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from mapper.dtypes import numpy_dtype
+from mapper.ops import Cast, Reshape
 from mapper.plan import Assignment
 from mapper.run.batches import Batch
 from mapper.run.values import fused_into, tensor_bytes
@@ -98,6 +99,28 @@ def _nbytes(assignment: Assignment) -> int:
     return sum(tensor_bytes(shape, assignment.source_dtype) for shape in assignment.source_shapes)
 
 
+def is_plain_copy(assignment: Assignment) -> bool:
+    """Whether the assignment copies its tensor's bytes unchanged: no operations, or only no-op ones.
+
+    A cast to the dtype the tensor has and a reshape to the shape it has change nothing (rule files write
+    ``cast = "target"`` to accept whatever the model holds); a cast to another dtype and back does (it rounds).
+
+    Example:
+        >>> from mapper.ops import Cast, Transpose
+        >>> from mapper.plan import RuleRef
+        >>> def a(*ops):
+        ...     return Assignment("t", "t", "w", RuleRef("r.toml", 1), ops, (2, 2), "float32", (2, 2), "float32")
+        >>> is_plain_copy(a()), is_plain_copy(a(Cast("float32"))), is_plain_copy(a(Transpose((1, 0))))
+        (True, True, False)
+    """
+    same = assignment.source_shapes[0] == assignment.target_shape and assignment.source_dtype == assignment.target_dtype
+    return same and all(
+        (isinstance(op, Cast) and op.dtype == assignment.source_dtype)
+        or (isinstance(op, Reshape) and op.shape == assignment.target_shape)
+        for op in assignment.operations
+    )
+
+
 def write_direct(assignment: Assignment, source: DirectSource, slot: Any, staging: Staging, read: Staging) -> None:
     """Read the assignment's tensor into the slot's variable: into its memory, or through ``staging`` into it.
 
@@ -120,7 +143,7 @@ def write_direct(assignment: Assignment, source: DirectSource, slot: Any, stagin
         >>> variable.numpy().tolist()
         [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
     """
-    if not assignment.operations:
+    if is_plain_copy(assignment):
         slot.write_in_place(lambda destination: source.read_into(assignment.source, destination), staging)
         return
     member = read.array(assignment.source_shapes[0], numpy_dtype(assignment.source_dtype))
@@ -128,4 +151,4 @@ def write_direct(assignment: Assignment, source: DirectSource, slot: Any, stagin
     slot.write_in_place(lambda destination: fused_into(member, assignment, destination), staging)
 
 
-__all__ = ["DIRECT_MIN_BYTES", "Staging", "split_batch", "write_direct"]
+__all__ = ["DIRECT_MIN_BYTES", "Staging", "is_plain_copy", "split_batch", "write_direct"]

@@ -23,7 +23,7 @@ from mapper.run.batches import (
     resolve_sources,
 )
 from mapper.run.deferral import signals_deferred
-from mapper.run.direct import Staging, split_batch, write_direct
+from mapper.run.direct import Staging, is_plain_copy, split_batch, write_direct
 from mapper.run.slots import Slots, check_targets
 from mapper.run.values import assignment_value, check_reads, host_value, transform
 from mapper.sources.base import DirectSource, Source, VerifyingSource
@@ -418,7 +418,7 @@ class _Run:
             self.current, self.action = assignment, "reading into the variable"
             slot = slots[assignment.target]
             # A slot that fills its variable's own memory leaves it partly written if the read fails midway.
-            self.writing = assignment.target if slot.fills_own_memory and not assignment.operations else None
+            self.writing = assignment.target if slot.fills_own_memory and is_plain_copy(assignment) else None
             write_direct(assignment, chosen, slot, self.staging, self.read_staging)
             self.writing = None
             self.touched += 1

@@ -35,6 +35,7 @@ format = 1
 match = '(?P<layer>big|small)\\.(?P<p>weight|bias)'
 target = "{layer}/{p}"
 values = { p = { weight = "kernel", bias = "bias" } }
+ops = [{ cast = "target" }]  # to the dtype the tensor has: still a plain copy, read into the variable's memory
 [[rules]]
 match = 'turned\\.weight'
 target = "turned/kernel"
