@@ -11,7 +11,7 @@ import numpy as np
 
 from mapper.dtypes import DTYPE_SIZES, numpy_dtype
 from mapper.errors import SourceError
-from mapper.ops import NUMPY, ArrayBackend, apply_operations, combine_values
+from mapper.ops import NUMPY, ArrayBackend, Reshape, apply_operations, combine_values
 from mapper.plan import Assignment
 
 # Tensors up to this size are transformed by NumPy and copied by tf.convert_to_tensor: per-tensor overhead
@@ -180,8 +180,41 @@ def fused_into(array: np.ndarray, assignment: Assignment, out: np.ndarray) -> No
         [[0, 3], [1, 4], [2, 5]]
     """
     _check_read(assignment.source, assignment.source_shapes[0], _found(array), assignment, "the staging buffer")
-    result = apply_operations(assignment.operations, array, _Fuse().backend)
-    np.copyto(out, result, casting="unsafe")
+    operations = assignment.operations
+    # Trailing reshapes are applied to ``out`` instead (a view of contiguous memory), so that a reshape of a
+    # transposed view does not cost a copy of its own.
+    end = len(operations)
+    while end and isinstance(operations[end - 1], Reshape):
+        end -= 1
+    fuse = _Fuse()
+    result = apply_operations(operations[:end], array, fuse.backend)
+    copy_transposed(out.reshape(result.shape), result)
+
+
+# Tiles a transposing copy goes through (rows, columns of the transposed view): 8 source rows stream through the
+# cache while 32-byte pieces of 2048 destination rows are written. Measured here for BERT-base's float32 kernels,
+# against one np.copyto of the transposed view: 4.4 ms against 12 ms for [768, 3072], 4.6 against 8.2 for
+# [3072, 768], 1.0 against 1.1 for [768, 768] (128 x 128 tiles: 9.7, 4.5 and 1.0 ms).
+_TILE_ROWS, _TILE_COLUMNS = 2048, 8
+
+
+def copy_transposed(out: np.ndarray, view: np.ndarray) -> None:
+    """``np.copyto(out, view, casting="unsafe")``, in cache-sized tiles when ``view`` is a transposed 2-D view.
+
+    Example:
+        >>> out = np.zeros((3, 2), "float32")
+        >>> copy_transposed(out, np.arange(6, dtype="int64").reshape(2, 3).T)
+        >>> out.tolist()
+        [[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]]
+    """
+    rows, columns = view.shape if view.ndim == 2 else (0, 0)
+    if view.ndim != 2 or view.strides[0] >= view.strides[1] or rows * columns < 2**16:
+        np.copyto(out, view, casting="unsafe")
+        return
+    for row in range(0, rows, _TILE_ROWS):
+        for column in range(0, columns, _TILE_COLUMNS):
+            tile = (slice(row, row + _TILE_ROWS), slice(column, column + _TILE_COLUMNS))
+            np.copyto(out[tile], view[tile], casting="unsafe")
 
 
 def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:

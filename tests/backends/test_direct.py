@@ -17,6 +17,7 @@ import pytest
 
 import mapper
 from mapper.errors import ApplyError, CorruptSourceError, PartialApplyError
+from mapper.ops import Cast, Rearrange, Reshape, Transpose
 from mapper.rules import parse_rules
 from mapper.run.direct import DIRECT_MIN_BYTES, Staging, split_batch
 from mapper.run.executor import apply_plan
@@ -226,3 +227,40 @@ def test_staging_grows_and_is_reused() -> None:
     assert staging.capacity == small and second.ctypes.data == first.ctypes.data
     staging.array((small,), "float32")
     assert staging.capacity >= small * 4
+
+
+@pytest.mark.parametrize(
+    ("shape", "operations"),
+    [
+        ((300, 500), [Transpose((1, 0))]),  # large: copied in tiles
+        ((3, 5), [Transpose((1, 0))]),
+        ((512, 768), [Transpose((1, 0)), Reshape((768, 8, 64))]),  # the reshape lands on the destination
+        ((512, 768), [Transpose((1, 0)), Cast("float16"), Reshape((768, 512))]),
+        ((64, 48), [Reshape((48, 64)), Transpose((1, 0))]),
+        ((6, 4), [Cast("float16"), Cast("float32")]),  # rounds through float16
+        ((40, 30), [Rearrange("(h d) c -> c h d", (("h", 4),))]),
+    ],
+)
+def test_fused_into_gives_what_the_operations_give(shape: tuple[int, ...], operations: list[Any]) -> None:
+    from mapper.ops import apply_numpy
+    from mapper.plan import Assignment, RuleRef
+    from mapper.run.values import fused_into
+
+    member = np.random.default_rng(1).standard_normal(shape).astype("float32")
+    expected_value = apply_numpy(operations, member)
+    assignment = Assignment(
+        "t",
+        "t",
+        "w",
+        RuleRef("r.toml", 1),
+        tuple(operations),
+        shape,
+        "float32",
+        expected_value.shape,
+        expected_value.dtype.name,
+    )
+    out = np.full(expected_value.shape, 7, expected_value.dtype)
+
+    fused_into(member, assignment, out)
+
+    np.testing.assert_array_equal(out, expected_value)
