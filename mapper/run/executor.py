@@ -81,9 +81,12 @@ def apply_plan(
     ``MAX_BATCH_TENSORS`` tensors; a tensor, or a concat/stack group, larger than the budget is read
     alone), one ``read`` call per batch, joined (concat, stack), transformed (transpose, reshape, cast,
     slice, split, rearrange) and assigned; a tensor that feeds several targets (a split) is read once.
-    A large tensor is copied once, its transforms done while copying into an aligned buffer that the
-    variable adopts; an untransformed one read from a safetensors or TF checkpoint source, which hand
-    over their buffers, is not copied at all. Each batch is released before the next is read.
+    A tensor of ``DIRECT_MIN_BYTES`` or more that a source can read into a buffer (TF checkpoints, safetensors)
+    goes straight into the variable (``mapper/run/direct.py``): into the parameter's own memory on torch, one
+    reused staging buffer then a scatter into the variable's buffer on TensorFlow, the new array's one host
+    buffer on JAX; its transforms are fused into that copy. Other large tensors are copied once, their
+    transforms done while copying into an aligned buffer that the variable adopts. Each batch is released
+    before the next is read.
     ``method="init_from_checkpoint"`` hands the same batches to ``tf.compat.v1.train.init_from_checkpoint``:
     it needs TensorFlow, TensorFlow variables, TensorFlow checkpoint sources (ones with a ``checkpoint_prefix``)
     and a plan that neither transforms nor joins tensors; in TF1 graph mode it sets the variables' initializers
