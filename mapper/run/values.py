@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -136,13 +136,17 @@ def _found(value: Any) -> tuple[tuple[Any, ...], str]:
     return tuple(getattr(value, "shape", ())), str(getattr(value, "dtype", type(value).__name__))
 
 
-def fused_array(arrays: Sequence[np.ndarray], assignment: Assignment) -> tuple[np.ndarray, bool]:
+def fused_array(
+    arrays: Sequence[np.ndarray], assignment: Assignment, *, allocate: Allocate | None = None
+) -> tuple[np.ndarray, bool]:
     """The assignment's value from its members, copied at most once; and whether the result is a new buffer.
 
     Transposes, slices, splits and reshapes of contiguous data are views; a cast is kept pending and done by
     the copy. The copy (a join, a reshape that cannot be a view, or the end of the chain when the view is not
-    already contiguous, aligned and of the final dtype) goes into one new 64-byte-aligned buffer. A result that
-    is not new (``False``) is a view of the first member.
+    already contiguous, aligned and of the final dtype) goes into one new 64-byte-aligned buffer, from
+    ``allocate(shape, dtype)`` when given (a writer's reused buffers; ``aligned_empty`` otherwise), done in
+    cache-sized slabs when it reorders (see ``copy_into``). A result that is not new (``False``) is a view of
+    the first member.
 
     Example:
         >>> from mapper.ops import Cast, Transpose
@@ -153,7 +157,7 @@ def fused_array(arrays: Sequence[np.ndarray], assignment: Assignment) -> tuple[n
         >>> result.tolist(), result.dtype.name, new, result.ctypes.data % 64
         ([[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]], 'float16', True, 0)
     """
-    fuse = _Fuse()
+    fuse = _Fuse(allocate or aligned_empty)
     joined = arrays[0] if assignment.combine is None else combine_values(assignment.combine, arrays, fuse.backend)
     result = apply_operations(assignment.operations, joined, fuse.backend)
     if fuse.pending is not None or not _ready(result):
@@ -180,7 +184,8 @@ def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
 class _Fuse:
     """The NumPy backend of one fused copy: views where possible, one aligned copy where not, casts deferred."""
 
-    def __init__(self) -> None:
+    def __init__(self, allocate: Allocate) -> None:
+        self.allocate = allocate
         self.pending: np.dtype[Any] | None = None  # the dtype of a cast not yet done
         self.copied = False  # the value is (a view of) a buffer made here
         self.backend = ArrayBackend(
@@ -202,8 +207,8 @@ class _Fuse:
             return np.reshape(self.copy(array), shape)
 
     def copy(self, array: np.ndarray) -> np.ndarray:
-        destination = aligned_empty(array.shape, self.pending or array.dtype)
-        np.copyto(destination, array, casting="unsafe")
+        destination = self.allocate(array.shape, self.pending or array.dtype)
+        copy_into(destination, array)
         self.pending, self.copied = None, True
         return destination
 
@@ -219,10 +224,77 @@ class _Fuse:
         return self._join(np.stack, arrays, axis, (*first[:axis], len(arrays), *first[axis:]))
 
     def _join(self, join: Any, arrays: list[np.ndarray], axis: int, shape: tuple[int, ...]) -> np.ndarray:
-        destination = aligned_empty(shape, arrays[0].dtype)
+        destination = self.allocate(shape, arrays[0].dtype)
         join(arrays, axis=axis, out=destination)
         self.copied = True
         return destination
+
+
+def copy_into(destination: np.ndarray, source: np.ndarray) -> None:
+    """``np.copyto(destination, source, casting="unsafe")`` for a C-contiguous destination, in cache-sized slabs.
+
+    A copy that reorders (a transpose) reads its source with long strides; NumPy's single pass then misses the
+    cache at every element. Here axes that are contiguous in both are merged first, and the copy is cut along the
+    source's longest stride into slabs whose source bytes fit in ``SLAB_BYTES``. Measured here: a [768, 3072]
+    float32 transpose in one ``np.copyto`` took 10-12 ms, in slabs 3.5-4.2 ms; [3072, 768] 7 ms against 2.8-4 ms.
+
+    Example:
+        >>> source = np.arange(200_000, dtype="float32").reshape(400, 500)
+        >>> destination = np.empty((500, 400), "float64")
+        >>> copy_into(destination, source.T)
+        >>> bool((destination == source.T).all())
+        True
+    """
+    if (
+        source.ndim < 2
+        or source.nbytes <= SLAB_BYTES
+        or source.flags.c_contiguous
+        or not destination.flags.c_contiguous
+    ):
+        np.copyto(destination, source, casting="unsafe")
+        return
+    shape, strides = _merged(source)
+    _copy_slabs(destination.reshape(shape), np.lib.stride_tricks.as_strided(source, shape, strides, writeable=False))
+
+
+def _merged(array: np.ndarray) -> tuple[list[int], list[int]]:
+    """The array's shape and strides with neighbouring axes merged where one stride steps over the other axis."""
+    shape, strides = [array.shape[0]], [array.strides[0]]
+    for size, stride in zip(array.shape[1:], array.strides[1:], strict=True):
+        if strides[-1] == size * stride:
+            shape[-1] *= size
+            strides[-1] = stride
+        else:
+            shape.append(size)
+            strides.append(stride)
+    return shape, strides
+
+
+def _copy_slabs(destination: np.ndarray, source: np.ndarray) -> None:
+    """Copy in slabs along the source's longest stride, each reading at most about ``SLAB_BYTES`` of the source."""
+    sizes, strides = source.shape, source.strides
+    axis = max(range(source.ndim), key=lambda at: abs(strides[at]) if sizes[at] > 1 else -1)
+    spans = [(size - 1) * abs(stride) for size, stride in zip(sizes, strides, strict=True)]
+    unit = source.itemsize + sum(spans) - spans[axis]  # the source bytes one step along the axis covers
+    step = max(1, SLAB_BYTES // unit)
+    if step >= sizes[axis] or source.nbytes <= SLAB_BYTES:
+        np.copyto(destination, source, casting="unsafe")
+        return
+    index: list[slice] = [slice(None)] * source.ndim
+    for start in range(0, sizes[axis], step):
+        index[axis] = slice(start, start + step)
+        part = tuple(index)
+        if unit > SLAB_BYTES:  # one step along this axis is already too much: cut the slab along the next axis
+            _copy_slabs(destination[part], source[part])
+        else:
+            np.copyto(destination[part], source[part], casting="unsafe")
+
+
+# A reordering copy reads at most about this much of its source per slab: it stays in the L2 cache (measured best of
+# 32 KiB to 512 KiB for BERT's kernels on this machine's 1 MiB L2).
+SLAB_BYTES = 128 * 2**10
+# What gives a fused copy its buffer: ``allocate(shape, dtype)``, a new or reused C-contiguous, 64-byte-aligned array.
+Allocate = Callable[[Sequence[int], Any], np.ndarray]
 
 
 def _ready(array: np.ndarray) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -74,4 +74,31 @@ class VerifyingSource(Protocol):
 
     def verify(self, names: Sequence[str]) -> None:
         """Check that the named tensors read in full; raises SourceError (CorruptSourceError) naming one that does not."""
+        ...
+
+
+@runtime_checkable
+class ChunkedSource(Protocol):
+    """A source that hands out a tensor's stored bytes a chunk at a time, through a buffer the caller reuses.
+
+    ``raw_order(name)`` is the byte order of the tensor's bytes as ``read_chunks`` yields them (``"<"``
+    little-endian, ``">"`` big-endian), or None when this tensor cannot be read so (strings, sliced tensors).
+    ``read_chunks(name, buffer)`` yields views of ``buffer`` holding the tensor's bytes in C order, one after the
+    other, each valid until the next is asked for; it checks what the format allows (the length, and at the end a
+    checksum where the format stores one) and raises CorruptSourceError, never a bare OSError. Nothing
+    tensor-sized is allocated: a writer can copy a tensor through a buffer that stays in the CPU's cache.
+
+    Example:
+        >>> from mapper.sources.memory import MemorySource
+        >>> import numpy as np
+        >>> isinstance(MemorySource({"w": np.zeros(2)}), ChunkedSource)
+        False
+    """
+
+    def raw_order(self, name: str) -> str | None:
+        """``"<"`` or ``">"``: the byte order ``read_chunks`` yields the tensor in; None if it cannot."""
+        ...
+
+    def read_chunks(self, name: str, buffer: memoryview) -> Iterator[memoryview]:
+        """The tensor's bytes, in C order, as successive views of ``buffer``; raises CorruptSourceError."""
         ...

@@ -6,7 +6,7 @@ import io
 import math
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -242,6 +242,44 @@ class SafetensorsSource:
         for file, entries in by_file.items():
             self._with_file(file, entries, lambda handle, entry: _verify_entry(handle, entry, buffer))
 
+    def raw_order(self, name: str) -> str:
+        """``"<"``: safetensors stores every tensor little-endian, so ``read_chunks`` reads any of them.
+
+        Raises:
+            SourceError: the name is not in the source.
+
+        Example:
+            >>> import tempfile
+            >>> from safetensors.numpy import save_file
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     save_file({"w": np.arange(3, dtype="int32")}, f"{tmp}/x.safetensors")
+            ...     SafetensorsSource(f"{tmp}/x.safetensors").raw_order("w")
+            '<'
+        """
+        check_names([name], self._entries, what=f"safetensors source {self._path!r}", path=self._path)
+        return "<"
+
+    def read_chunks(self, name: str, buffer: memoryview) -> Iterator[memoryview]:
+        """The tensor's bytes (little-endian, C order) read into ``buffer`` a chunk at a time, as views of it.
+
+        Each view is valid until the next is asked for. The length is checked read by read, as ``read`` does.
+
+        Raises:
+            SourceError: the name is not in the source (raised by this call, before any read).
+            CorruptSourceError: the file cannot be read, or became shorter than its header says (while iterating).
+
+        Example:
+            >>> import tempfile
+            >>> from safetensors.numpy import save_file
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     save_file({"w": np.arange(3, dtype="<i2")}, f"{tmp}/x.safetensors")
+            ...     source = SafetensorsSource(f"{tmp}/x.safetensors")
+            ...     [bytes(chunk) for chunk in source.read_chunks("w", memoryview(bytearray(4)))]
+            [b'\\x00\\x00\\x01\\x00', b'\\x02\\x00']
+        """
+        check_names([name], self._entries, what=f"safetensors source {self._path!r}", path=self._path)
+        return _entry_chunks(self._entries[name], buffer)
+
     def _read_file(self, file: str, entries: list[_Entry]) -> dict[str, np.ndarray]:
         """The arrays of ``entries``, all in ``file``, each read with positional reads into its own buffer."""
         return self._with_file(file, entries, _read_entry)
@@ -275,6 +313,27 @@ def _read_entry(handle: io.RawIOBase, entry: _Entry) -> np.ndarray:
     array = buffer.view(dtype).reshape(entry.spec.shape)
     array.flags.writeable = False
     return array
+
+
+def _entry_chunks(entry: _Entry, buffer: memoryview) -> Iterator[memoryview]:
+    """One tensor's bytes read through ``buffer``, a chunk at a time; CorruptSourceError if the file ends first."""
+    try:
+        with Path(entry.file).open("rb", buffering=0) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if entry.end > size:
+                raise _changed(entry.file, size, [entry])
+            position = entry.begin
+            while position < entry.end:
+                want = min(len(buffer), entry.end - position)
+                got = read_at(handle, buffer[:want], position)
+                if got < want:
+                    raise _changed(entry.file, position + got, [entry])
+                position += got
+                yield buffer[:got]
+    except CorruptSourceError:
+        raise
+    except OSError as error:
+        raise CorruptSourceError(f"cannot read safetensors file {entry.file!r}: {error}", path=entry.file) from error
 
 
 def _verify_entry(handle: io.RawIOBase, entry: _Entry, buffer: np.ndarray) -> None:

@@ -88,10 +88,16 @@ def masked_crc32c(data: Any) -> int:
         >>> hex(masked_crc32c(b"")), hex(masked_crc32c(b"abc"))
         ('0xa282ead8', '0x21f1576e')
     """
-    return _mask(crc32c.crc32c(data))
+    return mask_crc32c(crc32c.crc32c(data))
 
 
-def _mask(crc: int) -> int:
+def mask_crc32c(crc: int) -> int:
+    """A crc32c (of bytes taken piece by piece, say) masked as TensorFlow stores it (see ``masked_crc32c``).
+
+    Example:
+        >>> mask_crc32c(crc32c.crc32c(b"abc")) == masked_crc32c(b"abc")
+        True
+    """
     return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
 
 
@@ -381,6 +387,51 @@ def verify_tensors(prefix: str, index: BundleIndex, entries: Sequence[BundleEntr
             ) from error
 
 
+def tensor_chunks(prefix: str, index: BundleIndex, entry: BundleEntry, buffer: memoryview) -> Iterator[memoryview]:
+    """The bytes of ``entry`` (a ``raw`` one) read through ``buffer`` a chunk at a time, as views of it.
+
+    Each view is valid until the next is asked for. The same checks as ``read_tensors``: the byte length its
+    dtype and shape need, every read (a data file that became shorter), and once the last chunk was handed
+    out, the crc32c of all of them: a mismatch raises then, so whatever the chunks were written to must be
+    thrown away (a writer's temporary file is).
+
+    Raises:
+        CorruptSourceError: as ``read_tensors``.
+
+    Example:
+        >>> import tempfile
+        >>> import tensorflow as tf
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     prefix = tf.train.Checkpoint(w=tf.Variable([1, 2, 3])).write(f"{tmp}/ckpt")
+        ...     index = read_index(prefix + ".index")
+        ...     (entry,) = [entry for entry in index.entries if entry.raw]
+        ...     [len(chunk) for chunk in tensor_chunks(prefix, index, entry, memoryview(bytearray(8)))]
+        [8, 4]
+    """
+    _checked_dtype(prefix, entry)
+    path = str(Path(prefix).with_name(data_file_name(prefix, entry.shard, index.num_shards)))
+    try:
+        with Path(path).open("rb", buffering=0) as handle:
+            crc = done = 0
+            while done < entry.size:
+                want = min(len(buffer), entry.size - done)
+                got = read_at(handle, buffer[:want], entry.offset + done)
+                if got < want:
+                    _check_read(prefix, path, entry, done + got, 0)
+                crc = crc32c.crc32c(buffer[:got], crc)
+                done += got
+                yield buffer[:got]
+            _check_read(prefix, path, entry, done, mask_crc32c(crc))
+    except CorruptSourceError:
+        raise
+    except OSError as error:  # opening failed, or EIO while reading
+        raise CorruptSourceError(
+            f"cannot read data file {Path(path).name!r} of checkpoint {prefix!r}: {error}; "
+            "copy or write the checkpoint again",
+            path=prefix,
+        ) from error
+
+
 def _verify_entry(prefix: str, path: str, handle: Any, entry: BundleEntry, buffer: np.ndarray) -> None:
     """One tensor's length and checksum checked through ``buffer``."""
     _checked_dtype(prefix, entry)
@@ -391,7 +442,7 @@ def _verify_entry(prefix: str, path: str, handle: Any, entry: BundleEntry, buffe
         crc = crc32c.crc32c(chunk, crc)
 
     done = scan_at(handle, entry.offset, entry.size, buffer, update)
-    _check_read(prefix, path, entry, done, _mask(crc))
+    _check_read(prefix, path, entry, done, mask_crc32c(crc))
 
 
 def _checked_dtype(prefix: str, entry: BundleEntry) -> np.dtype[Any]:
