@@ -165,6 +165,56 @@ def fused_array(
     return result, fuse.copied
 
 
+def reordering(assignment: Assignment) -> tuple[tuple[int, ...], tuple[int, ...], np.dtype[Any]] | None:
+    """How the assignment's operations move its one member's elements, when all they do is move them; else None.
+
+    Returned: ``(shape, strides, dtype)`` such that the value, read in C order, is the member's bytes seen
+    through ``shape`` and byte ``strides`` (neighbouring axes merged, axes of length 1 left out), then cast to
+    ``dtype``: every element of the member appears exactly once. Transposes, rearranges and reshapes qualify, with
+    one cast at most; joins, slices and splits do not. Strides in C order mean the bytes stay as they are.
+    Worked out on a stand-in array whose memory is never read, so it costs nothing.
+
+    Example:
+        >>> from mapper.ops import Rearrange, Transpose
+        >>> from mapper.plan import RuleRef
+        >>> a = Assignment("t", "t", "w", RuleRef("r.toml", 1), (Transpose((1, 0)),), (3, 4), "float32", (4, 3), "float32")
+        >>> reordering(a)
+        ((4, 3), (4, 16), dtype('float32'))
+    """
+    kind = numpy_dtype(assignment.source_dtype)
+    shape = assignment.source_shape
+    if assignment.combine is not None or kind.kind in "OSUV" or not math.prod(shape):
+        return None
+    strides = [kind.itemsize * math.prod(shape[at + 1 :]) for at in range(len(shape))]
+    stand_in = np.lib.stride_tricks.as_strided(np.empty(1, kind), shape, strides, writeable=False)
+    fuse = _Fuse(_no_copy)
+    try:
+        view = apply_operations(assignment.operations, stand_in, fuse.backend)
+    except _WouldCopyError:
+        return None
+    if view.size != stand_in.size or view.ctypes.data != stand_in.ctypes.data or not view.ndim:
+        return None
+    kept = [(size, stride) for size, stride in zip(view.shape, view.strides, strict=True) if size > 1]
+    if not kept:
+        kept = [(1, kind.itemsize)]
+    merged = np.lib.stride_tricks.as_strided(stand_in, [size for size, _ in kept], [stride for _, stride in kept])
+    sizes, steps = _merged(merged)
+    expected = kind.itemsize
+    for stride, size in sorted(zip(steps, sizes, strict=True)):
+        if stride != expected:
+            return None
+        expected *= size
+    return tuple(sizes), tuple(steps), fuse.pending or kind
+
+
+class _WouldCopyError(Exception):
+    """Raised by ``reordering``'s allocator: the operations need a copy, so they do more than move elements."""
+
+
+def _no_copy(shape: Sequence[int], dtype: Any) -> np.ndarray:  # noqa: ARG001 - an Allocate that refuses
+    raise _WouldCopyError
+
+
 def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
     """A new uninitialised C-contiguous array whose data starts on a 64-byte boundary.
 
