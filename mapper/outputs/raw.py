@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -95,15 +96,19 @@ class Writeback:
         """Start writing back the range noted so far (advice only: a refusal is ignored)."""
         advise = getattr(os, "posix_fadvise", None)
         if self.pending is not None and advise is not None:
-            start, end = self.pending
+            # Whole pages only: the page the last write ended in gets its next bytes soon, and a page under
+            # writeback may make that write wait for the disk. The next range starts in that page again.
+            start, end = self.pending[0] // _PAGE * _PAGE, self.pending[1] // _PAGE * _PAGE
             with contextlib.suppress(OSError):
-                advise(self.fd, start, end - start, os.POSIX_FADV_DONTNEED)
+                if end > start:
+                    advise(self.fd, start, end - start, os.POSIX_FADV_DONTNEED)
         self.pending, self._noted = None, 0
 
 
 # Bytes written between two writeback advices (see Writeback): large enough that the calls cost nothing, small
 # enough that the disk is kept busy while the rest is being written.
 FLUSH_BYTES = 16 * 2**20
+_PAGE = mmap.PAGESIZE
 
 
 def host_order(order: str) -> str:
