@@ -621,32 +621,37 @@ def test_sigterm_raises_does_nothing_outside_the_main_thread() -> None:
     assert seen == [signal.SIG_DFL]
 
 
-# --- writes on the background thread -------------------------------------------------------------------------------
+# --- tensors written from their bytes, a chunk at a time ---------------------------------------------------------
 
 
-def test_a_failed_background_write_is_raised_by_the_next_call_and_close_stops_the_rest() -> None:
-    from mapper.outputs.raw import Background
+@pytest.mark.parametrize(
+    ("chunks", "fragment"),
+    [
+        pytest.param([b"\0" * 4], "4 bytes were given for 'w', not the 8", id="too-few"),
+        pytest.param([b"\0" * 8, b"\0"], "run past its 8 bytes", id="too-many"),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".safetensors", ""])
+def test_write_chunks_takes_exactly_the_tensors_bytes(
+    tmp_path: Path, suffix: str, chunks: list[bytes], fragment: str
+) -> None:
+    from mapper.outputs.writers import open_writer
 
-    done: list[int] = []
+    path = tmp_path / f"out{suffix}"
+    writer = open_writer(path, [TensorSpec("w", (2,), "float32"), TensorSpec("v", (1,), "float32")])
+    with pytest.raises(TargetError, match=fragment):
+        writer.write_chunks("w", [memoryview(chunk) for chunk in chunks])
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
 
-    def fail() -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
 
-    background = Background()
-    background.submit(done.append, 1)
-    background.submit(fail)
-    with pytest.raises(OSError, match="No space left"):
-        background.end_batch()  # raises if the failure already happened; the batch just ended may still be going
-        background.end_batch()  # waits for the batch before: the failure is raised by now
-    background.close()
-    background.close()
-    assert done == [1]
+def test_write_chunks_is_refused_by_writers_that_take_arrays(tmp_path: Path) -> None:
+    from mapper.outputs.writers import open_writer
 
-    background = Background()
-    background.submit(fail)
-    with pytest.raises(OSError, match="No space left"):
-        background.wait()
-    background.close()
+    writer = open_writer(tmp_path / "w.h5", [TensorSpec("w", (1,), "float32")])
+    with pytest.raises(TargetError, match="takes arrays, not bytes"):
+        writer.write_chunks("w", [memoryview(b"\0" * 4)])
+    writer.abort()
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ""])

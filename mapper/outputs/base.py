@@ -6,7 +6,7 @@ import abc
 import contextlib
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,7 +25,8 @@ class TensorWriter(abc.ABC):
     """Base of the writers: checks the specs and the room, tracks what was written, commits or aborts.
 
     Subclasses implement ``_start``, ``_write``, ``_finish`` (make the temporary output complete),
-    ``_install`` (move it into place) and ``_discard``; ``_end_batch`` and ``_room`` when they need to. A write
+    ``_install`` (move it into place) and ``_discard``; ``_end_batch`` and ``_room`` when they need to, and
+    ``_write_chunks`` with a ``byte_order`` when they take a tensor's bytes in pieces. A write
     fault (a full disk, the file size limit, a read-only directory) in any step is an OutputError naming the
     output and the cause, and leaves no temporary file behind.
 
@@ -36,6 +37,8 @@ class TensorWriter(abc.ABC):
     """
 
     format: OutputFormat = "tf-checkpoint"
+    # The byte order ``write_chunks`` takes a tensor's bytes in (``"<"``, ``">"``); None: it takes arrays only.
+    byte_order: str | None = None
 
     def __init__(self, path: str | os.PathLike[str], specs: Sequence[TensorSpec], *, overwrite: bool = False) -> None:
         self.path = Path(path)
@@ -68,11 +71,7 @@ class TensorWriter(abc.ABC):
                 the declared one.
             OutputError: writing failed (a full disk, the file size limit); call ``abort``.
         """
-        spec = self.specs.get(name)
-        if spec is None:
-            raise TargetError(f"{name!r} is not one of the {len(self.specs)} tensors declared for {self.path}")
-        if name in self.written:
-            raise TargetError(f"{name!r} was already written to {self.path}; each name is written once")
+        spec = self._claim(name)
         shape = tuple(int(dim) for dim in value.shape)
         dtype = dtype_name(value)
         if shape != spec.shape or dtype != spec.dtype:
@@ -82,6 +81,32 @@ class TensorWriter(abc.ABC):
             )
         with faults_named(self.path):
             self._write(spec, value)
+        self.written.add(name)
+        self.bytes_written += spec.nbytes
+
+    def write_chunks(self, name: str, chunks: Iterable[memoryview]) -> None:
+        """Write one tensor declared in the specs from its bytes, given a piece at a time (C order, ``byte_order``).
+
+        Each chunk is written before the next is asked for, so the caller may hand out one reused buffer:
+        a tensor copied from a source's ``read_chunks`` never exists whole in memory. Only writers with a
+        ``byte_order`` take bytes; the others take arrays (``write``).
+
+        Raises:
+            TargetError: the name was not declared or was written already, the writer takes no bytes, or the
+                chunks do not hold exactly the tensor's bytes.
+            OutputError: writing failed (a full disk, the file size limit); call ``abort``.
+            Whatever the chunks raise (a source's CorruptSourceError) passes unchanged; call ``abort``.
+        """
+        spec = self._claim(name)
+        if self.byte_order is None:
+            raise TargetError(f"the {self.format} writer of {self.path} takes arrays, not bytes: write {name!r} whole")
+        with faults_named(self.path):
+            count = self._write_chunks(spec, chunks)
+        if count != spec.nbytes:
+            raise TargetError(
+                f"{count} bytes were given for {name!r}, not the {spec.nbytes} of its {format_shape(spec.shape)} "
+                f"{spec.dtype} declared for {self.path}"
+            )
         self.written.add(name)
         self.bytes_written += spec.nbytes
 
@@ -146,6 +171,19 @@ class TensorWriter(abc.ABC):
             self._signals.close()
 
     # --- for subclasses ------------------------------------------------------------------------------------------
+
+    def _claim(self, name: str) -> TensorSpec:
+        """The spec of ``name``, which is about to be written; TargetError if undeclared or written already."""
+        spec = self.specs.get(name)
+        if spec is None:
+            raise TargetError(f"{name!r} is not one of the {len(self.specs)} tensors declared for {self.path}")
+        if name in self.written:
+            raise TargetError(f"{name!r} was already written to {self.path}; each name is written once")
+        return spec
+
+    def _write_chunks(self, spec: TensorSpec, chunks: Iterable[memoryview]) -> int:
+        """Write the tensor's bytes from ``chunks``; the count of bytes they held. Writers with a ``byte_order``."""
+        raise NotImplementedError  # pragma: no cover - write_chunks refuses writers without a byte order first
 
     def _check_specs(self) -> None:  # noqa: B027 - a hook: formats that limit names or dtypes override it
         """TargetError for a name or dtype the format cannot hold."""

@@ -1,16 +1,25 @@
-"""A tensor's bytes handed to a file as they are: a flat byte view, positional writes, on a background thread."""
+"""A tensor's bytes handed to a file as they are: a flat byte view, positional writes in pieces that stay in cache."""
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+import sys
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
+import crc32c
 import numpy as np
 
-from mapper.errors import OutputError
+from mapper.errors import OutputError, TargetError
 from mapper.outputs.base import as_numpy
+
+# Bytes per pwrite. Measured here (418 MiB into a new file): in 128 KiB writes 0.15-0.19 s, in 1 MiB writes
+# 0.22-0.40 s, in 9 MiB writes 1.8-2.1 s, nearly all of it system time: a large write has the kernel find fresh
+# memory for the file's pages in large pieces, which this virtual machine hands out slowly. A signal (SIGTERM,
+# Ctrl-C) waits for at most one such write.
+WRITE_CHUNK = 128 * 2**10
 
 
 def raw_bytes(value: Any, *, order: Literal["<", "="] = "<") -> memoryview:
@@ -33,7 +42,7 @@ def raw_bytes(value: Any, *, order: Literal["<", "="] = "<") -> memoryview:
 
 
 def write_at(fd: int, data: memoryview, offset: int) -> None:
-    """Write all of ``data`` to the file ``fd`` at ``offset`` (``os.pwrite`` again for what a short write left).
+    """Write all of ``data`` to the file ``fd`` at ``offset``, in ``WRITE_CHUNK`` pieces (``os.pwrite``).
 
     Example:
         >>> import tempfile
@@ -52,92 +61,140 @@ def write_at(fd: int, data: memoryview, offset: int) -> None:
         offset += done
 
 
-def open_descriptor(fd: int | None, path: str) -> int:
-    """``fd``, the writer's open temporary file; OutputError if the writer was already committed or aborted.
+class Writeback:
+    """Has the kernel start writing a file's new bytes to disk as they come, so that the final ``fsync`` waits little.
+
+    ``wrote(offset, nbytes)`` notes each write; once ``FLUSH_BYTES`` have been noted, the range they span is handed
+    to ``posix_fadvise(..., POSIX_FADV_DONTNEED)``, which on Linux starts writing those dirty pages back without
+    waiting (and drops none of them: they are dirty). Measured here (418 MiB): the ``fsync`` at the end took 0.19-0.21
+    s after plain writes, 0.005-0.02 s after writes with this advice, for the same time writing. Where the call is
+    missing or refused (another system, tmpfs), nothing happens: the ``fsync`` does all the work, as before.
 
     Example:
-        >>> open_descriptor(3, "out.safetensors")
-        3
-        >>> open_descriptor(None, "out.safetensors")
-        Traceback (most recent call last):
-        mapper.errors.OutputError: cannot write out.safetensors: its writer was already committed or aborted; open a new writer
+        >>> import tempfile
+        >>> with tempfile.TemporaryFile() as handle:
+        ...     writeback = Writeback(handle.fileno())
+        ...     writeback.wrote(0, 3)
+        ...     writeback.pending
+        (0, 3)
     """
-    if fd is None:
-        raise OutputError(
-            f"cannot write {path}: its writer was already committed or aborted; open a new writer", path=path
-        )
-    return fd
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pending: tuple[int, int] | None = None  # the range written since the last advice: (start, end)
+        self._noted = 0
+
+    def wrote(self, offset: int, nbytes: int) -> None:
+        """Note ``nbytes`` written at ``offset``; start their writeback once enough have been noted."""
+        start, end = self.pending or (offset, offset + nbytes)
+        self.pending = (min(start, offset), max(end, offset + nbytes))
+        self._noted += nbytes
+        if self._noted >= FLUSH_BYTES:
+            self.start()
+
+    def start(self) -> None:
+        """Start writing back the range noted so far (advice only: a refusal is ignored)."""
+        advise = getattr(os, "posix_fadvise", None)
+        if self.pending is not None and advise is not None:
+            # Whole pages only: the page the last write ended in gets its next bytes soon, and a page under
+            # writeback may make that write wait for the disk. The next range starts in that page again.
+            start, end = self.pending[0] // _PAGE * _PAGE, self.pending[1] // _PAGE * _PAGE
+            with contextlib.suppress(OSError):
+                if end > start:
+                    advise(self.fd, start, end - start, os.POSIX_FADV_DONTNEED)
+        self.pending, self._noted = None, 0
 
 
-class Background:
-    """Writes done on one background thread, in order, while the caller reads and transforms the next batch.
+# Bytes written between two writeback advices (see Writeback): large enough that the calls cost nothing, small
+# enough that the disk is kept busy while the rest is being written.
+FLUSH_BYTES = 16 * 2**20
+_PAGE = mmap.PAGESIZE
 
-    ``submit`` queues a call; ``end_batch`` waits for the calls of the batch before the one just ended, so that
-    at most one batch is being written while the next is read (memory stays near two batches); ``wait`` waits
-    for all of them. The first failure of a queued call is raised, in the caller's thread, by the next
-    ``submit``, ``end_batch`` or ``wait``; ``close`` drops what was not started and waits for what was.
+
+def host_order(order: str) -> str:
+    """``"<"`` or ``">"`` for a byte order given as ``"<"``, ``">"`` or ``"="`` (this machine's).
 
     Example:
-        >>> done = []
-        >>> background = Background()
-        >>> background.submit(done.append, 1)
-        >>> background.wait()
-        >>> background.close()
-        >>> done
-        [1]
+        >>> host_order("<"), host_order("=") == {"little": "<", "big": ">"}[sys.byteorder]
+        ('<', True)
+    """
+    if order == "=":
+        return "<" if sys.byteorder == "little" else ">"
+    return order
+
+
+class PlacedFile:
+    """An open file whose tensors have places laid out up front, each written there with positional writes.
+
+    ``offsets`` gives each tensor's first byte in the file; the file takes its bytes in byte order ``order``
+    (``"<"`` or ``"="``, native). With ``checksums`` the crc32c of each tensor's bytes is kept (``crc``), as a
+    TensorFlow checkpoint's index stores it. Writes go in ``WRITE_CHUNK`` pieces, in the caller's thread, and
+    their writeback to disk is started as they go (see ``Writeback``).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryFile() as handle:
+        ...     placed = PlacedFile(os.dup(handle.fileno()), {"a": 0, "b": 2}, order="<", checksums=True)
+        ...     placed.write_array("b", np.array([7], "<i2"))
+        ...     placed.write_chunks("a", [memoryview(b"\\x01"), memoryview(b"\\x02")], 2)
+        ...     placed.close()
+        ...     _ = handle.seek(0)
+        ...     handle.read(), placed.crc["a"] == crc32c.crc32c(b"\\x01\\x02")
+        2
+        (b'\\x01\\x02\\x07\\x00', True)
     """
 
-    def __init__(self) -> None:
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: list[Future[Any]] = []
-        self._batch_start = 0  # where the batch now being submitted starts in _pending
-        # The first queued call that failed, noted by the call's own done-callback: checking it costs nothing,
-        # where asking every pending future would make a batch of n writes cost n squared (5,000 tensors: 47 s).
-        self._failed: Future[Any] | None = None
+    def __init__(self, fd: int, offsets: Mapping[str, int], *, order: Literal["<", "="], checksums: bool) -> None:
+        self.fd: int | None = fd
+        self.writeback = Writeback(fd)
+        self.offsets = dict(offsets)
+        self.order: Literal["<", "="] = order
+        self.crc: dict[str, int] = {}
+        self._checksums = checksums
 
-    def submit(self, call: Callable[..., Any], *args: Any) -> None:
-        """Queue ``call(*args)``; first raise the failure of an earlier call, if one failed."""
-        self._raise_failed()
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mapper-writer")
-        future = self._pool.submit(call, *args)
-        future.add_done_callback(self._note)
-        self._pending.append(future)
+    def descriptor(self, path: str) -> int:
+        """The open file; OutputError naming ``path`` once the file was closed (its writer committed or aborted)."""
+        if self.fd is None:
+            raise OutputError(
+                f"cannot write {path}: its writer was already committed or aborted; open a new writer", path=path
+            )
+        return self.fd
 
-    def _note(self, future: Future[Any]) -> None:
-        if self._failed is None and not future.cancelled() and future.exception() is not None:
-            self._failed = future
+    def write_array(self, name: str, value: Any, path: str = "the output") -> None:
+        """Write ``value``'s bytes (see ``raw_bytes``) into the place of ``name``."""
+        data = raw_bytes(value, order=self.order)
+        write_at(self.descriptor(path), data, self.offsets[name])
+        self.writeback.wrote(self.offsets[name], data.nbytes)
+        if self._checksums:
+            self.crc[name] = crc32c.crc32c(data)
 
-    def end_batch(self) -> None:
-        """Wait for the calls queued before the previous ``end_batch``; the last batch's go on in the background."""
-        earlier, self._pending = self._pending[: self._batch_start], self._pending[self._batch_start :]
-        for future in earlier:
-            future.result()
-        self._batch_start = len(self._pending)
-        self._raise_failed()
+    def write_chunks(self, name: str, chunks: Iterable[memoryview], nbytes: int, path: str = "the output") -> int:
+        """Write the chunks one after the other into the place of ``name``; the count of bytes they held.
 
-    def wait(self) -> None:
-        """Wait for every queued call; raise the first failure."""
-        pending, self._pending, self._batch_start = self._pending, [], 0
-        for future in pending:
-            future.result()
+        Raises:
+            TargetError: the chunks hold more than the tensor's ``nbytes`` (nothing past its place is written).
+        """
+        fd = self.descriptor(path)
+        start = self.offsets[name]
+        done = crc = 0
+        for chunk in chunks:
+            view = chunk.cast("B") if chunk.format != "B" or chunk.ndim != 1 else chunk
+            if done + len(view) > nbytes:
+                raise TargetError(f"the bytes given for {name!r} run past its {nbytes} bytes in {path}")
+            write_at(fd, view, start + done)
+            self.writeback.wrote(start + done, len(view))
+            if self._checksums:
+                crc = crc32c.crc32c(view, crc)
+            done += len(view)
+        if self._checksums:
+            self.crc[name] = crc
+        return done
 
     def close(self) -> None:
-        """Cancel the calls not started, wait for the running one, and stop the thread. Safe to call twice."""
-        for future in self._pending:
-            future.cancel()
-        self._pending, self._batch_start = [], 0
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-    def _raise_failed(self) -> None:
-        if self._failed is not None:
-            self._failed.result()
+        """Close the file; safe to call twice."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
 
 
-# Bytes per pwrite: a signal (SIGTERM, Ctrl-C) waits for at most one such write to finish.
-WRITE_CHUNK = 16 * 2**20
-
-
-__all__ = ["WRITE_CHUNK", "Background", "open_descriptor", "raw_bytes", "write_at"]
+__all__ = ["FLUSH_BYTES", "WRITE_CHUNK", "PlacedFile", "Writeback", "host_order", "raw_bytes", "write_at"]

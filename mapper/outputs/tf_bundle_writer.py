@@ -21,8 +21,8 @@ from mapper.dtypes import DTYPE_SIZES
 from mapper.errors import TargetError
 from mapper.outputs.base import TensorWriter
 from mapper.outputs.files import OutputFormat, replace_checkpoint
-from mapper.outputs.raw import Background, open_descriptor, raw_bytes, write_at
-from mapper.sources.tf_bundle import _HOST_ENDIANNESS, DTYPE_NAMES, data_file_name, masked_crc32c
+from mapper.outputs.raw import PlacedFile, host_order
+from mapper.sources.tf_bundle import _HOST_ENDIANNESS, DTYPE_NAMES, data_file_name, mask_crc32c, masked_crc32c
 from mapper.specs import TensorSpec
 
 # TensorFlow's DataType number of each dtype the bundle holds as plain fixed-size elements.
@@ -50,9 +50,10 @@ class CheckpointWriter(TensorWriter):
     """A name-based TensorFlow checkpoint written directly: ``tf.train.load_checkpoint(path)`` lists the names.
 
     The tensors' places in the one data file are laid out from the specs first (in their order, as ``SaveV2``
-    lays out the tensors it is given), each tensor is written into its place as it comes (``os.pwrite`` of its
-    buffer, on a background thread while the next batch is read: see ``Background``) and its crc32c taken; ``commit`` syncs the data file, writes and syncs the index, and moves the data file into place and the
-    index last. No TensorFlow is imported. Like a TF1 ``Saver`` checkpoint it has no object graph: read it by name
+    lays out the tensors it is given), each tensor is written into its place as it comes (``os.pwrite`` in cache-sized
+    pieces, see ``PlacedFile``: from an array with ``write``, from a source's chunks with ``write_chunks``) and its
+    crc32c taken; ``commit`` syncs the data file, writes and syncs the index, and moves the data file into place and
+    the index last. No TensorFlow is imported. Like a TF1 ``Saver`` checkpoint it has no object graph: read it by name
     (``tf.train.load_checkpoint``, ``init_from_checkpoint``, or ``mapper``); ``tf.train.Checkpoint.read`` reads it
     in TensorFlow's name-based mode, restoring the variables whose names (``v.name`` without ``:0``) are its keys.
     Only fixed-size dtypes (see ``raw_dtype``); ``open_writer`` writes checkpoints with strings through ``SaveV2``.
@@ -68,6 +69,7 @@ class CheckpointWriter(TensorWriter):
     """
 
     format: OutputFormat = "tf-checkpoint"
+    byte_order = host_order("=")
 
     def _check_specs(self) -> None:
         if not self.specs:
@@ -81,40 +83,37 @@ class CheckpointWriter(TensorWriter):
         return total + index_size_bound(self.specs.values()), total
 
     def _start(self) -> None:
-        self._offsets: dict[str, int] = {}
+        offsets: dict[str, int] = {}
         offset = 0
         for name, spec in self.specs.items():
-            self._offsets[name] = offset
+            offsets[name] = offset
             offset += spec.nbytes
-        self._checksums: dict[str, int] = {}
         self._directory = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent))
         self._prefix = self._directory / self.path.name
-        self._fd: int | None = os.open(
+        fd = os.open(
             self._prefix.with_name(data_file_name(str(self._prefix), 0, 1)), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666
         )
-        self._background = Background()
-        os.ftruncate(self._fd, offset)
+        self._file = PlacedFile(fd, offsets, order="=", checksums=True)  # TensorFlow writes the machine's byte order
+        os.ftruncate(fd, offset)
 
     def _write(self, spec: TensorSpec, value: Any) -> None:
-        fd = open_descriptor(self._fd, str(self.path))
-        data = raw_bytes(value, order="=")  # TensorFlow writes, and reads, the machine's byte order
-        self._background.submit(self._write_tensor, fd, spec.name, data)
+        self._file.write_array(spec.name, value, str(self.path))
 
-    def _write_tensor(self, fd: int, name: str, data: memoryview) -> None:
-        """Write one tensor into its place and keep its checksum (on the background thread)."""
-        write_at(fd, data, self._offsets[name])
-        self._checksums[name] = masked_crc32c(data)
-
-    def _end_batch(self) -> None:
-        self._background.end_batch()
+    def _write_chunks(self, spec: TensorSpec, chunks: Iterable[memoryview]) -> int:
+        return self._file.write_chunks(spec.name, chunks, spec.nbytes, str(self.path))
 
     def _finish(self) -> None:
-        fd = open_descriptor(self._fd, str(self.path))
-        self._background.wait()
-        os.fsync(fd)
-        self._close()
+        os.fsync(self._file.descriptor(str(self.path)))
+        self._file.close()
         entries = (
-            (spec.name, spec.dtype, spec.shape, self._offsets[spec.name], spec.nbytes, self._checksums[spec.name])
+            (
+                spec.name,
+                spec.dtype,
+                spec.shape,
+                self._file.offsets[spec.name],
+                spec.nbytes,
+                mask_crc32c(self._file.crc[spec.name]),
+            )
             for spec in self.specs.values()
         )
         index = self._prefix.with_name(self._prefix.name + ".index")
@@ -128,18 +127,11 @@ class CheckpointWriter(TensorWriter):
         shutil.rmtree(self._directory, ignore_errors=True)
 
     def _discard(self) -> None:
-        self._close()
+        file = getattr(self, "_file", None)
+        if file is not None:
+            file.close()
         if hasattr(self, "_directory"):
             shutil.rmtree(self._directory, ignore_errors=True)
-
-    def _close(self) -> None:
-        background = getattr(self, "_background", None)
-        if background is not None:
-            background.close()
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            self._fd = None
-            os.close(fd)
 
 
 # --- the index ------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from mapper.errors import OutputError, TargetError
 from mapper.outputs.base import FileWriter, TensorWriter, as_numpy
 from mapper.outputs.faults import h5_size
 from mapper.outputs.files import OutputFormat, output_format, replace_checkpoint
-from mapper.outputs.raw import Background, open_descriptor, raw_bytes, write_at
+from mapper.outputs.raw import PlacedFile, write_at
 from mapper.outputs.tf_bundle_writer import CheckpointWriter, raw_dtype
 from mapper.sources.safetensors import DTYPES as SAFETENSORS_DTYPES
 from mapper.specs import TensorSpec
@@ -82,9 +82,9 @@ class SafetensorsWriter(FileWriter):
     """A ``.safetensors`` file: the header is laid out from the specs first, then each tensor written in its place.
 
     Tensors may be written in any order; the file lists them in the order of the specs, contiguously, as the
-    format requires. Each tensor goes from the value given straight to the file (``os.pwrite`` of its buffer, no
-    copy in between), on a background thread while the next batch is read (see ``Background``: memory stays near
-    two batches); the file is synced once, when it is complete, before it is moved into place.
+    format requires. Each tensor goes from the value given straight to the file (``os.pwrite`` of its buffer in
+    cache-sized pieces, no copy in between: see ``PlacedFile``), or from a source's chunks (``write_chunks``);
+    the file is synced once, when it is complete, before it is moved into place.
 
     Example:
         >>> import tempfile
@@ -101,6 +101,7 @@ class SafetensorsWriter(FileWriter):
     """
 
     format: OutputFormat = "safetensors"
+    byte_order = "<"
 
     def _check_specs(self) -> None:
         self._refuse_dtypes(
@@ -114,7 +115,7 @@ class SafetensorsWriter(FileWriter):
 
     def _start(self) -> None:
         header: dict[str, Any] = {}
-        self._offsets: dict[str, int] = {}
+        offsets: dict[str, int] = {}
         offset = 0
         for spec in self.specs.values():
             header[spec.name] = {
@@ -122,42 +123,39 @@ class SafetensorsWriter(FileWriter):
                 "shape": list(spec.shape),
                 "data_offsets": [offset, offset + spec.nbytes],
             }
-            self._offsets[spec.name] = offset
+            offsets[spec.name] = offset
             offset += spec.nbytes
         text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the safetensors library writes it
-        self._data_start = 8 + len(text)
+        data_start = 8 + len(text)
         self._temporary = self._new_temporary()
-        self._fd: int | None = os.open(self._temporary, os.O_RDWR | getattr(os, "O_BINARY", 0))
-        self._background = Background()
+        self._file = PlacedFile(
+            os.open(self._temporary, os.O_RDWR | getattr(os, "O_BINARY", 0)),
+            {name: data_start + at for name, at in offsets.items()},
+            order="<",
+            checksums=False,
+        )
         try:
-            write_at(self._fd, memoryview(struct.pack("<Q", len(text)) + text), 0)
-            os.ftruncate(self._fd, self._data_start + offset)
+            write_at(self._file.descriptor(str(self.path)), memoryview(struct.pack("<Q", len(text)) + text), 0)
+            os.ftruncate(self._file.descriptor(str(self.path)), data_start + offset)
         except BaseException:
             self._discard()
             raise
 
     def _write(self, spec: TensorSpec, value: Any) -> None:
-        fd = open_descriptor(self._fd, str(self.path))
-        self._background.submit(write_at, fd, raw_bytes(value), self._data_start + self._offsets[spec.name])
+        self._file.write_array(spec.name, value, str(self.path))
 
-    def _end_batch(self) -> None:
-        self._background.end_batch()
+    def _write_chunks(self, spec: TensorSpec, chunks: Iterable[memoryview]) -> int:
+        return self._file.write_chunks(spec.name, chunks, spec.nbytes, str(self.path))
 
     def _finish(self) -> None:
-        fd = open_descriptor(self._fd, str(self.path))
-        self._background.wait()
-        os.fsync(fd)  # once, for the whole file: what the rename into place needs to be durable
+        os.fsync(self._file.descriptor(str(self.path)))  # once, for the whole file: what the rename into place needs
         self._close()
 
     def _close(self) -> None:
-        background = getattr(self, "_background", None)
-        if background is not None:
-            background.close()
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            self._fd = None
-            os.close(fd)
+        file = getattr(self, "_file", None)
+        if file is not None:
+            file.close()
 
 
 class KerasH5Writer(FileWriter):

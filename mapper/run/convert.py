@@ -15,6 +15,7 @@ from mapper.outputs.files import OutputFormat, check_not_a_source, check_output,
 from mapper.outputs.writers import open_writer
 from mapper.plan.model import Plan
 from mapper.run.batches import DEFAULT_BATCH_BYTES, Sources, ValueStream
+from mapper.run.transfer import Transfer
 from mapper.specs import TensorSpec
 from mapper.text import first_line
 
@@ -69,9 +70,12 @@ def write_plan(
         output: the output file, or a TF checkpoint prefix.
         format: ``"tf-checkpoint"``, ``"safetensors"`` or ``"keras-h5"``; None to go by the output's suffix.
         overwrite: replace an existing output.
-        batch_bytes: upper bound on the source bytes read at once; memory stays near two batches (one being
-            written while the next is read and transformed) plus the largest tensor. No TensorFlow is needed,
-            except for a TF checkpoint holding strings (saved with ``SaveV2``) or a source that reads with it.
+        batch_bytes: upper bound on the source bytes read at once. Into a TF checkpoint or safetensors from a
+            safetensors file or a TF checkpoint, a tensor without operations is copied through a 128 KiB buffer
+            and one with operations is staged whole in reused buffers, so memory stays near twice the largest
+            transformed tensor whatever the batch; other sources and writers hold a batch at a time. No
+            TensorFlow is needed, except for a TF checkpoint holding strings (saved with ``SaveV2``) or a source
+            that reads with it.
         progress: called as ``progress(done, total)`` with counts of tensors after each batch.
 
     Returns:
@@ -143,14 +147,13 @@ def _write_batches(
     """Write every batch of ``stream`` and commit; abort on any failure (SIGTERM too). Returns the bytes read."""
     total = len(plan.assignments)
     done = bytes_read = 0
-    phase: str | None = None  # what is being done outside the stream; None while the stream reads or transforms
+    phase: str | None = None  # what is being done outside the transfer; None while it reads, transforms or writes
     left = f"{path} keeps its previous contents" if existed else f"{path} was not created"
+    transfer = Transfer(stream, writer)
     try:
-        for number, (batch, items) in enumerate(stream, 1):
+        for number, batch in enumerate(stream.batches, 1):
+            transfer.write_batch(number, batch)
             phase = f"writing batch {number} of {len(stream.batches)} to {path}"
-            for assignment, value in items:
-                writer.write(assignment.target_key, value)
-            del items
             writer.end_batch()
             done += len(batch.assignments)
             bytes_read += batch.nbytes
@@ -163,7 +166,7 @@ def _write_batches(
     except OutputError as error:  # the output's own fault (a full disk, a read-only directory): named as such
         writer.abort()
         raise OutputError(
-            f"converting {plan.source} to {path} failed while {phase or stream.step}: {error}\nnothing was "
+            f"converting {plan.source} to {path} failed while {phase or transfer.step}: {error}\nnothing was "
             f"written: {left}, and the temporary files were removed",
             path=path,
             errno=error.errno,
@@ -171,7 +174,7 @@ def _write_batches(
     except Exception as error:
         writer.abort()
         raise ApplyError(
-            f"converting {plan.source} to {path} failed while {phase or stream.step}: {type(error).__name__}: "
+            f"converting {plan.source} to {path} failed while {phase or transfer.step}: {type(error).__name__}: "
             f"{first_line(error)}\nnothing was written: {left}, and the temporary files were removed; fix the cause "
             "and convert again"
         ) from error

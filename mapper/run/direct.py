@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -10,15 +11,19 @@ from typing import Any
 import numpy as np
 
 from mapper.dtypes import numpy_dtype
+from mapper.errors import CorruptSourceError
 from mapper.ops import Cast, Reshape
 from mapper.plan import Assignment
 from mapper.run.batches import Batch
 from mapper.run.values import fused_into, tensor_bytes
-from mapper.sources.base import DirectSource, Source
+from mapper.sources._common import VERIFY_CHUNK, writable_bytes
+from mapper.sources.base import ChunkedSource, Source
 
 # Tensors at least this large are written directly. Below it a batch's one read and the variable adopting its
 # buffer cost less than a read per tensor (5,000 variables of 19 KiB: per-tensor overhead dominates).
 DIRECT_MIN_BYTES = 2**20
+# The byte order a tensor's stored bytes must have to be copied into a variable as they are.
+_HOST_ORDER = "<" if sys.byteorder == "little" else ">"
 
 
 class Staging:
@@ -57,10 +62,78 @@ class Staging:
         return array
 
 
+class DirectBuffers:
+    """What one apply's direct writes reuse: the chunk buffer reads go through, and two staging buffers.
+
+    ``staging`` holds values on their way into TensorFlow variables, ``read`` tensors read whole before their
+    operations are fused into a variable, ``chunk`` is the small buffer every read goes through (it stays in the
+    CPU's cache: see ``mapper.sources._common.VERIFY_CHUNK``).
+
+    Example:
+        >>> buffers = DirectBuffers()
+        >>> len(buffers.chunk), buffers.staging.capacity
+        (131072, 0)
+    """
+
+    def __init__(self) -> None:
+        self.staging = Staging()
+        self.read = Staging()
+        self.chunk = memoryview(np.empty(VERIFY_CHUNK, np.uint8).data).cast("B")
+
+
+def reads_into(source: Source, name: str) -> bool:
+    """Whether ``read_into`` can read tensor ``name`` of ``source``: stored raw, in this machine's byte order.
+
+    Example:
+        >>> from mapper.sources.memory import MemorySource
+        >>> reads_into(MemorySource({"w": np.zeros(2)}), "w")
+        False
+    """
+    return isinstance(source, ChunkedSource) and source.raw_order(name) == _HOST_ORDER
+
+
+def read_into(source: ChunkedSource, name: str, destination: np.ndarray, chunk: memoryview) -> None:
+    """Fill ``destination`` (writable, C-contiguous, the tensor's byte length) with tensor ``name``, through ``chunk``.
+
+    The source checks what its format allows while the chunks pass (lengths; a TF checkpoint's crc32c once the
+    last one is read); if a check fails, ``destination`` holds some of the bytes.
+
+    Raises:
+        CorruptSourceError: the source's, or the tensor gave another count of bytes than ``destination`` holds.
+
+    Example:
+        >>> import tempfile
+        >>> from safetensors.numpy import save_file
+        >>> from mapper.sources.safetensors import SafetensorsSource
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     save_file({"w": np.arange(3, dtype="int32")}, f"{tmp}/x.safetensors")
+        ...     destination = np.zeros(3, "int32")
+        ...     read_into(SafetensorsSource(f"{tmp}/x.safetensors"), "w", destination, memoryview(bytearray(8)))
+        >>> destination.tolist()
+        [0, 1, 2]
+    """
+    view = writable_bytes(destination)
+    done = 0
+    for piece in source.read_chunks(name, chunk):
+        if done + len(piece) > len(view):
+            break
+        view[done : done + len(piece)] = piece
+        done += len(piece)
+    else:
+        if done == len(view):
+            return
+    where = str(getattr(source, "description", "the source"))
+    raise CorruptSourceError(
+        f"reading {name!r} from {where} gave more or fewer bytes than the {len(view)} its spec needs; the source is "
+        "damaged or changed while applying",
+        path=where,
+    )
+
+
 def split_batch(batch: Batch, source: Source, slots: Mapping[str, Any]) -> tuple[tuple[Assignment, ...], Batch]:
     """The batch's assignments to write directly, and the batch of the others (what is still read with ``read``).
 
-    Direct: the source can read the tensor into a buffer (``DirectSource``), the slot can take it in place
+    Direct: the source can read the tensor in chunks as stored (``reads_into``), the slot can take it in place
     (``writes_in_place``), the assignment reads one tensor (no join; operations are fused into the copy), the
     tensor feeds no other assignment of the batch, and it has at least ``DIRECT_MIN_BYTES``.
 
@@ -72,7 +145,7 @@ def split_batch(batch: Batch, source: Source, slots: Mapping[str, Any]) -> tuple
         >>> direct, rest.names
         ((), ('w',))
     """
-    if not isinstance(source, DirectSource):
+    if not isinstance(source, ChunkedSource):
         return (), batch
     uses = Counter(name for assignment in batch.assignments for name in assignment.source_names)
     direct = tuple(
@@ -88,11 +161,11 @@ def split_batch(batch: Batch, source: Source, slots: Mapping[str, Any]) -> tuple
     return direct, Batch(batch.source_id, names, nbytes, rest)
 
 
-def _direct(assignment: Assignment, slot: Any, source: DirectSource, uses: int) -> bool:
+def _direct(assignment: Assignment, slot: Any, source: Source, uses: int) -> bool:
     if assignment.combine is not None or uses != 1 or _nbytes(assignment) < DIRECT_MIN_BYTES:
         return False
     writes = getattr(slot, "writes_in_place", None)
-    return bool(writes is not None and writes(assignment.target_dtype) and source.reads_into(assignment.source))
+    return bool(writes is not None and writes(assignment.target_dtype) and reads_into(source, assignment.source))
 
 
 def _nbytes(assignment: Assignment) -> int:
@@ -121,11 +194,11 @@ def is_plain_copy(assignment: Assignment) -> bool:
     )
 
 
-def write_direct(assignment: Assignment, source: DirectSource, slot: Any, staging: Staging, read: Staging) -> None:
-    """Read the assignment's tensor into the slot's variable: into its memory, or through ``staging`` into it.
+def write_direct(assignment: Assignment, source: ChunkedSource, slot: Any, buffers: DirectBuffers) -> None:
+    """Read the assignment's tensor into the slot's variable: into its memory, or through a staging buffer into it.
 
-    A tensor with operations is read whole into ``read`` first (so a failing read changes no variable), then
-    transformed in one copy into the variable (``fused_into``).
+    A tensor with operations is read whole into ``buffers.read`` first (so a failing read changes no variable),
+    then transformed in one copy into the variable (``fused_into``).
 
     Example:
         >>> import tempfile
@@ -139,16 +212,26 @@ def write_direct(assignment: Assignment, source: DirectSource, slot: Any, stagin
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     prefix = tf.train.Checkpoint(w=tf.Variable(tf.ones([2, 3]))).write(f"{tmp}/ckpt")
         ...     slot = TFSlot.of("t", variable, tf, eager=True)
-        ...     write_direct(a, TFCheckpointSource(prefix), slot, Staging(), Staging())
+        ...     write_direct(a, TFCheckpointSource(prefix), slot, DirectBuffers())
         >>> variable.numpy().tolist()
         [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
     """
+    name, chunk = assignment.source, buffers.chunk
     if is_plain_copy(assignment):
-        slot.write_in_place(lambda destination: source.read_into(assignment.source, destination), staging)
+        slot.write_in_place(lambda destination: read_into(source, name, destination, chunk), buffers.staging)
         return
-    member = read.array(assignment.source_shapes[0], numpy_dtype(assignment.source_dtype))
-    source.read_into(assignment.source, member)
-    slot.write_in_place(lambda destination: fused_into(member, assignment, destination), staging)
+    member = buffers.read.array(assignment.source_shapes[0], numpy_dtype(assignment.source_dtype))
+    read_into(source, name, member, chunk)
+    slot.write_in_place(lambda destination: fused_into(member, assignment, destination), buffers.staging)
 
 
-__all__ = ["DIRECT_MIN_BYTES", "Staging", "is_plain_copy", "split_batch", "write_direct"]
+__all__ = [
+    "DIRECT_MIN_BYTES",
+    "DirectBuffers",
+    "Staging",
+    "is_plain_copy",
+    "read_into",
+    "reads_into",
+    "split_batch",
+    "write_direct",
+]

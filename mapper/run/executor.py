@@ -23,10 +23,10 @@ from mapper.run.batches import (
     resolve_sources,
 )
 from mapper.run.deferral import signals_deferred
-from mapper.run.direct import Staging, is_plain_copy, split_batch, write_direct
+from mapper.run.direct import DirectBuffers, is_plain_copy, split_batch, write_direct
 from mapper.run.slots import Slots, check_targets
 from mapper.run.values import assignment_value, check_reads, host_value, transform
-from mapper.sources.base import DirectSource, Source, VerifyingSource
+from mapper.sources.base import ChunkedSource, Source, VerifyingSource
 from mapper.targets.base import VariableTarget
 from mapper.text import first_line, quoted, s
 
@@ -350,8 +350,7 @@ class _Run:
         self.current: Assignment | None = None
         self.action = ""
         self.writing: str | None = None  # a variable being written in place: it may hold part of its new value
-        self.staging = Staging()  # values on their way into TensorFlow variables
-        self.read_staging = Staging()  # tensors read whole before their operations are fused into the variable
+        self.buffers = DirectBuffers()  # reused by the direct writes
 
     def verify(self, batches: Sequence[Batch]) -> None:
         """Read every batch once and check what it gives, changing nothing; ApplyError (target unchanged) if one fails.
@@ -414,7 +413,7 @@ class _Run:
         if not direct:
             return
         chosen = self.sources[batch.source_id]
-        assert isinstance(chosen, DirectSource)  # split_batch writes directly only from one
+        assert isinstance(chosen, ChunkedSource)  # split_batch writes directly only from one
         self.step = f"batch {number} of {count} (read straight into the variables) from {chosen.description}"
         slots = self.slots.by_name
         for assignment in direct:
@@ -422,7 +421,7 @@ class _Run:
             slot = slots[assignment.target]
             # A slot that fills its variable's own memory leaves it partly written if the read fails midway.
             self.writing = assignment.target if slot.fills_own_memory and is_plain_copy(assignment) else None
-            write_direct(assignment, chosen, slot, self.staging, self.read_staging)
+            write_direct(assignment, chosen, slot, self.buffers)
             self.writing = None
             self.touched += 1
         self.current = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -78,26 +78,27 @@ class VerifyingSource(Protocol):
 
 
 @runtime_checkable
-class DirectSource(Protocol):
-    """A source that can read one tensor straight into memory the caller owns, such as a variable's own buffer.
+class ChunkedSource(Protocol):
+    """A source that hands out a tensor's stored bytes a chunk at a time, through a buffer the caller reuses.
 
-    ``reads_into(name)`` says whether ``read_into`` can serve that tensor (one whole tensor stored as raw bytes
-    in this machine's byte order). ``read_into(name, destination)`` fills ``destination``, a writable C-contiguous
-    array of the tensor's byte length, with the same checks as ``read`` (lengths; checksums where the format
-    stores them); if a check fails, it raises and ``destination`` holds some of the bytes. The executor uses it to
-    assign without allocating a tensor-sized buffer (fresh memory costs page faults).
+    ``raw_order(name)`` is the byte order of the tensor's bytes as ``read_chunks`` yields them (``"<"``
+    little-endian, ``">"`` big-endian), or None when this tensor cannot be read so (strings, sliced tensors).
+    ``read_chunks(name, buffer)`` yields views of ``buffer`` holding the tensor's bytes in C order, one after the
+    other, each valid until the next is asked for; it checks what the format allows (the length, and at the end a
+    checksum where the format stores one) and raises CorruptSourceError, never a bare OSError. Nothing
+    tensor-sized is allocated: a writer can copy a tensor through a buffer that stays in the CPU's cache.
 
     Example:
         >>> from mapper.sources.memory import MemorySource
         >>> import numpy as np
-        >>> isinstance(MemorySource({"w": np.zeros(2)}), DirectSource)
+        >>> isinstance(MemorySource({"w": np.zeros(2)}), ChunkedSource)
         False
     """
 
-    def reads_into(self, name: str) -> bool:
-        """Whether ``read_into`` can read tensor ``name``."""
+    def raw_order(self, name: str) -> str | None:
+        """``"<"`` or ``">"``: the byte order ``read_chunks`` yields the tensor in; None if it cannot."""
         ...
 
-    def read_into(self, name: str, destination: Any) -> None:
-        """Fill ``destination`` with tensor ``name``'s bytes; raises SourceError (CorruptSourceError) if it cannot."""
+    def read_chunks(self, name: str, buffer: memoryview) -> Iterator[memoryview]:
+        """The tensor's bytes, in C order, as successive views of ``buffer``; raises CorruptSourceError."""
         ...

@@ -6,8 +6,7 @@ import io
 import math
 import os
 import struct
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,11 +26,11 @@ from mapper.sources._common import (
     little_endian,
     numpy_dtype,
     parse_json,
+    read_at,
     scan_at,
     shard_files,
     short_repr,
     weight_map_suffixes,
-    writable_bytes,
 )
 from mapper.specs import TensorSpec, VariableMap
 from mapper.text import quoted
@@ -244,47 +243,43 @@ class SafetensorsSource:
         for file, entries in by_file.items():
             self._with_file(file, entries, lambda handle, entry: _verify_entry(handle, entry, buffer))
 
-    def reads_into(self, name: str) -> bool:
-        """Whether ``read_into`` reads tensor ``name``: any tensor of the source, on a little-endian machine.
-
-        Example:
-            >>> import sys, tempfile
-            >>> from safetensors.numpy import save_file
-            >>> with tempfile.TemporaryDirectory() as tmp:
-            ...     save_file({"w": np.zeros(2, "float32")}, f"{tmp}/x.safetensors")
-            ...     SafetensorsSource(f"{tmp}/x.safetensors").reads_into("w") == (sys.byteorder == "little")
-            True
-        """
-        return name in self._entries and sys.byteorder == "little"
-
-    def read_into(self, name: str, destination: Any) -> None:
-        """Fill ``destination`` (a writable C-contiguous array of the tensor's byte length) with tensor ``name``.
-
-        The same checks as ``read``, through one small buffer: nothing tensor-sized is allocated.
+    def raw_order(self, name: str) -> str:
+        """``"<"``: safetensors stores every tensor little-endian, so ``read_chunks`` reads any of them.
 
         Raises:
-            SourceError: ``reads_into(name)`` is false, or ``destination`` has another byte length.
-            CorruptSourceError: as ``read``.
+            SourceError: the name is not in the source.
 
         Example:
             >>> import tempfile
             >>> from safetensors.numpy import save_file
             >>> with tempfile.TemporaryDirectory() as tmp:
             ...     save_file({"w": np.arange(3, dtype="int32")}, f"{tmp}/x.safetensors")
-            ...     destination = np.zeros(3, "int32")
-            ...     SafetensorsSource(f"{tmp}/x.safetensors").read_into("w", destination)
-            >>> destination.tolist()
-            [0, 1, 2]
+            ...     SafetensorsSource(f"{tmp}/x.safetensors").raw_order("w")
+            '<'
         """
-        entry = self._entries.get(name)
-        if entry is None or not self.reads_into(name) or destination.nbytes != entry.end - entry.begin:
-            raise SourceError(
-                f"safetensors source {self._path!r} cannot read {name!r} into a buffer of {destination.nbytes} bytes",
-                path=self._path,
-            )
-        view = writable_bytes(destination)
-        scratch = aligned_buffer(VERIFY_CHUNK)
-        self._with_file(entry.file, [entry], lambda handle, entry: _fill(handle, entry, view, scratch))
+        check_names([name], self._entries, what=f"safetensors source {self._path!r}", path=self._path)
+        return "<"
+
+    def read_chunks(self, name: str, buffer: memoryview) -> Iterator[memoryview]:
+        """The tensor's bytes (little-endian, C order) read into ``buffer`` a chunk at a time, as views of it.
+
+        Each view is valid until the next is asked for. The length is checked read by read, as ``read`` does.
+
+        Raises:
+            SourceError: the name is not in the source (raised by this call, before any read).
+            CorruptSourceError: the file cannot be read, or became shorter than its header says (while iterating).
+
+        Example:
+            >>> import tempfile
+            >>> from safetensors.numpy import save_file
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     save_file({"w": np.arange(3, dtype="<i2")}, f"{tmp}/x.safetensors")
+            ...     source = SafetensorsSource(f"{tmp}/x.safetensors")
+            ...     [bytes(chunk) for chunk in source.read_chunks("w", memoryview(bytearray(4)))]
+            [b'\\x00\\x00\\x01\\x00', b'\\x02\\x00']
+        """
+        check_names([name], self._entries, what=f"safetensors source {self._path!r}", path=self._path)
+        return _entry_chunks(self._entries[name], buffer)
 
     def _read_file(self, file: str, entries: list[_Entry]) -> dict[str, np.ndarray]:
         """The arrays of ``entries``, all in ``file``, each read with positional reads into its own buffer."""
@@ -324,6 +319,27 @@ def _fill(handle: io.RawIOBase, entry: _Entry, destination: memoryview, scratch:
     done = copy_at(handle, entry.begin, destination, scratch)
     if done < entry.end - entry.begin:
         raise _changed(entry.file, entry.begin + done, [entry])
+
+
+def _entry_chunks(entry: _Entry, buffer: memoryview) -> Iterator[memoryview]:
+    """One tensor's bytes read through ``buffer``, a chunk at a time; CorruptSourceError if the file ends first."""
+    try:
+        with Path(entry.file).open("rb", buffering=0) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if entry.end > size:
+                raise _changed(entry.file, size, [entry])
+            position = entry.begin
+            while position < entry.end:
+                want = min(len(buffer), entry.end - position)
+                got = read_at(handle, buffer[:want], position)
+                if got < want:
+                    raise _changed(entry.file, position + got, [entry])
+                position += got
+                yield buffer[:got]
+    except CorruptSourceError:
+        raise
+    except OSError as error:
+        raise CorruptSourceError(f"cannot read safetensors file {entry.file!r}: {error}", path=entry.file) from error
 
 
 def _verify_entry(handle: io.RawIOBase, entry: _Entry, buffer: np.ndarray) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from mapper.dtypes import DTYPE_SIZES
 from mapper.errors import CorruptSourceError
-from mapper.sources._common import VERIFY_CHUNK, aligned_buffer, copy_at, numpy_dtype, read_at, scan_at, writable_bytes
+from mapper.sources._common import VERIFY_CHUNK, aligned_buffer, copy_at, numpy_dtype, read_at, scan_at
 
 # TensorFlow's DataType enum (tensorflow/core/framework/types.proto), named as ``tf.as_dtype(n).name`` names them.
 DTYPE_NAMES = {
@@ -89,10 +89,16 @@ def masked_crc32c(data: Any) -> int:
         >>> hex(masked_crc32c(b"")), hex(masked_crc32c(b"abc"))
         ('0xa282ead8', '0x21f1576e')
     """
-    return _mask(crc32c.crc32c(data))
+    return mask_crc32c(crc32c.crc32c(data))
 
 
-def _mask(crc: int) -> int:
+def mask_crc32c(crc: int) -> int:
+    """A crc32c (of bytes taken piece by piece, say) masked as TensorFlow stores it (see ``masked_crc32c``).
+
+    Example:
+        >>> mask_crc32c(crc32c.crc32c(b"abc")) == masked_crc32c(b"abc")
+        True
+    """
     return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
 
 
@@ -368,7 +374,7 @@ def _from_run(prefix: str, path: str, entry: BundleEntry, first: BundleEntry, sc
     dtype = _checked_dtype(prefix, entry)
     start = entry.offset - first.offset
     chunk = scratch[start : start + entry.size]
-    _check_read(prefix, path, entry, entry.size, _mask(crc32c.crc32c(chunk.data)))
+    _check_read(prefix, path, entry, entry.size, mask_crc32c(crc32c.crc32c(chunk.data)))
     buffer = aligned_buffer(entry.size)
     buffer[:] = chunk
     array = buffer.view(dtype).reshape(entry.shape)
@@ -386,41 +392,6 @@ def _read_entry(prefix: str, path: str, handle: Any, entry: BundleEntry, scratch
     return array
 
 
-def read_tensor_into(prefix: str, index: BundleIndex, entry: BundleEntry, destination: np.ndarray) -> None:
-    """Fill ``destination`` with the bytes of ``entry`` (``raw``), checked (length, crc32c) as ``read_tensors`` does.
-
-    ``destination`` is the caller's writable, C-contiguous array of the entry's byte length (a variable's own
-    memory, say): nothing tensor-sized is allocated. If a check fails it holds some of the bytes read.
-
-    Raises:
-        CorruptSourceError: as ``read_tensors``; also if ``destination`` does not have the entry's byte length.
-        ValueError: ``destination`` is not a writable C-contiguous NumPy array.
-
-    Example:
-        >>> import tempfile
-        >>> import tensorflow as tf
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     prefix = tf.train.Checkpoint(w=tf.Variable([1.5, 2.0])).write(f"{tmp}/ckpt")
-        ...     index = read_index(prefix + ".index")
-        ...     [entry] = [entry for entry in index.entries if entry.raw]
-        ...     destination = np.zeros(2, "float32")
-        ...     read_tensor_into(prefix, index, entry, destination)
-        >>> destination.tolist()
-        [1.5, 2.0]
-    """
-    _checked_dtype(prefix, entry)
-    if destination.nbytes != entry.size:
-        raise _damaged(prefix, entry, f"the destination holds {destination.nbytes} bytes, not {entry.size}")
-    view = writable_bytes(destination)
-    path = str(Path(prefix).with_name(data_file_name(prefix, entry.shard, index.num_shards)))
-    scratch = aligned_buffer(VERIFY_CHUNK)
-    try:
-        with Path(path).open("rb", buffering=0) as handle:
-            _fill(prefix, path, handle, entry, view, scratch=scratch)
-    except OSError as error:
-        raise _unreadable(prefix, path, error) from error
-
-
 def _fill(
     prefix: str, path: str, handle: Any, entry: BundleEntry, destination: memoryview, *, scratch: np.ndarray
 ) -> None:
@@ -432,7 +403,7 @@ def _fill(
         crc = crc32c.crc32c(chunk, crc)
 
     done = copy_at(handle, entry.offset, destination, scratch, update)
-    _check_read(prefix, path, entry, done, _mask(crc))
+    _check_read(prefix, path, entry, done, mask_crc32c(crc))
 
 
 def _unreadable(prefix: str, path: str, error: OSError) -> CorruptSourceError:
@@ -479,10 +450,57 @@ def _verify_run(prefix: str, path: str, handle: Any, run: list[BundleEntry], buf
         for entry in run:
             _checked_dtype(prefix, entry)
             start = entry.offset - run[0].offset
-            _check_read(prefix, path, entry, entry.size, _mask(crc32c.crc32c(buffer[start : start + entry.size].data)))
+            _check_read(
+                prefix, path, entry, entry.size, mask_crc32c(crc32c.crc32c(buffer[start : start + entry.size].data))
+            )
         return
     for entry in run:
         _verify_entry(prefix, path, handle, entry, buffer)
+
+
+def tensor_chunks(prefix: str, index: BundleIndex, entry: BundleEntry, buffer: memoryview) -> Iterator[memoryview]:
+    """The bytes of ``entry`` (a ``raw`` one) read through ``buffer`` a chunk at a time, as views of it.
+
+    Each view is valid until the next is asked for. The same checks as ``read_tensors``: the byte length its
+    dtype and shape need, every read (a data file that became shorter), and once the last chunk was handed
+    out, the crc32c of all of them: a mismatch raises then, so whatever the chunks were written to must be
+    thrown away (a writer's temporary file is).
+
+    Raises:
+        CorruptSourceError: as ``read_tensors``.
+
+    Example:
+        >>> import tempfile
+        >>> import tensorflow as tf
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     prefix = tf.train.Checkpoint(w=tf.Variable([1, 2, 3])).write(f"{tmp}/ckpt")
+        ...     index = read_index(prefix + ".index")
+        ...     (entry,) = [entry for entry in index.entries if entry.raw]
+        ...     [len(chunk) for chunk in tensor_chunks(prefix, index, entry, memoryview(bytearray(8)))]
+        [8, 4]
+    """
+    _checked_dtype(prefix, entry)
+    path = str(Path(prefix).with_name(data_file_name(prefix, entry.shard, index.num_shards)))
+    try:
+        with Path(path).open("rb", buffering=0) as handle:
+            crc = done = 0
+            while done < entry.size:
+                want = min(len(buffer), entry.size - done)
+                got = read_at(handle, buffer[:want], entry.offset + done)
+                if got < want:
+                    _check_read(prefix, path, entry, done + got, 0)
+                crc = crc32c.crc32c(buffer[:got], crc)
+                done += got
+                yield buffer[:got]
+            _check_read(prefix, path, entry, done, mask_crc32c(crc))
+    except CorruptSourceError:
+        raise
+    except OSError as error:  # opening failed, or EIO while reading
+        raise CorruptSourceError(
+            f"cannot read data file {Path(path).name!r} of checkpoint {prefix!r}: {error}; "
+            "copy or write the checkpoint again",
+            path=prefix,
+        ) from error
 
 
 def _verify_entry(prefix: str, path: str, handle: Any, entry: BundleEntry, buffer: np.ndarray) -> None:
@@ -495,7 +513,7 @@ def _verify_entry(prefix: str, path: str, handle: Any, entry: BundleEntry, buffe
         crc = crc32c.crc32c(chunk, crc)
 
     done = scan_at(handle, entry.offset, entry.size, buffer, update)
-    _check_read(prefix, path, entry, done, _mask(crc))
+    _check_read(prefix, path, entry, done, mask_crc32c(crc))
 
 
 def _checked_dtype(prefix: str, entry: BundleEntry) -> np.dtype[Any]:

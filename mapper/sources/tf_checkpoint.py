@@ -6,7 +6,8 @@ import codecs
 import difflib
 import os
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ from mapper.sources.tf_bundle import (
     BundleIndex,
     data_file_name,
     read_index,
-    read_tensor_into,
     read_tensors,
+    tensor_chunks,
     verify_tensors,
 )
 from mapper.specs import TensorSpec, VariableMap
@@ -217,47 +218,57 @@ class TFCheckpointSource:
         if rest:
             self._restore(rest)
 
-    def reads_into(self, name: str) -> bool:
-        """Whether ``read_into`` reads tensor ``name``: a whole tensor of a fixed-size dtype, as ``read`` reads raw.
+    def raw_order(self, name: str) -> str | None:
+        """The byte order ``read_chunks`` yields the tensor in (this machine's), or None if only TensorFlow reads it.
+
+        None for strings and tensors saved in slices, and for every tensor when the index could not be parsed.
+
+        Raises:
+            SourceError: the name is not in the checkpoint.
+
+        Example:
+            >>> import sys, tempfile
+            >>> import tensorflow as tf
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     prefix = tf.train.Checkpoint(w=tf.Variable(3), s=tf.Variable(b"text")).write(f"{tmp}/ckpt")
+            ...     source = TFCheckpointSource(prefix)
+            ...     order = source.raw_order("w/.ATTRIBUTES/VARIABLE_VALUE")
+            ...     order == {"little": "<", "big": ">"}[sys.byteorder], source.raw_order("s/.ATTRIBUTES/VARIABLE_VALUE")
+            (True, None)
+        """
+        if name not in self._specs:
+            raise SourceError(self._unknown_message([name]), path=self.prefix)
+        if name not in self._raw:
+            return None
+        return "<" if sys.byteorder == "little" else ">"
+
+    def read_chunks(self, name: str, buffer: memoryview) -> Iterator[memoryview]:
+        """The tensor's bytes (this machine's byte order, C order) read into ``buffer`` a chunk at a time.
+
+        Each view is valid until the next is asked for. The length is checked read by read, and the crc32c the
+        index stores once the last chunk was handed out (see ``tf_bundle.tensor_chunks``).
+
+        Raises:
+            SourceError: the name is not in the checkpoint, or ``raw_order`` is None for it (raised by this call).
+            CorruptSourceError: a short read, a data file that cannot be read, or a checksum mismatch (while
+                iterating).
 
         Example:
             >>> import tempfile
             >>> import tensorflow as tf
             >>> with tempfile.TemporaryDirectory() as tmp:
-            ...     prefix = tf.train.Checkpoint(w=tf.Variable([1.0]), s=tf.Variable(b"x")).write(f"{tmp}/ckpt")
-            ...     source = TFCheckpointSource(prefix)
-            ...     source.reads_into("w/.ATTRIBUTES/VARIABLE_VALUE"), source.reads_into("s/.ATTRIBUTES/VARIABLE_VALUE")
-            (True, False)
-        """
-        return name in self._raw
-
-    def read_into(self, name: str, destination: Any) -> None:
-        """Fill ``destination`` (a writable C-contiguous array of the tensor's byte length) with tensor ``name``.
-
-        The same checks as ``read`` (byte length, crc32c), through one small buffer: nothing tensor-sized is
-        allocated.
-
-        Raises:
-            SourceError: ``reads_into(name)`` is false. CorruptSourceError: as ``read``.
-
-        Example:
-            >>> import tempfile
-            >>> import numpy as np, tensorflow as tf
-            >>> with tempfile.TemporaryDirectory() as tmp:
             ...     prefix = tf.train.Checkpoint(w=tf.Variable([1.0, 2.0])).write(f"{tmp}/ckpt")
-            ...     destination = np.zeros(2, "float32")
-            ...     TFCheckpointSource(prefix).read_into("w/.ATTRIBUTES/VARIABLE_VALUE", destination)
-            >>> destination.tolist()
-            [1.0, 2.0]
+            ...     chunks = TFCheckpointSource(prefix).read_chunks("w/.ATTRIBUTES/VARIABLE_VALUE", memoryview(bytearray(4)))
+            ...     [len(chunk) for chunk in chunks]
+            [4, 4]
         """
-        entry = self._raw.get(name)
-        if entry is None or self._index is None:
+        if self.raw_order(name) is None or self._index is None:
             raise SourceError(
-                f"checkpoint {self.prefix!r} cannot read {name!r} into a buffer (it is not a whole tensor stored as "
-                "raw bytes); read it with read()",
+                f"{name!r} of checkpoint {self.prefix!r} is not stored as plain bytes (a string, or saved in "
+                "slices): read it with read()",
                 path=self.prefix,
             )
-        read_tensor_into(self.prefix, self._index, entry, destination)
+        return tensor_chunks(self.prefix, self._index, self._raw[name], buffer)
 
     def _restore(self, wanted: list[str]) -> dict[str, Any]:
         """The named tensors read with one ``RestoreV2``, as ``tf.Tensor``s."""

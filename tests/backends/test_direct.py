@@ -7,7 +7,7 @@ test_apply_keras's ``write_bundle``).
 from __future__ import annotations
 
 import errno
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from mapper.rules import parse_rules
 from mapper.run.direct import DIRECT_MIN_BYTES, Staging, split_batch
 from mapper.run.executor import apply_plan
 from mapper.sources import open_source
-from mapper.sources.base import DirectSource
+from mapper.sources.base import ChunkedSource
 from mapper.targets.variables import target_from
 from tests.backends.test_apply_keras import write_source
 
@@ -80,7 +80,7 @@ def values_of(model: keras.Model) -> dict[str, np.ndarray]:
 
 
 class Recording:
-    """Wraps a real DirectSource, recording which names each path served; ``fail_into`` makes read_into fail."""
+    """Wraps a real ChunkedSource, recording which names each path served; ``fail_into`` makes a chunked read fail."""
 
     def __init__(self, inner: Any, fail_into: str | None = None) -> None:
         self.inner = inner
@@ -105,15 +105,16 @@ class Recording:
     def verify(self, names: Any) -> None:
         self.inner.verify(names)
 
-    def reads_into(self, name: str) -> bool:
-        return bool(self.inner.reads_into(name))
+    def raw_order(self, name: str) -> str | None:
+        order: str | None = self.inner.raw_order(name)
+        return order
 
-    def read_into(self, name: str, destination: Any) -> None:
+    def read_chunks(self, name: str, buffer: memoryview) -> Iterator[memoryview]:
         self.into_names.append(name)
-        if name == self.fail_into:
-            destination.reshape(-1)[: destination.size // 2] = 0  # half written, as a read failing midway leaves it
-            raise OSError(errno.EIO, "Input/output error")
-        self.inner.read_into(name, destination)
+        for number, chunk in enumerate(self.inner.read_chunks(name, buffer)):
+            if name == self.fail_into and number == 2:  # after two chunks, as a read failing midway
+                raise OSError(errno.EIO, "Input/output error")
+            yield chunk
 
 
 KINDS = ["safetensors", "tf-checkpoint"]
@@ -124,7 +125,7 @@ KINDS = ["safetensors", "tf-checkpoint"]
 def test_large_plain_copies_are_read_into_the_variables(tmp_path: Path, kind: str, rollback: str) -> None:
     source_values = arrays()
     source = Recording(open_source(write_source(kind, tmp_path, source_values)))
-    assert isinstance(source, DirectSource)
+    assert isinstance(source, ChunkedSource)
     model = build_model()
     plan = mapper.make_plan(parse_rules(RULES, file="direct.toml"), source, model)
 
