@@ -237,7 +237,7 @@ class Rule(Frozen):
         """
         templates = (self.target,) if self.target is not None else (self.targets or ())
         return tuple(
-            renderer(pieces, self.values, template, self._pattern.groupindex)
+            renderer(pieces, self.values, template, self._pattern.groupindex, self._pattern.groups)
             for pieces, template in zip(self._templates, templates, strict=True)
         )
 
