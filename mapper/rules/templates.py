@@ -226,19 +226,22 @@ def _fast_renderer(
             return render_slowly(matched)
         return layout % found
 
+    # What each counted group's value becomes, worked out once per value: names of one model repeat their indices.
+    shifts: tuple[tuple[int, int, dict[str, int]], ...] = tuple((position, offset, {}) for position, offset in counted)
+
     def render_counted(matched: Any) -> str:
         found = take(matched)
         if None in found:
             return render_slowly(matched)
         shown = list(found)
-        for position, offset in counted:
+        for position, offset, known in shifts:
             value = shown[position]
-            if not value.isdigit():
-                return render_slowly(matched)
-            number = int(value) + offset
-            if number < 0:
-                return render_slowly(matched)
-            shown[position] = number  # '%s' writes it as str(number)
+            shifted = known.get(value)
+            if shifted is None:
+                if not value.isdigit() or int(value) + offset < 0:
+                    return render_slowly(matched)
+                shifted = known[value] = int(value) + offset
+            shown[position] = shifted  # '%s' writes it as str(shifted)
         return layout % tuple(shown)
 
     return render_counted if counted else render
