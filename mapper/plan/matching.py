@@ -63,7 +63,13 @@ class RuleMatcher:
                 buckets.setdefault(prefix, []).append(index)
         self._buckets = buckets
         self._lengths = sorted({len(prefix) for prefix in buckets})
-        self._longest = self._lengths[-1] if self._lengths else 0
+        # How much of a name the candidates depend on, by its first `head` characters: up to the end of the longest
+        # prefix that starts like it (the memo's key; a name that starts like no prefix needs no more than `head`).
+        self._head = next((length for length in self._lengths if length), 0)
+        self._depth: dict[str, int] = {}
+        for prefix in buckets:
+            if len(prefix) >= self._head:
+                self._depth[prefix[: self._head]] = max(self._depth.get(prefix[: self._head], 0), len(prefix))
         # The starts of every prefix at those lengths: a name whose start is not one starts with no longer prefix.
         self._stems = {prefix[:length] for prefix in buckets for length in self._lengths if length <= len(prefix)}
         self._memo: dict[str, _Candidates] = {}
@@ -87,11 +93,15 @@ class RuleMatcher:
         except TimeoutError:
             raise timed_out(self._patterns[index], name, timeout, index=index + 1) from None
 
+    def _start(self, name: str) -> str:
+        """As much of the start of ``name`` as the rules it may match depend on: see ``_depth``."""
+        return name[: self._depth.get(name[: self._head], self._head)]
+
     def _candidates(self, name: str) -> _Candidates:
-        # Which rules a name may match depends only on its first `longest prefix` characters, and names of
-        # one model share those (layer_0/attention/...), so the answer is remembered per such start. It depends in
-        # fact only on the longest of those starts that begins some prefix (the stem), which many starts share.
-        start = name[: self._longest]
+        # Which rules a name may match depends only on its start (up to the end of the longest prefix it may begin
+        # with), and names of one model share those (layer_0/attention/...), so the answer is remembered per start.
+        # It depends in fact only on the longest of its starts that begins some prefix (the stem), which many share.
+        start = self._start(name)
         candidates = self._memo.get(start)
         if candidates is None:
             stem = self._stem(name)
@@ -140,7 +150,7 @@ class RuleMatcher:
         of that shape (their prefixes are in the start, which is the same). A remembered pattern given as
         ``matchless`` is not even run: the match is None.
         """
-        candidates = self._memo.get(name[: self._longest]) or self._candidates(name)
+        candidates = self._memo.get(self._start(name)) or self._candidates(name)
         index = candidates.winners.get(name.encode().translate(_ZEROS)) if name.isascii() else None
         if index is not None:
             if index == _NO_RULE:
@@ -165,15 +175,10 @@ class RuleMatcher:
         The first ``a/N`` name is matched; the second, of the same digit shape, is decided by the first's rule, whose
         match (a skip rule's, ``matchless``) is not needed.
         """
-        memo, longest, candidates_of, quick, alone = (
-            self._memo,
-            self._longest,
-            self._candidates,
-            self._quick,
-            self._alone,
-        )
+        memo, depth, head, candidates_of = self._memo, self._depth, self._head, self._candidates
+        quick, alone = self._quick, self._alone
         for name in names:
-            candidates = memo.get(name[:longest]) or candidates_of(name)
+            candidates = memo.get(name[: depth.get(name[:head], head)]) or candidates_of(name)
             index = candidates.winners.get(name.encode().translate(_ZEROS)) if name.isascii() else None
             if index is not None:
                 if index == _NO_RULE:
