@@ -147,9 +147,10 @@ class _Planner:
         self.refs = [self.rules.rule_ref(index) for index in range(len(self.rules.rules))]
         self.renderers = [rule.renderers() for rule in self.rules.rules]
         self.outcomes = Outcomes(self.rules.rules)
-        # TargetMap.lookup, without asking which namespace for every name.
+        # TargetMap.lookup, without asking which namespace for every name; for paths, a dict's own get (one copy
+        # of the map: VariableMap.get is a Python method, and it would run once per name).
         self.find = (
-            self.target.variables.get
+            dict(self.target.variables.items()).get
             if self.namespace == PATH_NAMESPACE
             else partial(self.target.lookup, self.namespace)
         )
