@@ -160,6 +160,27 @@ def test_rule_matcher_agrees_with_the_plain_first_match(
             assert found[0] in skips  # only a matchless pattern answers without a match
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    patterns=st.lists(digit_patterns, min_size=1, max_size=6),
+    digits=st.lists(st.sampled_from("0123456789"), min_size=1, max_size=4),
+)
+def test_firsts_gives_what_first_gives_name_by_name(
+    data: st.DataObject, patterns: list[str], digits: list[str]
+) -> None:
+    names = [data.draw(st.from_regex(re.compile(pattern), fullmatch=True), label=pattern) for pattern in patterns]
+    names += data.draw(st.lists(_NAMES, max_size=3), label="random names")
+    names = data.draw(st.permutations([v for name in names for v in _variants(name, digits)]))
+    skips = {index for index in range(len(patterns)) if index % 2}
+    rules = [Rule(match=pattern, skip="x") for pattern in patterns]
+    one_by_one, together = RuleMatcher(rules, matchless=skips), RuleMatcher(rules, matchless=skips)
+    for name, found in zip(names, together.firsts(names), strict=True):
+        expected = one_by_one.first(name)
+        assert (found and found[0]) == (expected and expected[0]), (patterns, name)
+        assert (found and found[1] and found[1].groups()) == (expected and expected[1] and expected[1].groups())
+
+
 def test_names_of_one_shape_go_to_the_winner_alone() -> None:
     rules = [Rule(match=r"b3/(?P<i>\d+)", target="x"), Rule(match=r"b(?P<k>\d+)/(?P<i>\d+)", target="y")]
     matcher = RuleMatcher(rules, matchless=[1])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pydantic
 import pytest
+import regex
 
 from mapper.errors import MapperError, RuleFileError, RuleIssue
 from mapper.plan import RuleRef
@@ -739,6 +741,34 @@ TEMPLATES = [
 @pytest.mark.parametrize(("match", "target", "name", "expected"), TEMPLATES)
 def test_template_rendering(match: str, target: str, name: str, expected: str) -> None:
     assert _render(match, target, name) == expected
+
+
+@pytest.mark.parametrize(
+    ("match", "target", "names", "expected"),
+    [
+        pytest.param(r"(?P<n>\w+)", "a%s{n}%%", ["w"], ["a%sw%%"], id="percent-signs-are-text"),
+        pytest.param(
+            r"l(?P<i>\d+)/(?P<k>\w+)",
+            "x{i + 1}/{k}",
+            ["l2/w", "l3/w", "l2/b"],
+            ["x3/w", "x4/w", "x3/b"],
+            id="every-group",
+        ),
+        pytest.param(r"(?P<a>\w)(?P<b>\w)", "{b}{a}", ["xy", "ab"], ["yx", "ba"], id="groups-reordered"),
+        pytest.param(r"(x)(?P<n>\w)", "{n}", ["xa"], ["a"], id="one-group-of-two"),
+        pytest.param(
+            r"(?P<i>\d+)/(?P<j>\d+)", "{j - 1}.{i + 1}", ["1/1", "2/1", "1/1"], ["0.2", "0.3", "0.2"], id="two-offsets"
+        ),
+    ],
+)
+@pytest.mark.parametrize("engine", [regex, re], ids=["regex", "re"])
+def test_one_renderer_renders_many_names(
+    match: str, target: str, names: list[str], expected: list[str], engine: Any
+) -> None:
+    # The planner takes one renderer per rule and renders every name the rule matches with it, with matches of
+    # the regex package or (for short ASCII names) the standard library's.
+    (render,) = Rule(match=match, target=target).renderers()
+    assert [render(engine.fullmatch(match, name)) for name in names] == expected
 
 
 @pytest.mark.parametrize(

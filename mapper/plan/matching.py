@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import regex
@@ -33,8 +33,9 @@ class RuleMatcher:
         self, patterns: Sequence[Any], *, only: Collection[int] | None = None, matchless: Collection[int] = ()
     ) -> None:
         self._patterns = list(patterns)
-        # Patterns whose match object the caller does not need (a skip rule's): see first().
-        self._matchless = [index in matchless for index in range(len(self._patterns))]
+        # Patterns whose match object the caller does not need (a skip rule's): what first() gives for one that won
+        # by its digit shape, made once (None for the others).
+        self._alone = [(index, None) if index in matchless else None for index in range(len(self._patterns))]
         # The compiled pattern's own fullmatch where there is one: it skips a method call per try.
         self._fullmatch = [(getattr(pattern, "_pattern", None) or pattern).fullmatch for pattern in self._patterns]
         self._timeouts = [match_timeout(placement(pattern)[2]) for pattern in self._patterns]
@@ -62,7 +63,13 @@ class RuleMatcher:
                 buckets.setdefault(prefix, []).append(index)
         self._buckets = buckets
         self._lengths = sorted({len(prefix) for prefix in buckets})
-        self._longest = self._lengths[-1] if self._lengths else 0
+        # How much of a name the candidates depend on, by its first `head` characters: up to the end of the longest
+        # prefix that starts like it (the memo's key; a name that starts like no prefix needs no more than `head`).
+        self._head = next((length for length in self._lengths if length), 0)
+        self._depth: dict[str, int] = {}
+        for prefix in buckets:
+            if len(prefix) >= self._head:
+                self._depth[prefix[: self._head]] = max(self._depth.get(prefix[: self._head], 0), len(prefix))
         # The starts of every prefix at those lengths: a name whose start is not one starts with no longer prefix.
         self._stems = {prefix[:length] for prefix in buckets for length in self._lengths if length <= len(prefix)}
         self._memo: dict[str, _Candidates] = {}
@@ -86,23 +93,40 @@ class RuleMatcher:
         except TimeoutError:
             raise timed_out(self._patterns[index], name, timeout, index=index + 1) from None
 
+    def _start(self, name: str) -> str:
+        """As much of the start of ``name`` as the rules it may match depend on: see ``_depth``."""
+        return name[: self._depth.get(name[: self._head], self._head)]
+
     def _candidates(self, name: str) -> _Candidates:
-        # Which rules a name may match depends only on its first `longest prefix` characters, and names of
-        # one model share those (layer_0/attention/...), so the answer is remembered per such start. It depends in
-        # fact only on the longest of those starts that begins some prefix (the stem), which many starts share.
-        start = name[: self._longest]
+        # Which rules a name may match depends only on its start (up to the end of the longest prefix it may begin
+        # with), and names of one model share those (layer_0/attention/...), so the answer is remembered per start.
+        # It depends in fact only on the longest of its starts that begins some prefix (the stem), which many share.
+        start = self._start(name)
         candidates = self._memo.get(start)
         if candidates is None:
-            stem = ""
-            for length in self._lengths:
-                if length > len(name) or name[:length] not in self._stems:
-                    break
-                stem = name[:length]
+            stem = self._stem(name)
             candidates = self._by_stem.get(stem)
             if candidates is None:
                 candidates = self._by_stem[stem] = self._of_stem(stem)
             self._memo[start] = candidates
         return candidates
+
+    def _stem(self, name: str) -> str:
+        """The longest start of ``name`` at a prefix length that begins some prefix.
+
+        A start that begins a prefix has shorter starts that do too (they begin the same one), so the lengths
+        that qualify come first: a binary search finds the last one.
+        """
+        lengths, stems = self._lengths, self._stems
+        low, high = 0, len(lengths)  # lengths[:low] qualify, lengths[high:] do not
+        while low < high:
+            middle = (low + high) // 2
+            length = lengths[middle]
+            if length <= len(name) and name[:length] in stems:
+                low = middle + 1
+            else:
+                high = middle
+        return name[: lengths[low - 1]] if low else ""
 
     def _of_stem(self, stem: str) -> _Candidates:
         """The rules whose prefix ``stem`` starts with, in order, in the record all stems with those rules share.
@@ -111,7 +135,10 @@ class RuleMatcher:
         """
         prefixes = [stem[:length] for length in self._lengths if length <= len(stem)]
         key = tuple(sorted(index for prefix in prefixes for index in self._buckets.get(prefix, ())))
-        return self._interned.setdefault(key, _Candidates(key))
+        candidates = self._interned.get(key)
+        if candidates is None:
+            candidates = self._interned[key] = _Candidates(key, self._blind, self._proven)
+        return candidates
 
     def first(self, name: str) -> tuple[int, Any] | None:
         """``(index, match)`` of the first pattern matching all of ``name``, or None.
@@ -123,30 +150,54 @@ class RuleMatcher:
         of that shape (their prefixes are in the start, which is the same). A remembered pattern given as
         ``matchless`` is not even run: the match is None.
         """
-        candidates = self._memo.get(name[: self._longest]) or self._candidates(name)
-        if not name.isascii():
-            return self._search(name, candidates.indices)
-        shape = name.encode().translate(_ZEROS)
-        index = candidates.winners.get(shape)
+        candidates = self._memo.get(self._start(name)) or self._candidates(name)
+        index = candidates.winners.get(name.encode().translate(_ZEROS)) if name.isascii() else None
         if index is not None:
             if index == _NO_RULE:
                 return None
-            if self._matchless[index]:
-                return index, None
+            found = self._alone[index]
+            if found is not None:
+                return found
             matched = self._quick[index](name)
             if matched is not None:  # always, as digit_blind proves; else the search below decides
                 return index, matched
-        found = self._search(name, candidates.indices)
-        self._remember(candidates, shape, name, found)
-        return found
+        return self._decide(name, candidates)
 
-    def _remember(self, candidates: _Candidates, shape: bytes, name: str, found: tuple[int, Any] | None) -> None:
-        """Remember the first match for names of ``shape`` if every rule tried tells no digit from another."""
-        indices = candidates.indices
-        tried = indices if found is None else indices[: indices.index(found[0]) + 1]
-        length, proven, blind = len(name), self._proven, self._blind
-        if all(blind[index] and length <= proven[index] for index in tried):
-            candidates.winners[shape] = _NO_RULE if found is None else found[0]
+    def firsts(self, names: Iterable[str]) -> Iterator[tuple[int, Any] | None]:
+        """:meth:`first` of each of ``names``, in order: the planner's loop over every source name, with no call per name.
+
+        Example:
+            >>> from mapper.rules import Rule
+            >>> matcher = RuleMatcher([Rule(match="a/.*", skip="x"), Rule(match=".*", skip="y")], matchless=[0])
+            >>> [(index, matched and matched.group()) for index, matched in matcher.firsts(["a/1", "b", "a/2"])]
+            [(0, 'a/1'), (1, 'b'), (0, None)]
+
+        The first ``a/N`` name is matched; the second, of the same digit shape, is decided by the first's rule, whose
+        match (a skip rule's, ``matchless``) is not needed.
+        """
+        memo, depth, head, candidates_of = self._memo, self._depth, self._head, self._candidates
+        quick, alone = self._quick, self._alone
+        for name in names:
+            candidates = memo.get(name[: depth.get(name[:head], head)]) or candidates_of(name)
+            index = candidates.winners.get(name.encode().translate(_ZEROS)) if name.isascii() else None
+            if index is not None:
+                if index == _NO_RULE:
+                    yield None
+                    continue
+                found = alone[index]
+                if found is None and (matched := quick[index](name)) is not None:
+                    found = index, matched  # always (see first)
+                if found is not None:
+                    yield found
+                    continue
+            yield self._decide(name, candidates)
+
+    def _decide(self, name: str, candidates: _Candidates) -> tuple[int, Any] | None:
+        """The first match among ``candidates``, tried in order, remembered for the name's digit shape if it may be."""
+        found = self._search(name, candidates.indices)
+        if name.isascii():
+            candidates.remember(name.encode().translate(_ZEROS), len(name), found)
+        return found
 
     def _search(self, name: str, candidates: tuple[int, ...]) -> tuple[int, Any] | None:
         """The first of ``candidates`` matching all of ``name``, tried in order."""
@@ -174,11 +225,28 @@ _NO_RULE = -1
 class _Candidates:
     """The rules names with one start may match, in order, and the first match remembered per digit shape."""
 
-    __slots__ = ("indices", "winners")
+    __slots__ = ("indices", "reach", "winners")
 
-    def __init__(self, indices: tuple[int, ...]) -> None:
+    def __init__(self, indices: tuple[int, ...], blind: Sequence[bool], proven: Sequence[int]) -> None:
         self.indices = indices
         self.winners: dict[bytes, int] = {}
+        # reach[k]: names up to this long decide alike by shape when the (k+1)th rule is the first match, every rule
+        # tried being digit-blind and run without the clock (-1: not at all); the last entry is for no match.
+        reach, limit = {}, _ANY_LENGTH
+        for index in indices:
+            limit = min(limit, proven[index] if blind[index] else -1)
+            reach[index] = limit
+        self.reach = reach
+        self.reach[_NO_RULE] = limit
+
+    def remember(self, shape: bytes, length: int, found: tuple[int, Any] | None) -> None:
+        """Remember the first match for names of ``shape`` if every rule tried tells no digit from another."""
+        index = _NO_RULE if found is None else found[0]
+        if length <= self.reach[index]:
+            self.winners[shape] = index
+
+
+_ANY_LENGTH = 2**62
 
 
 def matchers(

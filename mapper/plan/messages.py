@@ -1,4 +1,4 @@
-"""The wording of plan problems: shape hints, guard failures, how a filled target's source is named, leftovers."""
+"""The wording of plan problems: shape hints, guard failures, how sources are named, leftovers."""
 
 from __future__ import annotations
 
@@ -74,6 +74,30 @@ def _failure(guard: Guard, spec: TensorSpec) -> str | None:
     return None
 
 
+def label(specs: Sequence[TensorSpec]) -> str:
+    """How a problem names one source tensor or a group's members.
+
+    Example:
+        >>> label([TensorSpec("q", (2,), "float32"), TensorSpec("k", (2,), "float32")])
+        "sources 'q', 'k'"
+    """
+    if len(specs) == 1:
+        return f"source {specs[0].name!r}"
+    return f"sources {', '.join(repr(member.name) for member in specs)}"
+
+
+def described(specs: Sequence[TensorSpec]) -> str:
+    """The label with shapes: a group's members may differ in shape (a GQA concat), so each one's is shown.
+
+    Example:
+        >>> described([TensorSpec("w", (2, 3), "float32")])
+        "source 'w' [2, 3]"
+    """
+    if len(specs) == 1:
+        return f"{label(specs)} {format_shape(specs[0].shape)}"
+    return "sources " + ", ".join(f"{member.name!r} {format_shape(member.shape)}" for member in specs)
+
+
 def qualified(assignment: Assignment) -> str:
     """How a double-fill message names what an assignment fills its target from.
 
@@ -122,4 +146,4 @@ def leftovers(names: Sequence[str], what: str, fix: str) -> str:
     return f"{len(names)} {what.format(**words)}: {quoted(names)}; {fix.format(**words)}"
 
 
-__all__ = ["leftovers", "qualified", "shape_hint", "source_guard_failure", "unfilled_fix"]
+__all__ = ["described", "label", "leftovers", "qualified", "shape_hint", "source_guard_failure", "unfilled_fix"]

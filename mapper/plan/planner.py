@@ -26,7 +26,7 @@ from mapper.plan import (
 )
 from mapper.plan.groups import Groups
 from mapper.plan.matching import RuleMatcher, matchers
-from mapper.plan.messages import leftovers, qualified, shape_hint, unfilled_fix
+from mapper.plan.messages import described, label, leftovers, qualified, shape_hint, unfilled_fix
 from mapper.plan.mismatches import Mismatches, MismatchKey
 from mapper.plan.records import collector_paused, positional
 from mapper.plan.resolution import Misfit, Outcomes
@@ -146,14 +146,15 @@ class _Planner:
     def run(self) -> None:
         self.refs = [self.rules.rule_ref(index) for index in range(len(self.rules.rules))]
         self.renderers = [rule.renderers() for rule in self.rules.rules]
-        self.takers = [self._taker(index, rule) for index, rule in enumerate(self.rules.rules)]
         self.outcomes = Outcomes(self.rules.rules)
-        # TargetMap.lookup, without asking which namespace for every name.
+        # TargetMap.lookup, without asking which namespace for every name; for paths, a dict's own get (one copy
+        # of the map: VariableMap.get is a Python method, and it would run once per name).
         self.find = (
-            self.target.variables.get
+            dict(self.target.variables.items()).get
             if self.namespace == PATH_NAMESPACE
             else partial(self.target.lookup, self.namespace)
         )
+        self.takers = [self._taker(index, rule) for index, rule in enumerate(self.rules.rules)]
         self.rule_hits = [0] * len(self.rules.rules)
         self.keep_hits = [0] * len(self.rules.keep)
         self._find_kept_targets()
@@ -165,9 +166,8 @@ class _Planner:
         self._finish()
 
     def _match_all(self, specs: Mapping[str, TensorSpec], matcher: RuleMatcher, source_id: str | None) -> None:
-        first, hits, takers = matcher.first, self.rule_hits, self.takers
-        for name, spec in specs.items():
-            found = first(name)
+        hits, takers = self.rule_hits, self.takers
+        for (name, spec), found in zip(specs.items(), matcher.firsts(specs.keys()), strict=True):
             if found is None:
                 self.unused.append(TensorEntry(name, spec.shape, spec.dtype, source_id))
                 continue
@@ -194,17 +194,29 @@ class _Planner:
         return skip
 
     def _filler(self, index: int) -> _Taker:
-        """A rule's with one target and no join: render the target's name and resolve it."""
-        render, resolve = self.renderers[index][0], self._resolve
+        """A rule's with one target and no join: render the target's name and resolve it.
+
+        A target found, not kept and not filled yet, with an outcome for these shapes and dtypes that fills it, is
+        assigned here, as :meth:`_resolve` would; it decides everything else.
+        """
+        render, resolve, find, ref = self.renderers[index][0], self._resolve, self.find, self.refs[index]
+        passing, assignments, kept = self.outcomes.passing(index), self.assignments, self.kept
 
         def fill(matched: Any, spec: TensorSpec, source_id: str | None) -> None:
             try:
                 key = render(matched)
             except TemplateError as error:
-                self._problem(
-                    ProblemKind.BAD_TEMPLATE, f"source {spec.name!r}: {error}", self.refs[index], (spec.name,)
-                )
+                self._problem(ProblemKind.BAD_TEMPLATE, f"source {spec.name!r}: {error}", ref, (spec.name,))
                 return
+            target_spec = find(key)
+            if target_spec is not None:
+                name, shape, dtype = target_spec.name, target_spec.shape, target_spec.dtype
+                operations = passing.get((spec.shape, spec.dtype, shape, dtype))
+                if operations is not None and name not in assignments and name not in kept:
+                    assignments[name] = _assignment(
+                        name, key, spec.name, ref, operations, spec.shape, spec.dtype, shape, dtype, None, source_id
+                    )
+                    return
             resolve(index, key, (spec,), (), None, source_id=source_id)
 
         return fill
@@ -282,7 +294,7 @@ class _Planner:
         spec = specs[0]
         target_spec = self.find(key)
         if target_spec is None:
-            self._missing_target(_label(specs), tuple(member.name for member in specs), key, ref)
+            self._missing_target(label(specs), tuple(member.name for member in specs), key, ref)
             return
         if target_spec.name in self.kept:
             self._kept_skips(index, specs, target_spec, source_id)
@@ -356,7 +368,7 @@ class _Planner:
             self.failed.add(target_spec.name)
             self._problem(
                 ProblemKind.DTYPE_MISMATCH,
-                f"{_label(specs)} {'are' if combine else 'is'} {misfit.dtype} but target {target_spec.name!r} is "
+                f"{label(specs)} {'are' if combine else 'is'} {misfit.dtype} but target {target_spec.name!r} is "
                 f'{target_spec.dtype}; add {{ cast = "{target_spec.dtype}" }} to the rule\'s ops',
                 self.refs[index],
                 (*(member.name for member in specs), target_spec.name),
@@ -369,7 +381,7 @@ class _Planner:
         self.failed.add(target_spec.name)
         self._problem(
             kind,
-            f"{_described(specs)} {what}",
+            f"{described(specs)} {what}",
             self.refs[index],
             (*(member.name for member in specs), target_spec.name),
         )
@@ -575,20 +587,6 @@ class _Planner:
         severity: Severity = Severity.ERROR,
     ) -> None:
         self.problems.append(Problem(kind, severity, message, rule, names))
-
-
-def _label(specs: tuple[TensorSpec, ...]) -> str:
-    """How a problem names one source tensor or a group's members."""
-    if len(specs) == 1:
-        return f"source {specs[0].name!r}"
-    return f"sources {', '.join(repr(member.name) for member in specs)}"
-
-
-def _described(specs: tuple[TensorSpec, ...]) -> str:
-    """The label with shapes: a group's members may differ in shape (a GQA concat), so show each one's."""
-    if len(specs) == 1:
-        return f"{_label(specs)} {format_shape(specs[0].shape)}"
-    return "sources " + ", ".join(f"{member.name!r} {format_shape(member.shape)}" for member in specs)
 
 
 __all__ = ["build_plan"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -93,6 +93,23 @@ class Outcomes:
     def __init__(self, rules: Sequence[Rule]) -> None:
         self._rules = rules
         self._known: dict[tuple[Any, ...], Outcome | Misfit] = {}
+        self._passing: list[dict[tuple[Any, ...], tuple[Operation, ...]]] = [{} for _ in rules]
+
+    def passing(self, index: int) -> Mapping[tuple[Any, ...], tuple[Operation, ...]]:
+        """The operations of every outcome of rule ``index`` found so far that fills its target from one whole tensor.
+
+        Keyed by ``(shape, dtype, target shape, target dtype)``, they are what :meth:`of` gives for a single tensor
+        without a split part when the rule's guard passes (a failure, a misfit and a join are not in it). The
+        mapping is live: it grows as :meth:`of` works outcomes out, so a caller may look there first.
+
+        Example:
+            >>> from mapper.rules import Rule
+            >>> outcomes = Outcomes([Rule(match="w", target="v")])
+            >>> _ = outcomes.of(0, (TensorSpec("w", (2,), "float32"),), (), None, TensorSpec("v", (2,), "float32"))
+            >>> dict(outcomes.passing(0))
+            {((2,), 'float32', (2,), 'float32'): ()}
+        """
+        return self._passing[index]
 
     def of(
         self,
@@ -110,6 +127,8 @@ class Outcomes:
         found = self._known.get(key)
         if found is None:
             found = self._known[key] = outcome(self._rules[index], specs, prefix, None, target)
+            if not prefix and not isinstance(found, Misfit) and found[1] is None:
+                self._passing[index][spec.shape, spec.dtype, target.shape, target.dtype] = found[0]
         return found
 
 

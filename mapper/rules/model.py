@@ -236,8 +236,9 @@ class Rule(Frozen):
         attribute look-ups on the model.
         """
         templates = (self.target,) if self.target is not None else (self.targets or ())
+        pattern = self._pattern  # a private attribute costs microseconds to read: once
         return tuple(
-            renderer(pieces, self.values, template, self._pattern.groupindex)
+            renderer(pieces, self.values, template, pattern.groupindex, pattern.groups)
             for pieces, template in zip(self._templates, templates, strict=True)
         )
 

@@ -6,6 +6,7 @@ import difflib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import methodcaller
 from typing import Any
 
 from mapper.rules.common import ParamValue
@@ -145,10 +146,13 @@ def renderer(
     values: Mapping[str, Mapping[str, str]],
     template: str,
     groupindex: Mapping[str, int] | None = None,
+    group_count: int | None = None,
 ) -> Callable[[Any], str]:
     """A function rendering ``template`` (parsed into ``pieces``) for one match; it raises TemplateError.
 
-    ``groupindex`` (the pattern's) lets the function ask the match for groups by number, which is faster.
+    ``groupindex`` (the pattern's) lets the function ask the match for groups by number, which is faster;
+    ``group_count`` (the pattern's number of groups) lets it take them all at once when the template uses each
+    group once, in order.
 
     Example:
         >>> import regex
@@ -167,7 +171,8 @@ def renderer(
         return render_slowly
     if groupindex is not None:
         groups = tuple(groupindex.get(group, group) if isinstance(group, str) else group for group in groups)
-    return _fast_renderer(pieces, groups, render_slowly)
+    every = group_count is not None and groups == tuple(range(1, group_count + 1))
+    return _fast_renderer(pieces, groups, every, render_slowly)
 
 
 def _value(piece: Piece, matched: Any, values: Mapping[str, Mapping[str, str]], template: str) -> str:
@@ -198,39 +203,62 @@ def _value(piece: Piece, matched: Any, values: Mapping[str, Mapping[str, str]], 
 
 
 def _fast_renderer(
-    pieces: tuple[Piece, ...], groups: tuple[str | int, ...], render_slowly: Callable[[Any], str]
+    pieces: tuple[Piece, ...], groups: tuple[str | int, ...], every: bool, render_slowly: Callable[[Any], str]
 ) -> Callable[[Any], str]:
-    """The renderer of a template without value tables: one ``group()`` call and one ``str.format`` per match.
+    """The renderer of a template without value tables: one call for the groups and one ``%`` per match.
 
-    Planning renders once per matched name, so this is on the hot path. Whatever it does not expect (a group that
-    did not take part, arithmetic on a non-number, a negative result) goes to ``render_slowly``, which gives the
-    same name or raises the same error as always.
+    Planning renders once per matched name, so this is on the hot path. ``every``: the groups are all the
+    pattern's, in order, which ``groups()`` gives in one call. Whatever it does not expect (a group that did not
+    take part, arithmetic on a non-number, a negative result) goes to ``render_slowly``, which gives the same name or
+    raises the same error as always.
     """
-    layout = "".join(
-        "{}" if piece.group is not None else piece.text.replace("{", "{{").replace("}", "}}") for piece in pieces
-    )
+    layout = "".join("%s" if piece.group is not None else piece.text.replace("%", "%%") for piece in pieces)
     counted = tuple(
         (position, piece.offset)
         for position, piece in enumerate(p for p in pieces if p.group is not None)
         if piece.offset
     )
-    single = len(groups) == 1
+    take = _taker(groups, every)
 
     def render(matched: Any) -> str:
-        found = (matched.group(*groups),) if single else matched.group(*groups)
+        found = take(matched)
         if None in found:
             return render_slowly(matched)
-        if not counted:
-            return layout.format(*found)
-        shown = list(found)
-        for position, offset in counted:
-            value = shown[position]
-            if not value.isdigit() or int(value) + offset < 0:
-                return render_slowly(matched)
-            shown[position] = str(int(value) + offset)
-        return layout.format(*shown)
+        return layout % found
 
-    return render
+    # What each counted group's value becomes, worked out once per value: names of one model repeat their indices.
+    shifts: tuple[tuple[int, int, dict[str, int]], ...] = tuple((position, offset, {}) for position, offset in counted)
+
+    def render_counted(matched: Any) -> str:
+        found = take(matched)
+        if None in found:
+            return render_slowly(matched)
+        shown = list(found)
+        for position, offset, known in shifts:
+            value = shown[position]
+            shifted = known.get(value)
+            if shifted is None:
+                if not value.isdigit() or int(value) + offset < 0:
+                    return render_slowly(matched)
+                shifted = known[value] = int(value) + offset
+            shown[position] = shifted  # '%s' writes it as str(shifted)
+        return layout % tuple(shown)
+
+    return render_counted if counted else render
+
+
+def _taker(groups: tuple[str | int, ...], every: bool) -> Callable[[Any], tuple[Any, ...]]:
+    """A function from a match to the values of ``groups`` as a tuple (``every``: they are all the groups, in order)."""
+    if every:
+        return methodcaller("groups")
+    if len(groups) > 1:
+        return methodcaller("group", *groups)
+    (group,) = groups
+
+    def take_one(matched: Any) -> tuple[Any, ...]:
+        return (matched.group(group),)
+
+    return take_one
 
 
 __all__ = ["Piece", "TemplateError", "compile_template", "literal_alternatives", "parse_template", "renderer"]
