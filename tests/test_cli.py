@@ -103,7 +103,7 @@ def test_plan_seed_scenario_names_the_head_skip(
     code, out, _ = run(capsys, "plan", RULES, "--source", str(prefix), "--target", TARGET, "--color", "never")
     assert code == 0
     assert "[32, 10]" in out and "[32, 5]" in out
-    assert "new class count" in out
+    assert "new class count" in " ".join(out.split())  # the reason may wrap: where depends on the checkout's path
     assert "\x1b[" not in out
 
 
