@@ -45,6 +45,7 @@ SIZES: dict[str, dict[str, int]] = {
 }
 PATHS = (
     "keras_hub",
+    "mapper_verify",
     "mapper_rollback",
     "mapper_norollback",
     "convert",
@@ -64,7 +65,8 @@ CONVERT_OUTPUTS = {
 }
 PATH_LABELS = {
     "keras_hub": "keras-hub: convert_bert.convert_weights(backbone, SafetensorLoader(dir), config)",
-    "mapper_rollback": "mapper.apply(plan, dir, backbone) (rollback=True, the default)",
+    "mapper_verify": "mapper.apply(plan, dir, backbone) (rollback='verify', the default)",
+    "mapper_rollback": "mapper.apply(plan, dir, backbone, rollback=True) (= 'memory': keeps the old values)",
     "mapper_norollback": "mapper.apply(plan, dir, backbone, rollback=False)",
     "convert": "mapper.convert(benchmarks/rename-bert.toml, model.safetensors, out/ckpt) (TF checkpoint)",
     "copy": "shutil.copyfile(model.safetensors, out/copy.safetensors)",
@@ -292,7 +294,7 @@ def run_measurement(path: str, size: str, profile: str | None) -> dict[str, Any]
             with SafetensorLoader(str(directory)) as loader:
                 convert_bert.convert_weights(backbone, loader, config)
 
-    elif path in ("mapper_rollback", "mapper_norollback"):
+    elif path in ("mapper_verify", "mapper_rollback", "mapper_norollback"):
         started = time.perf_counter()
         plan = mapper.make_plan(PORT_RULES, directory, backbone)
         extra["plan_seconds"] = time.perf_counter() - started
@@ -300,7 +302,7 @@ def run_measurement(path: str, size: str, profile: str | None) -> dict[str, Any]
             shown = "; ".join(problem.message for problem in plan.errors[:5])
             raise SystemExit(f"the port plan has {len(plan.errors)} errors: {shown}")
         extra["assignments"] = len(plan.assignments)
-        rollback = path == "mapper_rollback"
+        rollback: bool | str = {"mapper_verify": "verify", "mapper_rollback": True}.get(path, False)
 
         def port() -> Any:
             return mapper.apply(plan, directory, backbone, rollback=rollback)
@@ -491,7 +493,7 @@ def summarise(results: list[dict[str, Any]], paths: list[str]) -> dict[str, dict
             entry["inner_seconds"] = {"median": statistics.median(executor), "min": min(executor), "max": max(executor)}
         entry["wrong"] = sorted({name for r in runs for name in r["wrong"]})
         summary[path] = entry
-    references = {"mapper_rollback": "keras_hub", "mapper_norollback": "keras_hub"}
+    references = dict.fromkeys(("mapper_verify", "mapper_rollback", "mapper_norollback"), "keras_hub")
     references |= dict.fromkeys(CONVERT_PATHS, "copy_fsync" if "copy_fsync" in paths else "copy")
     for path, reference in references.items():
         if path in summary and "seconds" in summary[path] and "seconds" in summary.get(reference, {}):
@@ -509,7 +511,7 @@ def check_goals(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> lis
     """Each goal of the issue: its limit, what was measured, and whether it was met."""
     goals: list[dict[str, Any]] = []
     budget = 1.5 * meta["largest_bytes"] + MEMORY_SLACK
-    for path in ("mapper_rollback", "mapper_norollback"):
+    for path in ("mapper_verify", "mapper_rollback", "mapper_norollback"):
         entry = summary.get(path, {})
         if "ratio" in entry:
             goals.append(
