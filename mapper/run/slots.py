@@ -12,7 +12,7 @@ import numpy as np
 
 from mapper.errors import TargetError
 from mapper.plan import Assignment, Plan
-from mapper.run.values import aligned_empty, spec_text, writable_view
+from mapper.run.values import aligned_empty, mapped_empty, spec_text, writable_view
 from mapper.targets.base import VariableTarget
 
 TENSORFLOW = "tensorflow"
@@ -333,7 +333,7 @@ class JaxSlot:
 
         The buffer is the value's only copy on the host: nothing tensor-sized is read into another buffer first.
         """
-        host = aligned_empty(tuple(self.variable.shape), self.variable.dtype)
+        host = mapped_empty(tuple(self.variable.shape), self.variable.dtype)
         fill(host)
         self.assign(host, owned=True)
 

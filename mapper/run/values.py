@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import mmap
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -243,6 +244,25 @@ class _WouldCopyError(Exception):
 
 def _no_copy(shape: Sequence[int], dtype: Any) -> np.ndarray:  # noqa: ARG001 - an Allocate that refuses
     raise _WouldCopyError
+
+
+def mapped_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
+    """A new C-contiguous array in an anonymous memory map of ordinary pages (page-aligned), zero-filled.
+
+    For buffers that become a variable's value. NumPy's own large buffers ask for huge pages, and on a VM that
+    hands free memory back to its host their first touch was measured here at 4-7 s for 400 MiB, against
+    0.3-0.45 s in ordinary pages.
+
+    Example:
+        >>> array = mapped_empty((3, 5), "float32")
+        >>> array.shape, array.ctypes.data % 4096, array.flags.writeable
+        ((3, 5), 0, True)
+    """
+    kind = np.dtype(dtype)
+    nbytes = math.prod(shape) * kind.itemsize
+    pages = max(-(-nbytes // mmap.PAGESIZE), 1) * mmap.PAGESIZE
+    array: np.ndarray = np.frombuffer(mmap.mmap(-1, pages), np.uint8)[:nbytes].view(kind).reshape(tuple(shape))
+    return array
 
 
 def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
