@@ -104,10 +104,10 @@ def host_value(
     Example:
         >>> from mapper.ops import Transpose
         >>> from mapper.plan import RuleRef
-        >>> a = Assignment("t", "t", "w", RuleRef("r.toml", 1), (Transpose((1, 0)),), (1, 2), "int64", (2, 1), "int64")
-        >>> value, new = host_value([np.array([[1, 2]])], a, "memory")
+        >>> a = Assignment("t", "t", "w", RuleRef("r.toml", 1), (Transpose((1, 0)),), (2, 2), "int64", (2, 2), "int64")
+        >>> value, new = host_value([np.array([[1, 2], [3, 4]])], a, "memory")
         >>> value.tolist(), new
-        ([[1], [2]], True)
+        ([[1, 3], [2, 4]], True)
     """
     arrays = [_as_host(member) for member in members]
     for value, name, shape in zip(arrays, assignment.source_names, assignment.source_shapes, strict=True):
