@@ -181,9 +181,11 @@ class TensorWriter(abc.ABC):
             raise TargetError(f"{name!r} was already written to {self.path}; each name is written once")
         return spec
 
-    def _write_chunks(self, spec: TensorSpec, chunks: Iterable[memoryview]) -> int:
+    def _write_chunks(self, spec: TensorSpec, chunks: Iterable[memoryview]) -> int:  # noqa: ARG002 - a hook
         """Write the tensor's bytes from ``chunks``; the count of bytes they held. Writers with a ``byte_order``."""
-        raise NotImplementedError  # pragma: no cover - write_chunks refuses writers without a byte order first
+        raise TargetError(
+            f"the {self.format} writer of {self.path} declares a byte order but takes no bytes: cannot write {spec.name!r}"
+        )
 
     def _check_specs(self) -> None:  # noqa: B027 - a hook: formats that limit names or dtypes override it
         """TargetError for a name or dtype the format cannot hold."""

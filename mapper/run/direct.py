@@ -15,7 +15,7 @@ from mapper.errors import CorruptSourceError
 from mapper.ops import Cast, Reshape
 from mapper.plan import Assignment
 from mapper.run.batches import Batch
-from mapper.run.values import fused_into, tensor_bytes
+from mapper.run.values import fused_into, mapped_empty, tensor_bytes
 from mapper.sources._common import VERIFY_CHUNK, writable_bytes
 from mapper.sources.base import ChunkedSource, Source
 
@@ -56,7 +56,7 @@ class Staging:
         if self._memory is None or self._memory.nbytes < nbytes:
             self._memory = None  # the old map goes before the new one is made
             pages = -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
-            self._memory = np.frombuffer(mmap.mmap(-1, pages), np.uint8)
+            self._memory = mapped_empty((pages,), np.uint8)
         count = int(np.prod(shape, dtype=np.int64)) * kind.itemsize
         array: np.ndarray = self._memory[:count].view(kind).reshape(tuple(shape))
         return array

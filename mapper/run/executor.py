@@ -413,7 +413,8 @@ class _Run:
         if not direct:
             return
         chosen = self.sources[batch.source_id]
-        assert isinstance(chosen, ChunkedSource)  # split_batch writes directly only from one
+        if not isinstance(chosen, ChunkedSource):  # split_batch writes directly only from one
+            raise ApplyError(f"{chosen.description} cannot be read in chunks, so nothing is written from it directly")
         self.step = f"batch {number} of {count} (read straight into the variables) from {chosen.description}"
         slots = self.slots.by_name
         for assignment in direct:

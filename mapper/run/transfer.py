@@ -15,7 +15,7 @@ from mapper.outputs.base import TensorWriter
 from mapper.outputs.raw import host_order
 from mapper.plan import Assignment
 from mapper.run.batches import Batch, ValueStream, array_value
-from mapper.run.values import fused_array, reordering
+from mapper.run.values import fused_array, mapped_empty, reordering
 from mapper.sources.base import ChunkedSource, Source
 from mapper.text import quoted
 
@@ -57,7 +57,7 @@ class BufferPool:
         if fits:
             whole = self._free.pop(min(fits, key=lambda at: self._free[at].nbytes))
         else:
-            whole = np.frombuffer(mmap.mmap(-1, max(_PAGE, -(-nbytes // _PAGE) * _PAGE)), np.uint8)
+            whole = mapped_empty((max(_PAGE, -(-nbytes // _PAGE) * _PAGE),), np.uint8)
         view = whole[:nbytes]
         self._lent[id(view)] = whole
         return view
