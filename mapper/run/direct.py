@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 
 from mapper.dtypes import numpy_dtype
-from mapper.errors import CorruptSourceError
+from mapper.errors import ApplyError, CorruptSourceError
 from mapper.ops import Cast, Reshape
 from mapper.plan import Assignment
+from mapper.run.bands import MAX_BAND_BYTES, Layout, band_bytes, reorder_into
 from mapper.run.batches import Batch
-from mapper.run.values import fused_into, mapped_empty, tensor_bytes
+from mapper.run.values import fused_into, mapped_empty, reordering, tensor_bytes
 from mapper.sources._common import VERIFY_CHUNK, writable_bytes
 from mapper.sources.base import ChunkedSource, Source
 
@@ -63,11 +64,12 @@ class Staging:
 
 
 class DirectBuffers:
-    """What one apply's direct writes reuse: the chunk buffer reads go through, and two staging buffers.
+    """What one apply's direct writes reuse: the chunk buffer reads go through, and three staging buffers.
 
     ``staging`` holds values on their way into TensorFlow variables, ``read`` tensors read whole before their
-    operations are fused into a variable, ``chunk`` is the small buffer every read goes through (it stays in the
-    CPU's cache: see ``mapper.sources._common.VERIFY_CHUNK``).
+    operations are fused into a variable, ``band`` the bands of a tensor moved into place as it is read, ``chunk``
+    is the small buffer every other read goes through (it stays in the CPU's cache: see
+    ``mapper.sources._common.VERIFY_CHUNK``).
 
     Example:
         >>> buffers = DirectBuffers()
@@ -78,6 +80,7 @@ class DirectBuffers:
     def __init__(self) -> None:
         self.staging = Staging()
         self.read = Staging()
+        self.band = Staging()
         self.chunk = memoryview(np.empty(VERIFY_CHUNK, np.uint8).data).cast("B")
 
 
@@ -194,11 +197,27 @@ def is_plain_copy(assignment: Assignment) -> bool:
     )
 
 
+def _band_layout(assignment: Assignment, slot: Any) -> Layout | None:
+    """How the tensor is moved into place band by band as it is read (``reorder_into``), if it is.
+
+    Only into a buffer that is not the variable's yet (a staging buffer, a new array's): a read failing midway
+    then changes no variable.
+    """
+    if slot.fills_own_memory:
+        return None
+    layout = reordering(assignment)
+    if layout is None or band_bytes(layout) > MAX_BAND_BYTES or layout[2] != numpy_dtype(assignment.target_dtype):
+        return None
+    return layout
+
+
 def write_direct(assignment: Assignment, source: ChunkedSource, slot: Any, buffers: DirectBuffers) -> None:
     """Read the assignment's tensor into the slot's variable: into its memory, or through a staging buffer into it.
 
-    A tensor with operations is read whole into ``buffers.read`` first (so a failing read changes no variable),
-    then transformed in one copy into the variable (``fused_into``).
+    A tensor whose operations only move its elements (transposes, rearranges, reshapes, one cast) going into a
+    buffer that is not yet the variable's (TensorFlow's staging, a new JAX array's) is moved into place band by
+    band as it is read (``reorder_into``). Any other tensor with operations is read whole into ``buffers.read``
+    first (so a failing read changes no variable), then transformed in one copy into the variable (``fused_into``).
 
     Example:
         >>> import tempfile
@@ -219,6 +238,18 @@ def write_direct(assignment: Assignment, source: ChunkedSource, slot: Any, buffe
     name, chunk = assignment.source, buffers.chunk
     if is_plain_copy(assignment):
         slot.write_in_place(lambda destination: read_into(source, name, destination, chunk), buffers.staging)
+        return
+    layout = _band_layout(assignment, slot)
+    if layout is not None:
+        band = buffers.band.array((band_bytes(layout),), np.uint8)
+        shape = layout[0]
+
+        def reorder(destination: np.ndarray) -> None:
+            if not destination.flags.c_contiguous:  # a reshape would copy, and the bands would land in the copy
+                raise ApplyError(f"the buffer {name!r} is written into is not C-contiguous")
+            reorder_into(source, name, assignment.source_dtype, layout, out=destination.reshape(shape), band=band)
+
+        slot.write_in_place(reorder, buffers.staging)
         return
     member = buffers.read.array(assignment.source_shapes[0], numpy_dtype(assignment.source_dtype))
     read_into(source, name, member, chunk)

@@ -14,21 +14,13 @@ from mapper.errors import SourceError
 from mapper.outputs.base import TensorWriter
 from mapper.outputs.raw import host_order
 from mapper.plan import Assignment
+from mapper.run.bands import CHUNK_BYTES, MAX_BAND_BYTES, Layout, band_bytes, in_c_order, reorder_into
 from mapper.run.batches import Batch, ValueStream, array_value
 from mapper.run.values import fused_array, mapped_empty, reordering
 from mapper.sources.base import ChunkedSource, Source
 from mapper.text import quoted
 
-# Bytes per read from a source: the buffer stays in the CPU's L2 cache. Measured here, 418 MiB read from the page
-# cache in 128 KiB preads took 0.06 s; into tensor-sized buffers (fresh or reused) 0.27-0.6 s.
-CHUNK_BYTES = 128 * 2**10
 _PAGE = mmap.PAGESIZE
-# The L1 data cache as x86-64 cores have it: 64-byte lines, 64 sets of 8 ways (see _band_bytes).
-_LINE, _L1_SETS, _L1_WAYS = 64, 64, 8
-# A reordered tensor is read in bands of whole rows of its slowest axis; one larger than this is staged instead.
-MAX_BAND_BYTES = 4 * 2**20
-# (shape, byte strides, dtype) of a reordering: see ``mapper.run.values.reordering``.
-Layout = tuple[tuple[int, ...], tuple[int, ...], np.dtype[Any]]
 
 
 class BufferPool:
@@ -149,13 +141,13 @@ class Transfer:
         kind = numpy_dtype(assignment.source_dtype)
         layout = reordering(assignment) if assignment.operations else None
         unchanged = assignment.combine is None and not assignment.operations
-        if layout is not None and layout[2] == kind and _in_c_order(layout):
+        if layout is not None and layout[2] == kind and in_c_order(layout):
             unchanged, layout = True, None  # reshapes only: the bytes stay as they are
         if unchanged:
             return ("stream" if orders == {order} or kind.itemsize == 1 else "read"), None
         if orders != {host_order("=")} and kind.itemsize > 1:  # NumPy transforms in this machine's byte order
             return "read", None
-        if layout is not None and _band_bytes(layout) <= MAX_BAND_BYTES:
+        if layout is not None and band_bytes(layout) <= MAX_BAND_BYTES:
             return "reorder", layout
         return "stage", None
 
@@ -166,29 +158,12 @@ class Transfer:
         band is copied into its place in the value (a reused buffer) while it is still in the CPU's cache: the
         member is never staged whole. Measured here, this is the fastest way NumPy has to transpose.
         """
-        shape, strides, dtype = layout
-        kind = numpy_dtype(assignment.source_dtype)
-        axis = strides.index(max(strides))
-        band = self._pool.take(_band_bytes(layout))
+        shape, _, dtype = layout
+        band = self._pool.take(band_bytes(layout))
         value = self._pool.take(math.prod(shape) * dtype.itemsize)
         try:
             out = value.view(dtype).reshape(shape)
-            index: list[slice] = [slice(None)] * len(shape)
-            start = 0
-            for chunk in source.read_chunks(assignment.source, band.data):
-                rows = chunk.nbytes // strides[axis]
-                band_shape = list(shape)
-                band_shape[axis] = rows
-                part = np.ndarray(band_shape, kind, buffer=chunk, strides=strides)  # as_strided costs 30 us a call
-                index[axis] = slice(start, start + rows)
-                np.copyto(out[tuple(index)], part, casting="unsafe")
-                start += rows
-            if start != shape[axis]:
-                raise SourceError(
-                    f"reading {assignment.source!r} from {_description(source)} gave {start} of its "
-                    f"{shape[axis]} rows; the source is damaged or changed while converting",
-                    path=_description(source),
-                )
+            reorder_into(source, assignment.source, assignment.source_dtype, layout, out=out, band=band)
             self.writer.write(assignment.target_key, out.reshape(assignment.target_shape))
         finally:
             self._pool.give(value)
@@ -223,29 +198,6 @@ class Transfer:
             value = array_value(assignment, values, source.description)
             self.step = f"writing {assignment.target_key!r} ({where})"
             self.writer.write(assignment.target_key, value)
-
-
-def _in_c_order(layout: Layout) -> bool:
-    """Whether a reordering moves nothing: its strides are those of a C-contiguous array of its shape."""
-    shape, strides, dtype = layout
-    return all(stride == dtype.itemsize * math.prod(shape[at + 1 :]) for at, stride in enumerate(strides))
-
-
-def _band_bytes(layout: Layout) -> int:
-    """The bytes of one band a reordering is read in: whole steps along its slowest axis, about ``CHUNK_BYTES``.
-
-    The copy of a band reads, for each element it writes, one element from each of the band's rows: with rows
-    a multiple of 4 KiB apart those reads all fall in one set of the L1 cache (8 ways), so a band of more rows
-    than that evicts itself at every element. Measured here, a [768, 3072] float32 transpose took 14-16 ms in
-    bands of 10 rows, 5.4-6.9 ms in bands of 8.
-    """
-    slowest = max(layout[1])
-    rows = max(1, CHUNK_BYTES // slowest)
-    if slowest % _LINE == 0:
-        lines = slowest // _LINE
-        sets = _L1_SETS // math.gcd(lines % _L1_SETS or _L1_SETS, _L1_SETS)  # L1 sets the band's rows fall in
-        rows = max(1, min(rows, _L1_WAYS * sets))
-    return slowest * rows
 
 
 def _description(source: Any) -> str:

@@ -19,9 +19,12 @@ import mapper
 from mapper.errors import ApplyError, CorruptSourceError, PartialApplyError
 from mapper.ops import Cast, Rearrange, Reshape, Transpose
 from mapper.rules import parse_rules
+from mapper.run.bands import band_bytes
 from mapper.run.direct import DIRECT_MIN_BYTES, Staging, split_batch
 from mapper.run.executor import apply_plan
+from mapper.run.values import reordering
 from mapper.sources import open_source
+from mapper.sources._common import VERIFY_CHUNK
 from mapper.sources.base import ChunkedSource
 from mapper.targets.variables import target_from
 from tests.backends.test_apply_keras import write_source
@@ -87,6 +90,7 @@ class Recording:
         self.fail_into = fail_into
         self.read_names: list[str] = []
         self.into_names: list[str] = []
+        self.buffer_bytes: dict[str, int] = {}  # the buffer each chunked read went through
 
     description = property(lambda self: self.inner.description)
     checkpoint_prefix = property(lambda self: self.inner.checkpoint_prefix)
@@ -111,6 +115,7 @@ class Recording:
 
     def read_chunks(self, name: str, buffer: memoryview) -> Iterator[memoryview]:
         self.into_names.append(name)
+        self.buffer_bytes[name] = len(buffer)
         for number, chunk in enumerate(self.inner.read_chunks(name, buffer)):
             if name == self.fail_into and number == 2:  # after two chunks, as a read failing midway
                 raise OSError(errno.EIO, "Input/output error")
@@ -138,6 +143,25 @@ def test_large_plain_copies_are_read_into_the_variables(tmp_path: Path, kind: st
     direct = ["big.weight", "turned.weight"] if rollback != "memory" else []
     assert source.into_names == direct
     assert set(source.read_names) == set(arrays()) - set(direct)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_transposed_tensor_is_moved_into_place_as_it_is_read(tmp_path: Path, kind: str) -> None:
+    """In bands of whole rows into a buffer that is not the variable's yet; torch reads it whole first instead."""
+    source_values = arrays()
+    source = Recording(open_source(write_source(kind, tmp_path, source_values)))
+    model = build_model()
+    plan = mapper.make_plan(parse_rules(RULES, file="direct.toml"), source, model)
+
+    apply_plan(plan, source, target_from(model))
+
+    np.testing.assert_array_equal(values_of(model)["turned/kernel"], source_values["turned.weight"].T)
+    [turned] = [a for a in plan.assignments if a.source == "turned.weight"]
+    layout = reordering(turned)
+    assert layout is not None
+    banded = band_bytes(layout) if BACKEND != "torch" else VERIFY_CHUNK
+    assert source.buffer_bytes == {"big.weight": VERIFY_CHUNK, "turned.weight": banded}
+    assert banded != VERIFY_CHUNK or BACKEND == "torch"
 
 
 def test_only_large_single_tensor_assignments_are_direct(tmp_path: Path) -> None:
