@@ -25,7 +25,7 @@ from mapper.run.batches import (
 from mapper.run.deferral import signals_deferred
 from mapper.run.direct import DirectBuffers, is_plain_copy, split_batch, write_direct
 from mapper.run.slots import Slots, check_targets
-from mapper.run.values import assignment_value, check_reads, host_value, transform
+from mapper.run.values import assignment_value, check_reads, host_value, tensor_bytes, transform
 from mapper.sources.base import ChunkedSource, Source, VerifyingSource
 from mapper.targets.base import VariableTarget
 from mapper.text import first_line, quoted, s
@@ -172,6 +172,7 @@ def apply_plan(
         read = sum(batch.nbytes for batch in batches)
         return ApplyResult(len(plan.assignments), read, len(batches), method, time.perf_counter() - started, mode)
     run = _Run(plan, sources, target, slots, mode=mode, tf=tf)
+    run.prepare(batches, method)
     if mode == "verify":
         run.verify(batches)
         with signals_deferred():
@@ -351,6 +352,20 @@ class _Run:
         self.action = ""
         self.writing: str | None = None  # a variable being written in place: it may hold part of its new value
         self.buffers = DirectBuffers()  # reused by the direct writes
+        self.split: list[tuple[tuple[Assignment, ...], Batch]] | None = None  # per batch: (written directly, the rest)
+
+    def prepare(self, batches: Sequence[Batch], method: str) -> None:
+        """Decide which tensors are written directly, and start making the staging buffer they need present."""
+        self.split = [self._split(batch, method) for batch in batches]
+        slots = self.slots.by_name
+        staged = [
+            tensor_bytes(a.target_shape, a.target_dtype)
+            for direct, _ in self.split
+            for a in direct
+            if slots[a.target].uses_staging
+        ]
+        if staged:
+            self.buffers.staging.prepare(max(staged))
 
     def verify(self, batches: Sequence[Batch]) -> None:
         """Read every batch once and check what it gives, changing nothing; ApplyError (target unchanged) if one fails.
@@ -377,7 +392,9 @@ class _Run:
     def execute(self, batches: Sequence[Batch], method: str, progress: Callable[[int, int], None] | None) -> None:
         """The assignment pass."""
         total = len(self.plan.assignments)
-        split = [self._split(batch, method) for batch in batches]
+        if self.split is None:
+            self.prepare(batches, method)
+        split = self.split or []
         self.order = [a.target for direct, rest in split for a in (*direct, *rest.assignments)]
         assign = self._assign_tf if self.slots.tensorflow else self._assign_host
         try:

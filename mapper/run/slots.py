@@ -215,6 +215,7 @@ class TFSlot:
             self.variable.assign(value, read_value=False)
 
     fills_own_memory: ClassVar[bool] = False  # write_in_place fills a staging buffer, then one op copies it
+    uses_staging: ClassVar[bool] = True
 
     def writes_in_place(self, dtype: str) -> bool:
         """Whether ``write_in_place`` can give this variable a value of ``dtype``.
@@ -323,6 +324,7 @@ class JaxSlot:
         self.variable.assign(array)
 
     fills_own_memory: ClassVar[bool] = False  # a new array is made from a new host buffer
+    uses_staging: ClassVar[bool] = False
 
     def writes_in_place(self, dtype: str) -> bool:
         """Whether ``write_in_place`` takes ``dtype``: any NumPy holds natively, and bfloat16."""
@@ -391,6 +393,7 @@ class TorchSlot:
         self.variable.assign(to_torch(host))
 
     fills_own_memory: ClassVar[bool] = True  # write_in_place reads into the parameter itself
+    uses_staging: ClassVar[bool] = False
 
     def writes_in_place(self, dtype: str) -> bool:
         """Whether ``write_in_place`` can fill this parameter: a contiguous CPU tensor of a dtype NumPy holds."""

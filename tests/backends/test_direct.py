@@ -254,6 +254,15 @@ def test_staging_grows_and_is_reused() -> None:
     assert staging.capacity >= small * 4
 
 
+def test_staging_prepared_in_the_background_is_the_one_used() -> None:
+    staging = Staging()
+    staging.prepare(3 * 2**20)
+    prepared = staging.array((2**20,), "float32")  # waits for the mapping
+    assert staging.capacity == 4 * 2**20 and prepared.ctypes.data % 4096 == 0
+    staging.prepare(2**20)  # already holds that much: kept
+    assert staging.array((4,), "float32").ctypes.data == prepared.ctypes.data
+
+
 @pytest.mark.parametrize(
     ("shape", "operations"),
     [
