@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,6 +59,23 @@ def castable(source_dtype: str, target_dtype: str) -> bool:
     return False
 
 
+_NAMES: dict[np.dtype[Any], str] = {}
+
+
+def dtype_name(dtype: np.dtype[Any]) -> str:
+    """A NumPy dtype's name as plans write it, cached: ``str(dtype)`` costs about 3 us, per tensor read.
+
+    Example:
+        >>> dtype_name(np.dtype("float32")), dtype_name(numpy_dtype("bfloat16"))
+        ('float32', 'bfloat16')
+    """
+    name = _NAMES.get(dtype)
+    if name is None:
+        name = _NAMES[dtype] = str(dtype)
+    return name
+
+
+@functools.lru_cache(maxsize=64)
 def numpy_dtype(name: str) -> np.dtype[Any]:
     """The NumPy dtype for a dtype name, taking bfloat16 and float8 from ml_dtypes.
 
@@ -72,4 +90,14 @@ def numpy_dtype(name: str) -> np.dtype[Any]:
     return np.dtype(name)
 
 
-__all__ = ["COMPLEX", "DTYPE_SIZES", "FLOATS", "INTS", "KNOWN_DTYPES", "ML_DTYPES", "castable", "numpy_dtype"]
+__all__ = [
+    "COMPLEX",
+    "DTYPE_SIZES",
+    "FLOATS",
+    "INTS",
+    "KNOWN_DTYPES",
+    "ML_DTYPES",
+    "castable",
+    "dtype_name",
+    "numpy_dtype",
+]

@@ -233,7 +233,7 @@ class _Group:
 
 def _read_groups(plan: Plan) -> list[_Group]:
     """The plan's source tensors in groups read together, in the order the plan first reads them."""
-    forest = _Forest()
+    forest = _Forest()  # over the tensors that joins read: the others are groups of one
     sizes: dict[_Key, int] = {}
     for assignment in plan.assignments:
         shapes = assignment.source_shapes
@@ -241,15 +241,19 @@ def _read_groups(plan: Plan) -> list[_Group]:
         for key, shape in zip(keys, shapes, strict=True):
             if key not in sizes:
                 sizes[key] = tensor_bytes(shape, assignment.source_dtype)
-        forest.join(keys)
+        if len(keys) > 1:
+            forest.join(keys)
+    find = forest.find
     members: dict[_Key, list[_Key]] = {}
     for key in sizes:
-        members.setdefault(forest.root(key), []).append(key)
+        members.setdefault(find(key), []).append(key)
     served: dict[_Key, list[Assignment]] = {root: [] for root in members}
     for assignment in plan.assignments:
-        served[forest.root((assignment.source_id, assignment.source))].append(assignment)
+        served[find((assignment.source_id, assignment.source))].append(assignment)
     return [
-        _Group(root[0], tuple(name for _, name in keys), sum(sizes[key] for key in keys), tuple(served[root]))
+        _Group(root[0], (keys[0][1],), sizes[root], tuple(served[root]))
+        if len(keys) == 1
+        else _Group(root[0], tuple(name for _, name in keys), sum(sizes[key] for key in keys), tuple(served[root]))
         for root, keys in members.items()
     ]
 
@@ -268,6 +272,10 @@ class _Forest:
             parent[key] = parent[parent[key]]
             key = parent[key]
         return key
+
+    def find(self, key: _Key) -> _Key:
+        """``key``'s representative; ``key`` itself if no join has read it."""
+        return self.root(key) if key in self._parent else key
 
     def join(self, keys: list[_Key]) -> None:
         """Put ``keys`` in one group."""

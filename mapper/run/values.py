@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mapper.dtypes import DTYPE_SIZES, numpy_dtype
+from mapper.dtypes import DTYPE_SIZES, dtype_name, numpy_dtype
 from mapper.errors import SourceError
 from mapper.ops import NUMPY, ArrayBackend, Reshape, apply_operations, combine_values
 from mapper.plan import Assignment
@@ -60,8 +60,7 @@ def transform(members: Sequence[Any], assignment: Assignment, where: str, tf: An
         if isinstance(value, tf.Tensor):
             _check_read(name, shape, (tuple(value.shape), value.dtype.name), assignment, where)
         else:
-            found = (tuple(getattr(value, "shape", ())), str(getattr(value, "dtype", type(value).__name__)))
-            _check_read(name, shape, found, assignment, where)
+            _check_read(name, shape, _found(value), assignment, where)
     if assignment.combine is None and not assignment.operations:
         only = members[0]
         return only if isinstance(only, tf.Tensor) else to_tensor(only, tf, adopt=adopt)
@@ -131,6 +130,8 @@ def _as_host(value: Any) -> np.ndarray:
 
 def _found(value: Any) -> tuple[tuple[Any, ...], str]:
     """Shape and dtype name of a NumPy array or a tf.Tensor, as the read checks compare them."""
+    if isinstance(value, np.ndarray):
+        return value.shape, dtype_name(value.dtype)
     tf = sys.modules.get("tensorflow")
     if tf is not None and isinstance(value, tf.Tensor):
         return tuple(value.shape), value.dtype.name
