@@ -1625,3 +1625,21 @@ def test_tensorflow_targets_are_refused_on_jax_where_tensorflow_is_installed() -
     )
     assert finished.returncode == 0, finished.stdout[-2000:]
     assert "1 passed" in finished.stdout
+
+
+def test_batches_of_a_tf_checkpoint_read_its_tensors_in_file_order(tmp_path: Path) -> None:
+    """Small tensors that lie back to back share one read, whatever order the plan assigns them in."""
+    from mapper.run.batches import plan_batches
+
+    prefix, values = write_keras_checkpoint(functional_model(), tmp_path)  # written kernel first, listed bias first
+    source = TFCheckpointSource(prefix)
+    plan, target = port_plan("format = 1\n[[rules]]\nmatch = '(?P<n>.+)'\ntarget = '{n}'\n", source, values)
+    in_file = sorted((a.source for a in plan.assignments), key=source.position)
+    assert [a.source for a in plan.assignments] != in_file  # the plan's own order differs
+
+    [batch] = plan_batches(plan, 2**20, {None: source.position})
+    [unordered] = plan_batches(plan, 2**20)
+
+    assert list(batch.names) == in_file and list(unordered.names) == [a.source for a in plan.assignments]
+    apply_plan(plan, source, target)
+    assert_values(target, values)

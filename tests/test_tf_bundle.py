@@ -301,3 +301,15 @@ def test_a_damaged_tensor_inside_a_run_is_named(tmp_path: Path, call: str) -> No
 
     with pytest.raises(CorruptSourceError, match=r"cannot read 't3'.*checksum mismatch"):
         getattr(source, call)(list(values))
+
+
+@CALLS
+def test_a_run_cut_short_names_the_first_tensor_cut(tmp_path: Path, call: str) -> None:
+    values = {f"t{number}": np.full(25, number, "float32") for number in range(6)}  # 100 bytes each, one run
+    prefix = checkpoints.write_save_v2(str(tmp_path / "ckpt"), values)
+    source = TFCheckpointSource(prefix)
+    checkpoints.truncate(checkpoints.data_files(prefix)[0], 150)  # t4 cut in half, t5 gone
+
+    with pytest.raises(CorruptSourceError, match=r"'t4'.*became shorter after the checkpoint was opened"):
+        getattr(source, call)(list(values))
+    np.testing.assert_array_equal(source.read(["t0", "t3"])["t3"], values["t3"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,13 +199,17 @@ def check_sources(plan: Plan, sources: Mapping[str | None, Source]) -> None:
                 )
 
 
-def plan_batches(plan: Plan, batch_bytes: int) -> list[Batch]:
+def plan_batches(
+    plan: Plan, batch_bytes: int, positions: Mapping[str | None, Callable[[str], tuple[int, int]]] | None = None
+) -> list[Batch]:
     """Cut the plan's reads into batches of at most ``batch_bytes`` bytes and ``MAX_BATCH_TENSORS`` tensors.
 
     Tensors that one assignment reads together (a concat or stack group) stay in one batch, with every
     assignment they feed; each source tensor is read once, whatever number of targets it feeds. Batches
     read one source each, sources in the order the plan first reads them; a group larger than the budget
-    is a batch of its own.
+    is a batch of its own. Within a source that ``positions`` gives a position function for (see
+    ``PositionedSource``), groups are read in the order their tensors lie in its files; otherwise in the order
+    the plan first reads them.
 
     Example:
         >>> from mapper.plan import Assignment, RuleRef
@@ -218,6 +222,9 @@ def plan_batches(plan: Plan, batch_bytes: int) -> list[Batch]:
     by_source: dict[str | None, list[_Group]] = {}
     for group in _read_groups(plan):
         by_source.setdefault(group.source_id, []).append(group)
+    for source_id, position in (positions or {}).items():
+        if source_id in by_source:
+            by_source[source_id] = sorted(by_source[source_id], key=lambda group: min(map(position, group.names)))
     return [batch for source_id, groups in by_source.items() for batch in _cut(source_id, groups, batch_bytes)]
 
 

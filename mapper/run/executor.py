@@ -26,7 +26,7 @@ from mapper.run.deferral import signals_deferred
 from mapper.run.direct import DirectBuffers, is_plain_copy, split_batch, write_direct
 from mapper.run.slots import Slots, check_targets
 from mapper.run.values import assignment_value, check_reads, host_value, tensor_bytes, transform
-from mapper.sources.base import ChunkedSource, Source, VerifyingSource
+from mapper.sources.base import ChunkedSource, PositionedSource, Source, VerifyingSource
 from mapper.targets.base import VariableTarget
 from mapper.text import first_line, quoted, s
 
@@ -161,7 +161,8 @@ def apply_plan(
     mode = rollback_mode(rollback)
     sources = resolve_sources(plan, source)
     slots, tf = _check(plan, sources, target, method=method, batch_bytes=batch_bytes)
-    batches = plan_batches(plan, batch_bytes)
+    positions = {key: chosen.position for key, chosen in sources.items() if isinstance(chosen, PositionedSource)}
+    batches = plan_batches(plan, batch_bytes, positions)
     if method == "init_from_checkpoint" and not tf.executing_eagerly():
         for source_id, chosen in sources.items():
             mine = [a for a in plan.assignments if a.source_id == source_id]

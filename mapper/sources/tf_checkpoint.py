@@ -242,6 +242,28 @@ class TFCheckpointSource:
             return None
         return "<" if sys.byteorder == "little" else ">"
 
+    def position(self, name: str) -> tuple[int, int]:
+        """``(shard, byte offset)`` of the tensor's bytes in the data files; after all of them if TensorFlow reads it.
+
+        Raises:
+            SourceError: the name is not in the checkpoint.
+
+        Example:
+            >>> import tempfile
+            >>> import tensorflow as tf
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     prefix = tf.train.Checkpoint(a=tf.Variable([1.0, 2.0]), b=tf.Variable(3.0)).write(f"{tmp}/ckpt")
+            ...     source = TFCheckpointSource(prefix)
+            ...     source.position("a/.ATTRIBUTES/VARIABLE_VALUE"), source.position("b/.ATTRIBUTES/VARIABLE_VALUE")
+            ((0, 0), (0, 8))
+        """
+        if name not in self._specs:
+            raise SourceError(self._unknown_message([name]), path=self.prefix)
+        entry = self._raw.get(name)
+        if entry is None or self._index is None:
+            return (sys.maxsize, 0)
+        return (entry.shard, entry.offset)
+
     def read_chunks(self, name: str, buffer: memoryview) -> Iterator[memoryview]:
         """The tensor's bytes (this machine's byte order, C order) read into ``buffer`` a chunk at a time.
 
