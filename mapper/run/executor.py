@@ -9,6 +9,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
+from mapper.dtypes import dtype_name
 from mapper.errors import ApplyError, PartialApplyError
 from mapper.naming import group_names
 from mapper.plan import Assignment, Plan
@@ -25,7 +28,7 @@ from mapper.run.batches import (
 from mapper.run.deferral import signals_deferred
 from mapper.run.direct import DirectBuffers, is_plain_copy, split_batch, write_direct
 from mapper.run.slots import Slots, check_targets
-from mapper.run.values import assignment_value, check_reads, host_value, tensor_bytes, transform
+from mapper.run.values import assignment_value, check_reads, host_value, tensor_bytes, to_tensor, transform
 from mapper.sources.base import ChunkedSource, PositionedSource, Source, VerifyingSource
 from mapper.targets.base import VariableTarget
 from mapper.text import first_line, quoted, s
@@ -470,7 +473,14 @@ class _Run:
             self.current, self.action = assignment, "transforming"
             if assignment.combine is None:
                 value = values[assignment.source]
-                if assignment.operations or not isinstance(value, tensor):
+                if (
+                    not assignment.operations
+                    and type(value) is np.ndarray
+                    and value.shape == assignment.source_shape
+                    and dtype_name(value.dtype) == assignment.source_dtype
+                ):  # the common case, checked here: transform's general checks cost more than the assign
+                    value = to_tensor(value, tf, adopt=assignment.source in handed)
+                elif assignment.operations or not isinstance(value, tensor):
                     value = transform((value,), assignment, where, tf, adopt=assignment.source in handed)
             else:
                 value = assignment_value(assignment, values, where, tf)
