@@ -241,13 +241,16 @@ def _band_layout(assignment: Assignment, slot: Any) -> Layout | None:
     return layout
 
 
-def write_direct(assignment: Assignment, source: ChunkedSource, slot: Any, buffers: DirectBuffers) -> None:
+def write_direct(
+    assignment: Assignment, source: ChunkedSource, slot: Any, buffers: DirectBuffers, *, whole_first: bool = False
+) -> None:
     """Read the assignment's tensor into the slot's variable: into its memory, or through a staging buffer into it.
 
     A tensor whose operations only move its elements (transposes, rearranges, reshapes, one cast) going into a
     buffer that is not yet the variable's (TensorFlow's staging, a new JAX array's) is moved into place band by
-    band as it is read (``reorder_into``). Any other tensor with operations is read whole into ``buffers.read``
-    first (so a failing read changes no variable), then transformed in one copy into the variable (``fused_into``).
+    band as it is read (``reorder_into``). Any other tensor with operations, and with ``whole_first`` a plain copy
+    too, is read whole into ``buffers.read`` first (so a failing read changes no variable), then transformed (or
+    copied) in one copy into the variable (``fused_into``).
 
     Example:
         >>> import tempfile
@@ -266,7 +269,7 @@ def write_direct(assignment: Assignment, source: ChunkedSource, slot: Any, buffe
         [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
     """
     name, chunk = assignment.source, buffers.chunk
-    if is_plain_copy(assignment):
+    if is_plain_copy(assignment) and not whole_first:
         slot.write_in_place(lambda destination: read_into(source, name, destination, chunk), buffers.staging)
         return
     layout = _band_layout(assignment, slot)

@@ -441,9 +441,12 @@ class _Run:
         for assignment in direct:
             self.current, self.action = assignment, "reading into the variable"
             slot = slots[assignment.target]
-            # A slot that fills its variable's own memory leaves it partly written if the read fails midway.
-            self.writing = assignment.target if slot.fills_own_memory and is_plain_copy(assignment) else None
-            write_direct(assignment, chosen, slot, self.buffers)
+            # A slot that fills its variable's own memory leaves it partly written if the read fails midway. While
+            # nothing is assigned the tensor is read whole first, so that a failure still leaves the target unchanged.
+            own = slot.fills_own_memory
+            whole_first = own and not self.touched
+            self.writing = assignment.target if own and not whole_first and is_plain_copy(assignment) else None
+            write_direct(assignment, chosen, slot, self.buffers, whole_first=whole_first)
             self.writing = None
             self.touched += 1
         self.current = None
