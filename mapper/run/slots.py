@@ -92,8 +92,8 @@ def check_targets(plan: Plan, target: VariableTarget, *, eager: bool = True) -> 
     backend = active_backend()
     slots: dict[str, Any] = {}
     kind = TENSORFLOW if backend is None else backend
-    # Taken before any slot: which values' memory no other live array shares (a new value may then reuse it).
-    host = HostBuffers.take() if backend == "jax" and plan.assignments else None
+    # Which values' memory no other live array shares (a new value may then reuse it): looked at once, if asked.
+    host = HostBuffers() if backend == "jax" else None
     for assignment in plan.assignments:
         name = assignment.target
         if name not in target.variables:
@@ -279,14 +279,14 @@ class JaxSlot:
     Example:
         >>> import dataclasses
         >>> [field.name for field in dataclasses.fields(JaxSlot)]
-        ['name', 'variable', 'sharding', 'reusable']
+        ['name', 'variable', 'sharding', 'host']
     """
 
     name: str
     variable: Any
     sharding: Any  # the jax.sharding.Sharding the value has and keeps
-    # The value was on one CPU device, in memory no other live array shares, in that sharding (check_targets).
-    reusable: bool = False
+    # What tells whether the value's memory is seen by anything else (None: never reused; its sharding differs).
+    host: HostBuffers | None = None
 
     @classmethod
     def of(cls, name: str, variable: Any, host: HostBuffers | None = None) -> JaxSlot:
@@ -303,7 +303,7 @@ class JaxSlot:
         if backend_layout is not None and hasattr(backend_layout, "shard_shape"):
             sharding = backend_layout  # where Keras puts every assigned value
         same = value.sharding is sharding or value.sharding.is_equivalent_to(sharding, len(variable.shape))
-        return cls(name, variable, sharding, reusable=host is not None and same and host.alone(value))
+        return cls(name, variable, sharding, host if same else None)
 
     def spec(self) -> tuple[tuple[int, ...], str]:
         """The variable's shape and dtype."""
@@ -346,9 +346,9 @@ class JaxSlot:
         """``fill`` the new value into the memory of the value it replaces, if nothing else can see it; else a new one.
 
         JAX arrays are immutable, so the memory is reused only when no one could tell: the value is on one CPU
-        device, held by the variable alone (no other reference, no other live array over its buffer: ``reusable``
-        and a reference count) and computed (``HostBuffers.take`` waited). That is what donating it to XLA would
-        do, without compiling a program per shape. The new array is made over the same buffer, and the old one
+        device, held by the variable alone (no other reference, no other live array over its buffer: a reference
+        count and ``HostBuffers.alone``) and computed (``HostBuffers`` waited for that). That is what donating it
+        to XLA would do, without compiling a program per shape (7 of them cost 0.1 s here for BERT). The new array is made over the same buffer, and the old one
         lives on only as its owner. Fresh memory is what the port's time went to (its first touch took 0.3-1.5 s
         for BERT's 418 MiB on this VM), and the old values, once freed, stayed in the allocator's arenas (300 MiB).
         A read that fails midway leaves part of the new value there, as on torch (``fills_own_memory``).
@@ -369,11 +369,11 @@ class JaxSlot:
 
     def _reusable_view(self) -> np.ndarray | None:
         """A writable view of the present value's buffer, if nothing but the variable can see it; else None."""
-        if not self.reusable:
-            return None
         value = self.variable._value
         # The variable's reference, this name's and getrefcount's argument: a snapshot or a caller's is one more.
-        return host_view(value) if sys.getrefcount(value) <= 3 else None
+        if self.host is None or sys.getrefcount(value) > 3 or not self.host.alone(value):
+            return None
+        return host_view(value)
 
     def snapshot(self) -> Any:
         """The present jax.Array: immutable, so kept without a copy."""

@@ -130,7 +130,7 @@ def test_arrays_over_overlapping_host_memory_are_not_alone() -> None:
         memory[start:].ctypes.data for start in (0, 512)
     ]
 
-    buffers = HostBuffers.take()
+    buffers = HostBuffers()
 
     assert not buffers.alone(first) and not buffers.alone(overlapping)
 
