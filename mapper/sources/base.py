@@ -64,6 +64,8 @@ class VerifyingSource(Protocol):
     ``verify(names)`` reads the named tensors' bytes through a small reused buffer, checking what the format
     allows (lengths, and checksums where it stores them), and returns nothing: the executor's "verify" pass
     uses it before the first assignment instead of ``read``, so that pass allocates no tensor-sized buffers.
+    The executor calls it from two threads at once, for different batches: each call opens what it reads and
+    keeps its own buffer.
 
     Example:
         >>> from mapper.sources.memory import MemorySource
