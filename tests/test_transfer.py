@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from mapper.ops import NUMPY, Cast, Rearrange, Reshape, Slice, Transpose, apply_
 from mapper.plan import Assignment, RuleRef
 from mapper.rules import parse_rules
 from mapper.run.transfer import BufferPool
-from mapper.run.values import copy_into, reordering
+from mapper.run.values import PARALLEL_COPY_BYTES, copy_into, reordering
 from mapper.sources import open_source
 from mapper.sources.memory import MemorySource
 
@@ -213,6 +214,26 @@ def test_copy_into_in_slabs_is_an_exact_copy(make: Any) -> None:
     copy_into(destination, view)
 
     np.testing.assert_array_equal(destination, view)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda a: a.reshape(1536, 1024).T, id="transpose"),
+        pytest.param(lambda a: a.reshape(3, 1024, 512).transpose(2, 0, 1), id="heads"),
+        pytest.param(lambda a: a.reshape(1024, 1536)[::-1].T, id="flipped"),
+    ],
+)
+def test_a_large_copy_into_is_cut_in_halves_on_two_threads_and_exact(make: Any) -> None:
+    source = np.arange(1536 * 1024, dtype=np.float32)  # 6 MiB: above PARALLEL_COPY_BYTES
+    view = make(source)
+    destination = np.full(view.shape, -1.0, np.float32)
+    assert view.nbytes >= PARALLEL_COPY_BYTES
+
+    copy_into(destination, view)
+
+    np.testing.assert_array_equal(destination, view)
+    assert any(thread.name.startswith("weight-mapper copy") for thread in threading.enumerate())
 
 
 def test_buffer_pool_reuses_the_smallest_free_buffer() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -362,6 +364,30 @@ def copy_into(destination: np.ndarray, source: np.ndarray) -> None:
     ):
         np.copyto(destination, source, casting="unsafe")
         return
+    if source.nbytes < PARALLEL_COPY_BYTES or source.shape != destination.shape or destination.shape[0] < 2:
+        _copy_reordered(destination, source)
+        return
+    half = destination.shape[0] // 2
+    other = _copier().submit(_copy_reordered, destination[half:], source[half:])
+    try:
+        _copy_reordered(destination[:half], source[:half])
+    finally:
+        other.result()  # never return (or raise) while the other half is still being written
+
+
+# A reordering copy at least this large is cut in two along the destination's first axis, the second half copied
+# on another thread: NumPy copies without holding Python's lock. Measured here, a [3072, 768] float32 transpose
+# took 2.4 ms on one core and 1.6 ms on two.
+PARALLEL_COPY_BYTES = 4 * 2**20
+
+
+@functools.cache
+def _copier() -> ThreadPoolExecutor:
+    """The one thread that copies second halves (made at the first large copy, then kept)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="weight-mapper copy")
+
+
+def _copy_reordered(destination: np.ndarray, source: np.ndarray) -> None:
     shape, strides = _merged(source)
     _copy_slabs(destination.reshape(shape), np.lib.stride_tricks.as_strided(source, shape, strides, writeable=False))
 
