@@ -9,11 +9,11 @@ import numpy as np
 
 from mapper.dtypes import numpy_dtype
 from mapper.errors import SourceError
+from mapper.sources._common import VERIFY_CHUNK
 from mapper.sources.base import ChunkedSource
 
-# Bytes per read from a source: the buffer stays in the CPU's L2 cache. Measured here, 418 MiB read from the page
-# cache in 128 KiB preads took 0.06 s; into tensor-sized buffers (fresh or reused) 0.27-0.6 s.
-CHUNK_BYTES = 128 * 2**10
+# Bytes per read from a source: the one chunk size every read uses (see ``VERIFY_CHUNK``).
+CHUNK_BYTES = VERIFY_CHUNK
 # The L1 data cache as x86-64 cores have it: 64-byte lines, 64 sets of 8 ways (see band_bytes).
 _LINE, _L1_SETS, _L1_WAYS = 64, 64, 8
 # A reordered tensor is read in bands of whole rows of its slowest axis; one larger than this is staged instead.

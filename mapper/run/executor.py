@@ -360,7 +360,7 @@ class _Run:
         self.action = ""
         self.writing: str | None = None  # a variable being written in place: it may hold part of its new value
         self.buffers = DirectBuffers()  # reused by the direct writes
-        self.split: list[tuple[tuple[Assignment, ...], Batch]] | None = None  # per batch: (written directly, the rest)
+        self.split: list[tuple[tuple[Assignment, ...], Batch]] = []  # per batch, from prepare(): (direct, the rest)
 
     def prepare(self, batches: Sequence[Batch], method: str) -> None:
         """Decide which tensors are written directly, and start making the staging buffer they need present."""
@@ -418,9 +418,7 @@ class _Run:
     def execute(self, batches: Sequence[Batch], method: str, progress: Callable[[int, int], None] | None) -> None:
         """The assignment pass."""
         total = len(self.plan.assignments)
-        if self.split is None:
-            self.prepare(batches, method)
-        split = self.split or []
+        split = self.split  # zip(strict=True) below refuses a run whose prepare() did not see these batches
         self.order = [a.target for direct, rest in split for a in (*direct, *rest.assignments)]
         assign = self._assign_tf if self.slots.tensorflow else self._assign_host
         try:
